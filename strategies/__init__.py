@@ -1,1 +1,1 @@
-"""medfed.strategies."""
+"""medfed.strategies: aggregation (Flower strategies by name) and statistics aggregation."""

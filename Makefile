@@ -1,0 +1,41 @@
+# medfed: the two commands of the README. Both create .venv and install medfed if needed.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export FLWR_TELEMETRY_ENABLED := 0
+export FLWR_DISABLE_UPDATE_CHECK := 1
+export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
+
+.PHONY: demo test test-fast lint bench clean install
+
+install: $(STAMP)
+
+# torch is pinned to the CPU wheel: an unpinned torch pulls gigabytes of CUDA packages.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "torch==2.13.0"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+## A 4-hospital diagnosis federation on synthetic data; prints where the results are.
+demo: $(STAMP)
+	$(BIN)/medfed simulate task=diagnosis federation.hospitals=4 compare=true
+
+## The whole test suite (unit, property, end-to-end on every engine).
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check server client strategies models tests benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/sim_overhead.py
+	$(BIN)/python benchmarks/wire_bytes.py
+
+clean:
+	rm -rf $(VENV) outputs multirun .pytest_cache

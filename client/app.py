@@ -1,0 +1,116 @@
+"""The hospital node's Flower ClientApp: a thin adapter between Messages and :mod:`.node`.
+
+Message types and records (every engine, every task):
+
+=================  ===========================================  ==================================
+message            content from the server                      reply
+=================  ===========================================  ==================================
+``query.stats``    ConfigRecord ``study``: ``config-json``      ConfigRecord ``site`` (name,
+                                                                statistics-json), MetricRecord
+                                                                ``counts`` (num-examples, num-test)
+``query.prepare``  ConfigRecord ``study``: ``statistics-json``  MetricRecord ``counts``
+``train``          ArrayRecord ``arrays``, ConfigRecord         ArrayRecord ``arrays``,
+                   ``config`` (server-round, proximal-mu)       MetricRecord ``metrics``
+``evaluate``       ArrayRecord ``arrays``, ConfigRecord         MetricRecord ``metrics``
+=================  ===========================================  ==================================
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from medfed.client import node
+from medfed.models import pipeline
+from medfed.models.encoding import GlobalStats
+
+app = ClientApp()
+
+_STATE = "medfed-study"
+
+
+def _index(context: Context) -> int:
+    """The hospital's position in the federation (Flower's ``partition-id``)."""
+    return int(context.node_config.get("partition-id", 0))
+
+
+def _study(context: Context) -> tuple[str, str]:
+    """The configuration and statistics JSON this node received in round 0."""
+    if _STATE not in context.state.config_records:
+        raise RuntimeError("this node has no study configuration for the run: the server must "
+                           "send round 0 (query.stats and query.prepare) before training")
+    record = context.state.config_records[_STATE]
+    return str(record["config-json"]), str(record.get("statistics-json", ""))
+
+
+@app.query("stats")
+def stats(msg: Message, context: Context) -> Message:
+    """Round 0: keep the study configuration; reply with this site's additive statistics."""
+    config_json = str(msg.content.config_records["study"]["config-json"])
+    torch.set_num_threads(int(json.loads(config_json).get("threads", 1)))
+    name, n_train, n_test, statistics = node.site_summary(config_json, _index(context))
+    context.state.config_records[_STATE] = ConfigRecord({"config-json": config_json})
+    return Message(RecordDict({
+        "site": ConfigRecord({"name": name, "statistics-json": json.dumps(statistics)}),
+        "counts": MetricRecord({"num-examples": n_train, "num-test": n_test}),
+    }), reply_to=msg)
+
+
+@app.query("prepare")
+def prepare(msg: Message, context: Context) -> Message:
+    """Round 0: keep the global statistics the server merged from every site."""
+    config_json, _ = _study(context)
+    statistics_json = str(msg.content.config_records["study"]["statistics-json"])
+    context.state.config_records[_STATE] = ConfigRecord(
+        {"config-json": config_json, "statistics-json": statistics_json})
+    site = node.prepared_site(config_json, statistics_json, _index(context))
+    return Message(RecordDict({"counts": MetricRecord(
+        {"num-examples": len(site.y_train), "num-test": len(site.y_test)})}), reply_to=msg)
+
+
+def _received_model(msg: Message, context: Context):
+    """The study, the encoded site, the schema, and a model holding the received weights."""
+    config_json, statistics_json = _study(context)
+    study = json.loads(config_json)
+    schema = pipeline.study_schema(study)
+    site = node.prepared_site(config_json, statistics_json, _index(context))
+    stats = GlobalStats.from_dict(json.loads(statistics_json))
+    model = pipeline.new_model(schema, stats, site.x_train.shape[1])
+    model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
+    return study, schema, site, stats, model
+
+
+def _evaluation(model, site, schema, study, stats) -> dict:
+    """Test statistics of the received model, keys prefixed ``eval-``."""
+    test = pipeline.test_statistics(model, site.x_test, site.y_test, schema, stats,
+                                    int(study["evaluate"]["auroc_bins"]))
+    return {f"eval-{key}": value for key, value in test.items()}
+
+
+@app.train()
+def train(msg: Message, context: Context) -> Message:
+    """Evaluate the received global model (when due), train locally, reply with the weights."""
+    study, schema, site, stats, model = _received_model(msg, context)
+    config = msg.content.config_records["config"]
+    server_round = int(config["server-round"])
+    metrics: dict = {"num-examples": len(site.y_train)}
+    if (server_round - 1) % int(study["evaluate"]["every"]) == 0:
+        metrics.update(_evaluation(model, site, schema, study, stats))
+    seed = pipeline.round_seed(int(study["seed"]), _index(context), server_round)
+    metrics.update(pipeline.local_training(
+        model, site.x_train, site.y_train, schema, study, stats, seed=seed,
+        proximal_mu=float(config.get("proximal-mu", 0.0))))
+    return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()),
+                               "metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Evaluate the received global model on this site's test split."""
+    study, schema, site, stats, model = _received_model(msg, context)
+    metrics: dict = {"num-examples": len(site.y_test)}
+    metrics.update(_evaluation(model, site, schema, study, stats))
+    return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

@@ -1,0 +1,40 @@
+"""The node's view of a study: its own rows, loaded once per run and encoded once per study.
+
+A study reaches a node in three kinds of message (see :mod:`medfed.client.app`): ``query.stats``
+(round 0: the configuration; the node answers with additive statistics of its training split,
+never a row), ``query.prepare`` (the merged global statistics) and ``train``/``evaluate`` (the
+global weights). The memoised loaders below are keyed by the study's JSON, so every message of a
+run reuses the same encoded arrays and a new study never sees a previous one's.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from typing import Any
+
+from medfed.models.data import SiteData, load_site
+from medfed.models.encoding import GlobalStats, site_statistics
+from medfed.models.pipeline import PreparedSite, prepare_site, study_schema
+
+
+@lru_cache(maxsize=16)
+def _site(config_json: str, index: int) -> SiteData:
+    study = json.loads(config_json)
+    return load_site(study_schema(study), study["federation"], index, int(study["seed"]))
+
+
+def site_summary(config_json: str, index: int) -> tuple[str, int, int, dict[str, Any]]:
+    """Round 0: name, train and test sizes, and the additive statistics of the training split."""
+    site = _site(config_json, index)
+    stats = site_statistics(site.train, study_schema(json.loads(config_json)))
+    return site.name, len(site.train), len(site.test), stats
+
+
+@lru_cache(maxsize=16)
+def prepared_site(config_json: str, statistics_json: str, index: int) -> PreparedSite:
+    """The node's rows encoded with the study's statistics."""
+    study = json.loads(config_json)
+    site = _site(config_json, index)
+    stats = GlobalStats.from_dict(json.loads(statistics_json))
+    return prepare_site(site.name, site.train, site.test, study_schema(study), stats, study)

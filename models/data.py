@@ -1,0 +1,73 @@
+"""Where a hospital's rows come from: one entry point for every engine and every baseline.
+
+:func:`load_site` returns one hospital's train and test frames (schema columns + target) from
+the study configuration and the hospital's position in the federation. The built-in
+``synthetic`` federation generates the site locally from the seed, so a node only ever produces
+its own rows; the pooled and local-only baselines call the same function for every site.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from medfed.models.schema import TaskSchema
+from medfed.models.synthetic import SkewConfig, generate_site, site_sizes
+
+
+class DataConfigError(ValueError):
+    """The ``federation`` section cannot produce a hospital's data; the message says why."""
+
+
+@dataclass
+class SiteData:
+    """One hospital's rows: its name, training and test frames (schema columns + target)."""
+
+    name: str
+    train: pd.DataFrame
+    test: pd.DataFrame
+    test_oracle: np.ndarray | None = None
+
+
+def federation_size(federation: Mapping[str, Any]) -> int:
+    """Number of hospitals the ``federation`` section describes."""
+    if federation.get("name") == "synthetic":
+        n = int(federation.get("hospitals", 0))
+        if n < 1:
+            raise DataConfigError(f"federation.hospitals must be at least 1, got {n}")
+        sizes = federation.get("sizes")
+        if sizes is not None and len(sizes) != n:
+            raise DataConfigError(f"federation.sizes lists {len(sizes)} sizes for {n} hospitals")
+        return n
+    raise DataConfigError(f"federation={federation.get('name')!r} is unknown; use synthetic")
+
+
+def load_site(schema: TaskSchema, federation: Mapping[str, Any], index: int,
+              seed: int) -> SiteData:
+    """Load hospital ``index`` of the federation (its rows only).
+
+    Parameters
+    ----------
+    schema
+        The task the rows must follow.
+    federation
+        The study's ``federation`` config section.
+    index
+        The hospital's position, 0-based (Flower's ``partition-id``).
+    seed
+        The study seed; the synthetic generator derives the site's randomness from it.
+    """
+    n = federation_size(federation)
+    if not 0 <= index < n:
+        raise DataConfigError(f"hospital index {index} is outside the federation of {n}")
+    sizes = site_sizes(n, min_size=int(federation["min_size"]),
+                       max_size=int(federation["max_size"]), seed=seed,
+                       sizes=federation.get("sizes"))
+    skew = SkewConfig(**dict(federation.get("skew") or {}))
+    site = generate_site(schema, index, n, n_rows=sizes[index],
+                         test_fraction=float(federation["test_fraction"]), skew=skew, seed=seed)
+    return SiteData(site.name, site.train, site.test, site.test_oracle)

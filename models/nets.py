@@ -1,0 +1,62 @@
+"""Model families of a task schema, built from plain, Opacus-compatible PyTorch layers.
+
+Every model maps a float32 input matrix ``(n, n_inputs)`` to a raw output: one logit ``(n,)`` for a
+binary target, one logit per class ``(n, C)`` for a multiclass target, and the log of the predicted
+mean ``(n,)`` for a continuous target (log link, whatever the loss). No BatchNorm, so DP-SGD's
+per-sample gradients stay per sample.
+"""
+
+from __future__ import annotations
+
+import torch
+from medfed.models.schema import TaskSchema
+from torch import nn
+
+
+def _layers(schema: TaskSchema, n_inputs: int) -> list[nn.Module]:
+    family, n_outputs = schema.model.family, schema.target.n_outputs
+    if family in ("logreg", "glm"):
+        return [nn.Linear(n_inputs, n_outputs)]
+    if family != "mlp":
+        raise ValueError(f"Unknown model family '{family}' in task '{schema.name}'.")
+    layers: list[nn.Module] = []
+    width = n_inputs
+    for hidden in schema.model.hidden:
+        layers += [nn.Linear(width, hidden), nn.ReLU()]
+        width = hidden
+    return [*layers, nn.Linear(width, n_outputs)]
+
+
+def build_model(schema: TaskSchema, n_inputs: int, *, target_offset: float = 0.0) -> nn.Module:
+    """The task's model: ``logreg``/``glm`` (one Linear) or ``mlp`` (Linear + ReLU per width).
+
+    Parameters
+    ----------
+    schema
+        Gives the family, the hidden widths and the number of outputs.
+    n_inputs
+        Width of the encoded input (``Encoder.n_inputs``).
+    target_offset
+        Initial bias of the output layer. For a continuous target pass the global mean of
+        ``log1p(y)`` (``GlobalStats.target_offset``), so training starts at a sensible cost level
+        instead of ``exp(0) = 1``.
+
+    Weights are initialised from torch's global generator: call ``set_seed`` first.
+    """
+    if n_inputs <= 0:
+        raise ValueError(f"A model needs at least one input column, got n_inputs={n_inputs}.")
+    layers = _layers(schema, n_inputs)
+    with torch.no_grad():
+        layers[-1].bias.fill_(target_offset)
+    if schema.target.n_outputs == 1:
+        layers.append(nn.Flatten(start_dim=0))
+    return nn.Sequential(*layers)
+
+
+def predict_output(schema: TaskSchema, raw: torch.Tensor) -> torch.Tensor:
+    """Map a raw model output to what :func:`metric_statistics` expects.
+
+    Continuous: ``exp(raw)``, the predicted mean in the target's unit; classification: the logits
+    unchanged.
+    """
+    return torch.exp(raw) if schema.target.kind == "continuous" else raw

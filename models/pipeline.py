@@ -1,0 +1,101 @@
+"""One hospital's training pipeline, shared by the federated node and the baselines.
+
+The federated ClientApp, the pooled baseline and the local-only baseline all call these functions,
+so the three arms of a comparison differ only in *which rows* they train on and *how many steps*
+they take -- never in encoding, model, loss or optimiser. No Flower here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from medfed.models.encoding import Encoder, GlobalStats, encode_target, merge_statistics, \
+    site_statistics
+from medfed.models.metrics import metric_statistics
+from medfed.models.nets import build_model, predict_output
+from medfed.models.schema import TaskSchema, task_from_dict
+from medfed.models.training import loss_function, make_loader, train
+
+
+@dataclass(frozen=True)
+class PreparedSite:
+    """A hospital's rows encoded for training with the study's statistics."""
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+def study_schema(study: dict[str, Any]) -> TaskSchema:
+    """The task schema of a study configuration (its ``task`` section)."""
+    return task_from_dict(study["task"], source=f"task '{study['task'].get('name')}'")
+
+
+def own_statistics(train: pd.DataFrame, schema: TaskSchema, min_cell: int) -> GlobalStats:
+    """A site's own statistics in global form (per-site normalisation, local-only baseline)."""
+    return merge_statistics([site_statistics(train, schema)], min_cell=min_cell)
+
+
+def prepare_site(name: str, train_rows: pd.DataFrame, test_rows: pd.DataFrame,
+                 schema: TaskSchema, stats: GlobalStats, study: dict[str, Any]) -> PreparedSite:
+    """Encode a site's rows with ``stats`` (or with its own, when normalisation is per site)."""
+    prep = study["preprocessing"]
+    if prep["normalisation"] == "site":
+        stats = own_statistics(train_rows, schema, int(prep["min_cell"]))
+    encoder = Encoder(schema, stats, missing_indicators=bool(prep["missing_indicators"]))
+    return PreparedSite(name, encoder.transform(train_rows), encode_target(train_rows, schema),
+                        encoder.transform(test_rows), encode_target(test_rows, schema))
+
+
+def n_inputs(schema: TaskSchema, stats: GlobalStats, study: dict[str, Any]) -> int:
+    """Width of the encoded feature vector for this study."""
+    return Encoder(schema, stats,
+                   missing_indicators=bool(study["preprocessing"]["missing_indicators"])).n_inputs
+
+
+def new_model(schema: TaskSchema, stats: GlobalStats, width: int) -> torch.nn.Module:
+    """The study's model, initialised so that a continuous target starts at its global mean."""
+    offset = stats.target_log_mean if schema.target.kind == "continuous" else 0.0
+    return build_model(schema, width, target_offset=offset)
+
+
+def round_seed(seed: int, index: int, server_round: int) -> int:
+    """A seed for one hospital's work in one round, derived from the study seed."""
+    return int(np.random.SeedSequence([seed, index, server_round]).generate_state(1)[0])
+
+
+def test_statistics(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, schema: TaskSchema,
+                    stats: GlobalStats, bins: int) -> dict[str, float | list[float]]:
+    """Additive test statistics of ``model`` on ``(x, y)`` (see :mod:`medfed.models.metrics`)."""
+    model.eval()
+    with torch.no_grad():
+        output = predict_output(schema, model(torch.from_numpy(x)))
+    return metric_statistics(schema, y, output.numpy(), loss_scale=stats.loss_scale, bins=bins)
+
+
+def local_training(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, schema: TaskSchema,
+                   study: dict[str, Any], stats: GlobalStats, *, seed: int,
+                   steps: int | None = None, proximal_mu: float = 0.0) -> dict[str, float]:
+    """Train ``model`` on ``(x, y)`` with the study's settings; return additive statistics.
+
+    ``steps`` overrides the study's ``local_steps``/``local_epochs`` (the baselines use it to do
+    exactly the federation's number of SGD steps).
+    """
+    cfg = study["train"]
+    torch.manual_seed(seed)
+    loader = make_loader(x, y, batch_size=int(cfg["batch_size"]), seed=seed)
+    if steps is None and cfg.get("local_steps") is not None:
+        steps = int(cfg["local_steps"])
+    result = train(model, loader, loss_function(schema, stats), lr=float(cfg["lr"]),
+                   steps=steps, epochs=None if steps is not None else int(cfg["local_epochs"]),
+                   optimizer=str(cfg["optimizer"]), momentum=float(cfg["momentum"]),
+                   weight_decay=float(cfg["weight_decay"]), proximal_mu=proximal_mu)
+    return {"train-loss-sum": float(result["loss"]) * float(result["examples"]),
+            "train-examples": float(result["examples"]), "train-steps": float(result["steps"])}

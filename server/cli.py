@@ -1,0 +1,103 @@
+"""The ``medfed`` command line.
+
+``medfed simulate [Hydra overrides]`` runs a simulated federation (a Hydra app: ``-m`` sweeps,
+``--cfg job``, ``--help`` work as in any Hydra app). Every configuration mistake ends with one
+sentence and exit status 2; a study that fails ends with one sentence and exit status 1.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+USAGE = """usage: medfed <command> [options]
+
+commands:
+  simulate [overrides]   run a simulated federation (Hydra overrides, -m for sweeps), e.g.
+                         medfed simulate task=pricing strategy=fedyogi rounds=20 compare=true
+  tasks                  list the shipped task schemas
+"""
+
+
+def _fail(message: str, status: int) -> None:
+    print(f"medfed: error: {message}", file=sys.stderr)
+    raise SystemExit(status)
+
+
+def _prevalidate(args: list[str]) -> None:
+    """Compose and validate every sweep combination before Hydra starts any job."""
+    from medfed.server.config import ConfigError, compose_study, expand_sweeps
+
+    overrides = [a for a in args if not a.startswith("-") and not a.startswith("hydra.")
+                 and not a.startswith("hydra/")]
+    try:
+        combos = expand_sweeps(overrides)
+    except Exception as exc:
+        _fail(f"cannot parse the overrides: {str(exc).splitlines()[0]}", 2)
+    for combo in combos:
+        try:
+            compose_study(combo)
+        except ConfigError as exc:
+            _fail(str(exc), 2)
+
+
+def simulate(argv: list[str]) -> None:
+    """Run ``medfed simulate``: check the overrides, then hand over to Hydra."""
+    import hydra
+
+    from medfed.server.config import config_dir
+
+    passthrough = any(a in ("--help", "-h", "--hydra-help", "--info") or a.startswith("--cfg")
+                      for a in argv)
+    if not passthrough:
+        _prevalidate(argv)
+    for arg in list(argv):
+        if arg.startswith("output_dir=") and "-m" not in argv and "--multirun" not in argv:
+            argv.append(f"hydra.run.dir={arg.split('=', 1)[1]}")
+    sys.argv = ["medfed simulate", *argv]
+    hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(
+        _simulate_job)()
+
+
+def _simulate_job(cfg: Any) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from medfed.server.config import ConfigError, study_from_cfg, validate_study
+    from medfed.server.simulation import run_simulated_study
+
+    study = study_from_cfg(cfg)
+    try:
+        validate_study(study)
+    except ConfigError as exc:
+        _fail(str(exc), 2)
+    if not study.get("output_dir"):
+        study["output_dir"] = HydraConfig.get().runtime.output_dir
+    run_simulated_study(study)
+
+
+def list_tasks() -> None:
+    from medfed.models.schema import available_tasks, load_task
+
+    for name in available_tasks():
+        task = load_task(name)
+        print(f"{name:12s} {task.target.kind:11s} {len(task.features):2d} features  "
+              f"{task.description}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``medfed`` console script."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        raise SystemExit(0 if args else 2)
+    command, rest = args[0], args[1:]
+    if command == "simulate":
+        simulate(rest)
+    elif command == "tasks":
+        list_tasks()
+    else:
+        _fail(f"unknown command '{command}'; see `medfed --help`", 2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""The study configuration: composing it with Hydra and checking it before anything runs.
+
+A *study* is the resolved Hydra config as a plain dict (no ``hydra`` section). It travels to every
+hospital as JSON in round 0, so each node trains with exactly the settings the server used.
+:func:`validate_study` turns every user mistake into one sentence naming the setting.
+"""
+
+from __future__ import annotations
+
+import itertools
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
+
+from medfed.models.data import DataConfigError, federation_size
+from medfed.models.schema import SchemaError, task_from_dict
+from medfed.strategies.registry import StrategyConfigError, build_strategy
+
+
+class ConfigError(ValueError):
+    """An invalid study configuration; the message is one sentence naming the setting."""
+
+
+def config_dir() -> Path:
+    """The folder of the shipped Hydra configuration (``conf/``)."""
+    return Path(str(files("medfed.conf")))
+
+
+def study_from_cfg(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved study dict of a composed Hydra config (without the ``hydra`` section)."""
+    study = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    assert isinstance(study, dict)
+    study.pop("hydra", None)
+    return study
+
+
+def compose_study(overrides: list[str]) -> dict[str, Any]:
+    """Compose the study config from the shipped ``conf/`` and Hydra ``overrides``.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown group option or key, or an invalid value.
+    """
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=overrides)
+    except Exception as exc:  # Hydra's errors span lines; keep the first useful one
+        raise ConfigError(_hydra_message(exc)) from None
+    finally:
+        GlobalHydra.instance().clear()
+    study = study_from_cfg(cfg)
+    validate_study(study)
+    return study
+
+
+def _hydra_message(exc: Exception) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    if text.startswith("In 'config': Could not find"):
+        text = text.replace("In 'config': ", "")
+    if "Could not find" in text:
+        options = [line for line in lines[1:] if not line.startswith("Available")]
+        text += f" (available: {', '.join(options)})" if options else ""
+    elif len(lines) > 1 and "not in struct" in lines[-1] or "Could not override" in text:
+        text = text.rstrip(".") + ": no such setting (check the spelling; see `medfed simulate --cfg job`)"
+    return text
+
+
+def expand_sweeps(overrides: list[str]) -> list[list[str]]:
+    """Every combination a ``-m`` sweep will run (``seed=1,2`` gives two override lists)."""
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    choices = []
+    for item in parsed:
+        key = item.get_key_element()
+        if item.is_sweep_override():
+            choices.append([f"{key}={value}" for value in item.sweep_string_iterator()])
+        else:
+            choices.append([item.input_line])
+    return [list(combo) for combo in itertools.product(*choices)]
+
+
+def _positive(study: dict[str, Any], dotted: str, *, integer: bool = False,
+              allow_none: bool = False) -> None:
+    value: Any = study
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    if value is None and allow_none:
+        return
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+    if integer:
+        ok = ok and float(value).is_integer()
+    if not ok:
+        kind = "a positive integer" if integer else "a positive number"
+        raise ConfigError(f"{dotted} must be {kind}, got {value!r}")
+
+
+def validate_study(study: dict[str, Any]) -> None:
+    """Check a study config; raise :class:`ConfigError` naming the first bad setting."""
+    for key in ("rounds", "train.batch_size", "evaluate.every", "evaluate.auroc_bins",
+                "threads", "preprocessing.min_cell"):
+        _positive(study, key, integer=True)
+    _positive(study, "train.local_steps", integer=True, allow_none=True)
+    _positive(study, "train.local_epochs", integer=True)
+    _positive(study, "train.lr")
+    _positive(study, "timeout")
+    if not isinstance(study.get("seed"), int):
+        raise ConfigError(f"seed must be an integer, got {study.get('seed')!r}")
+    if study["train"]["optimizer"] not in ("sgd", "adam"):
+        raise ConfigError(f"train.optimizer must be sgd or adam, got {study['train']['optimizer']!r}")
+    if study["preprocessing"]["normalisation"] not in ("global", "site"):
+        raise ConfigError("preprocessing.normalisation must be global or site, got "
+                          f"{study['preprocessing']['normalisation']!r}")
+    try:
+        task_from_dict(study["task"], source=f"task '{study['task'].get('name')}'")
+        n_nodes = federation_size(study["federation"])
+        build_strategy(study["strategy"], n_nodes)
+    except (SchemaError, DataConfigError, StrategyConfigError) as exc:
+        raise ConfigError(str(exc)) from None

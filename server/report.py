@@ -1,0 +1,92 @@
+"""Human-readable outputs of a run: the convergence plot and the Markdown report."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from medfed.server.study import GLOBAL
+
+
+def plot_convergence(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
+    """Plot ``metric`` per round for every hospital (thin) and all hospitals together (thick)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    for name in sorted({r["hospital"] for r in rows}):
+        points = [(r["round"], r.get(metric)) for r in rows if r["hospital"] == name]
+        points = [(x, y) for x, y in points if y is not None and math.isfinite(y)]
+        if not points:
+            continue
+        xs, ys = zip(*points, strict=True)
+        if name == GLOBAL:
+            ax.plot(xs, ys, color="black", linewidth=2.5, label=name, zorder=3)
+        else:
+            ax.plot(xs, ys, linewidth=1.2, alpha=0.8, label=name)
+    ax.set_xlabel("round")
+    ax.set_ylabel(f"test {metric}")
+    ax.set_title(f"Global model, test {metric} per round")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+
+
+def _fmt(value: Any) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "n/a"
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def report_markdown(summary: dict[str, Any], study: dict[str, Any]) -> str:
+    """A short report: settings, final metrics globally, per hospital and against baselines."""
+    metrics = [m for m in study["task"].get("metrics", []) if m in summary["global"]]
+    parts = [
+        f"# medfed study: {summary['task']} with {summary['strategy']}",
+        "",
+        f"{len(summary['hospitals'])} hospitals ({summary['federation']}), {summary['rounds']} "
+        f"rounds, seed {summary['seed']}, engine `{summary['engine']}`, "
+        f"{summary['normalisation']} normalisation; {summary['wall_seconds']:.1f} s.",
+        "",
+        "## Final global model",
+        "",
+        _table(["evaluated on"] + metrics,
+               [["all test rows together"] + [summary["global"].get(m) for m in metrics],
+                ["mean over hospitals"] + [summary["global_mean_over_hospitals"].get(m)
+                                           for m in metrics]]),
+        "",
+        "## Per hospital",
+        "",
+        _table(["hospital", "train rows", "test rows"] + metrics,
+               [[h["name"], h["n_train"], h["n_test"]] + [h["metrics"].get(m) for m in metrics]
+                for h in summary["hospitals"]]),
+    ]
+    if "baselines" in summary:
+        base = summary["baselines"]
+        rows = [["federated (" + summary["strategy"] + ")"]
+                + [summary["global"].get(m) for m in metrics]]
+        rows.append(["pooled (all rows in one place)"] + [base["pooled"]["global"].get(m)
+                                                          for m in metrics])
+        rows.append(["local only (mean of the hospitals' own models)"]
+                    + [base["local"]["mean"].get(m) for m in metrics])
+        parts += ["", "## Federated vs pooled vs local-only (equal SGD steps, all test rows)", "",
+                  _table(["training"] + metrics, rows)]
+    if summary.get("failures"):
+        parts += ["", "## Failures", ""]
+        parts += [f"- round {r}: {name}: {why}" for r, names in summary["failures"].items()
+                  for name, why in names.items()]
+    parts += ["", "![convergence](convergence.png)", ""]
+    return "\n".join(parts)

@@ -1,0 +1,213 @@
+"""The study loop the ServerApp runs on any Grid (in-process, Ray, or real hospitals).
+
+Round 0 builds the global preprocessing statistics from the nodes' additive summaries; each round
+then asks the strategy which hospitals train, sends the global weights, records what every
+hospital reported and lets the strategy aggregate; a last ``evaluate`` message scores the final
+model at every hospital. The loop is written once and knows nothing about the engine.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from logging import WARNING
+from typing import Any, Protocol
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+
+from medfed.models.encoding import GlobalStats, merge_statistics
+from medfed.models.metrics import metrics_from_statistics
+from medfed.models.pipeline import n_inputs, new_model, study_schema
+from medfed.models.schema import TaskSchema
+from medfed.strategies.registry import build_strategy
+from medfed.strategies.statistics import add_into
+
+GLOBAL = "all hospitals"
+
+
+class StudyError(RuntimeError):
+    """The study cannot go on (e.g. too few hospitals answered); the message says why."""
+
+
+class Observer(Protocol):
+    """Receives progress events (the terminal progress bar implements it)."""
+
+    def on_start(self, study: dict[str, Any], hospitals: list[str]) -> None: ...
+
+    def on_round(self, server_round: int, record: RoundRecord) -> None: ...
+
+
+@dataclass
+class RoundRecord:
+    """What the study learnt in one round."""
+
+    server_round: int
+    hospital_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    global_metrics: dict[str, float] = field(default_factory=dict)
+    train: dict[str, dict[str, float]] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+
+
+@dataclass
+class StudyResult:
+    """Everything a run directory is written from."""
+
+    study: dict[str, Any]
+    schema: TaskSchema
+    hospitals: dict[int, dict[str, Any]]
+    statistics: GlobalStats
+    rounds: list[RoundRecord]
+    final_state: dict[str, torch.Tensor]
+    wall_seconds: float
+    wire_bytes: dict[str, int] = field(default_factory=dict)
+    baselines: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def final(self) -> RoundRecord:
+        return self.rounds[-1]
+
+    @property
+    def total_train_steps(self) -> int:
+        return int(sum(t.get("steps", 0) for r in self.rounds for t in r.train.values()))
+
+
+def _query(grid: Grid, node_ids: Iterable[int], action: str, record: ConfigRecord,
+           timeout: float) -> list[Message]:
+    messages = [Message(RecordDict({"study": record}), dst_node_id=nid,
+                        message_type=f"query.{action}", group_id="0") for nid in node_ids]
+    return list(grid.send_and_receive(messages, timeout=timeout))
+
+
+def _wait_for_nodes(grid: Grid, needed: int, timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while len(node_ids := sorted(grid.get_node_ids())) < needed:
+        if time.monotonic() > deadline:
+            raise StudyError(f"only {len(node_ids)} of the {needed} hospitals needed connected "
+                             f"within {timeout:.0f} s")
+        time.sleep(0.5)
+    return node_ids
+
+
+def federated_statistics(grid: Grid, study: dict[str, Any], node_ids: list[int]
+                         ) -> tuple[dict[int, dict[str, Any]], GlobalStats]:
+    """Round 0: collect each node's additive statistics and send back the merged ones."""
+    timeout = float(study["timeout"])
+    record = ConfigRecord({"config-json": json.dumps(study)})
+    replies = _query(grid, node_ids, "stats", record, timeout)
+    hospitals: dict[int, dict[str, Any]] = {}
+    summaries = []
+    for reply in replies:
+        if reply.has_error():
+            raise StudyError(f"node {reply.metadata.src_node_id} failed in round 0: "
+                             f"{reply.error.reason}")
+        site = reply.content.config_records["site"]
+        counts = reply.content.metric_records["counts"]
+        hospitals[reply.metadata.src_node_id] = {
+            "name": str(site["name"]), "n_train": int(counts["num-examples"]),
+            "n_test": int(counts["num-test"])}
+        summaries.append(json.loads(str(site["statistics-json"])))
+    stats = merge_statistics(summaries, min_cell=int(study["preprocessing"]["min_cell"]))
+    prepared = _query(grid, hospitals, "prepare",
+                      ConfigRecord({"statistics-json": json.dumps(stats.to_dict())}), timeout)
+    for reply in prepared:
+        if reply.has_error():
+            raise StudyError(f"hospital {hospitals[reply.metadata.src_node_id]['name']} could "
+                             f"not prepare its data: {reply.error.reason}")
+    return hospitals, stats
+
+
+def _hospital(hospitals: dict[int, dict[str, Any]], reply: Message) -> str:
+    node_id = reply.metadata.src_node_id
+    return str(hospitals.get(node_id, {}).get("name", f"node-{node_id}"))
+
+
+def record_evaluation(record: RoundRecord, replies: list[Message], schema: TaskSchema,
+                      hospitals: dict[int, dict[str, Any]]) -> None:
+    """Per-hospital and global test metrics of ``record``'s model from the replies' statistics.
+
+    The global metrics are computed from the *summed* statistics: they are the metrics over all
+    hospitals' test rows together, not an average of per-site values.
+    """
+    total: dict[str, Any] = {}
+    for reply in replies:
+        if reply.has_error():
+            continue
+        metrics = next(iter(reply.content.metric_records.values()))
+        evaluation = {k[5:]: v for k, v in metrics.items() if k.startswith("eval-")}
+        if evaluation:
+            record.hospital_metrics[_hospital(hospitals, reply)] = metrics_from_statistics(
+                schema, evaluation)
+            add_into(total, MetricRecord(evaluation))
+    if total:
+        record.global_metrics = metrics_from_statistics(schema, total)
+
+
+def record_training(record: RoundRecord, replies: list[Message],
+                    hospitals: dict[int, dict[str, Any]]) -> None:
+    """Per-hospital training loss and steps of one round, and the hospitals that failed."""
+    for reply in replies:
+        name = _hospital(hospitals, reply)
+        if reply.has_error():
+            record.failures[name] = reply.error.reason
+            continue
+        metrics = next(iter(reply.content.metric_records.values()))
+        examples = max(float(metrics["train-examples"]), 1.0)
+        record.train[name] = {"loss": float(metrics["train-loss-sum"]) / examples,
+                              "steps": float(metrics["train-steps"])}
+
+
+def run_study(grid: Grid, study: dict[str, Any], observer: Observer | None = None) -> StudyResult:
+    """Run a whole study on ``grid`` and return what happened (see the module docstring)."""
+    started = time.perf_counter()
+    _quiet_flower(study)
+    random.seed(int(study["seed"]))
+    torch.manual_seed(int(study["seed"]))
+    schema = study_schema(study)
+    n_nodes = int(study["federation"]["hospitals"])
+    strategy = build_strategy(study["strategy"], n_nodes)
+    node_ids = _wait_for_nodes(grid, int(study["strategy"]["min_nodes"]), float(study["timeout"]))
+    hospitals, stats = federated_statistics(grid, study, node_ids)
+    if observer:
+        observer.on_start(study, [h["name"] for h in hospitals.values()])
+    arrays = ArrayRecord(new_model(schema, stats, n_inputs(schema, stats, study)).state_dict())
+    timeout = float(study["timeout"])
+    rounds = [RoundRecord(0)]
+    for server_round in range(1, int(study["rounds"]) + 1):
+        t0 = time.perf_counter()
+        rounds.append(RoundRecord(server_round))
+        messages = strategy.configure_train(server_round, arrays, ConfigRecord(), grid)
+        replies = list(grid.send_and_receive(messages, timeout=timeout))
+        record_evaluation(rounds[-2], replies, schema, hospitals)
+        record_training(rounds[-1], replies, hospitals)
+        aggregated, _ = strategy.aggregate_train(server_round, replies)
+        if aggregated is not None:
+            arrays = aggregated
+        rounds[-1].seconds = time.perf_counter() - t0
+        if observer:
+            observer.on_round(server_round - 1, rounds[-2])
+    messages = strategy.configure_evaluate(len(rounds) - 1, arrays, ConfigRecord(), grid)
+    record_evaluation(rounds[-1], list(grid.send_and_receive(messages, timeout=timeout)),
+                      schema, hospitals)
+    if observer:
+        observer.on_round(rounds[-1].server_round, rounds[-1])
+    wire = getattr(grid, "wire", None)
+    return StudyResult(study=study, schema=schema, hospitals=hospitals, statistics=stats,
+                       rounds=rounds, final_state=arrays.to_torch_state_dict(),
+                       wall_seconds=time.perf_counter() - started,
+                       wire_bytes={"sent": wire.sent, "received": wire.received,
+                                   **{f"group-{k}": v for k, v in wire.per_group.items()}}
+                       if wire else {})
+
+
+def _quiet_flower(study: dict[str, Any]) -> None:
+    """Silence Flower's per-round INFO lines unless the study asks for them (``verbose``)."""
+    if not study.get("verbose"):
+        from flwr.common.logger import FLOWER_LOGGER
+
+        FLOWER_LOGGER.setLevel(WARNING)

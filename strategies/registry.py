@@ -1,0 +1,82 @@
+"""Aggregation strategies by name: the ``strategy=`` config group maps onto Flower's own classes.
+
+Each file in ``conf/strategy/`` names a strategy and its hyper-parameters; :func:`build_strategy`
+turns it into a Flower ``Strategy``. medfed adds nothing to Flower's aggregation maths: FedProx's
+proximal term is applied by the hospital (the strategy only sends ``proximal-mu``), the adaptive
+optimisers, the robust aggregators and FedAvg itself are Flower's implementations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from flwr.serverapp import strategy as fl
+
+from medfed.strategies.statistics import sum_metric_records
+
+STRATEGIES: dict[str, type[fl.Strategy]] = {
+    "fedavg": fl.FedAvg,
+    "fedprox": fl.FedProx,
+    "fedadam": fl.FedAdam,
+    "fedyogi": fl.FedYogi,
+    "fedadagrad": fl.FedAdagrad,
+    "fedavgm": fl.FedAvgM,
+    "fedmedian": fl.FedMedian,
+    "trimmedmean": fl.FedTrimmedAvg,
+    "krum": fl.Krum,
+}
+
+_HYPER_PARAMETERS: dict[str, tuple[str, ...]] = {
+    "fedprox": ("proximal_mu",),
+    "fedadam": ("eta", "beta_1", "beta_2", "tau"),
+    "fedyogi": ("eta", "beta_1", "beta_2", "tau"),
+    "fedadagrad": ("eta", "tau"),
+    "fedavgm": ("server_learning_rate", "server_momentum"),
+    "trimmedmean": ("beta",),
+    "krum": ("num_malicious_nodes",),
+}
+_COMMON = ("name", "fraction_train", "min_nodes")
+
+
+class StrategyConfigError(ValueError):
+    """The ``strategy`` section names an unknown strategy or an invalid setting."""
+
+
+def build_strategy(cfg: Mapping[str, Any], n_nodes: int) -> fl.Strategy:
+    """Build the Flower strategy described by the ``strategy`` config section.
+
+    Every metric a medfed node sends is an additive statistic, so both metric aggregators are
+    plain sums (:func:`~medfed.strategies.statistics.sum_metric_records`), never averages.
+    Federated evaluation is driven by medfed's study loop, so ``fraction_evaluate`` is 1.
+
+    Parameters
+    ----------
+    cfg
+        The ``strategy`` section: ``name``, ``fraction_train``, ``min_nodes`` and the
+        strategy's own hyper-parameters.
+    n_nodes
+        Number of hospitals in the study; ``min_nodes`` may not exceed it.
+    """
+    name = cfg.get("name")
+    if name not in STRATEGIES:
+        raise StrategyConfigError(f"strategy={name!r} is unknown; choose one of {sorted(STRATEGIES)}")
+    allowed = set(_COMMON) | set(_HYPER_PARAMETERS.get(name, ()))
+    unknown = sorted(set(cfg) - allowed)
+    if unknown:
+        raise StrategyConfigError(f"strategy.{unknown[0]} is not a setting of {name}; "
+                                  f"settings: {sorted(allowed)}")
+    fraction = float(cfg.get("fraction_train", 1.0))
+    if not 0.0 < fraction <= 1.0:
+        raise StrategyConfigError(f"strategy.fraction_train must be in (0, 1], got {fraction}")
+    min_nodes = int(cfg.get("min_nodes", 2))
+    if not 1 <= min_nodes <= n_nodes:
+        raise StrategyConfigError(f"strategy.min_nodes={min_nodes} must be between 1 and the "
+                                  f"number of hospitals ({n_nodes})")
+    params = {key: cfg[key] for key in _HYPER_PARAMETERS.get(name, ()) if key in cfg}
+    return STRATEGIES[name](
+        fraction_train=fraction, fraction_evaluate=1.0, min_train_nodes=min_nodes,
+        min_evaluate_nodes=min_nodes, min_available_nodes=min_nodes,
+        train_metrics_aggr_fn=sum_metric_records, evaluate_metrics_aggr_fn=sum_metric_records,
+        **params,
+    )
