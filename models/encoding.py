@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
 from medfed.models.schema import Feature, TaskSchema
 
 _MIN_STD = 1e-12
@@ -48,11 +49,6 @@ def _codes(df: pd.DataFrame, schema: TaskSchema, feat: Feature) -> np.ndarray:
     return pd.Index(feat.categories).get_indexer(column.to_numpy(dtype=object)).astype(np.int64)
 
 
-def _target_values(df: pd.DataFrame, schema: TaskSchema) -> np.ndarray:
-    values = np.asarray(_column(df, schema, schema.target.name), dtype=np.float64)
-    return values[np.isfinite(values)]
-
-
 def _feature_statistics(df: pd.DataFrame, schema: TaskSchema, feat: Feature) -> dict[str, Any]:
     if feat.kind == "categorical":
         codes = _codes(df, schema, feat)
@@ -66,11 +62,12 @@ def _feature_statistics(df: pd.DataFrame, schema: TaskSchema, feat: Feature) -> 
 
 
 def _target_statistics(df: pd.DataFrame, schema: TaskSchema) -> dict[str, Any]:
-    y = _target_values(df, schema)
+    y = np.asarray(_column(df, schema, schema.target.name), dtype=np.float64)
     if schema.target.kind == "continuous":
-        logs = np.log1p(y[y > -1.0])
+        y = y[np.isfinite(y) & (y > -1.0)]
+        logs = np.log1p(y)
         return {"kind": "continuous", "count": int(logs.size), "sum": float(logs.sum()),
-                "sumsq": float(np.square(logs).sum()), "sum_y": float(y[y > -1.0].sum())}
+                "sumsq": float(np.square(logs).sum()), "sum_y": float(y.sum())}
     n_classes = max(schema.target.n_outputs, 2)
     valid = y[(y >= 0) & (y < n_classes) & (y == np.round(y))].astype(np.int64)
     return {"kind": schema.target.kind,
@@ -194,6 +191,11 @@ def _target_fields(sites: list[Mapping[str, Any]]) -> dict[str, Any]:
             "target_mean": mean if mean > 0 else 1.0}
 
 
+def _layout(site: Mapping[str, Any]) -> tuple:
+    return (*(tuple(site[group]) for group in ("numeric", "binary", "categorical")),
+            site["target"]["kind"], len(site["target"].get("classes", ())))
+
+
 def _missing_rate(missing: float, observed: float) -> float:
     return missing / (missing + observed) if missing + observed > 0 else 1.0
 
@@ -207,6 +209,9 @@ def merge_statistics(stats: list[Mapping[str, Any]], *, min_cell: int = 5) -> Gl
     """
     if not stats:
         raise ValueError("merge_statistics needs the statistics of at least one site.")
+    if len({_layout(site) for site in stats}) > 1:
+        raise ValueError("Site statistics describe different features or targets; every site "
+                         "must compute them with the same task schema.")
     sites = [suppress_small_cells(site, min_cell) for site in stats]
     out: dict[str, dict[str, Any]] = {name: {} for name in _MAPPINGS}
     for name in sites[0]["numeric"]:
@@ -258,8 +263,8 @@ class Encoder:
         self.stats = stats
         self.missing_indicators = missing_indicators
         names: list[str] = []
+        table = {"numeric": stats.means, "binary": stats.rates, "categorical": stats.modes}
         for feat in schema.features:
-            table = {"numeric": stats.means, "binary": stats.rates, "categorical": stats.modes}
             if feat.name not in table[feat.kind]:
                 raise ValueError(f"The global statistics have no entry for feature "
                                  f"'{feat.name}'; compute them with task '{schema.name}'.")

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+
 from medfed.models.schema import TaskSchema
 
 Statistics = dict[str, float | list[float]]

@@ -9,8 +9,9 @@ per-sample gradients stay per sample.
 from __future__ import annotations
 
 import torch
-from medfed.models.schema import TaskSchema
 from torch import nn
+
+from medfed.models.schema import TaskSchema
 
 
 def _layers(schema: TaskSchema, n_inputs: int) -> list[nn.Module]:

@@ -14,8 +14,13 @@ import numpy as np
 import pandas as pd
 import torch
 
-from medfed.models.encoding import Encoder, GlobalStats, encode_target, merge_statistics, \
-    site_statistics
+from medfed.models.encoding import (
+    Encoder,
+    GlobalStats,
+    encode_target,
+    merge_statistics,
+    site_statistics,
+)
 from medfed.models.metrics import metric_statistics
 from medfed.models.nets import build_model, predict_output
 from medfed.models.schema import TaskSchema, task_from_dict

@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
+
 from medfed.models.schema import Feature, SchemaError, TaskSchema, _check_keys
 
 _TAG_SIZES, _TAG_LAYOUT, _TAG_TRUTH = 0x512E, 0x1A70, 0x7207

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import numbers
 import random
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
@@ -18,12 +19,13 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
+
 from medfed.models.encoding import GlobalStats
 from medfed.models.metrics import metric_statistics, metrics_from_statistics
 from medfed.models.nets import predict_output
 from medfed.models.schema import TaskSchema
-from torch import nn
-from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -166,15 +168,17 @@ def _check_budget(steps: int | None, epochs: int | None) -> None:
     if (steps is None) == (epochs is None):
         raise ValueError("Give exactly one of steps or epochs to train().")
     budget = steps if steps is not None else epochs
-    if not isinstance(budget, int) or budget < 1:
+    if not isinstance(budget, numbers.Integral) or budget < 1:
         raise ValueError(f"steps/epochs must be a positive integer, got {budget!r}.")
 
 
 def _run_pass(model: nn.Module, loader: Iterable, loss_fn: LossFn, opt: torch.optim.Optimizer,
               proximal: _Proximal | None, losses: list[torch.Tensor], sizes: list[int],
-              limit: float) -> None:
-    """One pass over ``loader``, stopping early once ``limit`` steps have been taken in all."""
+              limit: float) -> int:
+    """One pass over ``loader``, stopping once ``limit`` steps are taken in all; batches seen."""
+    seen = 0
     for xb, yb in loader:
+        seen += 1
         if yb.shape[0] == 0:
             continue
         opt.zero_grad(set_to_none=True)
@@ -186,7 +190,8 @@ def _run_pass(model: nn.Module, loader: Iterable, loss_fn: LossFn, opt: torch.op
         losses.append(loss.detach())
         sizes.append(yb.shape[0])
         if len(sizes) >= limit:
-            return
+            break
+    return seen
 
 
 def train(model: nn.Module, loader: Iterable, loss_fn: LossFn, *, lr: float,
@@ -207,8 +212,6 @@ def train(model: nn.Module, loader: Iterable, loss_fn: LossFn, *, lr: float,
         optimizer steps taken, ``examples``: training examples seen (with repeats).
     """
     _check_budget(steps, epochs)
-    if len(loader) == 0:  # type: ignore[arg-type]
-        raise ValueError("The training loader has no batches; the training set is empty.")
     opt = optimizer_obj or make_optimizer(model, optimizer, lr=lr, momentum=momentum,
                                           weight_decay=weight_decay)
     proximal = _Proximal(opt, proximal_mu) if proximal_mu > 0 else None
@@ -217,7 +220,8 @@ def train(model: nn.Module, loader: Iterable, loss_fn: LossFn, *, lr: float,
     sizes: list[int] = []
     model.train()
     for _ in range(epochs) if epochs is not None else itertools.count():
-        _run_pass(model, loader, loss_fn, opt, proximal, losses, sizes, limit)
+        if not _run_pass(model, loader, loss_fn, opt, proximal, losses, sizes, limit):
+            raise ValueError("The training loader yielded no batch; is the training set empty?")
         if len(sizes) >= limit:
             break
     examples = sum(sizes)

@@ -68,8 +68,9 @@ def _hydra_message(exc: Exception) -> str:
     if "Could not find" in text:
         options = [line for line in lines[1:] if not line.startswith("Available")]
         text += f" (available: {', '.join(options)})" if options else ""
-    elif len(lines) > 1 and "not in struct" in lines[-1] or "Could not override" in text:
-        text = text.rstrip(".") + ": no such setting (check the spelling; see `medfed simulate --cfg job`)"
+    elif "Could not override" in text or "not in struct" in str(exc):
+        text = (text.rstrip(".") + ": no such setting (check the spelling; "
+                "`medfed simulate --cfg job` lists every setting)")
     return text
 
 
@@ -113,7 +114,8 @@ def validate_study(study: dict[str, Any]) -> None:
     if not isinstance(study.get("seed"), int):
         raise ConfigError(f"seed must be an integer, got {study.get('seed')!r}")
     if study["train"]["optimizer"] not in ("sgd", "adam"):
-        raise ConfigError(f"train.optimizer must be sgd or adam, got {study['train']['optimizer']!r}")
+        raise ConfigError("train.optimizer must be sgd or adam, got "
+                          f"{study['train']['optimizer']!r}")
     if study["preprocessing"]["normalisation"] not in ("global", "site"):
         raise ConfigError("preprocessing.normalisation must be global or site, got "
                           f"{study['preprocessing']['normalisation']!r}")

@@ -12,7 +12,7 @@ ServerApp, the strategies and the ClientApp are unchanged, and the byte counts a
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from uuid import uuid4
 
 from flwr.app import Context, Error, Message, RecordDict
@@ -33,14 +33,10 @@ class WireCounter:
 
     sent: int = 0
     received: int = 0
-    per_group: dict[str, int] = field(default_factory=dict)
 
-    def add(self, group: str, n_bytes: int, *, outbound: bool) -> None:
-        if outbound:
-            self.sent += n_bytes
-        else:
-            self.received += n_bytes
-        self.per_group[group] = self.per_group.get(group, 0) + n_bytes
+    @property
+    def total(self) -> int:
+        return self.sent + self.received
 
 
 def transmit(message: Message) -> tuple[Message, int]:
@@ -124,9 +120,8 @@ class InProcessGrid(Grid):
 
     def _deliver(self, message: Message) -> Message:
         """Carry ``message`` to its node, run the ClientApp and carry the reply back."""
-        group = message.metadata.group_id
         inbound, n_bytes = transmit(message)
-        self.wire.add(group, n_bytes, outbound=True)
+        self.wire.sent += n_bytes
         node_id = inbound.metadata.dst_node_id
         context = self._contexts[node_id]
         _use_identity(self._run.run_id, node_id)
@@ -140,7 +135,7 @@ class InProcessGrid(Grid):
             _use_identity(self._run.run_id, SUPERLINK_NODE_ID)
         reply.metadata.__dict__["_message_id"] = str(uuid4())
         outbound, n_bytes = transmit(reply)
-        self.wire.add(group, n_bytes, outbound=False)
+        self.wire.received += n_bytes
         return outbound
 
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:

@@ -55,6 +55,7 @@ def _clean(value: Any) -> Any:
 def metric_rows(result: StudyResult) -> list[dict[str, Any]]:
     """The rows of ``metrics.csv``: test metrics of the global model after each round."""
     sizes = {h["name"]: h for h in result.hospitals.values()}
+    all_test = sum(h["n_test"] for h in sizes.values())
     rows = []
     for record in result.rounds:
         per_site = dict(record.hospital_metrics)
@@ -63,10 +64,10 @@ def metric_rows(result: StudyResult) -> list[dict[str, Any]]:
         for name, metrics in per_site.items():
             train = record.train.get(name, {})
             rows.append({"round": record.server_round, "hospital": name,
-                         "n_test": sizes.get(name, {}).get("n_test",
-                                                           sum(h["n_test"] for h in sizes.values())),
+                         "n_test": sizes.get(name, {}).get("n_test", all_test),
                          **metrics, "train_loss": train.get("loss"),
-                         "train_steps": train.get("steps")})
+                         "train_steps": train.get("steps"), "seconds": record.seconds,
+                         "wire_bytes": record.wire_bytes})
     return rows
 
 

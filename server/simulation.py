@@ -61,6 +61,7 @@ def _run_on_ray(server_app: Any, client_app: Any, n: int, study: dict[str, Any])
     from flwr.simulation import run_simulation
 
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     cfg = study["engine"]
     backend = {"client_resources": {"num_cpus": float(cfg.get("num_cpus_per_client", 1)),
                                     "num_gpus": float(cfg.get("num_gpus_per_client", 0.0))},

@@ -52,6 +52,7 @@ class RoundRecord:
     train: dict[str, dict[str, float]] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
+    wire_bytes: int | None = None
 
 
 @dataclass
@@ -112,6 +113,7 @@ def federated_statistics(grid: Grid, study: dict[str, Any], node_ids: list[int]
             "name": str(site["name"]), "n_train": int(counts["num-examples"]),
             "n_test": int(counts["num-test"])}
         summaries.append(json.loads(str(site["statistics-json"])))
+    hospitals = dict(sorted(hospitals.items(), key=lambda item: item[1]["name"]))
     stats = merge_statistics(summaries, min_cell=int(study["preprocessing"]["min_cell"]))
     prepared = _query(grid, hospitals, "prepare",
                       ConfigRecord({"statistics-json": json.dumps(stats.to_dict())}), timeout)
@@ -179,7 +181,7 @@ def run_study(grid: Grid, study: dict[str, Any], observer: Observer | None = Non
     timeout = float(study["timeout"])
     rounds = [RoundRecord(0)]
     for server_round in range(1, int(study["rounds"]) + 1):
-        t0 = time.perf_counter()
+        t0, bytes0 = time.perf_counter(), _wire_total(grid)
         rounds.append(RoundRecord(server_round))
         messages = strategy.configure_train(server_round, arrays, ConfigRecord(), grid)
         replies = list(grid.send_and_receive(messages, timeout=timeout))
@@ -189,6 +191,8 @@ def run_study(grid: Grid, study: dict[str, Any], observer: Observer | None = Non
         if aggregated is not None:
             arrays = aggregated
         rounds[-1].seconds = time.perf_counter() - t0
+        if bytes0 is not None:
+            rounds[-1].wire_bytes = _wire_total(grid) - bytes0
         if observer:
             observer.on_round(server_round - 1, rounds[-2])
     messages = strategy.configure_evaluate(len(rounds) - 1, arrays, ConfigRecord(), grid)
@@ -200,9 +204,13 @@ def run_study(grid: Grid, study: dict[str, Any], observer: Observer | None = Non
     return StudyResult(study=study, schema=schema, hospitals=hospitals, statistics=stats,
                        rounds=rounds, final_state=arrays.to_torch_state_dict(),
                        wall_seconds=time.perf_counter() - started,
-                       wire_bytes={"sent": wire.sent, "received": wire.received,
-                                   **{f"group-{k}": v for k, v in wire.per_group.items()}}
-                       if wire else {})
+                       wire_bytes={"sent": wire.sent, "received": wire.received} if wire else {})
+
+
+def _wire_total(grid: Grid) -> int | None:
+    """Bytes the grid has carried so far, when it counts them (the in-process engine does)."""
+    wire = getattr(grid, "wire", None)
+    return None if wire is None else int(wire.total)
 
 
 def _quiet_flower(study: dict[str, Any]) -> None:

@@ -60,7 +60,8 @@ def build_strategy(cfg: Mapping[str, Any], n_nodes: int) -> fl.Strategy:
     """
     name = cfg.get("name")
     if name not in STRATEGIES:
-        raise StrategyConfigError(f"strategy={name!r} is unknown; choose one of {sorted(STRATEGIES)}")
+        raise StrategyConfigError(f"strategy={name!r} is unknown; "
+                                  f"choose one of {sorted(STRATEGIES)}")
     allowed = set(_COMMON) | set(_HYPER_PARAMETERS.get(name, ()))
     unknown = sorted(set(cfg) - allowed)
     if unknown:

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
+
 from medfed.models.encoding import (
     Encoder,
     GlobalStats,
@@ -100,6 +101,12 @@ def test_degenerate_features_get_safe_defaults(schema):
     assert (merged.means["x"], merged.stds["x"]) == (2.0, 1.0)
     assert merged.rates["b"] == 0.5
     assert merged.modes["c"] == "lo"
+
+
+def test_sites_of_different_schemas_do_not_merge(schema, site_a):
+    other = task_from_dict({**TINY, "features": TINY["features"][:2]})
+    with pytest.raises(ValueError, match="same task schema"):
+        merge_statistics([site_statistics(site_a, schema), site_statistics(site_a, other)])
 
 
 def test_global_stats_round_trip_through_json(schema, site_a, site_b):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from medfed.models.metrics import (
     add_statistics,
     auroc_from_histograms,

@@ -6,11 +6,12 @@ import math
 
 import pytest
 import torch
-from medfed.models.nets import build_model, predict_output
-from medfed.models.schema import task_from_dict
 from opacus import GradSampleModule
 from opacus.validators import ModuleValidator
 from torch import nn
+
+from medfed.models.nets import build_model, predict_output
+from medfed.models.schema import task_from_dict
 
 FEATURES = [{"name": "x", "type": "numeric"}]
 

@@ -10,6 +10,7 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from medfed.models.schema import (
     SchemaError,
     TaskSchema,

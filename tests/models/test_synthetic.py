@@ -14,6 +14,7 @@ import pytest
 import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from medfed.models.schema import SchemaError, TaskSchema, load_task, task_dir, task_from_dict
 from medfed.models.synthetic import (
     Site,

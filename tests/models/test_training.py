@@ -8,6 +8,8 @@ import math
 import numpy as np
 import pytest
 import torch
+from torch import nn
+
 from medfed.models.encoding import GlobalStats
 from medfed.models.metrics import metric_statistics
 from medfed.models.nets import build_model, predict_output
@@ -21,7 +23,6 @@ from medfed.models.training import (
     set_weights,
     train,
 )
-from torch import nn
 
 FEATURES = [{"name": "x", "type": "numeric"}]
 
