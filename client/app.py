@@ -24,10 +24,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from medfed.client import node
+from medfed.client.guard import reply_guard
 from medfed.models import pipeline
 from medfed.models.encoding import GlobalStats
 
-app = ClientApp()
+app = ClientApp(mods=[reply_guard])
 
 _STATE = "medfed-study"
 

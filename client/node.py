@@ -14,7 +14,7 @@ from functools import lru_cache
 from typing import Any
 
 from medfed.models.data import SiteData, load_site
-from medfed.models.encoding import GlobalStats, site_statistics
+from medfed.models.encoding import GlobalStats, site_statistics, suppress_small_cells
 from medfed.models.pipeline import PreparedSite, prepare_site, study_schema
 
 
@@ -25,9 +25,15 @@ def _site(config_json: str, index: int) -> SiteData:
 
 
 def site_summary(config_json: str, index: int) -> tuple[str, int, int, dict[str, Any]]:
-    """Round 0: name, train and test sizes, and the additive statistics of the training split."""
+    """Round 0: name, train and test sizes, and the additive statistics of the training split.
+
+    Category cells below the study's ``preprocessing.min_cell`` are suppressed here, on the node,
+    before anything is sent.
+    """
+    study = json.loads(config_json)
     site = _site(config_json, index)
-    stats = site_statistics(site.train, study_schema(json.loads(config_json)))
+    stats = suppress_small_cells(site_statistics(site.train, study_schema(study)),
+                                 int(study["preprocessing"]["min_cell"]))
     return site.name, len(site.train), len(site.test), stats
 
 
