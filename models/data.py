@@ -4,6 +4,8 @@
 the study configuration and the hospital's position in the federation. The built-in
 ``synthetic`` federation generates the site locally from the seed, so a node only ever produces
 its own rows; the pooled and local-only baselines call the same function for every site.
+The ``sites`` federation reads real exports instead: hospital ``i`` is the dataset card
+``federation.cards[i]`` (see :mod:`medfed.models.cards`), split as its card says.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medfed.models.cards import CardError, check_task, load_card, read_card_data
 from medfed.models.schema import TaskSchema
 from medfed.models.synthetic import SkewConfig, generate_site, site_sizes
 
@@ -43,7 +46,33 @@ def federation_size(federation: Mapping[str, Any]) -> int:
         if sizes is not None and len(sizes) != n:
             raise DataConfigError(f"federation.sizes lists {len(sizes)} sizes for {n} hospitals")
         return n
-    raise DataConfigError(f"federation={federation.get('name')!r} is unknown; use synthetic")
+    if federation.get("name") == "sites":
+        cards = federation.get("cards")
+        if isinstance(cards, str) or not cards:
+            raise DataConfigError("federation=sites needs a list of dataset cards, e.g. "
+                                  "federation.cards=[a.yaml,b.yaml]")
+        return len(cards)
+    raise DataConfigError(f"federation={federation.get('name')!r} is unknown; use synthetic or "
+                          "sites")
+
+
+def _card_site(schema: TaskSchema, federation: Mapping[str, Any], index: int) -> SiteData:
+    """Hospital ``index`` of a ``sites`` federation: the rows its dataset card describes."""
+    path = str(federation["cards"][index])
+    min_cohort = federation.get("min_cohort")
+    try:
+        card = load_card(path)
+        check_task(card, schema)
+        data = read_card_data(card, schema, min_cohort=None if min_cohort is None
+                              else int(min_cohort))
+    except CardError as exc:
+        raise DataConfigError(str(exc)) from None
+    if not data.report.usable:
+        more = len(data.report.errors) - 1
+        extra = f" (and {more} more problem(s))" if more else ""
+        raise DataConfigError(f"{data.report.errors[0]}{extra}; run `medfed node check "
+                              f"--dataset {path}` for the full report")
+    return SiteData(data.name, data.train, data.test)
 
 
 def load_site(schema: TaskSchema, federation: Mapping[str, Any], index: int,
@@ -59,11 +88,14 @@ def load_site(schema: TaskSchema, federation: Mapping[str, Any], index: int,
     index
         The hospital's position, 0-based (Flower's ``partition-id``).
     seed
-        The study seed; the synthetic generator derives the site's randomness from it.
+        The study seed; the synthetic generator derives the site's randomness from it (a card's
+        split has its own seed, so a hospital's test rows do not change with the study).
     """
     n = federation_size(federation)
     if not 0 <= index < n:
         raise DataConfigError(f"hospital index {index} is outside the federation of {n}")
+    if federation.get("name") == "sites":
+        return _card_site(schema, federation, index)
     sizes = site_sizes(n, min_size=int(federation["min_size"]),
                        max_size=int(federation["max_size"]), seed=seed,
                        sizes=federation.get("sizes"))

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from medfed.models.data import SiteData, load_site
+from medfed.models.data import SiteData, federation_size, load_site
 from medfed.models.encoding import Encoder, encode_target
 from medfed.models.metrics import metrics_from_statistics, sum_statistics
 from medfed.models.pipeline import (
@@ -53,7 +53,7 @@ def _score(model, encoder: Encoder, sites: list[SiteData], result: StudyResult
 def run_baselines(result: StudyResult) -> dict[str, Any]:
     """Train and score the pooled and local-only baselines for a finished federated study."""
     study, schema, stats = result.study, result.schema, result.statistics
-    n = int(study["federation"]["hospitals"])
+    n = federation_size(study["federation"])
     sites = [load_site(schema, study["federation"], i, int(study["seed"])) for i in range(n)]
     steps = _steps_per_hospital(result)
     seed = int(study["seed"])

@@ -16,6 +16,10 @@ commands:
   simulate [overrides]   run a simulated federation (Hydra overrides, -m for sweeps), e.g.
                          medfed simulate task=pricing strategy=fedyogi rounds=20 compare=true
   tasks                  list the shipped task schemas
+  node check --dataset CARD [--task NAME]
+                         validate a hospital's dataset card and data (prints aggregates only)
+  synth export --task NAME --hospitals N DIR
+                         write synthetic hospitals as CSV files plus dataset cards
 """
 
 
@@ -62,10 +66,10 @@ def simulate(argv: list[str]) -> None:
 def _simulate_job(cfg: Any) -> None:
     from hydra.core.hydra_config import HydraConfig
 
-    from medfed.server.config import ConfigError, study_from_cfg, validate_study
+    from medfed.server.config import ConfigError, absolute_paths, study_from_cfg, validate_study
     from medfed.server.simulation import run_simulated_study
 
-    study = study_from_cfg(cfg)
+    study = absolute_paths(study_from_cfg(cfg))
     try:
         validate_study(study)
     except ConfigError as exc:
@@ -95,6 +99,14 @@ def main(argv: list[str] | None = None) -> None:
         simulate(rest)
     elif command == "tasks":
         list_tasks()
+    elif command == "node":
+        from medfed.client.check import node_main
+
+        raise SystemExit(node_main(rest))
+    elif command == "synth":
+        from medfed.models.export import synth_main
+
+        raise SystemExit(synth_main(rest))
     else:
         _fail(f"unknown command '{command}'; see `medfed --help`", 2)
 

@@ -55,8 +55,16 @@ def compose_study(overrides: list[str]) -> dict[str, Any]:
         raise ConfigError(_hydra_message(exc)) from None
     finally:
         GlobalHydra.instance().clear()
-    study = study_from_cfg(cfg)
+    study = absolute_paths(study_from_cfg(cfg))
     validate_study(study)
+    return study
+
+
+def absolute_paths(study: dict[str, Any]) -> dict[str, Any]:
+    """Make dataset-card paths absolute, so nodes started from another folder find them."""
+    cards = study["federation"].get("cards")
+    if cards:
+        study["federation"]["cards"] = [str(Path(c).expanduser().resolve()) for c in cards]
     return study
 
 
@@ -66,8 +74,10 @@ def _hydra_message(exc: Exception) -> str:
     if text.startswith("In 'config': Could not find"):
         text = text.replace("In 'config': ", "")
     if "Could not find" in text:
-        options = [line for line in lines[1:] if not line.startswith("Available")]
-        text += f" (available: {', '.join(options)})" if options else ""
+        options = list(itertools.takewhile(lambda line: not line.startswith("Config search"),
+                                           (line for line in lines[1:]
+                                            if not line.startswith("Available"))))
+        text += f"; available: {', '.join(options)}" if options else ""
     elif "Could not override" in text or "not in struct" in str(exc):
         text = (text.rstrip(".") + ": no such setting (check the spelling; "
                 "`medfed simulate --cfg job` lists every setting)")

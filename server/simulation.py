@@ -15,6 +15,7 @@ from typing import Any
 from flwr.app import Context, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID
 
+from medfed.models.data import federation_size
 from medfed.server.app import build_server_app
 from medfed.server.outputs import summary
 from medfed.server.study import StudyResult
@@ -34,7 +35,7 @@ def run_simulated_study(study: dict[str, Any]) -> StudyResult:
 
         observer = ProgressObserver()
     server_app = build_server_app(study, observer)
-    n = int(study["federation"]["hospitals"])
+    n = federation_size(study["federation"])
     engine = study["engine"]["name"]
     if engine == "inprocess":
         from medfed.server.engine import InProcessGrid

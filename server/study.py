@@ -20,6 +20,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 
+from medfed.models.data import federation_size
 from medfed.models.encoding import GlobalStats, merge_statistics
 from medfed.models.metrics import metrics_from_statistics
 from medfed.models.pipeline import n_inputs, new_model, study_schema
@@ -171,7 +172,7 @@ def run_study(grid: Grid, study: dict[str, Any], observer: Observer | None = Non
     random.seed(int(study["seed"]))
     torch.manual_seed(int(study["seed"]))
     schema = study_schema(study)
-    n_nodes = int(study["federation"]["hospitals"])
+    n_nodes = federation_size(study["federation"])
     strategy = build_strategy(study["strategy"], n_nodes)
     node_ids = _wait_for_nodes(grid, int(study["strategy"]["min_nodes"]), float(study["timeout"]))
     hospitals, stats = federated_statistics(grid, study, node_ids)
