@@ -23,7 +23,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from medfed.client import node
+from medfed.client import node, privacy_round
 from medfed.client.guard import reply_guard
 from medfed.models import pipeline
 from medfed.models.encoding import GlobalStats
@@ -101,9 +101,10 @@ def train(msg: Message, context: Context) -> Message:
     if (server_round - 1) % int(study["evaluate"]["every"]) == 0:
         metrics.update(_evaluation(model, site, schema, study, stats))
     seed = pipeline.round_seed(int(study["seed"]), _index(context), server_round)
-    metrics.update(pipeline.local_training(
-        model, site.x_train, site.y_train, schema, study, stats, seed=seed,
-        proximal_mu=float(config.get("proximal-mu", 0.0))))
+    metrics.update(privacy_round.train_round(
+        model, site, schema, study, stats, seed=seed, server_round=server_round,
+        proximal_mu=float(config.get("proximal-mu", 0.0)),
+        cohort_size=int(config.get("cohort-size", 0)), delta=float(config.get("dp-delta", 0.0))))
     return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()),
                                "metrics": MetricRecord(metrics)}), reply_to=msg)
 

@@ -66,7 +66,8 @@ def metric_rows(result: StudyResult) -> list[dict[str, Any]]:
             rows.append({"round": record.server_round, "hospital": name,
                          "n_test": sizes.get(name, {}).get("n_test", all_test),
                          **metrics, "train_loss": train.get("loss"),
-                         "train_steps": train.get("steps"), "seconds": record.seconds,
+                         "train_steps": train.get("steps"), "epsilon": train.get("epsilon"),
+                         "seconds": record.seconds,
                          "wire_bytes": record.wire_bytes})
     return rows
 
@@ -82,11 +83,24 @@ def _csv_bytes(rows: list[dict[str, Any]]) -> bytes:
     return buffer.getvalue().encode()
 
 
+def _privacy_spent(result: StudyResult, name: str) -> dict[str, Any]:
+    """The hospital's last reported epsilon and delta (DP-SGD studies), and rounds it missed."""
+    spent: dict[str, Any] = {}
+    for record in result.rounds:
+        train = record.train.get(name, {})
+        if "epsilon" in train:
+            spent = {"epsilon": train["epsilon"], "delta": train["delta"]}
+    missed = [r.server_round for r in result.rounds
+              if name in r.refusals or name in r.failures]
+    return {**spent, "rounds_missed": missed}
+
+
 def summary(result: StudyResult) -> dict[str, Any]:
     """The content of ``summary.json``."""
     final = result.final
     hospitals = [{"name": h["name"], "n_train": h["n_train"], "n_test": h["n_test"],
-                  "metrics": final.hospital_metrics.get(h["name"], {})}
+                  "metrics": final.hospital_metrics.get(h["name"], {}),
+                  **_privacy_spent(result, h["name"])}
                  for h in result.hospitals.values()]
     metric_names = list(result.schema.metrics) + ["loss"]
     mean = {m: sum(h["metrics"].get(m, math.nan) for h in hospitals) / max(len(hospitals), 1)
@@ -103,6 +117,8 @@ def summary(result: StudyResult) -> dict[str, Any]:
         "normalisation": study["preprocessing"]["normalisation"],
         "total_train_steps": result.total_train_steps,
         "failures": {str(r.server_round): r.failures for r in result.rounds if r.failures},
+        "refusals": {str(r.server_round): r.refusals for r in result.rounds if r.refusals},
+        "privacy": study["privacy"]["name"], "study_id": study.get("study_id"),
         "wire_bytes": result.wire_bytes,
     }
     if result.baselines:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 import time
+import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from logging import WARNING
@@ -29,6 +30,7 @@ from medfed.strategies.registry import build_strategy
 from medfed.strategies.statistics import add_into
 
 GLOBAL = "all hospitals"
+REFUSED = "refused by the node's policy"  # how medfed.client.privacy_round words a refusal
 
 
 class StudyError(RuntimeError):
@@ -52,6 +54,7 @@ class RoundRecord:
     global_metrics: dict[str, float] = field(default_factory=dict)
     train: dict[str, dict[str, float]] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
+    refusals: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     wire_bytes: int | None = None
 
@@ -157,18 +160,25 @@ def record_training(record: RoundRecord, replies: list[Message],
     for reply in replies:
         name = _hospital(hospitals, reply)
         if reply.has_error():
-            record.failures[name] = reply.error.reason
+            reason = reply.error.reason
+            refused = REFUSED in reason
+            (record.refusals if refused else record.failures)[name] = \
+                reason[reason.index(REFUSED):] if refused else reason
             continue
         metrics = next(iter(reply.content.metric_records.values()))
         examples = max(float(metrics["train-examples"]), 1.0)
         record.train[name] = {"loss": float(metrics["train-loss-sum"]) / examples,
                               "steps": float(metrics["train-steps"])}
+        for key in ("epsilon", "delta"):
+            if key in metrics:
+                record.train[name][key] = float(metrics[key])
 
 
 def run_study(grid: Grid, study: dict[str, Any], observer: Observer | None = None) -> StudyResult:
     """Run a whole study on ``grid`` and return what happened (see the module docstring)."""
     started = time.perf_counter()
     _quiet_flower(study)
+    study.setdefault("study_id", f"{study['task']['name']}-{uuid.uuid4().hex[:12]}")
     random.seed(int(study["seed"]))
     torch.manual_seed(int(study["seed"]))
     schema = study_schema(study)
@@ -180,11 +190,12 @@ def run_study(grid: Grid, study: dict[str, Any], observer: Observer | None = Non
         observer.on_start(study, [h["name"] for h in hospitals.values()])
     arrays = ArrayRecord(new_model(schema, stats, n_inputs(schema, stats, study)).state_dict())
     timeout = float(study["timeout"])
+    train_config = round_config(study, hospitals)
     rounds = [RoundRecord(0)]
     for server_round in range(1, int(study["rounds"]) + 1):
         t0, bytes0 = time.perf_counter(), _wire_total(grid)
         rounds.append(RoundRecord(server_round))
-        messages = strategy.configure_train(server_round, arrays, ConfigRecord(), grid)
+        messages = strategy.configure_train(server_round, arrays, train_config, grid)
         replies = list(grid.send_and_receive(messages, timeout=timeout))
         record_evaluation(rounds[-2], replies, schema, hospitals)
         record_training(rounds[-1], replies, hospitals)
@@ -206,6 +217,19 @@ def run_study(grid: Grid, study: dict[str, Any], observer: Observer | None = Non
                        rounds=rounds, final_state=arrays.to_torch_state_dict(),
                        wall_seconds=time.perf_counter() - started,
                        wire_bytes={"sent": wire.sent, "received": wire.received} if wire else {})
+
+
+def round_config(study: dict[str, Any], hospitals: dict[int, dict[str, Any]]) -> ConfigRecord:
+    """What every train message carries besides the weights: the expected cohort size (for the
+    nodes' ``min_cohort`` policy) and the DP delta, below 1/n of the smallest site by default."""
+    from medfed.models.privacy import default_delta
+
+    fraction = float(study["strategy"].get("fraction_train", 1.0))
+    cohort = max(int(len(hospitals) * fraction), int(study["strategy"]["min_nodes"]))
+    delta = study["privacy"].get("delta")
+    if delta is None:
+        delta = default_delta(min(h["n_train"] for h in hospitals.values()))
+    return ConfigRecord({"cohort-size": cohort, "dp-delta": float(delta)})
 
 
 def _wire_total(grid: Grid) -> int | None:

@@ -1,0 +1,83 @@
+"""``medfed node ledger`` and ``medfed privacy plan``: numbers, exit codes, tamper reports."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from medfed.client.ledger import Ledger, ledger_path
+from medfed.client.privacy_cli import EXIT_OK, EXIT_TAMPERED, ledger_main, plan_main
+from medfed.models.privacy import epsilon_from_history, noise_for_target
+
+PLAN = ["--sizes", "120,400,900", "--batch-size", "32", "--local-steps", "10", "--rounds", "6",
+        "--json"]
+
+
+def plan_json(capsys, *extra: str) -> dict:
+    assert plan_main([*PLAN, *extra]) == EXIT_OK
+    return json.loads(capsys.readouterr().out)
+
+
+def test_plan_with_one_noise_the_smallest_site_runs_out_first(capsys):
+    result = plan_json(capsys, "--noise-multiplier", "1.5", "--budget", "3.0")
+    assert result["delta"] == 1e-4
+    rows = result["hospitals"]
+    for row, n in zip(rows, (120, 400, 900), strict=True):
+        assert row["sample_rate"] == 32 / n and row["steps_per_round"] == 10
+        expected = [epsilon_from_history([(1.5, 32 / n, 10 * r)], 1e-4) for r in range(1, 7)]
+        assert row["epsilon_per_round"] == pytest.approx(expected, rel=1e-12)
+        k = row["rounds_affordable"]
+        assert epsilon_from_history([(1.5, 32 / n, 10 * k)], 1e-4) <= 3.0
+        assert epsilon_from_history([(1.5, 32 / n, 10 * (k + 1))], 1e-4) > 3.0
+    affordable = [row["rounds_affordable"] for row in rows]
+    assert affordable == sorted(affordable) and affordable[0] < affordable[-1]
+
+
+@pytest.mark.filterwarnings("ignore:Optimal order is the largest alpha")
+def test_plan_with_a_target_sets_each_sites_noise_for_the_whole_study(capsys):
+    result = plan_json(capsys, "--target-epsilon", "1.0", "--delta", "1e-5")
+    for row in result["hospitals"]:
+        rate = row["sample_rate"]
+        assert row["noise_multiplier"] == noise_for_target(1.0, 1e-5, rate, 60)
+        assert 0.99 <= row["epsilon_per_round"][-1] <= 1.0
+        assert row["rounds_affordable"] >= 6
+    noises = [row["noise_multiplier"] for row in result["hospitals"]]
+    assert noises == sorted(noises, reverse=True)
+
+
+def test_plan_prints_a_table_and_rejects_bad_sizes(capsys):
+    assert plan_main(PLAN[:-1] + ["--noise-multiplier", "1.0", "--budget", "5"]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "epsilon after each round" in out and "hospital-0 (120 rows) runs out first" in out
+    assert plan_main(["--sizes", "0,10", *PLAN[2:], "--noise-multiplier", "1"]) == 1
+    assert "--sizes must list positive row counts" in capsys.readouterr().err
+
+
+def test_ledger_report_prints_spend_and_verifies(tmp_path, capsys):
+    data = tmp_path / "site.csv"
+    ledger = Ledger(ledger_path(data))
+    ledger.commit(ledger.reserve("study-a", "diagnosis", 1, 1.0, 0.08, 50, 1e-5, 4.8), 4.8)
+    ledger.reserve("study-b", "diagnosis", 1, 2.0, 0.08, 50, 1e-5, 1.5)
+    assert ledger_main(["--dataset", str(data), "--json"]) == EXIT_OK
+    report = json.loads(capsys.readouterr().out)
+    assert report["chain"] == "ok" and report["entries"] == 3
+    assert report["total_epsilon"] == pytest.approx(
+        epsilon_from_history([(1.0, 0.08, 50), (2.0, 0.08, 50)], 1e-5))
+    assert report["studies"]["study-b"]["rounds"] == 1 and report["open_reservations"] == 1
+    assert ledger_main(["--dataset", str(ledger.path)]) == EXIT_OK
+    out = capsys.readouterr().out
+    assert "study-a" in out and "total" in out and "open reservations: 1" in out
+
+
+def test_ledger_report_exits_non_zero_when_tampered(tmp_path, capsys):
+    ledger = Ledger(tmp_path / "site.ledger.jsonl")
+    ledger.commit(ledger.reserve("s", "diagnosis", 1, 1.0, 0.08, 50, 1e-5, 4.8), 4.8)
+    ledger.path.write_text(ledger.path.read_text().replace('"steps":50', '"steps":5', 1))
+    assert ledger_main(["--dataset", str(ledger.path)]) == EXIT_TAMPERED
+    assert "TAMPERED" in capsys.readouterr().err
+
+
+def test_a_dataset_without_a_ledger_has_spent_nothing(tmp_path, capsys):
+    assert ledger_main(["--dataset", str(tmp_path / "new.csv")]) == EXIT_OK
+    assert "no privacy spend recorded" in capsys.readouterr().out
