@@ -18,6 +18,10 @@ commands:
   tasks                  list the shipped task schemas
   node check --dataset CARD [--task NAME]
                          validate a hospital's dataset card and data (prints aggregates only)
+  node ledger --dataset CARD_OR_LEDGER
+                         a hospital's privacy spend per study and in total; verifies the chain
+  privacy plan --sizes 120,400,900 --batch-size 32 --local-steps 10 --rounds 20 --target-epsilon 1
+                         noise and epsilon per round for each hospital before a study
   synth export --task NAME --hospitals N DIR
                          write synthetic hospitals as CSV files plus dataset cards
 """
@@ -99,10 +103,18 @@ def main(argv: list[str] | None = None) -> None:
         simulate(rest)
     elif command == "tasks":
         list_tasks()
+    elif command == "node" and rest[:1] == ["ledger"]:
+        from medfed.client.privacy_cli import ledger_main
+
+        raise SystemExit(ledger_main(rest[1:]))
     elif command == "node":
         from medfed.client.check import node_main
 
         raise SystemExit(node_main(rest))
+    elif command == "privacy" and rest[:1] == ["plan"]:
+        from medfed.client.privacy_cli import plan_main
+
+        raise SystemExit(plan_main(rest[1:]))
     elif command == "synth":
         from medfed.models.export import synth_main
 
