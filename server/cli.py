@@ -80,7 +80,16 @@ def _simulate_job(cfg: Any) -> None:
         _fail(str(exc), 2)
     if not study.get("output_dir"):
         study["output_dir"] = HydraConfig.get().runtime.output_dir
-    run_simulated_study(study)
+    try:
+        run_simulated_study(study)
+    except KeyboardInterrupt:
+        _fail("interrupted; the run directory holds only what was finished", 130)
+    except Exception as exc:  # a failed study ends in one sentence, not a traceback
+        if study.get("verbose"):
+            raise
+        first = (str(exc).splitlines() or [""])[0]
+        _fail(f"the study failed: {type(exc).__name__}: {first} (verbose=true shows the "
+              "traceback)", 1)
 
 
 def list_tasks() -> None:

@@ -112,6 +112,24 @@ def _positive(study: dict[str, Any], dotted: str, *, integer: bool = False,
         raise ConfigError(f"{dotted} must be {kind}, got {value!r}")
 
 
+def _check_federation(federation: dict[str, Any]) -> None:
+    """Sizes and split of the synthetic federation (cards carry their own)."""
+    if federation.get("name") != "synthetic":
+        return
+    low, high = federation.get("min_size"), federation.get("max_size")
+    if not isinstance(low, int) or not isinstance(high, int) or not 20 <= low <= high:
+        raise ConfigError(f"federation.min_size ({low}) and max_size ({high}) must be integers "
+                          "with 20 <= min_size <= max_size")
+    fraction = federation.get("test_fraction")
+    if not isinstance(fraction, int | float) or not 0.05 <= fraction <= 0.9:
+        raise ConfigError("federation.test_fraction must be between 0.05 and 0.9, got "
+                          f"{fraction!r}")
+    for size in federation.get("sizes") or []:
+        if not isinstance(size, int) or size < 20:
+            raise ConfigError("federation.sizes must be integers of at least 20 rows, got "
+                              f"{size!r}")
+
+
 def validate_study(study: dict[str, Any]) -> None:
     """Check a study config; raise :class:`ConfigError` naming the first bad setting."""
     for key in ("rounds", "train.batch_size", "evaluate.every", "evaluate.auroc_bins",
@@ -121,8 +139,10 @@ def validate_study(study: dict[str, Any]) -> None:
     _positive(study, "train.local_epochs", integer=True)
     _positive(study, "train.lr")
     _positive(study, "timeout")
-    if not isinstance(study.get("seed"), int):
-        raise ConfigError(f"seed must be an integer, got {study.get('seed')!r}")
+    seed = study.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+    _check_federation(study["federation"])
     if study["train"]["optimizer"] not in ("sgd", "adam"):
         raise ConfigError("train.optimizer must be sgd or adam, got "
                           f"{study['train']['optimizer']!r}")

@@ -188,7 +188,9 @@ def run_study(grid: Grid, study: dict[str, Any], observer: Observer | None = Non
     hospitals, stats = federated_statistics(grid, study, node_ids)
     if observer:
         observer.on_start(study, [h["name"] for h in hospitals.values()])
-    arrays = ArrayRecord(new_model(schema, stats, n_inputs(schema, stats, study)).state_dict())
+    initial = new_model(schema, stats, n_inputs(schema, stats, study)).state_dict()
+    dtypes = {key: tensor.dtype for key, tensor in initial.items()}
+    arrays = ArrayRecord(initial)
     timeout = float(study["timeout"])
     train_config = round_config(study, hospitals)
     rounds = [RoundRecord(0)]
@@ -201,7 +203,7 @@ def run_study(grid: Grid, study: dict[str, Any], observer: Observer | None = Non
         record_training(rounds[-1], replies, hospitals)
         aggregated, _ = strategy.aggregate_train(server_round, replies)
         if aggregated is not None:
-            arrays = aggregated
+            arrays = keep_dtypes(aggregated, dtypes)
         rounds[-1].seconds = time.perf_counter() - t0
         if bytes0 is not None:
             rounds[-1].wire_bytes = _wire_total(grid) - bytes0
@@ -217,6 +219,14 @@ def run_study(grid: Grid, study: dict[str, Any], observer: Observer | None = Non
                        rounds=rounds, final_state=arrays.to_torch_state_dict(),
                        wall_seconds=time.perf_counter() - started,
                        wire_bytes={"sent": wire.sent, "received": wire.received} if wire else {})
+
+
+def keep_dtypes(arrays: ArrayRecord, dtypes: dict[str, torch.dtype]) -> ArrayRecord:
+    """The aggregate in the model's own dtypes (FedAdam and friends return float64 arrays)."""
+    state = arrays.to_torch_state_dict()
+    if all(state[key].dtype == dtype for key, dtype in dtypes.items()):
+        return arrays
+    return ArrayRecord({key: state[key].to(dtype) for key, dtype in dtypes.items()})
 
 
 def round_config(study: dict[str, Any], hospitals: dict[int, dict[str, Any]]) -> ConfigRecord:
