@@ -89,21 +89,22 @@ def train_round(model: torch.nn.Module, site: PreparedSite, schema: TaskSchema,
         return local_training(model, site.x_train, site.y_train, schema, study, stats, seed=seed,
                               proximal_mu=proximal_mu)
     ledger = ledger_for(study, site.name)
-    try:
-        history = ledger.history()
-    except LedgerTampered as exc:
-        raise NodeRefusal(f"ledger: {exc}") from None
     noise, rate, steps = _mechanism(study, len(site.y_train), delta)
-    total, own = _projected(ledger, study["study_id"], (noise, rate, steps), delta,
-                            str(priv["accountant"]))
-    refusal = check_round(policy, **common, noise_multiplier=noise,
-                          max_grad_norm=float(priv["max_grad_norm"]), delta=delta,
-                          projected_epsilon_total=total, projected_epsilon_study=own,
-                          n_examples=len(site.y_train))
-    if refusal is not None:
-        raise NodeRefusal(str(refusal))
-    entry = ledger.reserve(study["study_id"], schema.name, server_round, noise, rate, steps,
-                           delta, total, accountant=str(priv["accountant"]))
+    with ledger.locked():  # projection, check and reservation as one step: no double spending
+        try:
+            history = ledger.history()
+        except LedgerTampered as exc:
+            raise NodeRefusal(f"ledger: {exc}") from None
+        total, own = _projected(ledger, study["study_id"], (noise, rate, steps), delta,
+                                str(priv["accountant"]))
+        refusal = check_round(policy, **common, noise_multiplier=noise,
+                              max_grad_norm=float(priv["max_grad_norm"]), delta=delta,
+                              projected_epsilon_total=total, projected_epsilon_study=own,
+                              n_examples=len(site.y_train))
+        if refusal is not None:
+            raise NodeRefusal(str(refusal))
+        entry = ledger.reserve(study["study_id"], schema.name, server_round, noise, rate, steps,
+                               delta, total, accountant=str(priv["accountant"]))
     return _dp_train(model, site, schema, study, stats, ledger, entry, history,
                      seed=seed, noise=noise, steps=steps, delta=delta, proximal_mu=proximal_mu)
 
@@ -125,6 +126,7 @@ def _dp_train(model: torch.nn.Module, site: PreparedSite, schema: TaskSchema,
     ledger.commit(entry, float(report["epsilon"]))
     model.load_state_dict(weights)
     examples = float(report["examples"])
-    return {"train-loss-sum": float(report["loss"]) * examples, "train-examples": examples,
+    # The training loss is computed on raw rows and is not covered by epsilon: not reported.
+    return {"train-loss-sum": 0.0, "train-examples": examples,
             "train-steps": float(report["steps"]), "epsilon": float(report["epsilon"]),
             "delta": delta}

@@ -143,11 +143,11 @@ class VectorisedDPOptimizer:
         """Per-row weight ``c_i * B / batch`` of the stored output gradients (B rows)."""
         squared = None
         for a, g, (_, _, bias) in zip(self.taps.inputs, grads, self.views, strict=True):
-            term = torch.linalg.vecdot(g, g) * (torch.linalg.vecdot(a, a) + bias)
+            term = torch.linalg.vecdot(g, g).mul_(torch.linalg.vecdot(a, a).add_(bias))
             squared = term if squared is None else squared.add_(term)
         rows = len(grads[0])
         norms = squared.sqrt_().mul_(rows).add_(1e-6)
-        return torch.reciprocal(norms).mul_(self.clip).clamp_(max=1.0).mul_(rows / self.batch)
+        return norms.reciprocal_().mul_(self.clip).clamp_(max=1.0).mul_(rows / self.batch)
 
     def _finish(self) -> None:
         if self.step_hook is not None:
@@ -166,6 +166,8 @@ class VectorisedDPOptimizer:
             weight.addmm_(scaled.T, a)
             if bias is not None:
                 bias.add_(scaled.sum(0))
+        self.taps.inputs.clear()
+        self.taps.outputs.clear()
         self._finish()
 
     @torch.no_grad()

@@ -10,10 +10,11 @@ epsilon composes across rounds, studies and restarts as long as the caller persi
 One DP-SGD step samples each row with probability ``q = batch_size / n`` (Poisson sampling),
 clips every per-sample gradient to L2 norm ``max_grad_norm`` (C), sums, adds N(0, (sigma C)^2)
 per coordinate and divides by ``batch_size``. An empty draw still takes a noise-only step and is
-counted, so a round's mechanism steps are exactly what was planned and reserved. Two ways to get
-the clipped sum: ``vectorised`` (this module's :mod:`medfed.models.dp_clip`; Sequential MLPs of
-Linear and element-wise layers, one backward pass, about 1.3-1.5x plain SGD) and Opacus'
-``hooks``/``functorch`` grad samplers (any Opacus-compatible model, 4-5x plain SGD here).
+counted, so a round's mechanism steps are exactly what was planned and reserved. Two backends
+compute the clipped sum (:mod:`medfed.models.dp_clip`): ``vectorised`` for Sequential MLPs of
+Linear and element-wise layers (one backward pass; 1.15-1.4x the CPU time of plain SGD in
+``benchmarks/dp_overhead.py``) and Opacus' ``hooks``/``functorch`` grad samplers for any
+Opacus-compatible model (3-6x there).
 No Flower here.
 """
 
@@ -164,10 +165,10 @@ def _generators(seed: int, secure: bool) -> tuple[torch.Generator, torch.Generat
 class PoissonBatches:
     """Exactly ``steps`` Poisson draws; yields the non-empty batches, ``on_empty()`` for the rest.
 
-    Every row joins a draw with probability ``rate``, independently (Opacus'
-    ``UniformWithReplacementSampler``). Masks are drawn for up to 8 steps at a time (one
-    ``torch.rand`` and one gather per chunk), cheaper than a DataLoader's per-batch overhead.
-    ``yielded`` counts the non-empty batches of the last pass.
+    Every row joins a draw with probability ``rate``, independently, as in Opacus'
+    ``UniformWithReplacementSampler`` (one uniform per row and step, one gather: cheaper than a
+    DataLoader's per-batch overhead, one batch in memory). ``yielded`` counts the non-empty
+    batches of the last pass.
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, rate: float, steps: int,
@@ -177,22 +178,15 @@ class PoissonBatches:
         self.yielded = 0
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        n, left = len(self.y), self.steps
+        n = len(self.y)
         self.yielded = 0
-        chunk = max(1, min(8, 2**16 // n))
-        while left > 0:
-            k = min(chunk, left)
-            left -= k
-            mask = torch.rand(k, n, generator=self.generator) < self.rate
-            counts = mask.sum(1).tolist()
-            rows = mask.nonzero(as_tuple=True)[1]
-            for count, xb, yb in zip(counts, self.x[rows].split(counts),
-                                     self.y[rows].split(counts), strict=True):
-                if count:
-                    self.yielded += 1
-                    yield xb, yb
-                else:
-                    self.on_empty()
+        for _ in range(self.steps):
+            rows = (torch.rand(n, generator=self.generator) < self.rate).nonzero().view(-1)
+            if len(rows):
+                self.yielded += 1
+                yield self.x.index_select(0, rows), self.y.index_select(0, rows)
+            else:
+                self.on_empty()
 
 
 def _resolve_mode(model: nn.Module, mode: str) -> str:

@@ -108,3 +108,25 @@ def test_shipped_config_groups_parse():
             "secure_rng", "ledger_dir"}
     assert set(none) == set(dpsgd) == keys
     assert dpsgd["name"] == "dpsgd" and dpsgd["accountant"] in ("rdp", "prv")
+
+
+def _compose(overrides: list[str]) -> dict:
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            return OmegaConf.to_container(compose("config", overrides=overrides))
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def test_groups_compose_with_the_study_config():
+    wanted = ["privacy=dpsgd", "policy=default", "privacy.target_epsilon=1.0",
+              "policy.hospitals={hospital-1: {max_epsilon_total: 0.5}}"]
+    study = _compose(wanted)
+    assert study["privacy"]["name"] == "dpsgd" and study["privacy"]["target_epsilon"] == 1.0
+    assert policy_for_site(study["policy"], "hospital-1").max_epsilon_total == 0.5
+    assert policy_for_site(study["policy"], "hospital-0").max_epsilon_total == 10.0
