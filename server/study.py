@@ -167,8 +167,8 @@ def record_training(record: RoundRecord, replies: list[Message],
             continue
         metrics = next(iter(reply.content.metric_records.values()))
         examples = max(float(metrics["train-examples"]), 1.0)
-        record.train[name] = {"loss": float(metrics["train-loss-sum"]) / examples,
-                              "steps": float(metrics["train-steps"])}
+        loss = None if "epsilon" in metrics else float(metrics["train-loss-sum"]) / examples
+        record.train[name] = {"loss": loss, "steps": float(metrics["train-steps"])}
         for key in ("epsilon", "delta"):
             if key in metrics:
                 record.train[name][key] = float(metrics[key])
