@@ -49,7 +49,10 @@ def build_server_app(study: dict[str, Any] | None = None,
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
-        current = study if study is not None else study_from_run_config(dict(context.run_config))
+        current = study
+        if current is None:  # under `flwr run`: Flower's runtime, not a medfed engine
+            current = study_from_run_config(dict(context.run_config))
+            current["engine"] = {"name": "flwr-run"}
         result = run_study(grid, current, observer)
         if current.get("compare"):
             from medfed.server.baselines import run_baselines

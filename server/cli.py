@@ -8,6 +8,7 @@ sentence and exit status 2; a study that fails ends with one sentence and exit s
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Any
 
 USAGE = """usage: medfed <command> [options]
@@ -78,8 +79,11 @@ def _simulate_job(cfg: Any) -> None:
         validate_study(study)
     except ConfigError as exc:
         _fail(str(exc), 2)
+    hydra_cfg = HydraConfig.get()
     if not study.get("output_dir"):
-        study["output_dir"] = HydraConfig.get().runtime.output_dir
+        study["output_dir"] = hydra_cfg.runtime.output_dir
+    elif str(hydra_cfg.mode) == "RunMode.MULTIRUN":  # one folder per job of a sweep
+        study["output_dir"] = str(Path(study["output_dir"]) / str(hydra_cfg.sweep.subdir))
     try:
         run_simulated_study(study)
     except KeyboardInterrupt:

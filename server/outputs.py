@@ -117,6 +117,7 @@ def summary(result: StudyResult) -> dict[str, Any]:
         "normalisation": study["preprocessing"]["normalisation"],
         "total_train_steps": result.total_train_steps,
         "failures": {str(r.server_round): r.failures for r in result.rounds if r.failures},
+        "stopped": result.stopped or None,
         "refusals": {str(r.server_round): r.refusals for r in result.rounds if r.refusals},
         "privacy": study["privacy"]["name"], "study_id": study.get("study_id"),
         "wire_bytes": result.wire_bytes,

@@ -40,11 +40,12 @@ class ProgressObserver:
         self._progress.update(self._task, completed=server_round, metric=shown)
         for name, reason in {**record.refusals, **record.failures}.items():
             self._progress.console.print(f"[yellow]round {server_round}: {name}: {reason}")
-        if server_round == self._progress.tasks[0].total:
-            self._progress.stop()
+
 
     def final_table(self, summary: dict[str, Any], out_dir: str) -> None:
         """Print the final metrics per hospital, globally and for the baselines."""
+        if self._progress is not None:
+            self._progress.stop()
         metrics = [m for m in summary["global"] if m != "loss"]
         table = Table(title=f"{summary['task']} / {summary['strategy']}: final global model")
         for column in ["evaluated on", "rows"] + metrics:
@@ -62,6 +63,8 @@ class ProgressObserver:
             table.add_row("local-only (mean)", str(total),
                           *(_fmt(base["local"]["mean"].get(m)) for m in metrics))
         self.console.print(table)
+        if summary.get("stopped"):
+            self.console.print(f"[bold red]{summary['stopped']}")
         self.console.print(f"results: [bold]{out_dir}[/] ({summary['wall_seconds']:.1f} s)")
 
 

@@ -72,6 +72,7 @@ class StudyResult:
     wall_seconds: float
     wire_bytes: dict[str, int] = field(default_factory=dict)
     baselines: dict[str, Any] = field(default_factory=dict)
+    stopped: str = ""
 
     @property
     def final(self) -> RoundRecord:
@@ -194,6 +195,7 @@ def run_study(grid: Grid, study: dict[str, Any], observer: Observer | None = Non
     timeout = float(study["timeout"])
     train_config = round_config(study, hospitals)
     rounds = [RoundRecord(0)]
+    stopped = ""
     for server_round in range(1, int(study["rounds"]) + 1):
         t0, bytes0 = time.perf_counter(), _wire_total(grid)
         rounds.append(RoundRecord(server_round))
@@ -205,10 +207,15 @@ def run_study(grid: Grid, study: dict[str, Any], observer: Observer | None = Non
         if aggregated is not None:
             arrays = keep_dtypes(aggregated, dtypes)
         rounds[-1].seconds = time.perf_counter() - t0
+        if not rounds[-1].train:
+            stopped = (f"round {server_round}: no hospital trained ({len(rounds[-1].refusals)} "
+                       f"refused, {len(rounds[-1].failures)} failed); the study stopped there")
         if bytes0 is not None:
             rounds[-1].wire_bytes = _wire_total(grid) - bytes0
         if observer:
             observer.on_round(server_round - 1, rounds[-2])
+        if stopped:
+            break
     messages = strategy.configure_evaluate(len(rounds) - 1, arrays, ConfigRecord(), grid)
     record_evaluation(rounds[-1], list(grid.send_and_receive(messages, timeout=timeout)),
                       schema, hospitals)
@@ -218,7 +225,8 @@ def run_study(grid: Grid, study: dict[str, Any], observer: Observer | None = Non
     return StudyResult(study=study, schema=schema, hospitals=hospitals, statistics=stats,
                        rounds=rounds, final_state=arrays.to_torch_state_dict(),
                        wall_seconds=time.perf_counter() - started,
-                       wire_bytes={"sent": wire.sent, "received": wire.received} if wire else {})
+                       wire_bytes={"sent": wire.sent, "received": wire.received} if wire else {},
+                       stopped=stopped)
 
 
 def keep_dtypes(arrays: ArrayRecord, dtypes: dict[str, torch.dtype]) -> ArrayRecord:

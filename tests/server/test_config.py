@@ -1,0 +1,162 @@
+"""Composing the study with Hydra, and the one-sentence errors for every mistake."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from medfed.server.config import ConfigError, compose_study, expand_sweeps, validate_study
+
+
+def test_defaults():
+    study = compose_study([])
+
+    assert study["task"]["name"] == "diagnosis"
+    assert study["strategy"]["name"] == "fedavg"
+    assert study["engine"]["name"] == "inprocess"
+    assert study["federation"]["name"] == "synthetic"
+    assert study["federation"]["hospitals"] == 4
+    assert (study["rounds"], study["seed"]) == (15, 0)
+    assert study["train"]["lr"] == 0.1 and study["train"]["optimizer"] == "sgd"
+    assert study["preprocessing"]["normalisation"] == "global"
+    assert study["output_dir"] is None and study["compare"] is False
+    assert "hydra" not in study
+    assert {f["name"] for f in study["task"]["features"]} >= {"age", "sex", "cholesterol"}
+
+
+def test_overrides_reach_the_study():
+    study = compose_study(["task=pricing", "strategy=fedyogi", "strategy.eta=0.05", "rounds=5",
+                           "seed=3", "train.optimizer=adam", "federation.hospitals=6",
+                           "engine=ray", "output_dir=/tmp/x"])
+
+    assert study["task"]["name"] == "pricing"
+    assert study["task"]["target"]["type"] == "continuous"
+    assert study["strategy"] == {"name": "fedyogi", "fraction_train": 1.0, "min_nodes": 2,
+                                 "eta": 0.05, "tau": 0.001, "beta_1": 0.9, "beta_2": 0.99}
+    assert (study["rounds"], study["seed"]) == (5, 3)
+    assert study["train"]["optimizer"] == "adam"
+    assert study["federation"]["hospitals"] == 6
+    assert study["engine"]["name"] == "ray" and study["engine"]["num_cpus_per_client"] == 1
+    assert study["output_dir"] == "/tmp/x"
+
+
+def test_composing_twice_gives_the_same_study():
+    assert compose_study(["task=treatment"]) == compose_study(["task=treatment"])
+
+
+def _error(*overrides: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        compose_study(list(overrides))
+    message = str(info.value)
+    assert message.strip() and "\n" not in message, message
+    assert "Traceback" not in message
+    return message
+
+
+def test_unknown_task_names_the_choices():
+    message = _error("task=nope")
+    assert "nope" in message
+    assert all(name in message for name in ("diagnosis", "treatment", "pricing"))
+    # Hydra's search-path listing is noise for a user
+    assert "provider=" not in message and "search path" not in message.lower()
+
+
+def test_unknown_strategy_names_the_choices():
+    message = _error("strategy=fedmagic")
+    assert "fedmagic" in message and "fedavg" in message and "krum" in message
+
+
+def test_unknown_key_is_named():
+    message = _error("foo=1")
+    assert "'foo'" in message
+    assert "no such setting" in message
+
+
+def test_unknown_nested_key_is_named():
+    assert "train.momentun" in _error("train.momentun=0.9")
+
+
+@pytest.mark.parametrize("override", ["rounds=0", "train.lr=-1", "train.batch_size=0",
+                                      "preprocessing.normalisation=x", "federation.hospitals=0",
+                                      "strategy.min_nodes=9"])
+def test_invalid_override_is_one_sentence_naming_the_setting(override: str):
+    setting, value = override.split("=", 1)
+    message = _error(override)
+    assert setting in message
+    assert value in message  # the value the user typed is quoted back
+
+
+@pytest.fixture(scope="module")
+def default_study() -> dict:
+    return compose_study([])
+
+
+@pytest.mark.parametrize("setting, value", [
+    ("rounds", -3), ("rounds", 2.5), ("rounds", True), ("train.lr", 0), ("train.local_epochs", 0),
+    ("train.local_steps", 0), ("train.optimizer", "lbfgs"), ("evaluate.every", 0),
+    ("seed", "abc"), ("seed", 1.5), ("timeout", 0), ("strategy.fraction_train", 0),
+    ("strategy.fraction_train", 1.5), ("federation.sizes", [100, 200]),
+])
+def test_invalid_value_is_one_sentence_naming_the_setting(default_study, setting, value):
+    """The same checks on an edited study (no Hydra round trip: cheaper, same validator)."""
+    study = copy.deepcopy(default_study)
+    *parents, leaf = setting.split(".")
+    section = study
+    for part in parents:
+        section = section[part]
+    section[leaf] = value
+
+    with pytest.raises(ConfigError) as info:
+        validate_study(study)
+    message = str(info.value)
+    assert "\n" not in message
+    assert setting in message, message
+
+
+def test_the_bad_value_is_quoted_back():
+    assert "'x'" in _error("preprocessing.normalisation=x")
+    assert "-1" in _error("train.lr=-1")
+
+
+def test_negative_seed_is_a_config_error():
+    # the synthetic generator needs a non-negative seed: caught before any hospital starts
+    message = _error("seed=-1")
+    assert "seed" in message and "-1" in message
+
+
+@pytest.mark.parametrize("override", ["federation.min_size=1", "federation.max_size=50",
+                                      "federation.test_fraction=1.5"])
+def test_impossible_federation_sizes_are_config_errors(override: str):
+    message = _error(override)
+    key, value = override.split("=")
+    assert "federation" in message and key.split(".")[-1] in message
+    assert value in message
+
+
+def test_validate_study_accepts_a_composed_study_and_rejects_an_edited_one():
+    study = compose_study([])
+    validate_study(study)
+    study["train"]["batch_size"] = 0
+    with pytest.raises(ConfigError, match="train.batch_size"):
+        validate_study(study)
+
+
+def test_expand_sweeps_gives_every_combination():
+    combos = expand_sweeps(["strategy=fedavg,fedyogi", "seed=1,2", "rounds=3"])
+
+    assert len(combos) == 4
+    assert {tuple(c) for c in combos} == {
+        ("strategy=fedavg", "seed=1", "rounds=3"), ("strategy=fedavg", "seed=2", "rounds=3"),
+        ("strategy=fedyogi", "seed=1", "rounds=3"), ("strategy=fedyogi", "seed=2", "rounds=3")}
+
+
+def test_expand_sweeps_without_sweep_is_one_combination():
+    assert expand_sweeps(["rounds=3", "task=pricing"]) == [["rounds=3", "task=pricing"]]
+
+
+def test_every_sweep_combination_composes():
+    for combo in expand_sweeps(["strategy=fedavg,fedyogi", "seed=1,2"]):
+        study = compose_study(combo)
+        assert f"strategy={study['strategy']['name']}" in combo
+        assert f"seed={study['seed']}" in combo
