@@ -140,8 +140,9 @@ def write_run(result: StudyResult) -> Path:
     torch.save({"state_dict": result.final_state, "task": result.schema.name,
                 "statistics": result.statistics.to_dict()}, buffer)
     _atomic_write(out / "model.pt", buffer.getvalue())
-    from medfed.server.report import plot_convergence, report_markdown
+    from medfed.server.report import plot_convergence, plot_epsilon, report_markdown
 
     plot_convergence(rows, result.schema.primary_metric, out / "convergence.png")
+    plot_epsilon(rows, out / "epsilon.png")
     _atomic_write(out / "report.md", report_markdown(data, result.study).encode())
     return out

@@ -27,6 +27,7 @@ def plot_convergence(rows: list[dict[str, Any]], metric: str, path: Path) -> Non
             ax.plot(xs, ys, color="black", linewidth=2.5, label=name, zorder=3)
         else:
             ax.plot(xs, ys, linewidth=1.2, alpha=0.8, label=name)
+    ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("round")
     ax.set_ylabel(f"test {metric}")
     ax.set_title(f"Global model, test {metric} per round")
@@ -37,6 +38,37 @@ def plot_convergence(rows: list[dict[str, Any]], metric: str, path: Path) -> Non
     fig.savefig(tmp)
     plt.close(fig)
     tmp.replace(path)
+
+
+def plot_epsilon(rows: list[dict[str, Any]], path: Path) -> bool:
+    """Plot each hospital's epsilon after every round (DP-SGD studies); False when none."""
+    points: dict[str, list[tuple[int, float]]] = {}
+    for row in rows:
+        if row.get("epsilon") is not None and row["hospital"] != GLOBAL:
+            points.setdefault(row["hospital"], []).append((row["round"], row["epsilon"]))
+    if not points:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    for name, series in sorted(points.items()):
+        xs, ys = zip(*sorted(series), strict=True)
+        ax.plot(xs, ys, marker="o", linewidth=1.2, label=name)
+    ax.xaxis.get_major_locator().set_params(integer=True)
+    ax.set_xlabel("round")
+    ax.set_ylabel("epsilon spent (composed, ledger)")
+    ax.set_title("Privacy spend per hospital")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return True
 
 
 def _fmt(value: Any) -> str:
@@ -89,4 +121,11 @@ def report_markdown(summary: dict[str, Any], study: dict[str, Any]) -> str:
         parts += [f"- round {r}: {name}: {why}" for r, names in summary["failures"].items()
                   for name, why in names.items()]
     parts += ["", "![convergence](convergence.png)", ""]
+    if any("epsilon" in h for h in summary["hospitals"]):
+        parts += ["## Privacy", "",
+                  _table(["hospital", "epsilon", "delta", "rounds missed"],
+                         [[h["name"], h.get("epsilon"), h.get("delta"),
+                           ", ".join(map(str, h["rounds_missed"])) or "none"]
+                          for h in summary["hospitals"]]),
+                  "", "![epsilon](epsilon.png)", ""]
     return "\n".join(parts)
