@@ -27,17 +27,7 @@ def plot_convergence(rows: list[dict[str, Any]], metric: str, path: Path) -> Non
             ax.plot(xs, ys, color="black", linewidth=2.5, label=name, zorder=3)
         else:
             ax.plot(xs, ys, linewidth=1.2, alpha=0.8, label=name)
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.set_xlabel("round")
-    ax.set_ylabel(f"test {metric}")
-    ax.set_title(f"Global model, test {metric} per round")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
+    _finish(fig, ax, f"test {metric}", f"Global model, test {metric} per round", path)
 
 
 def plot_epsilon(rows: list[dict[str, Any]], path: Path) -> bool:
@@ -57,10 +47,18 @@ def plot_epsilon(rows: list[dict[str, Any]], path: Path) -> bool:
     for name, series in sorted(points.items()):
         xs, ys = zip(*sorted(series), strict=True)
         ax.plot(xs, ys, marker="o", linewidth=1.2, label=name)
+    _finish(fig, ax, "epsilon spent (composed, ledger)", "Privacy spend per hospital", path)
+    return True
+
+
+def _finish(fig: Any, ax: Any, ylabel: str, title: str, path: Path) -> None:
+    """Label a per-round plot and save it atomically (write, then rename) as ``path``."""
+    import matplotlib.pyplot as plt
+
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("round")
-    ax.set_ylabel("epsilon spent (composed, ledger)")
-    ax.set_title("Privacy spend per hospital")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
@@ -68,7 +66,6 @@ def plot_epsilon(rows: list[dict[str, Any]], path: Path) -> bool:
     fig.savefig(tmp)
     plt.close(fig)
     tmp.replace(path)
-    return True
 
 
 def _fmt(value: Any) -> str:
