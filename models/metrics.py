@@ -48,8 +48,8 @@ def _binary(y: np.ndarray, logits: np.ndarray, n_bins: int) -> Statistics:
     return {"n": float(y.size),
             "tp": float(np.sum(predicted & positive)), "fp": float(np.sum(predicted & ~positive)),
             "tn": float(np.sum(~predicted & ~positive)), "fn": float(np.sum(~predicted & positive)),
-            "hist_pos": np.bincount(bins[positive], minlength=n_bins).astype(float).tolist(),
-            "hist_neg": np.bincount(bins[~positive], minlength=n_bins).astype(float).tolist(),
+            "hist_pos": np.bincount(bins[positive], minlength=n_bins).astype(np.int64).tolist(),
+            "hist_neg": np.bincount(bins[~positive], minlength=n_bins).astype(np.int64).tolist(),
             "loss_sum": float(bce_with_logits(logits, positive.astype(np.float64)).sum())}
 
 
@@ -62,7 +62,7 @@ def _multiclass(y: np.ndarray, logits: np.ndarray) -> Statistics:
     shifted = logits - logits.max(axis=1, keepdims=True) if n else logits
     log_norm = np.log(np.exp(shifted).sum(axis=1))
     loss = log_norm - shifted[np.arange(n), labels]
-    return {"n": float(n), "confusion": confusion.astype(float).tolist(),
+    return {"n": float(n), "confusion": confusion.astype(np.int64).tolist(),
             "top2_hits": float(np.sum(top2 == labels[:, None])), "loss_sum": float(loss.sum())}
 
 

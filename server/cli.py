@@ -33,8 +33,8 @@ def _fail(message: str, status: int) -> None:
     raise SystemExit(status)
 
 
-def _prevalidate(args: list[str]) -> None:
-    """Compose and validate every sweep combination before Hydra starts any job."""
+def _prevalidate(args: list[str]) -> list[dict[str, Any]]:
+    """Compose and validate every sweep combination before any job starts; return the studies."""
     from medfed.server.config import ConfigError, compose_study, expand_sweeps
 
     overrides = [a for a in args if not a.startswith("-") and not a.startswith("hydra.")
@@ -43,11 +43,13 @@ def _prevalidate(args: list[str]) -> None:
         combos = expand_sweeps(overrides)
     except Exception as exc:
         _fail(f"cannot parse the overrides: {str(exc).splitlines()[0]}", 2)
+    studies = []
     for combo in combos:
         try:
-            compose_study(combo)
+            studies.append(compose_study(combo))
         except ConfigError as exc:
             _fail(str(exc), 2)
+    return studies
 
 
 def simulate(argv: list[str]) -> None:
@@ -58,8 +60,12 @@ def simulate(argv: list[str]) -> None:
 
     passthrough = any(a in ("--help", "-h", "--hydra-help", "--info") or a.startswith("--cfg")
                       for a in argv)
+    sweep = "-m" in argv or "--multirun" in argv
     if not passthrough:
-        _prevalidate(argv)
+        studies = _prevalidate(argv)
+        if not sweep and not any(a.startswith(("hydra.", "hydra/", "-")) for a in argv):
+            _run_single(studies[0])  # one run: composed once, no Hydra job machinery
+            return
     for arg in list(argv):
         if arg.startswith("output_dir=") and "-m" not in argv and "--multirun" not in argv:
             argv.append(f"hydra.run.dir={arg.split('=', 1)[1]}")
@@ -68,11 +74,34 @@ def simulate(argv: list[str]) -> None:
         _simulate_job)()
 
 
+def _run_single(study: dict[str, Any]) -> None:
+    from medfed.server.outputs import default_output_dir
+
+    if not study.get("output_dir"):
+        study["output_dir"] = str(default_output_dir(study))
+    _run(study)
+
+
+def _run(study: dict[str, Any]) -> None:
+    """Run a validated study; a failure ends in one sentence (a traceback with verbose=true)."""
+    from medfed.server.simulation import run_simulated_study
+
+    try:
+        run_simulated_study(study)
+    except KeyboardInterrupt:
+        _fail("interrupted; the run directory holds only what was finished", 130)
+    except Exception as exc:  # a failed study ends in one sentence, not a traceback
+        if study.get("verbose"):
+            raise
+        first = (str(exc).splitlines() or [""])[0]
+        _fail(f"the study failed: {type(exc).__name__}: {first} (verbose=true shows the "
+              "traceback)", 1)
+
+
 def _simulate_job(cfg: Any) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     from medfed.server.config import ConfigError, absolute_paths, study_from_cfg, validate_study
-    from medfed.server.simulation import run_simulated_study
 
     study = absolute_paths(study_from_cfg(cfg))
     try:
@@ -84,16 +113,7 @@ def _simulate_job(cfg: Any) -> None:
         study["output_dir"] = hydra_cfg.runtime.output_dir
     elif str(hydra_cfg.mode) == "RunMode.MULTIRUN":  # one folder per job of a sweep
         study["output_dir"] = str(Path(study["output_dir"]) / str(hydra_cfg.sweep.subdir))
-    try:
-        run_simulated_study(study)
-    except KeyboardInterrupt:
-        _fail("interrupted; the run directory holds only what was finished", 130)
-    except Exception as exc:  # a failed study ends in one sentence, not a traceback
-        if study.get("verbose"):
-            raise
-        first = (str(exc).splitlines() or [""])[0]
-        _fail(f"the study failed: {type(exc).__name__}: {first} (verbose=true shows the "
-              "traceback)", 1)
+    _run(study)
 
 
 def list_tasks() -> None:

@@ -11,12 +11,7 @@ from medfed.server.study import GLOBAL
 
 def plot_convergence(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
     """Plot ``metric`` per round for every hospital (thin) and all hospitals together (thick)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    fig, ax = _figure()
     for name in sorted({r["hospital"] for r in rows}):
         points = [(r["round"], r.get(metric)) for r in rows if r["hospital"] == name]
         points = [(x, y) for x, y in points if y is not None and math.isfinite(y)]
@@ -38,12 +33,7 @@ def plot_epsilon(rows: list[dict[str, Any]], path: Path) -> bool:
             points.setdefault(row["hospital"], []).append((row["round"], row["epsilon"]))
     if not points:
         return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=110)
+    fig, ax = _figure()
     for name, series in sorted(points.items()):
         xs, ys = zip(*sorted(series), strict=True)
         ax.plot(xs, ys, marker="o", linewidth=1.2, label=name)
@@ -51,10 +41,18 @@ def plot_epsilon(rows: list[dict[str, Any]], path: Path) -> bool:
     return True
 
 
+def _figure() -> tuple[Any, Any]:
+    """A figure on the Agg canvas, without pyplot's global state (and its import time)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.2), dpi=110)
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
+
+
 def _finish(fig: Any, ax: Any, ylabel: str, title: str, path: Path) -> None:
     """Label a per-round plot and save it atomically (write, then rename) as ``path``."""
-    import matplotlib.pyplot as plt
-
     ax.xaxis.get_major_locator().set_params(integer=True)
     ax.set_xlabel("round")
     ax.set_ylabel(ylabel)
@@ -64,7 +62,6 @@ def _finish(fig: Any, ax: Any, ylabel: str, title: str, path: Path) -> None:
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp)
-    plt.close(fig)
     tmp.replace(path)
 
 
