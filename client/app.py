@@ -26,7 +26,6 @@ from flwr.clientapp import ClientApp
 from medfed.client import node, privacy_round
 from medfed.client.guard import reply_guard
 from medfed.models import pipeline
-from medfed.models.encoding import GlobalStats
 
 app = ClientApp(mods=[reply_guard])
 
@@ -75,10 +74,8 @@ def prepare(msg: Message, context: Context) -> Message:
 def _received_model(msg: Message, context: Context):
     """The study, the encoded site, the schema, and a model holding the received weights."""
     config_json, statistics_json = _study(context)
-    study = json.loads(config_json)
-    schema = pipeline.study_schema(study)
+    study, schema, stats = node.study_parts(config_json, statistics_json)
     site = node.prepared_site(config_json, statistics_json, _index(context))
-    stats = GlobalStats.from_dict(json.loads(statistics_json))
     model = pipeline.new_model(schema, stats, site.x_train.shape[1])
     model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
     return study, schema, site, stats, model

@@ -16,6 +16,7 @@ from typing import Any
 from medfed.models.data import SiteData, load_site
 from medfed.models.encoding import GlobalStats, site_statistics, suppress_small_cells
 from medfed.models.pipeline import PreparedSite, prepare_site, study_schema
+from medfed.models.schema import TaskSchema
 
 
 @lru_cache(maxsize=16)
@@ -38,9 +39,17 @@ def site_summary(config_json: str, index: int) -> tuple[str, int, int, dict[str,
 
 
 @lru_cache(maxsize=16)
+def study_parts(config_json: str, statistics_json: str) -> tuple[dict[str, Any], TaskSchema,
+                                                                 GlobalStats]:
+    """The parsed study, its schema and the global statistics (parsed once per run, not per
+    message; callers must not modify the returned study)."""
+    study = json.loads(config_json)
+    return study, study_schema(study), GlobalStats.from_dict(json.loads(statistics_json))
+
+
+@lru_cache(maxsize=16)
 def prepared_site(config_json: str, statistics_json: str, index: int) -> PreparedSite:
     """The node's rows encoded with the study's statistics."""
-    study = json.loads(config_json)
+    study, schema, stats = study_parts(config_json, statistics_json)
     site = _site(config_json, index)
-    stats = GlobalStats.from_dict(json.loads(statistics_json))
-    return prepare_site(site.name, site.train, site.test, study_schema(study), stats, study)
+    return prepare_site(site.name, site.train, site.test, schema, stats, study)

@@ -67,8 +67,7 @@ def n_inputs(schema: TaskSchema, stats: GlobalStats, study: dict[str, Any]) -> i
 
 def new_model(schema: TaskSchema, stats: GlobalStats, width: int) -> torch.nn.Module:
     """The study's model, initialised so that a continuous target starts at its global mean."""
-    offset = stats.target_log_mean if schema.target.kind == "continuous" else 0.0
-    return build_model(schema, width, target_offset=offset)
+    return build_model(schema, width, target_offset=stats.target_offset)
 
 
 def round_seed(seed: int, index: int, server_round: int) -> int:

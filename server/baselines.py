@@ -24,7 +24,6 @@ from medfed.models.pipeline import (
     local_training,
     new_model,
     own_statistics,
-    prepare_site,
     test_statistics,
 )
 from medfed.server.study import StudyResult
@@ -60,12 +59,8 @@ def run_baselines(result: StudyResult) -> dict[str, Any]:
     missing = bool(study["preprocessing"]["missing_indicators"])
 
     encoder = Encoder(schema, stats, missing_indicators=missing)
-    prepared = [prepare_site(s.name, s.train, s.test, schema, stats,
-                             {**study, "preprocessing": {**study["preprocessing"],
-                                                         "normalisation": "global"}})
-                for s in sites]
-    x = np.concatenate([p.x_train for p in prepared])
-    y = np.concatenate([p.y_train for p in prepared])
+    x = np.concatenate([encoder.transform(s.train) for s in sites])
+    y = np.concatenate([encode_target(s.train, schema) for s in sites])
     model = new_model(schema, stats, encoder.n_inputs)
     local_training(model, x, y, schema, study, stats, seed=seed, steps=sum(steps.values()))
     pooled = {"steps": sum(steps.values()), **_score(model, encoder, sites, result)}
