@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from medfed.models.data import DataConfigError, federation_size
 from medfed.models.schema import SchemaError, task_from_dict
+from medfed.strategies.central_dp import check_central
 from medfed.strategies.registry import StrategyConfigError, build_strategy
 
 
@@ -149,9 +150,22 @@ def validate_study(study: dict[str, Any]) -> None:
     if study["preprocessing"]["normalisation"] not in ("global", "site"):
         raise ConfigError("preprocessing.normalisation must be global or site, got "
                           f"{study['preprocessing']['normalisation']!r}")
+    for key in ("screening.max_norm_ratio", "screening.max_update_norm"):
+        _positive(study, key, allow_none=True)
+    every = (study.get("checkpoint") or {}).get("every", 1)
+    if not isinstance(every, int) or isinstance(every, bool) or every < 0:
+        raise ConfigError(f"checkpoint.every must be a whole number of rounds (0: never), got "
+                          f"{every!r}")
     try:
         task_from_dict(study["task"], source=f"task '{study['task'].get('name')}'")
         n_nodes = federation_size(study["federation"])
         build_strategy(study["strategy"], n_nodes)
-    except (SchemaError, DataConfigError, StrategyConfigError) as exc:
+        check_central(study, n_nodes)
+        from medfed.server.adversary import attack_targets
+
+        targets, _, _ = attack_targets(study, n_nodes)
+    except (SchemaError, DataConfigError, StrategyConfigError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
+    if targets and study["engine"]["name"] != "inprocess":
+        raise ConfigError("attack.hospitals needs engine=inprocess (malicious hospitals are a "
+                          "simulation of the in-process engine)")

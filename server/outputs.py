@@ -56,8 +56,10 @@ def metric_rows(result: StudyResult) -> list[dict[str, Any]]:
     """The rows of ``metrics.csv``: test metrics of the global model after each round."""
     sizes = {h["name"]: h for h in result.hospitals.values()}
     all_test = sum(h["n_test"] for h in sizes.values())
+    central = {r["round"]: r["epsilon"] for r in result.central_dp.get("rounds", [])}
     rows = []
     for record in result.rounds:
+        extra = {"central_epsilon": central.get(record.server_round)} if central else {}
         per_site = dict(record.hospital_metrics)
         if record.global_metrics:
             per_site[GLOBAL] = record.global_metrics
@@ -67,6 +69,7 @@ def metric_rows(result: StudyResult) -> list[dict[str, Any]]:
                          "n_test": sizes.get(name, {}).get("n_test", all_test),
                          **metrics, "train_loss": train.get("loss"),
                          "train_steps": train.get("steps"), "epsilon": train.get("epsilon"),
+                         **extra,
                          "seconds": record.seconds,
                          "wire_bytes": record.wire_bytes})
     return rows
@@ -91,7 +94,7 @@ def _privacy_spent(result: StudyResult, name: str) -> dict[str, Any]:
         if "epsilon" in train:
             spent = {"epsilon": train["epsilon"], "delta": train["delta"]}
     missed = [r.server_round for r in result.rounds
-              if name in r.refusals or name in r.failures]
+              if name in r.refusals or name in r.failures or name in r.rejected]
     return {**spent, "rounds_missed": missed}
 
 
@@ -119,9 +122,12 @@ def summary(result: StudyResult) -> dict[str, Any]:
         "failures": {str(r.server_round): r.failures for r in result.rounds if r.failures},
         "stopped": result.stopped or None,
         "refusals": {str(r.server_round): r.refusals for r in result.rounds if r.refusals},
+        "rejected": {str(r.server_round): r.rejected for r in result.rounds if r.rejected},
         "privacy": study["privacy"]["name"], "study_id": study.get("study_id"),
         "wire_bytes": result.wire_bytes,
     }
+    if result.central_dp:
+        data["central_dp"] = result.central_dp
     if result.baselines:
         data["baselines"] = result.baselines
     return _clean(data)

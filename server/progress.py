@@ -38,7 +38,7 @@ class ProgressObserver:
         value = record.global_metrics.get(self._metric)
         shown = f"{self._metric} {value:.4f}" if value is not None and math.isfinite(value) else ""
         self._progress.update(self._task, completed=server_round, metric=shown)
-        for name, reason in {**record.refusals, **record.failures}.items():
+        for name, reason in {**record.refusals, **record.failures, **record.rejected}.items():
             self._progress.console.print(f"[yellow]round {server_round}: {name}: {reason}")
 
 

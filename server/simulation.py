@@ -38,7 +38,12 @@ def run_simulated_study(study: dict[str, Any]) -> StudyResult:
     n = federation_size(study["federation"])
     engine = study["engine"]["name"]
     if engine == "inprocess":
+        from medfed.server.adversary import MaliciousClientApp, attack_targets
         from medfed.server.engine import InProcessGrid
+
+        targets, kind, scale = attack_targets(study, n)
+        if targets:
+            client_app = MaliciousClientApp(client_app, targets, kind, scale, int(study["seed"]))
 
         grid = InProcessGrid(client_app, _node_configs(n), run_config={})
         server_app(grid, Context(run_id=1, node_id=SUPERLINK_NODE_ID, node_config={},

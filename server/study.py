@@ -23,9 +23,12 @@ from flwr.serverapp import Grid
 
 from medfed.models.data import federation_size
 from medfed.models.encoding import GlobalStats, merge_statistics
+from medfed.models.flat import pack, unpack
 from medfed.models.metrics import metrics_from_statistics
 from medfed.models.pipeline import n_inputs, new_model, study_schema
 from medfed.models.schema import TaskSchema
+from medfed.server.screening import ScreeningConfig, screen_replies
+from medfed.strategies.central_dp import central_dp_report, wrap_central_dp
 from medfed.strategies.registry import build_strategy
 from medfed.strategies.statistics import add_into
 
@@ -55,6 +58,7 @@ class RoundRecord:
     train: dict[str, dict[str, float]] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
     refusals: dict[str, str] = field(default_factory=dict)
+    rejected: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     wire_bytes: int | None = None
 
@@ -72,6 +76,7 @@ class StudyResult:
     wall_seconds: float
     wire_bytes: dict[str, int] = field(default_factory=dict)
     baselines: dict[str, Any] = field(default_factory=dict)
+    central_dp: dict[str, Any] = field(default_factory=dict)  # client-level DP (summary.json)
     stopped: str = ""
 
     @property
@@ -184,32 +189,49 @@ def run_study(grid: Grid, study: dict[str, Any], observer: Observer | None = Non
     torch.manual_seed(int(study["seed"]))
     schema = study_schema(study)
     n_nodes = federation_size(study["federation"])
-    strategy = build_strategy(study["strategy"], n_nodes)
+    strategy = wrap_central_dp(build_strategy(study["strategy"], n_nodes), study, n_nodes)
     node_ids = _wait_for_nodes(grid, int(study["strategy"]["min_nodes"]), float(study["timeout"]))
     hospitals, stats = federated_statistics(grid, study, node_ids)
     if observer:
         observer.on_start(study, [h["name"] for h in hospitals.values()])
-    initial = new_model(schema, stats, n_inputs(schema, stats, study)).state_dict()
+    layout = new_model(schema, stats, n_inputs(schema, stats, study)).state_dict()
+    initial = pack(layout)  # the weights travel as one flat vector per dtype (models/flat.py)
     dtypes = {key: tensor.dtype for key, tensor in initial.items()}
     arrays = ArrayRecord(initial)
     timeout = float(study["timeout"])
     train_config = round_config(study, hospitals)
+    screening = ScreeningConfig.from_study(study)
+    declared = {node_id: int(h["n_train"]) for node_id, h in hospitals.items()}
     rounds = [RoundRecord(0)]
     stopped = ""
+    secure = bool(study.get("secure_aggregation"))
+    if secure:
+        from medfed.server.secagg import secure_train_round
     for server_round in range(1, int(study["rounds"]) + 1):
         t0, bytes0 = time.perf_counter(), _wire_total(grid)
         rounds.append(RoundRecord(server_round))
         messages = strategy.configure_train(server_round, arrays, train_config, grid)
-        replies = list(grid.send_and_receive(messages, timeout=timeout))
+        if secure:  # SecAgg+: the server only ever holds the masked sum (no update to screen)
+            replies, aggregated = secure_train_round(grid, strategy, messages, server_round,
+                                                     study, hospitals)
+        else:
+            replies = list(grid.send_and_receive(messages, timeout=timeout))
         record_evaluation(rounds[-2], replies, schema, hospitals)
         record_training(rounds[-1], replies, hospitals)
-        aggregated, _ = strategy.aggregate_train(server_round, replies)
+        if not secure:
+            replies, rounds[-1].rejected = screen_replies(
+                replies, arrays, declared, screening, lambda reply: _hospital(hospitals, reply))
+            for name in rounds[-1].rejected:
+                rounds[-1].train.pop(name, None)
+            aggregated, _ = strategy.aggregate_train(server_round, replies)
         if aggregated is not None:
             arrays = keep_dtypes(aggregated, dtypes)
         rounds[-1].seconds = time.perf_counter() - t0
         if not rounds[-1].train:
-            stopped = (f"round {server_round}: no hospital trained ({len(rounds[-1].refusals)} "
-                       f"refused, {len(rounds[-1].failures)} failed); the study stopped there")
+            last = rounds[-1]
+            stopped = (f"round {server_round}: no hospital trained ({len(last.refusals)} "
+                       f"refused, {len(last.failures)} failed, {len(last.rejected)} rejected); "
+                       "the study stopped there")
         if bytes0 is not None:
             rounds[-1].wire_bytes = _wire_total(grid) - bytes0
         if observer:
@@ -223,10 +245,10 @@ def run_study(grid: Grid, study: dict[str, Any], observer: Observer | None = Non
         observer.on_round(rounds[-1].server_round, rounds[-1])
     wire = getattr(grid, "wire", None)
     return StudyResult(study=study, schema=schema, hospitals=hospitals, statistics=stats,
-                       rounds=rounds, final_state=arrays.to_torch_state_dict(),
+                       rounds=rounds, final_state=unpack(arrays.to_torch_state_dict(), layout),
                        wall_seconds=time.perf_counter() - started,
                        wire_bytes={"sent": wire.sent, "received": wire.received} if wire else {},
-                       stopped=stopped)
+                       stopped=stopped, central_dp=central_dp_report(strategy))
 
 
 def keep_dtypes(arrays: ArrayRecord, dtypes: dict[str, torch.dtype]) -> ArrayRecord:
