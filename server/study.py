@@ -12,7 +12,6 @@ import json
 import random
 import time
 import uuid
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from logging import WARNING
 from typing import Any, Protocol
@@ -27,6 +26,8 @@ from medfed.models.flat import pack, unpack
 from medfed.models.metrics import metrics_from_statistics
 from medfed.models.pipeline import n_inputs, new_model, study_schema
 from medfed.models.schema import TaskSchema
+from medfed.server.cohort import Cohort, query, site_of
+from medfed.server.polling import send_and_receive
 from medfed.server.screening import ScreeningConfig, screen_replies
 from medfed.strategies.central_dp import central_dp_report, wrap_central_dp
 from medfed.strategies.registry import build_strategy
@@ -88,13 +89,6 @@ class StudyResult:
         return int(sum(t.get("steps", 0) for r in self.rounds for t in r.train.values()))
 
 
-def _query(grid: Grid, node_ids: Iterable[int], action: str, record: ConfigRecord,
-           timeout: float) -> list[Message]:
-    messages = [Message(RecordDict({"study": record}), dst_node_id=nid,
-                        message_type=f"query.{action}", group_id="0") for nid in node_ids]
-    return list(grid.send_and_receive(messages, timeout=timeout))
-
-
 def _wait_for_nodes(grid: Grid, needed: int, timeout: float) -> list[int]:
     deadline = time.monotonic() + timeout
     while len(node_ids := sorted(grid.get_node_ids())) < needed:
@@ -105,33 +99,55 @@ def _wait_for_nodes(grid: Grid, needed: int, timeout: float) -> list[int]:
     return node_ids
 
 
-def federated_statistics(grid: Grid, study: dict[str, Any], node_ids: list[int]
+def federated_statistics(grid: Grid, study: dict[str, Any], node_ids: list[int],
+                         failures: dict[str, str]
                          ) -> tuple[dict[int, dict[str, Any]], GlobalStats]:
-    """Round 0: collect each node's additive statistics and send back the merged ones."""
+    """Round 0: collect each node's additive statistics and send back the merged ones.
+
+    A node that fails here is left out (and listed in ``failures``); the study goes on when at
+    least ``strategy.min_nodes`` hospitals are ready.
+    """
     timeout = float(study["timeout"])
     record = ConfigRecord({"config-json": json.dumps(study)})
-    replies = _query(grid, node_ids, "stats", record, timeout)
     hospitals: dict[int, dict[str, Any]] = {}
     summaries = []
-    for reply in replies:
+    for reply in sorted(query(grid, node_ids, "stats", record, timeout),
+                        key=lambda reply: reply.metadata.src_node_id):
         if reply.has_error():
-            raise StudyError(f"node {reply.metadata.src_node_id} failed in round 0: "
-                             f"{reply.error.reason}")
-        site = reply.content.config_records["site"]
-        counts = reply.content.metric_records["counts"]
-        hospitals[reply.metadata.src_node_id] = {
-            "name": str(site["name"]), "n_train": int(counts["num-examples"]),
-            "n_test": int(counts["num-test"])}
-        summaries.append(json.loads(str(site["statistics-json"])))
+            failures[f"node-{reply.metadata.src_node_id}"] = reply.error.reason
+            continue
+        entry, summary = site_of(reply)
+        twin = next((nid for nid, h in hospitals.items() if h["name"] == entry["name"]), None)
+        if twin is not None:  # two nodes serving one dataset would count its rows twice
+            failures[f"node-{reply.metadata.src_node_id}"] = (
+                f"claims to be {entry['name']} like node {twin}; left out")
+            continue
+        hospitals[reply.metadata.src_node_id] = entry
+        summaries.append(summary)
+    _enough(study, hospitals, failures, "sent its statistics")
     hospitals = dict(sorted(hospitals.items(), key=lambda item: item[1]["name"]))
     stats = merge_statistics(summaries, min_cell=int(study["preprocessing"]["min_cell"]))
-    prepared = _query(grid, hospitals, "prepare",
-                      ConfigRecord({"statistics-json": json.dumps(stats.to_dict())}), timeout)
+    prepared = query(grid, hospitals, "prepare",
+                     ConfigRecord({"statistics-json": json.dumps(stats.to_dict())}), timeout)
+    answered = set()
     for reply in prepared:
-        if reply.has_error():
-            raise StudyError(f"hospital {hospitals[reply.metadata.src_node_id]['name']} could "
-                             f"not prepare its data: {reply.error.reason}")
+        if not reply.has_error():
+            answered.add(reply.metadata.src_node_id)
+            continue
+        failures[hospitals[reply.metadata.src_node_id]["name"]] = (
+            f"could not prepare its data: {reply.error.reason}")
+    hospitals = {nid: h for nid, h in hospitals.items() if nid in answered}
+    _enough(study, hospitals, failures, "prepared its data")
     return hospitals, stats
+
+
+def _enough(study: dict[str, Any], hospitals: dict[int, Any], failures: dict[str, str],
+            what: str) -> None:
+    needed = int(study["strategy"]["min_nodes"])
+    if len(hospitals) < needed:
+        detail = "; ".join(f"{name}: {reason}" for name, reason in failures.items())
+        raise StudyError(f"only {len(hospitals)} hospital(s) {what} in round 0, "
+                         f"strategy.min_nodes={needed}" + (f" ({detail})" if detail else ""))
 
 
 def _hospital(hospitals: dict[int, dict[str, Any]], reply: Message) -> str:
@@ -191,7 +207,9 @@ def run_study(grid: Grid, study: dict[str, Any], observer: Observer | None = Non
     n_nodes = federation_size(study["federation"])
     strategy = wrap_central_dp(build_strategy(study["strategy"], n_nodes), study, n_nodes)
     node_ids = _wait_for_nodes(grid, int(study["strategy"]["min_nodes"]), float(study["timeout"]))
-    hospitals, stats = federated_statistics(grid, study, node_ids)
+    rounds = [RoundRecord(0)]
+    hospitals, stats = federated_statistics(grid, study, node_ids, rounds[0].failures)
+    cohort = Cohort(grid, study, hospitals, json.dumps(stats.to_dict()))
     if observer:
         observer.on_start(study, [h["name"] for h in hospitals.values()])
     layout = new_model(schema, stats, n_inputs(schema, stats, study)).state_dict()
@@ -201,8 +219,6 @@ def run_study(grid: Grid, study: dict[str, Any], observer: Observer | None = Non
     timeout = float(study["timeout"])
     train_config = round_config(study, hospitals)
     screening = ScreeningConfig.from_study(study)
-    declared = {node_id: int(h["n_train"]) for node_id, h in hospitals.items()}
-    rounds = [RoundRecord(0)]
     stopped = ""
     secure = bool(study.get("secure_aggregation"))
     if secure:
@@ -210,15 +226,22 @@ def run_study(grid: Grid, study: dict[str, Any], observer: Observer | None = Non
     for server_round in range(1, int(study["rounds"]) + 1):
         t0, bytes0 = time.perf_counter(), _wire_total(grid)
         rounds.append(RoundRecord(server_round))
-        messages = strategy.configure_train(server_round, arrays, train_config, grid)
+        view, reason = cohort.ready(rounds[-1].failures)
+        if view is None:
+            stopped = f"round {server_round}: {reason}; the study stopped there"
+            break
+        messages = list(strategy.configure_train(server_round, arrays, train_config, view))
         if secure:  # SecAgg+: the server only ever holds the masked sum (no update to screen)
             replies, aggregated = secure_train_round(grid, strategy, messages, server_round,
                                                      study, hospitals)
         else:
-            replies = list(grid.send_and_receive(messages, timeout=timeout))
+            replies = send_and_receive(grid, messages, timeout)
+        cohort.missing(messages, replies, rounds[-1].failures)
+        cohort.lost_state(replies)
         record_evaluation(rounds[-2], replies, schema, hospitals)
         record_training(rounds[-1], replies, hospitals)
         if not secure:
+            declared = {node_id: int(h["n_train"]) for node_id, h in hospitals.items()}
             replies, rounds[-1].rejected = screen_replies(
                 replies, arrays, declared, screening, lambda reply: _hospital(hospitals, reply))
             for name in rounds[-1].rejected:
@@ -238,9 +261,9 @@ def run_study(grid: Grid, study: dict[str, Any], observer: Observer | None = Non
             observer.on_round(server_round - 1, rounds[-2])
         if stopped:
             break
-    messages = strategy.configure_evaluate(len(rounds) - 1, arrays, ConfigRecord(), grid)
-    record_evaluation(rounds[-1], list(grid.send_and_receive(messages, timeout=timeout)),
-                      schema, hospitals)
+    if view is None:  # the round that could not start is not part of the study
+        rounds.pop()
+    _final_evaluation(grid, arrays, rounds[-1], schema, hospitals, study)
     if observer:
         observer.on_round(rounds[-1].server_round, rounds[-1])
     wire = getattr(grid, "wire", None)
@@ -249,6 +272,21 @@ def run_study(grid: Grid, study: dict[str, Any], observer: Observer | None = Non
                        wall_seconds=time.perf_counter() - started,
                        wire_bytes={"sent": wire.sent, "received": wire.received} if wire else {},
                        stopped=stopped, central_dp=central_dp_report(strategy))
+
+
+def _final_evaluation(grid: Grid, arrays: ArrayRecord, record: RoundRecord, schema: TaskSchema,
+                      hospitals: dict[int, dict[str, Any]], study: dict[str, Any]) -> None:
+    """Score the final model at every connected hospital.
+
+    The messages are built here rather than by the strategy: evaluation is not bound by
+    ``min_nodes`` (Flower's sampling would wait for that many nodes without a timeout).
+    """
+    messages = [Message(RecordDict({"arrays": arrays, "config": ConfigRecord(
+                    {"server-round": record.server_round})}), dst_node_id=node_id,
+                        message_type="evaluate", group_id=str(record.server_round))
+                for node_id in sorted(set(grid.get_node_ids()) & set(hospitals))]
+    record_evaluation(record, send_and_receive(grid, messages, float(study["timeout"])), schema,
+                      hospitals)
 
 
 def keep_dtypes(arrays: ArrayRecord, dtypes: dict[str, torch.dtype]) -> ArrayRecord:

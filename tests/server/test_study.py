@@ -225,14 +225,22 @@ def test_too_few_hospitals_is_a_study_error(small_study, run_inprocess):
         run_inprocess(study, offline=(FIRST_NODE_ID,))
 
 
-def test_a_hospital_failing_in_round_zero_is_a_study_error(small_study, run_inprocess):
-    def broken(message, context):
-        if context.node_config["partition-id"] == 0:
-            raise ValueError("cannot read the dataset card")
-        return medfed_client(message, context)
+def _broken_in_round_zero(message, context):
+    if context.node_config["partition-id"] == 0:
+        raise ValueError("cannot read the dataset card")
+    return medfed_client(message, context)
 
-    with pytest.raises(StudyError, match="cannot read the dataset card"):
-        run_inprocess(small_study("rounds=1"), broken)
+
+def test_a_hospital_failing_in_round_zero_is_left_out(small_study, run_inprocess):
+    result = run_inprocess(small_study("rounds=2"), _broken_in_round_zero)
+    assert sorted(h["name"] for h in result.hospitals.values()) == ["hospital-1", "hospital-2"]
+    assert "cannot read the dataset card" in result.rounds[0].failures[f"node-{FIRST_NODE_ID}"]
+    assert set(result.rounds[2].train) == {"hospital-1", "hospital-2"}
+
+
+def test_too_few_hospitals_after_round_zero_is_a_study_error(small_study, run_inprocess):
+    with pytest.raises(StudyError, match="only 2 hospital.*min_nodes=3.*cannot read the dataset"):
+        run_inprocess(small_study("rounds=1", "strategy.min_nodes=3"), _broken_in_round_zero)
 
 
 def test_evaluate_every_two_rounds(small_study, run_inprocess):
