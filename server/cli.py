@@ -25,6 +25,25 @@ commands:
                          noise and epsilon per round for each hospital before a study
   synth export --task NAME --hospitals N DIR
                          write synthetic hospitals as CSV files plus dataset cards
+  checkpoint-key FILE    create a Fernet key for encrypted checkpoints (checkpoint.key_file=FILE)
+
+deployment (coordinator):
+  coordinator init DIR [--host NAME_OR_IP ...] [--port P]
+                         create the CA, the SuperLink's TLS certificate and DIR/coordinator.yaml
+  coordinator add-node DIR NAME node.pub
+                         register a hospital's node key (now if the SuperLink runs, else at start)
+  coordinator start DIR  run the SuperLink (TLS, node keys, state database); Ctrl-C stops it
+  run --superlink HOST:PORT --ca ca.crt [--resume RUN_DIR] [overrides]
+                         run a study on the federation (on the coordinator's machine: the run
+                         directory is written there)
+  status DIR | status --superlink HOST:PORT --ca ca.crt
+                         connected hospitals and studies
+
+deployment (hospital):
+  node keys DIR          create the node's key pair (send DIR/node.pub to the coordinator)
+  node start --dataset CARD --policy POLICY --superlink HOST:PORT --ca ca.crt --key KEY
+             [--ledger-dir D] [--port P]
+                         check the data, then join the federation; Ctrl-C stops the node
 """
 
 
@@ -125,6 +144,18 @@ def list_tasks() -> None:
               f"{task.description}")
 
 
+def _checkpoint_key(args: list[str]) -> None:
+    from medfed.server.checkpoint import CheckpointError, new_key
+
+    if len(args) != 1 or args[0].startswith("-"):
+        _fail("usage: medfed checkpoint-key FILE", 2)
+    try:
+        path = new_key(args[0])
+    except (CheckpointError, OSError) as exc:
+        _fail(str(exc), 2)
+    print(f"wrote {path}; keep it safe: encrypted checkpoints cannot be read without it")
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``medfed`` console script."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -140,6 +171,18 @@ def main(argv: list[str] | None = None) -> None:
         from medfed.client.privacy_cli import ledger_main
 
         raise SystemExit(ledger_main(rest[1:]))
+    elif command == "node" and rest[:1] in (["keys"], ["start"]):
+        from medfed.client.deploy import node_deploy_main
+
+        raise SystemExit(node_deploy_main(rest))
+    elif command == "coordinator":
+        from medfed.server.deploy import coordinator_main
+
+        raise SystemExit(coordinator_main(rest))
+    elif command in ("run", "status"):
+        from medfed.server import flwr_cli
+
+        raise SystemExit((flwr_cli.run_main if command == "run" else flwr_cli.status_main)(rest))
     elif command == "node":
         from medfed.client.check import node_main
 
@@ -152,6 +195,8 @@ def main(argv: list[str] | None = None) -> None:
         from medfed.models.export import synth_main
 
         raise SystemExit(synth_main(rest))
+    elif command == "checkpoint-key":
+        _checkpoint_key(rest)
     else:
         _fail(f"unknown command '{command}'; see `medfed --help`", 2)
 

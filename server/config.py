@@ -57,8 +57,45 @@ def compose_study(overrides: list[str]) -> dict[str, Any]:
     finally:
         GlobalHydra.instance().clear()
     study = absolute_paths(study_from_cfg(cfg))
+    if study.get("resume"):
+        study = resumed_study(study, overrides)
     validate_study(study)
     return study
+
+
+# What a resumed study may change: how it runs, never what it computes.
+RESUME_MAY_CHANGE = ("resume", "quiet", "verbose", "timeout", "engine", "checkpoint", "threads")
+
+
+def resumed_study(study: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """The study of the run directory ``study["resume"]``, with this invocation's run settings.
+
+    ``resume=RUN_DIR`` continues the study exactly as ``RUN_DIR/config.yaml`` describes it (the
+    checkpoint holds the same configuration and is checked against it); an override that would
+    change what the study computes is refused.
+    """
+    import yaml
+
+    run_dir = Path(str(study["resume"])).expanduser().resolve()
+    for override in overrides:
+        key = override.lstrip("+~").split("=", 1)[0].split(".", 1)[0].split("/", 1)[0]
+        if key not in RESUME_MAY_CHANGE:
+            raise ConfigError(f"resume={run_dir} continues the study configured in that run "
+                              f"directory; drop the override {override} (a resumed study may "
+                              f"only change {', '.join(RESUME_MAY_CHANGE[1:])})")
+    try:
+        original = yaml.safe_load((run_dir / "config.yaml").read_text())
+    except OSError:
+        raise ConfigError(f"resume={run_dir}: no config.yaml there; give the run directory of "
+                          "the study to continue") from None
+    if not isinstance(original, dict) or "task" not in original:
+        raise ConfigError(f"resume={run_dir}: config.yaml is not a medfed study")
+    for key in RESUME_MAY_CHANGE:
+        if key in study:
+            original[key] = study[key]
+    original["resume"] = str(run_dir)
+    original["output_dir"] = str(run_dir)
+    return original
 
 
 def absolute_paths(study: dict[str, Any]) -> dict[str, Any]:
@@ -169,3 +206,8 @@ def validate_study(study: dict[str, Any]) -> None:
     if targets and study["engine"]["name"] != "inprocess":
         raise ConfigError("attack.hospitals needs engine=inprocess (malicious hospitals are a "
                           "simulation of the in-process engine)")
+    if study.get("secure_aggregation"):
+        from medfed.server.secagg import config_error
+
+        if error := config_error(study):
+            raise ConfigError(error)

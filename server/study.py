@@ -14,6 +14,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from logging import WARNING
+from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -100,12 +101,13 @@ def _wait_for_nodes(grid: Grid, needed: int, timeout: float) -> list[int]:
 
 
 def federated_statistics(grid: Grid, study: dict[str, Any], node_ids: list[int],
-                         failures: dict[str, str]
+                         failures: dict[str, str], fixed: GlobalStats | None = None
                          ) -> tuple[dict[int, dict[str, Any]], GlobalStats]:
     """Round 0: collect each node's additive statistics and send back the merged ones.
 
     A node that fails here is left out (and listed in ``failures``); the study goes on when at
-    least ``strategy.min_nodes`` hospitals are ready.
+    least ``strategy.min_nodes`` hospitals are ready. A resumed study passes its checkpointed
+    statistics as ``fixed``: the nodes prepare their data exactly as before the interruption.
     """
     timeout = float(study["timeout"])
     record = ConfigRecord({"config-json": json.dumps(study)})
@@ -126,7 +128,7 @@ def federated_statistics(grid: Grid, study: dict[str, Any], node_ids: list[int],
         summaries.append(summary)
     _enough(study, hospitals, failures, "sent its statistics")
     hospitals = dict(sorted(hospitals.items(), key=lambda item: item[1]["name"]))
-    stats = merge_statistics(summaries, min_cell=int(study["preprocessing"]["min_cell"]))
+    stats = fixed or merge_statistics(summaries, min_cell=int(study["preprocessing"]["min_cell"]))
     prepared = query(grid, hospitals, "prepare",
                      ConfigRecord({"statistics-json": json.dumps(stats.to_dict())}), timeout)
     answered = set()
@@ -197,81 +199,160 @@ def record_training(record: RoundRecord, replies: list[Message],
 
 
 def run_study(grid: Grid, study: dict[str, Any], observer: Observer | None = None) -> StudyResult:
-    """Run a whole study on ``grid`` and return what happened (see the module docstring)."""
+    """Run a whole study on ``grid`` and return what happened (see the module docstring).
+
+    With ``study["resume"]`` set, the study continues from that run directory's checkpoint.
+    """
     started = time.perf_counter()
-    _quiet_flower(study)
-    study.setdefault("study_id", f"{study['task']['name']}-{uuid.uuid4().hex[:12]}")
-    random.seed(int(study["seed"]))
-    torch.manual_seed(int(study["seed"]))
-    schema = study_schema(study)
-    n_nodes = federation_size(study["federation"])
-    strategy = wrap_central_dp(build_strategy(study["strategy"], n_nodes), study, n_nodes)
-    node_ids = _wait_for_nodes(grid, int(study["strategy"]["min_nodes"]), float(study["timeout"]))
-    rounds = [RoundRecord(0)]
-    hospitals, stats = federated_statistics(grid, study, node_ids, rounds[0].failures)
-    cohort = Cohort(grid, study, hospitals, json.dumps(stats.to_dict()))
-    if observer:
-        observer.on_start(study, [h["name"] for h in hospitals.values()])
-    layout = new_model(schema, stats, n_inputs(schema, stats, study)).state_dict()
-    initial = pack(layout)  # the weights travel as one flat vector per dtype (models/flat.py)
-    dtypes = {key: tensor.dtype for key, tensor in initial.items()}
-    arrays = ArrayRecord(initial)
-    timeout = float(study["timeout"])
-    train_config = round_config(study, hospitals)
-    screening = ScreeningConfig.from_study(study)
-    stopped = ""
-    secure = bool(study.get("secure_aggregation"))
-    if secure:
-        from medfed.server.secagg import secure_train_round
-    for server_round in range(1, int(study["rounds"]) + 1):
+    run = StudyRun(grid, study, observer)
+    for server_round in range(run.first_round, int(study["rounds"]) + 1):
+        if not run.train_round(server_round):
+            break
+    return run.finish(time.perf_counter() - started)
+
+
+class StudyRun:
+    """The state the rounds of one study share: strategy, hospitals, weights, records.
+
+    Built by round 0 (or from a checkpoint); :meth:`train_round` runs one round and
+    :meth:`finish` the final evaluation.
+    """
+
+    def __init__(self, grid: Grid, study: dict[str, Any], observer: Observer | None) -> None:
+        from medfed.server import checkpoint as ckpt
+
+        self.grid, self.study, self.observer = grid, study, observer
+        _quiet_flower(study)
+        self._key = ckpt.read_key((study.get("checkpoint") or {}).get("key_file"))
+        saved = (ckpt.load(Path(study["resume"]) / ckpt.FILENAME, self._key)
+                 if study.get("resume") else None)
+        if saved is not None:
+            study["study_id"] = _check_resumable(study, json.loads(saved["study"]))
+        study.setdefault("study_id", f"{study['task']['name']}-{uuid.uuid4().hex[:12]}")
+        random.seed(int(study["seed"]))
+        torch.manual_seed(int(study["seed"]))
+        self.schema = study_schema(study)
+        n_nodes = federation_size(study["federation"])
+        self.strategy = wrap_central_dp(build_strategy(study["strategy"], n_nodes), study,
+                                        n_nodes)
+        node_ids = _wait_for_nodes(grid, int(study["strategy"]["min_nodes"]),
+                                   float(study["timeout"]))
+        self.rounds = [RoundRecord(0)]
+        fixed = (GlobalStats.from_dict(json.loads(saved["statistics"]))
+                 if saved is not None else None)
+        self.hospitals, self.stats = federated_statistics(grid, study, node_ids,
+                                                          self.rounds[0].failures, fixed)
+        self.cohort = Cohort(grid, study, self.hospitals, json.dumps(self.stats.to_dict()))
+        self.layout = new_model(self.schema, self.stats,
+                                n_inputs(self.schema, self.stats, study)).state_dict()
+        initial = pack(self.layout)  # the weights travel as one flat vector per dtype
+        self.dtypes = {key: tensor.dtype for key, tensor in initial.items()}
+        self.arrays = ArrayRecord(initial)
+        self.first_round = 1
+        if saved is not None:
+            self._restore(saved)
+        ckpt.write_config(study)
+        if observer:
+            observer.on_start(study, [h["name"] for h in self.hospitals.values()])
+        self.train_config = round_config(study, self.hospitals)
+        self.screening = ScreeningConfig.from_study(study)
+        self.secure = bool(study.get("secure_aggregation"))
+        self.view: Any = None
+        self.stopped = ""
+
+    def _restore(self, saved: dict[str, Any]) -> None:
+        """Weights, records, strategy and random state of the checkpoint (see checkpoint.py)."""
+        from medfed.server import checkpoint as ckpt
+
+        failures = self.rounds[0].failures
+        self.arrays = ArrayRecord(dict(saved["state"]))
+        self.rounds = [RoundRecord(**r) for r in json.loads(saved["rounds"])]
+        self.rounds[0].failures.update(failures)
+        ckpt.load_strategy_state(self.strategy, saved["strategy"])
+        ckpt.restore_random(saved)
+        self.first_round = int(saved["server_round"]) + 1
+
+    def train_round(self, server_round: int) -> bool:
+        """Run round ``server_round``; ``False`` when the study has to stop (``self.stopped``)."""
+        grid, study, rounds, hospitals = self.grid, self.study, self.rounds, self.hospitals
         t0, bytes0 = time.perf_counter(), _wire_total(grid)
         rounds.append(RoundRecord(server_round))
-        view, reason = cohort.ready(rounds[-1].failures)
-        if view is None:
-            stopped = f"round {server_round}: {reason}; the study stopped there"
-            break
-        messages = list(strategy.configure_train(server_round, arrays, train_config, view))
-        if secure:  # SecAgg+: the server only ever holds the masked sum (no update to screen)
-            replies, aggregated = secure_train_round(grid, strategy, messages, server_round,
+        self.view, reason = self.cohort.ready(rounds[-1].failures)
+        if self.view is None:
+            self.stopped = f"round {server_round}: {reason}; the study stopped there"
+            rounds.pop()  # the round that could not start is not part of the study
+            return False
+        messages = list(self.strategy.configure_train(server_round, self.arrays,
+                                                      self.train_config, self.view))
+        if self.secure:  # SecAgg+: the server only ever holds the masked sum (nothing to screen)
+            from medfed.server.secagg import secure_train_round
+
+            replies, aggregated = secure_train_round(grid, self.strategy, messages, server_round,
                                                      study, hospitals)
         else:
-            replies = send_and_receive(grid, messages, timeout)
-        cohort.missing(messages, replies, rounds[-1].failures)
-        cohort.lost_state(replies)
-        record_evaluation(rounds[-2], replies, schema, hospitals)
+            replies = send_and_receive(grid, messages, float(study["timeout"]))
+        self.cohort.missing(messages, replies, rounds[-1].failures)
+        self.cohort.lost_state(replies)
+        record_evaluation(rounds[-2], replies, self.schema, hospitals)
         record_training(rounds[-1], replies, hospitals)
-        if not secure:
+        if not self.secure:
             declared = {node_id: int(h["n_train"]) for node_id, h in hospitals.items()}
             replies, rounds[-1].rejected = screen_replies(
-                replies, arrays, declared, screening, lambda reply: _hospital(hospitals, reply))
+                replies, self.arrays, declared, self.screening,
+                lambda reply: _hospital(hospitals, reply))
             for name in rounds[-1].rejected:
                 rounds[-1].train.pop(name, None)
-            aggregated, _ = strategy.aggregate_train(server_round, replies)
+            aggregated, _ = self.strategy.aggregate_train(server_round, replies)
         if aggregated is not None:
-            arrays = keep_dtypes(aggregated, dtypes)
+            self.arrays = keep_dtypes(aggregated, self.dtypes)
         rounds[-1].seconds = time.perf_counter() - t0
-        if not rounds[-1].train:
-            last = rounds[-1]
-            stopped = (f"round {server_round}: no hospital trained ({len(last.refusals)} "
-                       f"refused, {len(last.failures)} failed, {len(last.rejected)} rejected); "
-                       "the study stopped there")
         if bytes0 is not None:
             rounds[-1].wire_bytes = _wire_total(grid) - bytes0
-        if observer:
-            observer.on_round(server_round - 1, rounds[-2])
-        if stopped:
-            break
-    if view is None:  # the round that could not start is not part of the study
-        rounds.pop()
-    _final_evaluation(grid, arrays, rounds[-1], schema, hospitals, study)
-    if observer:
-        observer.on_round(rounds[-1].server_round, rounds[-1])
-    wire = getattr(grid, "wire", None)
-    return StudyResult(study=study, schema=schema, hospitals=hospitals, statistics=stats,
-                       rounds=rounds, final_state=unpack(arrays.to_torch_state_dict(), layout),
-                       wall_seconds=time.perf_counter() - started,
-                       wire_bytes={"sent": wire.sent, "received": wire.received} if wire else {},
-                       stopped=stopped, central_dp=central_dp_report(strategy))
+        if not rounds[-1].train:
+            last = rounds[-1]
+            self.stopped = (f"round {server_round}: no hospital trained ({len(last.refusals)} "
+                            f"refused, {len(last.failures)} failed, {len(last.rejected)} "
+                            "rejected); the study stopped there")
+        self._checkpoint(server_round)
+        if self.observer:
+            self.observer.on_round(server_round - 1, rounds[-2])
+        return not self.stopped
+
+    def _checkpoint(self, server_round: int) -> None:
+        from medfed.server import checkpoint as ckpt
+
+        every = int((self.study.get("checkpoint") or {}).get("every", 1) or 0)
+        last = server_round == int(self.study["rounds"])
+        if every and self.study.get("output_dir") and (server_round % every == 0 or last):
+            ckpt.save(Path(self.study["output_dir"]) / ckpt.FILENAME, ckpt.payload(
+                self.study, server_round, self.arrays.to_torch_state_dict(), self.rounds,
+                self.stats.to_dict(), self.strategy), self._key)
+
+    def finish(self, wall_seconds: float) -> StudyResult:
+        """Score the final model everywhere and return the result."""
+        _final_evaluation(self.grid, self.arrays, self.rounds[-1], self.schema, self.hospitals,
+                          self.study)
+        if self.observer:
+            self.observer.on_round(self.rounds[-1].server_round, self.rounds[-1])
+        wire = getattr(self.grid, "wire", None)
+        return StudyResult(
+            study=self.study, schema=self.schema, hospitals=self.hospitals,
+            statistics=self.stats, rounds=self.rounds,
+            final_state=unpack(self.arrays.to_torch_state_dict(), self.layout),
+            wall_seconds=wall_seconds,
+            wire_bytes={"sent": wire.sent, "received": wire.received} if wire else {},
+            stopped=self.stopped, central_dp=central_dp_report(self.strategy))
+
+
+def _check_resumable(study: dict[str, Any], saved: dict[str, Any]) -> str:
+    """The checkpointed study's id, after checking it is the study being resumed."""
+    from medfed.server.checkpoint import CheckpointError
+
+    for key in ("task", "strategy", "federation", "seed", "train", "privacy", "preprocessing"):
+        if saved.get(key) != study.get(key):
+            raise CheckpointError(f"the checkpoint in {study['resume']} belongs to a study with "
+                                  f"another {key} setting; resume it with its own config.yaml")
+    return str(saved["study_id"])
 
 
 def _final_evaluation(grid: Grid, arrays: ArrayRecord, record: RoundRecord, schema: TaskSchema,
