@@ -13,6 +13,10 @@ message            content from the server                      reply
                    ``config`` (server-round, proximal-mu)       MetricRecord ``metrics``
 ``evaluate``       ArrayRecord ``arrays``, ConfigRecord         MetricRecord ``metrics``
 =================  ===========================================  ==================================
+
+The weights travel packed (:mod:`medfed.models.flat`): the ArrayRecord holds one flat vector per
+dtype (e.g. ``float32``), the model's state_dict concatenated in order; both ends know the layout
+from the model they build.
 """
 
 from __future__ import annotations
@@ -24,8 +28,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from medfed.client import node, privacy_round
+from medfed.client.central_dp import central_clipping_mod
 from medfed.client.guard import reply_guard
+from medfed.client.secagg import secure_aggregation_mod
 from medfed.models import pipeline
+from medfed.models.flat import pack, unpack
 
 app = ClientApp(mods=[reply_guard])
 
@@ -33,8 +40,8 @@ _STATE = "medfed-study"
 
 
 def _index(context: Context) -> int:
-    """The hospital's position in the federation (Flower's ``partition-id``)."""
-    return int(context.node_config.get("partition-id", 0))
+    """The hospital's position in the study's federation (see :func:`node.site_index`)."""
+    return node.site_index(context.node_config)
 
 
 def _study(context: Context) -> tuple[str, str]:
@@ -49,7 +56,8 @@ def _study(context: Context) -> tuple[str, str]:
 @app.query("stats")
 def stats(msg: Message, context: Context) -> Message:
     """Round 0: keep the study configuration; reply with this site's additive statistics."""
-    config_json = str(msg.content.config_records["study"]["config-json"])
+    config_json = node.local_study(str(msg.content.config_records["study"]["config-json"]),
+                                   context.node_config)
     torch.set_num_threads(int(json.loads(config_json).get("threads", 1)))
     name, n_train, n_test, statistics = node.site_summary(config_json, _index(context))
     context.state.config_records[_STATE] = ConfigRecord({"config-json": config_json})
@@ -77,7 +85,8 @@ def _received_model(msg: Message, context: Context):
     study, schema, stats = node.study_parts(config_json, statistics_json)
     site = node.prepared_site(config_json, statistics_json, _index(context))
     model = pipeline.new_model(schema, stats, site.x_train.shape[1])
-    model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
+    received = msg.content.array_records["arrays"].to_torch_state_dict()
+    model.load_state_dict(unpack(received, model.state_dict()))
     return study, schema, site, stats, model
 
 
@@ -88,7 +97,7 @@ def _evaluation(model, site, schema, study, stats) -> dict:
     return {f"eval-{key}": value for key, value in test.items()}
 
 
-@app.train()
+@app.train(mods=[secure_aggregation_mod, central_clipping_mod])  # each acts only when on
 def train(msg: Message, context: Context) -> Message:
     """Evaluate the received global model (when due), train locally, reply with the weights."""
     study, schema, site, stats, model = _received_model(msg, context)
@@ -102,7 +111,7 @@ def train(msg: Message, context: Context) -> Message:
         model, site, schema, study, stats, seed=seed, server_round=server_round,
         proximal_mu=float(config.get("proximal-mu", 0.0)),
         cohort_size=int(config.get("cohort-size", 0)), delta=float(config.get("dp-delta", 0.0))))
-    return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()),
+    return Message(RecordDict({"arrays": ArrayRecord(pack(model.state_dict())),
                                "metrics": MetricRecord(metrics)}), reply_to=msg)
 
 

@@ -2,10 +2,19 @@
 
 Whatever the handlers compute, a reply may only carry
 
-* model arrays with exactly the names, shapes and dtypes of the global model just received;
+* model arrays with exactly the names, shapes and dtypes of the global model just received
+  (the weights travel packed, one flat vector per dtype -- :mod:`medfed.models.flat` -- so a
+  reply with more or fewer values than the model has is refused);
 * example counts and the whitelisted additive statistics (:data:`ALLOWED_METRICS`);
 * in round 0, the site's name and its feature statistics (counts, sums, sums of squares and
   category counts, small cells suppressed) -- numbers in a fixed structure, never a row.
+
+A SecAgg+ round (``secure_aggregation=true``, :mod:`medfed.client.secagg`) replies in Flower's
+record layout instead; each stage reply may carry only what the protocol sends, none of it the
+hospital's update in the clear (:data:`SECAGG_REPLIES`): public keys; key shares encrypted for
+the hospital meant to hold each one; the masked vector (integer arrays of the model's shapes,
+uniformly spread mod the modulus), with the plain array record emptied and the whitelisted
+``metrics`` beside it; shares that unmask only the sum.
 
 Anything else (an extra record, an unknown key, a string where a number belongs, an array of
 another shape) is refused *before it is sent*: the guard raises, so the node answers with an
@@ -18,7 +27,10 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 from flwr.app import Context, Message
+from flwr.common import bytes_to_ndarray
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 
 EVAL_STATISTICS = frozenset({
     "n", "tp", "fp", "tn", "fn", "hist_pos", "hist_neg", "loss_sum",  # binary
@@ -30,6 +42,12 @@ ALLOWED_METRICS = frozenset(
      "epsilon", "delta", "refused"}
     | {f"eval-{key}" for key in EVAL_STATISTICS})
 _ROUND0_SITE_KEYS = frozenset({"name", "statistics-json"})
+SECAGG_REPLIES: dict[str, dict[str, type]] = {  # stage -> key -> type of the value (or items)
+    Stage.SETUP: {Key.PUBLIC_KEY_1: bytes, Key.PUBLIC_KEY_2: bytes},  # public keys
+    Stage.SHARE_KEYS: {Key.DESTINATION_LIST: int, Key.CIPHERTEXT_LIST: bytes},  # encrypted
+    Stage.COLLECT_MASKED_VECTORS: {Key.MASKED_PARAMETERS: bytes},  # masked integer arrays
+    Stage.UNMASK: {Key.NODE_ID_LIST: int, Key.SHARE_LIST: bytes},  # shares unmasking the sum
+}
 
 
 class GuardViolation(RuntimeError):
@@ -50,9 +68,25 @@ def _check_numbers(where: str, value: Any) -> None:
         raise GuardViolation(f"round-0 statistic {where} is not a number")
 
 
-def check_reply(request: Message, reply: Message) -> None:
-    """Raise :class:`GuardViolation` unless ``reply`` carries only what may leave the node."""
+def secagg_stage(msg: Message) -> str | None:
+    """The SecAgg+ stage ``msg`` asks for, or None for a medfed message.
+
+    Read it before the handler runs: Flower's ``secaggplus_mod`` pops it from the request.
+    """
+    if not msg.has_content() or RECORD_KEY_CONFIGS not in msg.content.config_records:
+        return None
+    return str(msg.content.config_records[RECORD_KEY_CONFIGS].get(Key.STAGE, ""))
+
+
+def check_reply(request: Message, reply: Message, secagg: str | None = None) -> None:
+    """Raise :class:`GuardViolation` unless ``reply`` carries only what may leave the node.
+
+    ``secagg`` is the SecAgg+ stage of ``request`` (:func:`secagg_stage`), None otherwise.
+    """
     if reply.has_error():
+        return
+    if secagg is not None:
+        _check_secagg(secagg, request, reply)
         return
     content = reply.content
     if content.config_records and request.metadata.message_type != "query.stats":
@@ -86,9 +120,52 @@ def _check_arrays(request: Message, reply: Message) -> None:
                                  f"{a.shape} {a.dtype}")
 
 
+def _check_secagg(stage: str, request: Message, reply: Message) -> None:
+    content = reply.content
+    allowed = SECAGG_REPLIES.get(stage)
+    if allowed is None:
+        raise GuardViolation(f"unknown SecAgg+ stage {stage!r}")
+    collect = stage == Stage.COLLECT_MASKED_VECTORS
+    configs = {RECORD_KEY_CONFIGS} | ({"fitres.status", "fitres.metrics"} if collect else set())
+    metrics = {"fitres.num_examples", "metrics"} if collect else set()
+    arrays = {"fitres.parameters"} if collect else set()
+    if (set(content.config_records), set(content.metric_records),
+            set(content.array_records)) != (configs, metrics, arrays):
+        raise GuardViolation(f"a SecAgg+ {stage} reply may carry only the records {sorted(configs)}"
+                             f" {sorted(metrics)} {sorted(arrays)}")
+    record = content.config_records[RECORD_KEY_CONFIGS]
+    for key, value in record.items():
+        items = value if isinstance(value, list) else [value]
+        if key not in allowed or not all(isinstance(v, allowed[key]) for v in items):
+            raise GuardViolation(f"SecAgg+ {stage} reply key '{key}' may not leave the node")
+    if collect:
+        _check_masked_reply(request, reply)
+
+
+def _check_masked_reply(request: Message, reply: Message) -> None:
+    """The collect-stage reply: masked integer arrays of the model's shapes, no plain weights."""
+    content = reply.content
+    status = dict(content.config_records["fitres.status"])
+    if (len(content.array_records["fitres.parameters"]) or content.config_records["fitres.metrics"]
+            or status != {"code": 0, "message": ""}
+            or set(content.metric_records["fitres.num_examples"]) != {"num_examples"}):
+        raise GuardViolation("a SecAgg+ masked-vector reply may not carry plain arrays or metrics")
+    unknown = sorted(set(content.metric_records["metrics"]) - ALLOWED_METRICS)
+    if unknown:
+        raise GuardViolation(f"metric(s) {unknown} are not whitelisted aggregates")
+    model = request.content.array_records["fitins.parameters"].to_numpy_ndarrays()
+    masked = [bytes_to_ndarray(b) for b in content.config_records[RECORD_KEY_CONFIGS][
+        Key.MASKED_PARAMETERS]]  # type: ignore[union-attr]
+    shapes = [(1,)] + [a.shape for a in model]  # the weight factor, then the layers
+    if [a.shape for a in masked] != shapes or not all(
+            np.issubdtype(a.dtype, np.integer) for a in masked):
+        raise GuardViolation("the masked vector is not integer arrays of the model's shapes")
+
+
 def reply_guard(msg: Message, context: Context,
                 call_next: Callable[[Message, Context], Message]) -> Message:
     """Flower mod: run the handler, then refuse its reply if it carries more than aggregates."""
+    stage = secagg_stage(msg)
     reply = call_next(msg, context)
-    check_reply(msg, reply)
+    check_reply(msg, reply, stage)
     return reply

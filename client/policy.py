@@ -12,7 +12,12 @@ under ``hospitals: {<hospital name>: {<key>: <value>}}``). Keys, all optional:
 ``max_grad_norm_limit``        largest clipping norm accepted (null: no limit)
 ``allowed_tasks``              task names this node trains (null: any)
 ``min_cohort``                 fewest hospitals in a round's cohort (a lone update is the model)
-``require_dp``                 refuse rounds without sample-level DP (``privacy=dpsgd``)
+``require_dp``                 refuse rounds without sample-level DP (``privacy=dpsgd``).
+                               Client-level DP (``privacy=central``) does not satisfy it: the
+                               noise is added by the coordinator, which receives this node's
+                               update unnoised (raw with ``clipping: server``, clipped but
+                               unnoised with ``clipping: client``), so it protects the hospital
+                               from the model's users, not its patients from the coordinator
 ``require_secure_aggregation`` refuse rounds without SecAgg+
 =============================  =================================================================
 

@@ -122,4 +122,20 @@ def report_markdown(summary: dict[str, Any], study: dict[str, Any]) -> str:
                            ", ".join(map(str, h["rounds_missed"])) or "none"]
                           for h in summary["hospitals"]]),
                   "", "![epsilon](epsilon.png)", ""]
+    if summary.get("central_dp"):
+        parts += _central_dp(summary["central_dp"])
     return "\n".join(parts)
+
+
+def _central_dp(dp: dict[str, Any]) -> list[str]:
+    """The client-level DP section: settings, final epsilon, and the epsilon after each round."""
+    rounds = dp["rounds"]
+    return ["## Client-level (central) DP", "",
+            f"Updates clipped to L2 norm {_fmt(dp['clipping_norm'])} on the {dp['clipping']} side, "
+            f"averaged with equal hospital weights, Gaussian noise multiplier "
+            f"{_fmt(dp['noise_multiplier'])}: epsilon **{_fmt(dp['epsilon'])}** at delta "
+            f"{_fmt(dp['delta'])} after {dp['released_rounds']} of {len(rounds)} rounds released "
+            f"({dp['accounting']}).", "",
+            _table(["round", "hospitals", "released", "epsilon after"],
+                   [[r["round"], r["hospitals"], "yes" if r["released"] else r["reason"],
+                     r["epsilon"]] for r in rounds]), ""]
