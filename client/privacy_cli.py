@@ -92,7 +92,11 @@ def _plan_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medfed privacy plan",
         description="Per hospital: the DP-SGD noise, epsilon after each round, rounds affordable.")
-    parser.add_argument("--sizes", required=True, help="training rows per hospital: 120,400,900")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--sizes", help="training rows per hospital: 120,400,900")
+    source.add_argument("--cards", help="dataset cards, comma-separated: each hospital's "
+                        "training rows are read from its data, and the epsilon its ledger "
+                        "(<card>.ledger.jsonl) already holds counts against its budget")
     parser.add_argument("--batch-size", type=int, required=True)
     steps = parser.add_mutually_exclusive_group(required=True)
     steps.add_argument("--local-steps", type=int, help="optimizer steps per round")
@@ -140,11 +144,35 @@ def _rounds_affordable(epsilon_at: Any, budget: float | None, cap: int) -> int |
     return low
 
 
+def _hospitals(args: argparse.Namespace) -> tuple[list[str], list[int], list[list]]:
+    """Names, training rows and ledger history per hospital, from ``--sizes`` or ``--cards``."""
+    if args.sizes is not None:
+        sizes = [int(s) for s in str(args.sizes).split(",") if s.strip()]
+        return [f"hospital-{i}" for i in range(len(sizes))], sizes, [[] for _ in sizes]
+    from medfed.models.cards import CardError, card_schema, load_card, read_card_data
+
+    names, sizes, spent = [], [], []
+    for path in (p.strip() for p in str(args.cards).split(",") if p.strip()):
+        try:
+            card = load_card(path)
+            data = read_card_data(card, card_schema(card))
+        except CardError as exc:
+            raise ValueError(str(exc)) from None
+        if not data.report.usable:
+            raise ValueError(f"{path}: {data.report.errors[0]}; run `medfed node check "
+                             f"--dataset {path}`")
+        ledger = Ledger(ledger_path(path))
+        names.append(data.name)
+        sizes.append(len(data.train))
+        spent.append(ledger.history() if ledger.path.exists() else [])
+    return names, sizes, spent
+
+
 def plan(args: argparse.Namespace) -> dict[str, Any]:
     """The plan as data: settings and one row per hospital."""
     from medfed.models import privacy
 
-    sizes = [int(s) for s in str(args.sizes).split(",") if s.strip()]
+    names, sizes, spent = _hospitals(args)
     if not sizes or min(sizes) < 1 or args.batch_size < 1 or args.rounds < 1:
         raise ValueError("--sizes must list positive row counts; --batch-size and --rounds "
                          "must be positive.")
@@ -160,12 +188,15 @@ def plan(args: argparse.Namespace) -> dict[str, Any]:
             noise = privacy.noise_for_target(args.target_epsilon, delta, rate,
                                              steps * args.rounds, args.accountant)
 
-        def epsilon_at(r: int, noise: float = noise, rate: float = rate, steps: int = steps):
-            return privacy.epsilon_from_history([(noise, rate, steps * r)], delta,
+        def epsilon_at(r: int, noise: float = noise, rate: float = rate, steps: int = steps,
+                       before: list = spent[index]):
+            return privacy.epsilon_from_history([*before, (noise, rate, steps * r)], delta,
                                                 args.accountant)
 
         hospitals.append({
-            "hospital": f"hospital-{index}", "rows": n, "sample_rate": rate,
+            "hospital": names[index], "rows": n, "sample_rate": rate,
+            "epsilon_spent": (privacy.epsilon_from_history(spent[index], delta, args.accountant)
+                              if spent[index] else 0.0),
             "steps_per_round": steps, "noise_multiplier": noise,
             "epsilon_per_round": [epsilon_at(r) for r in range(1, args.rounds + 1)],
             "rounds_affordable": _rounds_affordable(epsilon_at, budget, 100 * args.rounds)})
@@ -176,11 +207,13 @@ def plan(args: argparse.Namespace) -> dict[str, Any]:
 def _print_plan(result: dict[str, Any]) -> None:
     budget = "-" if result["budget"] is None else f"{result['budget']:g}"
     print(f"delta {result['delta']:g}, {result['accountant']} accountant, budget {budget}")
-    print(f"{'hospital':<12} {'rows':>6} {'rate':>7} {'steps':>6} {'noise':>7} {'rounds ok':>9}")
+    print(f"{'hospital':<12} {'rows':>6} {'rate':>7} {'steps':>6} {'noise':>7} {'spent':>7} "
+          f"{'rounds ok':>9}")
     for h in result["hospitals"]:
         ok = "-" if h["rounds_affordable"] is None else str(h["rounds_affordable"])
         print(f"{h['hospital']:<12} {h['rows']:>6} {h['sample_rate']:>7.4f} "
-              f"{h['steps_per_round']:>6} {h['noise_multiplier']:>7.3f} {ok:>9}")
+              f"{h['steps_per_round']:>6} {h['noise_multiplier']:>7.3f} "
+              f"{h['epsilon_spent']:>7.3f} {ok:>9}")
     print("\nepsilon after each round")
     names = [h["hospital"] for h in result["hospitals"]]
     print(f"{'round':>5}  " + "  ".join(f"{name:>12}" for name in names))
@@ -202,7 +235,7 @@ def plan_main(argv: list[str] | None = None) -> int:
             # Opacus notes when a tighter RDP bound needs more orders; the bound stays valid.
             warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
             result = plan(args)
-    except (ValueError, PolicyError, OSError) as error:
+    except (ValueError, PolicyError, OSError, LedgerTampered) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_ERROR
     if args.json:

@@ -23,6 +23,8 @@ commands:
                          a hospital's privacy spend per study and in total; verifies the chain
   privacy plan --sizes 120,400,900 --batch-size 32 --local-steps 10 --rounds 20 --target-epsilon 1
                          noise and epsilon per round for each hospital before a study
+                         (--cards a.yaml,b.yaml instead of --sizes: sizes from the data, and
+                         what each ledger already spent counts against the budget)
   synth export --task NAME --hospitals N DIR
                          write synthetic hospitals as CSV files plus dataset cards
   checkpoint-key FILE    create a Fernet key for encrypted checkpoints (checkpoint.key_file=FILE)

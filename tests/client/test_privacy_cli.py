@@ -81,3 +81,44 @@ def test_ledger_report_exits_non_zero_when_tampered(tmp_path, capsys):
 def test_a_dataset_without_a_ledger_has_spent_nothing(tmp_path, capsys):
     assert ledger_main(["--dataset", str(tmp_path / "new.csv")]) == EXIT_OK
     assert "no privacy spend recorded" in capsys.readouterr().out
+
+
+def test_plan_from_cards_reads_sizes_and_counts_what_the_ledgers_already_spent(tmp_path, capsys):
+    from medfed.models.cards import card_schema, load_card, read_card_data
+    from medfed.models.export import export_synthetic
+
+    cards = [str(c) for c in export_synthetic("diagnosis", 2, tmp_path / "sites", seed=3)]
+    sizes = [len(read_card_data(load_card(c), card_schema(load_card(c))).train) for c in cards]
+    ledger = Ledger(ledger_path(cards[1]))
+    entry = ledger.reserve("earlier-study", "diagnosis", 1, 1.5, 32 / sizes[1], 30, 1e-4, 0.0)
+    ledger.commit(entry, 1.0)
+    args = ["--cards", ",".join(cards), "--batch-size", "32", "--local-steps", "10",
+            "--rounds", "6", "--noise-multiplier", "1.5", "--budget", "3.0", "--delta", "1e-4",
+            "--json"]
+    assert plan_main(args) == EXIT_OK
+    rows = json.loads(capsys.readouterr().out)["hospitals"]
+    assert [row["rows"] for row in rows] == sizes
+    assert [row["hospital"] for row in rows] == ["hospital-0", "hospital-1"]
+    earlier = (1.5, 32 / sizes[1], 30)
+    assert rows[0]["epsilon_spent"] == 0.0
+    assert rows[1]["epsilon_spent"] == pytest.approx(epsilon_from_history([earlier], 1e-4))
+    assert rows[1]["epsilon_per_round"][0] == pytest.approx(
+        epsilon_from_history([earlier, (1.5, 32 / sizes[1], 10)], 1e-4))
+    fresh = plan_main(["--cards", cards[1], *args[2:]])
+    assert fresh == EXIT_OK
+    alone = json.loads(capsys.readouterr().out)["hospitals"][0]
+    assert alone["rounds_affordable"] == rows[1]["rounds_affordable"]
+    k = rows[1]["rounds_affordable"]
+    fresh_k = next(r for r in range(1, 1000)
+                   if epsilon_from_history([(1.5, 32 / sizes[1], 10 * (r + 1))], 1e-4) > 3.0)
+    assert 0 < k < fresh_k  # the earlier study's spend costs this hospital rounds
+    assert epsilon_from_history([earlier, (1.5, 32 / sizes[1], 10 * k)], 1e-4) <= 3.0
+    assert epsilon_from_history([earlier, (1.5, 32 / sizes[1], 10 * (k + 1))], 1e-4) > 3.0
+
+
+def test_plan_from_a_missing_card_is_one_error_line(tmp_path, capsys):
+    args = ["--cards", str(tmp_path / "nope.yaml"), "--batch-size", "32", "--local-steps", "10",
+            "--rounds", "6", "--noise-multiplier", "1.5"]
+    assert plan_main(args) != EXIT_OK
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "nope.yaml" in err and err.count("\n") == 1
