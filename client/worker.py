@@ -1,0 +1,211 @@
+"""A long-lived ClientApp process for a SuperNode started with ``--isolation process``.
+
+Flower 1.41 runs every message in a new ``flwr-clientapp`` process: the SuperNode's SuperExec
+polls its Runtime API once a second, starts ``flwr-clientapp --token T`` for the task, and that
+process imports flwr, torch and medfed, unpacks the app bundle (FAB), handles one message and
+exits. On these machines that costs ~2-4 s per message, more under load, on every hospital and
+every round. ``flwr-clientapp`` cannot serve a second message (its token names one task).
+
+This worker takes both roles for one SuperNode: it acquires the node's ClientApp tasks itself
+(``AcquireTask``, as SuperExec does, polled every ``poll`` seconds) and runs each one in this
+process with Flower's own task functions (``pull_task_input``, ``push_message``,
+``push_task_output`` from ``flwr.supernode.runtime.run_clientapp``). Imports are paid once and
+each app bundle is unpacked and loaded once (keyed by its hash). The SuperNode still owns the
+node state (``context.state`` comes with every task and goes back with its output), so a restarted
+worker loses nothing.
+
+Trade-off: the ClientApps of successive tasks share one interpreter. A crash that kills the
+process (not an exception: those become error replies, as in Flower) stops the worker, and
+module-level state of an app survives between its messages. medfed's ClientApp keeps no state
+outside ``context.state`` that a later message could misread.
+
+Run it as ``python -m medfed.client.worker --runtime-api-address 127.0.0.1:9094 --insecure``;
+:func:`medfed.client.runtime.clientapp_command` builds that command line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+DEFAULT_POLL = 0.05
+"""Seconds between two ``AcquireTask`` calls while the node has nothing to do (SuperExec: 1 s)."""
+_ACQUIRE_TASK = "/flwr.proto.Runtime/AcquireTask"
+LOG = logging.getLogger("medfed.worker")
+READY = "serving the ClientApp tasks of"
+"""What the worker logs once it asks for tasks (after ``--preload``)."""
+
+
+def _runtime_client(address: str, certificates: bytes | None, interceptors: list) -> Any:
+    from flwr.supercore.retry import make_simple_http_retry_invoker
+    from flwr.supercore.runtime import RuntimeHttpClient
+
+    return RuntimeHttpClient.from_server_address(
+        server_address=address, insecure=certificates is None, root_certificates=certificates,
+        interceptors=interceptors, retry_invoker=make_simple_http_retry_invoker())
+
+
+class Worker:
+    """Acquires a SuperNode's ClientApp tasks and runs them in this process, one at a time.
+
+    Parameters
+    ----------
+    runtime_api_address
+        The SuperNode's Runtime API (``flower-supernode --port``), as ``host:port``.
+    certificates
+        PEM CA certificate(s) of a TLS Runtime API (``--ssl-certfile`` on the SuperNode);
+        ``None`` speaks plain HTTP (``--insecure``).
+    auth_secret
+        The SuperNode's ``--superexec-auth-secret-file`` content, when it has one.
+    poll
+        Seconds between two task requests while there is nothing to do.
+    """
+
+    def __init__(self, runtime_api_address: str, certificates: bytes | None = None,
+                 auth_secret: bytes | None = None, poll: float = DEFAULT_POLL) -> None:
+        from flwr.supercore.interceptors import (
+            RuntimeVersionHttpInterceptor,
+            SuperExecAuthHttpInterceptor,
+        )
+
+        if poll <= 0:
+            raise ValueError(f"The worker's poll interval must be positive (got {poll} s).")
+        self.address, self.certificates, self.poll = runtime_api_address, certificates, poll
+        interceptors: list = [RuntimeVersionHttpInterceptor(component_name="SuperExec")]
+        if auth_secret:
+            interceptors.append(SuperExecAuthHttpInterceptor(
+                master_secret=auth_secret, protected_methods={_ACQUIRE_TASK}))
+        self._tasks = _runtime_client(runtime_api_address, certificates, interceptors)
+        self._apps: dict[str, Any] = {}
+        self.served = 0
+
+    def serve(self, max_tasks: int | None = None) -> None:
+        """Run tasks as they come (forever, or until ``max_tasks`` have run)."""
+        from flwr.proto.runtime_pb2 import AcquireTaskRequest
+        from flwr.supercore.constant import TaskType
+
+        request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
+        LOG.info("%s %s", READY, self.address)
+        while max_tasks is None or self.served < max_tasks:
+            response = self._tasks.AcquireTask(request)
+            if response.HasField("task") and response.token:
+                started = time.perf_counter()
+                self.run_task(response.token)
+                self.served += 1
+                LOG.info("task %d of run %d done in %.3f s", response.task.task_id,
+                         response.task.run_id, time.perf_counter() - started)
+            else:
+                time.sleep(self.poll)
+
+    def _client_app(self, run: Any, fab: Any) -> Any:
+        """The run's ClientApp, unpacked and loaded once per app bundle."""
+        if fab.hash_str not in self._apps:
+            from flwr.cli.install import install_from_fab
+            from flwr.clientapp.utils import get_load_client_app_fn
+
+            install_from_fab(fab.content, skip_prompt=True)
+            load = get_load_client_app_fn(default_app_ref="", app_path=None, multi_app=True)
+            self._apps[fab.hash_str] = load(run.fab_id, run.fab_version, fab.hash_str)
+        return self._apps[fab.hash_str]
+
+    def run_task(self, token: str) -> None:
+        """One message: pull it with its context, call the ClientApp, push reply and context.
+
+        An exception in the ClientApp becomes an error reply, worded as Flower words it.
+        """
+        from flwr.app import Message
+        from flwr.app.error import Error
+        from flwr.clientapp.client_app import LoadClientAppError
+        from flwr.common.constant import ErrorCode, SubStatus
+        from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
+        from flwr.supercore.interceptors import (
+            RuntimeTokenHttpInterceptor,
+            RuntimeVersionHttpInterceptor,
+        )
+        from flwr.supernode.runtime.run_clientapp import (
+            pull_task_input,
+            push_message,
+            push_task_output,
+        )
+
+        client = _runtime_client(self.address, self.certificates, [
+            RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
+            RuntimeTokenHttpInterceptor(token)])
+        heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
+        heartbeat.start()
+        message = context = reply = None
+        status, details = SubStatus.FAILED, "ClientApp task failed due to unknown reason"
+        try:
+            message, context, run, fab = pull_task_input(client)
+            reply = self._client_app(run, fab)(message=message, context=context)
+            status, details = SubStatus.COMPLETED, ""
+        except Exception as exc:  # noqa: BLE001 - Flower's contract: an error reply, not a crash
+            LOG.error("the ClientApp raised an exception", exc_info=exc)
+            code = ErrorCode.CLIENT_APP_RAISED_EXCEPTION
+            details = f"{type(exc)}:<'{exc}'>"
+            if isinstance(exc, LoadClientAppError):
+                code, details = (ErrorCode.LOAD_CLIENT_APP_EXCEPTION,
+                                 "An exception was raised when attempting to load `ClientApp`")
+            if message is not None:
+                reply = Message(Error(code=code, reason=details), reply_to=message)
+        finally:
+            try:
+                if reply is not None and context is not None:
+                    push_message(client, reply, context)
+                push_task_output(client, context, status, details)
+            finally:
+                heartbeat.stop()
+                client.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m medfed.client.worker``: serve one SuperNode's ClientApp tasks until stopped."""
+    parser = argparse.ArgumentParser(prog="python -m medfed.client.worker",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runtime-api-address", required=True,
+                        help="the SuperNode's Runtime API, host:port (flower-supernode --port)")
+    tls = parser.add_mutually_exclusive_group(required=True)
+    tls.add_argument("--insecure", action="store_true", help="plain HTTP to the Runtime API")
+    tls.add_argument("--root-certificates", type=Path,
+                     help="CA certificate of the SuperNode's TLS Runtime API")
+    parser.add_argument("--superexec-auth-secret-file", type=Path,
+                        help="the same file as flower-supernode --superexec-auth-secret-file")
+    parser.add_argument("--poll", type=float, default=DEFAULT_POLL,
+                        help=f"seconds between task requests when idle (default {DEFAULT_POLL})")
+    parser.add_argument("--parent-pid", type=int,
+                        help="exit when this process (the SuperNode) exits")
+    parser.add_argument("--preload", action="append", default=[], metavar="MODULE",
+                        help="import MODULE at start (e.g. medfed.client.app), so the first "
+                             "message does not pay for torch's import")
+    args = parser.parse_args(argv)
+    try:
+        certificates = args.root_certificates.read_bytes() if args.root_certificates else None
+        secret = (args.superexec_auth_secret_file.read_bytes()
+                  if args.superexec_auth_secret_file else None)
+    except OSError as exc:
+        parser.exit(2, f"medfed worker: cannot read {exc.filename}: {exc.strerror}\n")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per HTTP request otherwise
+    for module in args.preload:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            parser.exit(2, f"medfed worker: --preload {module}: {exc}\n")
+    if args.parent_pid is not None:
+        from flwr.supercore.app_utils import start_parent_process_monitor
+
+        start_parent_process_monitor(args.parent_pid)
+    try:
+        Worker(args.runtime_api_address, certificates, secret, args.poll).serve()
+    except ValueError as exc:
+        parser.exit(2, f"medfed worker: {exc}\n")
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
