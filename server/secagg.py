@@ -151,7 +151,9 @@ class _Recorder:
 
     def send_and_receive(self, messages: Iterable[Message], *,
                          timeout: float | None = None) -> list[Message]:
-        replies = list(self.grid.send_and_receive(messages, timeout=timeout))
+        from medfed.server.polling import send_and_receive
+
+        replies = send_and_receive(self.grid, messages, timeout)
         for reply in replies:
             node = reply.metadata.src_node_id
             if reply.has_error():
