@@ -7,7 +7,7 @@ export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 
-.PHONY: demo test test-fast lint bench clean install
+.PHONY: demo test test-fast lint bench sweep clean install
 
 install: $(STAMP)
 
@@ -36,6 +36,10 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/sim_overhead.py
 	$(BIN)/python benchmarks/wire_bytes.py
+
+## Privacy/utility sweep: diagnosis federation at epsilon 0.5..8 and without DP (CSV + plot).
+sweep: $(STAMP)
+	$(BIN)/python benchmarks/privacy_sweep.py --out outputs/privacy-sweep
 
 clean:
 	rm -rf $(VENV) outputs multirun .pytest_cache
