@@ -19,7 +19,10 @@ from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid
-from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+from flwr.supercore.inflatable.inflatable_object import (
+    get_all_nested_objects,
+    no_object_id_recompute,
+)
 from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
 from flwr.supercore.run import Run
 from flwr.supercore.task_identity import TaskIdentity
@@ -43,11 +46,14 @@ def transmit(message: Message) -> tuple[Message, int]:
     """Serialise ``message`` to its wire objects and rebuild it from them, like a real transport.
 
     Returns the rebuilt message (sharing no objects with the original) and its size in bytes.
+    Object ids are computed once per object, as Flower's own transports do
+    (``no_object_id_recompute``): the message does not change while it is being sent.
     """
-    contents = {oid: obj.deflate() for oid, obj in get_all_nested_objects(message).items()}
-    size = sum(len(c) for c in contents.values())
-    message_id = message.metadata.message_id
-    rebuilt = inflate_object_from_contents(message.object_id, contents)
+    with no_object_id_recompute():
+        contents = {oid: obj.deflate() for oid, obj in get_all_nested_objects(message).items()}
+        size = sum(len(c) for c in contents.values())  # before inflating, which consumes them
+        message_id = message.metadata.message_id
+        rebuilt = inflate_object_from_contents(message.object_id, contents)
     assert isinstance(rebuilt, Message)
     rebuilt.metadata.__dict__["_message_id"] = message_id
     return rebuilt, size

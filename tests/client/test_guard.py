@@ -10,6 +10,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 
 from medfed.client.app import app as client_app
 from medfed.client.guard import ALLOWED_METRICS, GuardViolation, check_reply
+from medfed.models.flat import pack
 from medfed.server.config import compose_study
 from medfed.server.engine import InProcessGrid, _use_identity
 from medfed.server.study import run_study
@@ -44,7 +45,7 @@ def test_a_study_sends_only_aggregates(task: str, tmp_path) -> None:
     grid = InProcessGrid(recorder, [{"partition-id": i, "num-partitions": 3} for i in range(3)],
                          run_config={})
     result = run_study(grid, study)
-    shapes = {k: tuple(v.shape) for k, v in result.final_state.items()}
+    shapes = {k: tuple(v.shape) for k, v in pack(result.final_state).items()}
     kinds = {"query.stats", "query.prepare", "train", "evaluate"}
     assert {request.metadata.message_type for request, _ in recorder.exchanges} == kinds
     for request, reply in recorder.exchanges:
@@ -66,7 +67,7 @@ def test_a_study_sends_only_aggregates(task: str, tmp_path) -> None:
 
 def _train_request() -> Message:
     _use_identity(1, 1)
-    arrays = ArrayRecord({"w": torch.zeros(2, 3)})
+    arrays = ArrayRecord(pack({"w": torch.zeros(2, 3), "b": torch.zeros(3)}))  # 9 float32
     return Message(RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": 1})}),
                    dst_node_id=5, message_type="train", group_id="1")
 
@@ -78,14 +79,18 @@ def _reply(request: Message, records: dict) -> Message:
 
 def test_guard_accepts_a_proper_train_reply() -> None:
     request = _train_request()
-    reply = _reply(request, {"arrays": ArrayRecord({"w": torch.ones(2, 3)}),
+    reply = _reply(request, {"arrays": ArrayRecord({"float32": torch.ones(9)}),
                              "metrics": MetricRecord({"num-examples": 10, "train-steps": 3})})
     check_reply(request, reply)
 
 
 @pytest.mark.parametrize(("records", "phrase"), [
-    ({"arrays": ArrayRecord({"w": torch.ones(3, 3)})}, "shape"),
-    ({"arrays": ArrayRecord({"v": torch.ones(2, 3)})}, "layers"),
+    ({"arrays": ArrayRecord({"float32": torch.ones(10)})}, "shape"),  # one value too many
+    ({"arrays": ArrayRecord({"float32": torch.ones(8)})}, "shape"),
+    ({"arrays": ArrayRecord({"float32": torch.ones(3, 3)})}, "shape"),  # right size, not flat
+    ({"arrays": ArrayRecord({"float64": torch.ones(9, dtype=torch.float64)})}, "layers"),
+    ({"arrays": ArrayRecord({"float32": torch.ones(9, dtype=torch.float64)})}, "float64"),
+    ({"arrays": ArrayRecord({"w": torch.ones(2, 3), "b": torch.ones(3)})}, "layers"),
     ({"metrics": MetricRecord({"num-examples": 1, "patient-age": 63.0})}, "not whitelisted"),
     ({"leak": ConfigRecord({"row": "63,male,..."})}, "round-0"),
 ])
