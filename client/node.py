@@ -5,18 +5,60 @@ A study reaches a node in three kinds of message (see :mod:`medfed.client.app`):
 never a row), ``query.prepare`` (the merged global statistics) and ``train``/``evaluate`` (the
 global weights). The memoised loaders below are keyed by the study's JSON, so every message of a
 run reuses the same encoded arrays and a new study never sees a previous one's.
+
+In deployment the node's own configuration (``flower-supernode --node-config``, written by
+``medfed node start``) names its ``dataset`` card, ``policy`` file and ``ledger-dir``;
+:func:`local_study` puts them into the study before anything reads it, so the data, policy and
+ledger never come from the server.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from functools import lru_cache
+from importlib.resources import files
+from pathlib import Path
 from typing import Any
 
+import yaml
+
+from medfed.client.ledger import ledger_path
+from medfed.client.policy import load_policy
 from medfed.models.data import SiteData, load_site
 from medfed.models.encoding import GlobalStats, site_statistics, suppress_small_cells
 from medfed.models.pipeline import PreparedSite, prepare_site, study_schema
 from medfed.models.schema import TaskSchema
+
+
+def site_index(node_config: Mapping[str, Any]) -> int:
+    """The hospital's position in the study's federation: Flower's ``partition-id`` in
+    simulation, 0 on a deployed node (its study lists only its own card)."""
+    return 0 if node_config.get("dataset") else int(node_config.get("partition-id", 0))
+
+
+def local_study(config_json: str, node_config: Mapping[str, Any]) -> str:
+    """The study as this node runs it (JSON); unchanged unless ``node_config`` has ``dataset``.
+
+    A deployed node replaces what the server sent with its own settings: its dataset card (as a
+    one-site ``sites`` federation), its policy file (``policy``, else the shipped default
+    policy), its ledger (``<ledger-dir>/<site>.ledger.jsonl``, else ``<card>.ledger.jsonl`` where
+    ``medfed node ledger --dataset CARD`` reads it) and DP noise drawn from the OS
+    (``secure_rng``), so a coordinator can neither redirect the node's data and ledger, nor
+    loosen its policy, nor predict its noise.
+    """
+    dataset = node_config.get("dataset")
+    if not dataset:
+        return config_json
+    policy = Path(str(node_config.get("policy") or files("medfed.conf") / "policy/default.yaml"))
+    load_policy(policy)  # a malformed policy stops the node with the file's name
+    ledger_dir = node_config.get("ledger-dir")
+    study = json.loads(config_json)
+    study["federation"] = {"name": "sites", "cards": [str(dataset)], "min_cohort": None}
+    study["policy"] = yaml.safe_load(policy.read_text()) or {}
+    study["privacy"].update(secure_rng=True, ledger_dir=str(ledger_dir) if ledger_dir else None,
+                            ledger_file=None if ledger_dir else str(ledger_path(str(dataset))))
+    return json.dumps(study)
 
 
 @lru_cache(maxsize=16)

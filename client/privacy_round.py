@@ -35,7 +35,10 @@ class NodeRefusal(RuntimeError):
 
 
 def ledger_for(study: dict[str, Any], site_name: str) -> Ledger:
-    """The privacy ledger of this hospital's dataset (``<ledger_dir>/<site>.ledger.jsonl``)."""
+    """The privacy ledger of this hospital's dataset (``<ledger_dir>/<site>.ledger.jsonl``, or
+    ``privacy.ledger_file``, which a deployed node sets itself: :func:`node.local_study`)."""
+    if study["privacy"].get("ledger_file"):
+        return Ledger(study["privacy"]["ledger_file"])
     folder = study["privacy"].get("ledger_dir") or Path(study["output_dir"]) / "ledgers"
     Path(folder).mkdir(parents=True, exist_ok=True)
     return Ledger(Path(folder) / f"{site_name}.ledger.jsonl")

@@ -1,0 +1,243 @@
+"""The hospital side of a real federation: ``medfed node keys`` and ``medfed node start``.
+
+``node keys DIR`` writes the node's key pair (ECDSA P-384; ``DIR/node.key`` in OpenSSH private
+format, mode 0600, and ``DIR/node.pub``, an OpenSSH public key line, what ``flwr supernode
+register`` takes). The coordinator registers the public key; the SuperLink then admits only a
+SuperNode that proves it holds the private key.
+
+``node start`` checks the dataset card first (the same checks as ``medfed node check``) and the
+policy file, then runs ``flower-supernode`` over TLS (the coordinator's CA certificate) with the
+node key. The dataset card, the policy and the ledger folder go into the SuperNode's own
+``--node-config``: the ClientApp takes them from there, never from the study the server sends
+(:func:`medfed.client.node.local_study`). Flower's files live in ``<key folder>/flwr`` (its
+``FLWR_HOME``). Ctrl-C (or SIGTERM) stops the SuperNode and ends with status 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+STOP_GRACE = 30.0  # seconds a child gets to stop after SIGINT/SIGTERM before SIGKILL
+FLOWER_DEFAULTS = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
+                   "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+
+
+class DeployError(RuntimeError):
+    """A deployment step cannot go on; the message is one sentence naming the file or setting."""
+
+
+def write_private(path: Path, data: bytes) -> None:
+    """Write a secret readable by its owner only (mode 0600, also when the file existed)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.chmod(path, 0o600)
+
+
+def create_node_keys(folder: Path, comment: str = "medfed-node", *,
+                     force: bool = False) -> tuple[Path, Path]:
+    """Write ``node.key`` (private, 0600) and ``node.pub`` into ``folder``; return both paths."""
+    private, public = folder / "node.key", folder / "node.pub"
+    if private.exists() and not force:
+        raise DeployError(f"{private} exists already; keep it (its public key may be registered) "
+                          "or pass --force to replace it")
+    folder.mkdir(parents=True, exist_ok=True)
+    key = ec.generate_private_key(ec.SECP384R1())
+    write_private(private, key.private_bytes(serialization.Encoding.PEM,
+                                             serialization.PrivateFormat.OpenSSH,
+                                             serialization.NoEncryption()))
+    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
+                                                     serialization.PublicFormat.OpenSSH)
+                       + f" {comment}\n".encode())
+    return private, public
+
+
+def check_private_key(path: Path) -> None:
+    """Raise :class:`DeployError` unless ``path`` is an EC private key in OpenSSH format."""
+    try:
+        key = serialization.load_ssh_private_key(path.read_bytes(), None)
+    except OSError as exc:
+        raise DeployError(f"--key {path}: cannot read it ({exc.strerror})") from None
+    except (ValueError, TypeError, UnsupportedAlgorithm):
+        key = None
+    if not isinstance(key, ec.EllipticCurvePrivateKey):
+        raise DeployError(f"--key {path}: not an unencrypted ECDSA private key in OpenSSH "
+                          "format; create one with `medfed node keys DIR`")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def supernode_command(*, superlink: str, port: int, node_config: Mapping[str, str],
+                      root_certificates: Path | None, private_key: Path | None,
+                      extra: tuple[str, ...] = ()) -> list[str]:
+    """The ``flower-supernode`` command line (every setting of a node in one place).
+
+    ``root_certificates=None`` means plaintext (``--insecure``): only for tests that show a TLS
+    SuperLink refuses it. ``port`` is the node's local ClientAppIo/runtime port.
+    """
+    pairs = " ".join(f"{key}={json.dumps(str(value))}" for key, value in node_config.items())
+    command = [str(Path(sys.executable).with_name("flower-supernode")), "--superlink", superlink,
+               "--port", str(port), "--node-config", pairs]
+    command += (["--root-certificates", str(root_certificates)] if root_certificates
+                else ["--insecure"])
+    if private_key is not None:
+        command += ["--auth-supernode-private-key", str(private_key)]
+    return [*command, *extra]
+
+
+def flower_env(flwr_home: Path) -> dict[str, str]:
+    """The environment of a Flower process: no telemetry, no dependency installs, own home,
+    and this installation's scripts first on PATH (Flower starts its helpers, e.g.
+    ``flower-superexec``, by name)."""
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+    return {**FLOWER_DEFAULTS, **os.environ, "FLWR_HOME": str(flwr_home), "PATH": path}
+
+
+def run_child(command: list[str], env: Mapping[str, str],
+              started: Callable[[subprocess.Popen], None] | None = None) -> int:
+    """Run ``command`` until it ends or we are told to stop; return its status (0 once stopped).
+
+    The child gets its own process group, so a terminal's Ctrl-C reaches only this process,
+    which forwards SIGINT/SIGTERM, waits up to ``STOP_GRACE`` seconds and then kills it.
+    ``started(child)`` runs once the child is up (e.g. to register node keys).
+    """
+    child = subprocess.Popen(command, env=dict(env), process_group=0, stdin=subprocess.DEVNULL)
+    stopping: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        stopping.append(signum)
+        if child.poll() is None:
+            child.send_signal(signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        if started is not None:
+            started(child)
+        while child.poll() is None and not stopping:
+            time.sleep(0.2)
+        if stopping:
+            try:
+                child.wait(timeout=STOP_GRACE)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
+            return EXIT_OK
+        return int(child.returncode)
+    except BaseException:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _first_error(report: str) -> str:
+    lines = [line for line in report.splitlines() if line.startswith("error:")]
+    return (lines[0] if lines else report.splitlines()[-1]).removeprefix("error: ")
+
+
+def preflight(args: argparse.Namespace) -> dict[str, str]:
+    """Check the card, policy, CA and key before anything starts; return the node config."""
+    from medfed.client.check import check_dataset
+    from medfed.client.policy import PolicyError, load_policy
+
+    dataset = Path(args.dataset).expanduser().resolve()
+    status, report = check_dataset(dataset)
+    if status != 0:
+        raise DeployError(f"node check failed: {_first_error(report)} (run `medfed node check "
+                          f"--dataset {dataset}` for the full report)")
+    policy = Path(args.policy).expanduser().resolve()
+    try:
+        load_policy(policy)
+    except PolicyError as exc:
+        raise DeployError(str(exc)) from None
+    ca = Path(args.ca).expanduser().resolve()
+    if not ca.is_file() or b"BEGIN CERTIFICATE" not in ca.read_bytes():
+        raise DeployError(f"--ca {ca}: not a PEM certificate; use the coordinator's ca.crt")
+    check_private_key(Path(args.key).expanduser())
+    config = {"dataset": str(dataset), "policy": str(policy)}
+    if args.ledger_dir:
+        ledger_dir = Path(args.ledger_dir).expanduser().resolve()
+        ledger_dir.mkdir(parents=True, exist_ok=True)
+        config["ledger-dir"] = str(ledger_dir)
+    return config
+
+
+def start_node(args: argparse.Namespace) -> int:
+    """``medfed node start``: preflight, then run the SuperNode until it ends or is stopped."""
+    node_config = preflight(args)
+    key = Path(args.key).expanduser().resolve()
+    port = args.port or free_port()
+    command = supernode_command(superlink=args.superlink, port=port, node_config=node_config,
+                                root_certificates=Path(args.ca).expanduser().resolve(),
+                                private_key=key)
+    print(f"medfed node: joining {args.superlink} with {node_config['dataset']} (local port "
+          f"{port}; Ctrl-C stops)", flush=True)
+    status = run_child(command, flower_env(key.parent / "flwr"))
+    if status != EXIT_OK:  # Flower ends every error with status 1; its log names the code
+        raise DeployError(f"flower-supernode stopped with status {status}; its log above says "
+                          f"why (Exit Code 305: the SuperLink at {args.superlink} refused this "
+                          f"node: is the public key of {key} registered with `medfed coordinator "
+                          "add-node`?)")
+    return EXIT_OK
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medfed node", description="A hospital's node.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    keys = commands.add_parser("keys", help="create the node's key pair (DIR/node.key, .pub)")
+    keys.add_argument("dir", metavar="DIR")
+    keys.add_argument("--force", action="store_true", help="replace an existing key pair")
+    start = commands.add_parser("start", help="join a federation (runs flower-supernode)")
+    start.add_argument("--dataset", required=True, metavar="CARD", help="the dataset card")
+    start.add_argument("--policy", required=True, metavar="POLICY", help="the node policy YAML")
+    start.add_argument("--superlink", required=True, metavar="HOST:PORT",
+                       help="the coordinator's address (printed by `medfed coordinator start`)")
+    start.add_argument("--ca", required=True, metavar="CA_CRT", help="the coordinator's ca.crt")
+    start.add_argument("--key", required=True, metavar="KEY", help="the node's private key")
+    start.add_argument("--ledger-dir", metavar="D", help="privacy ledgers go here as "
+                       "<site>.ledger.jsonl (default: <card>.ledger.jsonl beside the card)")
+    start.add_argument("--port", type=int, default=0,
+                       help="local ClientAppIo port, one per node on a host (default: a free one)")
+    return parser
+
+
+def node_deploy_main(argv: list[str]) -> int:
+    """``medfed node keys|start ...``: 0 on success (or Ctrl-C), 1 on failure, 2 on bad input."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        if args.command == "keys":
+            private, public = create_node_keys(Path(args.dir).expanduser(), force=args.force)
+            print(f"private key {private} (keep it here, mode 0600)\npublic key  {public}: send "
+                  "it to the coordinator, who runs\n  medfed coordinator add-node COORD_DIR "
+                  f"<hospital name> {public.name}")
+            return EXIT_OK
+        return start_node(args)
+    except DeployError as exc:
+        print(f"medfed: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE if args.command == "keys" else EXIT_FAILED

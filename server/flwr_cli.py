@@ -1,0 +1,261 @@
+"""A running SuperLink through Flower's ``flwr`` CLI: ``medfed run`` and ``medfed status``.
+
+Every call uses a private ``FLWR_HOME`` whose ``config.toml`` holds one connection, ``medfed``,
+pointing at the SuperLink with the coordinator's CA certificate, so nothing in the user's own
+``~/.flwr`` is read or changed.
+
+``medfed run`` composes the study exactly as ``medfed simulate`` does, resolves it to JSON and
+submits it with ``flwr run`` (run config ``config-json`` and ``output-dir``; the ServerApp in
+:mod:`medfed.server.app` reads both). The ServerApp runs inside the SuperLink's process tree, so
+the run directory is written on the coordinator's machine: run ``medfed run`` there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from medfed.client.deploy import DeployError, flower_env
+
+CONNECTION = "medfed"
+FLWR = Path(sys.executable).with_name("flwr")
+PYPROJECT = """[build-system]
+requires = ["setuptools>=68"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "medfed"
+version = "{version}"
+description = "A medfed study (the apps come from the installed medfed package)."
+license = "Apache-2.0"
+dependencies = []
+
+[tool.flwr.app]
+publisher = "medfed"
+
+[tool.flwr.app.components]
+serverapp = "medfed.server.app:app"
+clientapp = "medfed.client.app:app"
+
+[tool.flwr.app.config]
+overrides = ""
+config-json = ""
+output-dir = ""
+"""
+
+
+def _toml(value: str) -> str:
+    return json.dumps(value)  # a JSON string (ASCII, standard escapes) is a TOML basic string
+
+
+@dataclass
+class Connection:
+    """A SuperLink address, the CA certificate that signs it, and a private ``FLWR_HOME``."""
+
+    address: str
+    ca: Path
+    home: Path
+
+    def env(self) -> dict[str, str]:
+        """The environment of a ``flwr`` call; writes the connection into ``config.toml``."""
+        if not self.ca.is_file():
+            raise DeployError(f"--ca {self.ca}: no such file; use the coordinator's ca.crt")
+        env = flower_env(self.home)
+        (self.home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+            f"address = {_toml(self.address)}\n"
+            f"root-certificates = {_toml(str(self.ca.resolve()))}\n")
+        return env
+
+    def call(self, *args: str) -> Any:
+        """Run ``flwr ARGS medfed --format json``; the parsed JSON, or one-line error."""
+        done = subprocess.run([str(FLWR), *args, CONNECTION, "--format", "json"],
+                              env=self.env(), capture_output=True, text=True, timeout=120,
+                              stdin=subprocess.DEVNULL)
+        try:
+            reply = json.loads(done.stdout[done.stdout.index("{"):])
+        except ValueError:
+            reply = {"success": False, "error-message": (done.stderr or done.stdout).strip()}
+        if not reply.get("success", False):
+            message = str(reply.get("error-message", "")).strip().splitlines()
+            raise DeployError(f"`flwr {' '.join(args)}` at {self.address} failed: "
+                              f"{(message or ['no answer'])[-1]}")
+        return reply
+
+    def register(self, public_key: Path, name: str) -> int | str:
+        """Register a node's public key; its SuperNode id (``"registered"`` if it already was)."""
+        try:
+            return int(self.call("supernode", "register", str(public_key.resolve()),
+                                 "--name", name)["node-id"])
+        except DeployError as exc:
+            if "already in use" in str(exc):
+                return "registered"
+            raise
+
+    def nodes(self) -> list[dict[str, Any]]:
+        """The SuperNodes the SuperLink knows (``flwr supernode list``)."""
+        return list(self.call("supernode", "list")["nodes"])
+
+    def runs(self) -> list[dict[str, Any]]:
+        """The runs the SuperLink knows (``flwr ls``)."""
+        return list(self.call("ls")["runs"])
+
+
+def _study(args: argparse.Namespace) -> dict[str, Any]:
+    """The study to submit: composed from the overrides (exit 2 with one line on a mistake)."""
+    from medfed.server.config import ConfigError, compose_study, validate_study
+    from medfed.server.outputs import default_output_dir
+
+    overrides = list(args.overrides)
+    try:
+        if args.resume:
+            run_dir = Path(args.resume).expanduser().resolve()
+            saved = run_dir / "config.yaml"
+            if not saved.is_file():
+                raise ConfigError(f"--resume {run_dir}: no config.yaml there; give the run "
+                                  "directory of the study to continue")
+            if overrides:
+                study = compose_study([*overrides, f"resume={run_dir}"])
+            else:  # the same study continues, in its own run directory
+                study = yaml.safe_load(saved.read_text())
+                study.update(resume=str(run_dir), output_dir=study.get("output_dir")
+                             or str(run_dir))
+                validate_study(study)
+        else:
+            study = compose_study(overrides)
+    except ConfigError as exc:
+        print(f"medfed: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if study.get("compare"):
+        print("medfed: error: compare=true needs every hospital's rows in one place: it is for "
+              "`medfed simulate` only", file=sys.stderr)
+        raise SystemExit(2)
+    study["output_dir"] = str(Path(study.get("output_dir") or default_output_dir(study))
+                              .expanduser().resolve())
+    return study
+
+
+def submit(connection: Connection, study: dict[str, Any], work: Path) -> int:
+    """``flwr run`` the study, echoing Flower's log; 0 once the run directory is complete."""
+    project = work / "app"
+    project.mkdir()
+    (project / "pyproject.toml").write_text(PYPROJECT.format(version=version("medfed")))
+    run_toml = work / "run.toml"
+    run_toml.write_text(f"config-json = {_toml(json.dumps(study))}\n"
+                        f"output-dir = {_toml(study['output_dir'])}\n")
+    command = [str(FLWR), "run", str(project), CONNECTION, "--run-config", str(run_toml),
+               "--stream"]
+    child = subprocess.Popen(command, env=connection.env(), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+    run_id = ""
+    try:
+        for line in child.stdout or []:
+            print(line, end="", flush=True)
+            run_id = run_id or "".join(re.findall(r"Successfully started run (\d+)", line))
+        child.wait()
+    except KeyboardInterrupt:
+        child.terminate()
+        child.wait()
+        if run_id:
+            subprocess.run([str(FLWR), "stop", run_id, CONNECTION], env=connection.env(),
+                           capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+        print(f"medfed: run {run_id or '(not started)'} stopped", file=sys.stderr)
+        return 130
+    summary = Path(study["output_dir"]) / "summary.json"
+    if child.returncode != 0 or not summary.exists():
+        raise DeployError(f"run {run_id or '(not started)'} ended without {summary} (flwr "
+                          f"status {child.returncode}); Flower's log above says why")
+    print(f"run directory: {study['output_dir']}")
+    return 0
+
+
+def _connection_args(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    parser.add_argument("--superlink", required=required, metavar="HOST:PORT",
+                        help="the SuperLink (on the coordinator: 127.0.0.1:PORT)")
+    parser.add_argument("--ca", required=required, metavar="CA_CRT",
+                        help="the coordinator's ca.crt")
+
+
+def run_main(argv: list[str]) -> int:
+    """``medfed run --superlink HOST:PORT --ca ca.crt [--resume RUN_DIR] [overrides]``."""
+    parser = argparse.ArgumentParser(
+        prog="medfed run", description="Submit a study to a running SuperLink and wait for it. "
+        "Run it on the coordinator's machine: the ServerApp runs inside the SuperLink and "
+        "writes the run directory (output_dir=...) there.")
+    _connection_args(parser, required=True)
+    parser.add_argument("--resume", metavar="RUN_DIR",
+                        help="continue that run's study from its checkpoint (resume=RUN_DIR)")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for medfed simulate")
+    try:
+        args = parser.parse_intermixed_args(argv)
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 2
+    study = _study(args)
+    try:
+        with tempfile.TemporaryDirectory(prefix="medfed-run-") as work:
+            connection = Connection(args.superlink, Path(args.ca).expanduser(),
+                                    Path(work) / "flwr")
+            return submit(connection, study, Path(work))
+    except DeployError as exc:
+        print(f"medfed: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def status_main(argv: list[str]) -> int:
+    """``medfed status DIR`` or ``medfed status --superlink HOST:PORT --ca ca.crt``."""
+    parser = argparse.ArgumentParser(prog="medfed status",
+                                     description="Connected hospitals and studies of a SuperLink.")
+    parser.add_argument("dir", nargs="?", metavar="DIR", help="a coordinator folder")
+    _connection_args(parser, required=False)
+    parser.add_argument("--json", action="store_true", help="print JSON")
+    try:
+        args = parser.parse_args(argv)
+        if not args.dir and not (args.superlink and args.ca):
+            parser.error("give a coordinator DIR, or --superlink and --ca")
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else 2
+    try:
+        with tempfile.TemporaryDirectory(prefix="medfed-status-") as work:
+            report = status(args, Path(work))
+    except DeployError as exc:
+        print(f"medfed: error: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"SuperLink {report['superlink']}\n\nnodes:")
+    for node in report["nodes"]:
+        print(f"  {node['name'] or '-':20s} {node['node-id']:>20s}  {node['status']:10s} "
+              f"last online {node.get('online-at', 'N/A')}")
+    print("\nstudies:")
+    for run in report["runs"]:
+        print(f"  {run.get('run-id', '?'):>20}  {run.get('status', '?'):20s} "
+              f"{float(run.get('elapsed') or 0):8.0f} s")
+    return 0
+
+
+def status(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    """Nodes (with the hospital names the coordinator folder records) and runs."""
+    names: dict[str, str] = {}
+    if args.dir:
+        from medfed.server.deploy import connection_for, load_config
+
+        folder = Path(args.dir).expanduser()
+        config = load_config(folder)
+        connection = connection_for(folder, config)
+        names = {str(node.get("node_id")): name for name, node in config["nodes"].items()}
+    else:
+        connection = Connection(args.superlink, Path(args.ca).expanduser(), work / "flwr")
+    nodes = [{**node, "node-id": str(node["node-id"]),
+              "name": names.get(str(node["node-id"]), "")} for node in connection.nodes()]
+    return {"superlink": connection.address, "nodes": nodes, "runs": connection.runs()}

@@ -1,0 +1,153 @@
+"""The hospital side of a deployment: node keys, the SuperNode command, preflight refusals and
+the node settings that override the study the server sends."""
+
+from __future__ import annotations
+
+import json
+import stat
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from medfed.client import node
+from medfed.client.deploy import (
+    DeployError,
+    check_private_key,
+    create_node_keys,
+    node_deploy_main,
+    supernode_command,
+)
+from medfed.client.privacy_round import ledger_for
+from medfed.models.export import synth_main
+
+
+def test_node_keys_are_p384_openssh_and_match(tmp_path):
+    private, public = create_node_keys(tmp_path / "keys")
+    key = serialization.load_ssh_private_key(private.read_bytes(), None)
+    pub = serialization.load_ssh_public_key(public.read_bytes())
+    assert isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.name == "secp384r1"
+    assert public.read_text().startswith("ecdsa-sha2-nistp384 ")
+    assert public.read_text().endswith(" medfed-node\n")
+    assert pub.public_numbers() == key.public_key().public_numbers()
+    assert stat.S_IMODE(private.stat().st_mode) == 0o600
+    check_private_key(private)
+
+
+def test_node_keys_never_replace_a_key_silently(tmp_path, capsys):
+    assert node_deploy_main(["keys", str(tmp_path)]) == 0
+    first = (tmp_path / "node.pub").read_bytes()
+    assert node_deploy_main(["keys", str(tmp_path)]) == 2
+    assert "exists already" in capsys.readouterr().err
+    assert (tmp_path / "node.pub").read_bytes() == first
+    assert node_deploy_main(["keys", str(tmp_path), "--force"]) == 0
+    assert (tmp_path / "node.pub").read_bytes() != first
+
+
+@pytest.mark.parametrize("content", [b"", b"not a key", None])
+def test_bad_private_key_file_is_one_sentence(tmp_path, content):
+    path = tmp_path / "node.key"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(DeployError, match="--key"):
+        check_private_key(path)
+
+
+def test_supernode_command_carries_tls_key_port_and_node_config():
+    command = supernode_command(superlink="coord:9093", port=9101,
+                                node_config={"dataset": "/d/a b.yaml", "policy": "/p.yaml"},
+                                root_certificates=Path("/c/ca.crt"),
+                                private_key=Path("/k/node.key"))
+    flags = dict(zip(command[1::2], command[2::2], strict=False))
+    assert flags["--superlink"] == "coord:9093" and flags["--port"] == "9101"
+    assert flags["--root-certificates"] == "/c/ca.crt"
+    assert flags["--auth-supernode-private-key"] == "/k/node.key"
+    assert flags["--node-config"] == 'dataset="/d/a b.yaml" policy="/p.yaml"'
+    assert "--insecure" not in command
+    from flwr.common.config import parse_config_args
+
+    assert parse_config_args([flags["--node-config"]]) == {"dataset": "/d/a b.yaml",
+                                                           "policy": "/p.yaml"}
+    plain = supernode_command(superlink="c:1", port=2, node_config={}, root_certificates=None,
+                              private_key=None)
+    assert "--insecure" in plain and "--auth-supernode-private-key" not in plain
+
+
+@pytest.fixture
+def hospital(tmp_path):
+    assert synth_main(["export", "--task", "diagnosis", "--hospitals", "2",
+                       str(tmp_path / "cards")]) == 0
+    (tmp_path / "policy.yaml").write_text("max_epsilon_total: 3.0\nrequire_dp: true\n")
+    create_node_keys(tmp_path / "keys")
+    (tmp_path / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\n")
+    return tmp_path
+
+
+def _start(tmp_path: Path, card: Path, **extra: str) -> list[str]:
+    args = {"--dataset": str(card), "--policy": str(tmp_path / "policy.yaml"),
+            "--superlink": "127.0.0.1:1", "--ca": str(tmp_path / "ca.crt"),
+            "--key": str(tmp_path / "keys" / "node.key"), **extra}
+    return ["start", *[item for pair in args.items() for item in pair]]
+
+
+def test_node_start_refuses_data_that_fails_the_check(hospital, capsys):
+    card = hospital / "cards" / "hospital-0.yaml"
+    (hospital / "cards" / "hospital-0-train.csv").write_text("age,sex\n")
+    assert node_deploy_main(_start(hospital, card)) == 1
+    err = capsys.readouterr().err
+    assert "node check failed" in err and err.count("\n") == 1
+    assert f"medfed node check --dataset {card}" in err
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--policy", "missing.yaml", "no such policy file"),
+    ("--ca", "keys/node.pub", "not a PEM certificate"),
+    ("--key", "keys/node.pub", "not an unencrypted ECDSA private key"),
+])
+def test_node_start_refuses_bad_files_before_starting(hospital, capsys, flag, value, message):
+    args = _start(hospital, hospital / "cards" / "hospital-1.yaml",
+                  **{flag: str(hospital / value)})
+    assert node_deploy_main(args) == 1
+    assert message in capsys.readouterr().err
+
+
+def _study(small_study, tmp_path: Path) -> str:
+    study = small_study("privacy=dpsgd", f"output_dir={tmp_path / 'out'}",
+                        "privacy.ledger_dir=/server/chosen", "policy.max_epsilon_total=100")
+    return json.dumps(study)
+
+
+def test_node_settings_replace_the_servers_data_policy_and_ledger(hospital, small_study):
+    card = hospital / "cards" / "hospital-1.yaml"
+    config_json = _study(small_study, hospital)
+    local = json.loads(node.local_study(config_json, {
+        "dataset": str(card), "policy": str(hospital / "policy.yaml")}))
+    assert local["federation"] == {"name": "sites", "cards": [str(card)], "min_cohort": None}
+    assert local["policy"] == {"max_epsilon_total": 3.0, "require_dp": True}
+    assert local["privacy"]["secure_rng"] is True
+    assert ledger_for(local, "hospital-1").path == card.with_name("hospital-1.yaml.ledger.jsonl")
+    assert node.site_index({"dataset": str(card), "partition-id": 2}) == 0
+    site = node._site(json.dumps(local), 0)
+    assert site.name == "hospital-1"
+
+    with_dir = json.loads(node.local_study(config_json, {
+        "dataset": str(card), "policy": str(hospital / "policy.yaml"),
+        "ledger-dir": str(hospital / "ledgers")}))
+    assert ledger_for(with_dir, "hospital-1").path == hospital / "ledgers" / \
+        "hospital-1.ledger.jsonl"
+
+
+def test_simulation_keeps_the_study_as_sent(small_study, tmp_path):
+    config_json = _study(small_study, tmp_path)
+    assert node.local_study(config_json, {"partition-id": 2, "num-partitions": 3}) == config_json
+    assert node.site_index({"partition-id": 2, "num-partitions": 3}) == 2
+
+
+def test_a_server_cannot_point_a_node_at_another_ledger(hospital, small_study):
+    study = json.loads(_study(small_study, hospital))
+    study["privacy"]["ledger_file"] = "/elsewhere/empty.ledger.jsonl"
+    card = hospital / "cards" / "hospital-0.yaml"
+    local = json.loads(node.local_study(json.dumps(study), {"dataset": str(card)}))
+    assert local["privacy"]["ledger_file"] == str(card) + ".ledger.jsonl"
+    assert local["policy"]["max_epsilon_total"] == 10.0  # the shipped default, not the study's
