@@ -6,23 +6,18 @@ import math
 from pathlib import Path
 from typing import Any
 
+from medfed.server.plot import line_chart
 from medfed.server.study import GLOBAL
 
 
 def plot_convergence(rows: list[dict[str, Any]], metric: str, path: Path) -> None:
     """Plot ``metric`` per round for every hospital (thin) and all hospitals together (thick)."""
-    fig, ax = _figure()
-    for name in sorted({r["hospital"] for r in rows}):
-        points = [(r["round"], r.get(metric)) for r in rows if r["hospital"] == name]
-        points = [(x, y) for x, y in points if y is not None and math.isfinite(y)]
-        if not points:
-            continue
-        xs, ys = zip(*points, strict=True)
-        if name == GLOBAL:
-            ax.plot(xs, ys, color="black", linewidth=2.5, label=name, zorder=3)
-        else:
-            ax.plot(xs, ys, linewidth=1.2, alpha=0.8, label=name)
-    _finish(fig, ax, f"test {metric}", f"Global model, test {metric} per round", path)
+    series = {name: [(r["round"], r.get(metric)) for r in rows if r["hospital"] == name]
+              for name in sorted({r["hospital"] for r in rows})}
+    series = {name: points for name, points in series.items()
+              if any(y is not None and math.isfinite(y) for _, y in points)}
+    line_chart(series, title=f"Global model, test {metric} per round", xlabel="round",
+               ylabel=f"test {metric}", path=path, highlight=GLOBAL)
 
 
 def plot_epsilon(rows: list[dict[str, Any]], path: Path) -> bool:
@@ -33,36 +28,9 @@ def plot_epsilon(rows: list[dict[str, Any]], path: Path) -> bool:
             points.setdefault(row["hospital"], []).append((row["round"], row["epsilon"]))
     if not points:
         return False
-    fig, ax = _figure()
-    for name, series in sorted(points.items()):
-        xs, ys = zip(*sorted(series), strict=True)
-        ax.plot(xs, ys, marker="o", linewidth=1.2, label=name)
-    _finish(fig, ax, "epsilon spent (composed, ledger)", "Privacy spend per hospital", path)
+    line_chart(dict(sorted(points.items())), title="Privacy spend per hospital", xlabel="round",
+               ylabel="epsilon spent (composed, ledger)", path=path)
     return True
-
-
-def _figure() -> tuple[Any, Any]:
-    """A figure on the Agg canvas, without pyplot's global state (and its import time)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7, 4.2), dpi=110)
-    FigureCanvasAgg(fig)
-    return fig, fig.add_subplot()
-
-
-def _finish(fig: Any, ax: Any, ylabel: str, title: str, path: Path) -> None:
-    """Label a per-round plot and save it atomically (write, then rename) as ``path``."""
-    ax.xaxis.get_major_locator().set_params(integer=True)
-    ax.set_xlabel("round")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp)
-    tmp.replace(path)
 
 
 def _fmt(value: Any) -> str:
