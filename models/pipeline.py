@@ -24,7 +24,7 @@ from medfed.models.encoding import (
 from medfed.models.metrics import metric_statistics
 from medfed.models.nets import build_model, predict_output
 from medfed.models.schema import TaskSchema, task_from_dict
-from medfed.models.training import loss_function, make_loader, train
+from medfed.models.training import loss_function, make_loader, seed_torch, train
 
 
 @dataclass(frozen=True)
@@ -93,7 +93,7 @@ def local_training(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, schema:
     exactly the federation's number of SGD steps).
     """
     cfg = study["train"]
-    torch.manual_seed(seed)
+    seed_torch(seed)
     loader = make_loader(x, y, batch_size=int(cfg["batch_size"]), seed=seed)
     if steps is None and cfg.get("local_steps") is not None:
         steps = int(cfg["local_steps"])

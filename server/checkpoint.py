@@ -77,8 +77,8 @@ def new_key(path: str | os.PathLike) -> Path:
 
 def _tensors(value: Any) -> Any:
     """numpy arrays (also inside dicts and lists) as tensors, the only arrays torch loads safely."""
-    if isinstance(value, np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(value))
+    if isinstance(value, np.ndarray):  # a copy: the strategy keeps updating its own arrays
+        return torch.from_numpy(np.array(value, copy=True, order="C"))
     if isinstance(value, Mapping):
         return {k: _tensors(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -147,6 +147,33 @@ def save(path: Path, payload: dict[str, Any], key: bytes | None) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+
+
+class Writer:
+    """Writes checkpoints in the background, one at a time, so a round never waits for the disk.
+
+    :meth:`submit` hands over a payload that is already complete (nothing in it changes later);
+    the previous write is finished first, and :meth:`close` waits for the last one. An error in
+    a write is raised by the next :meth:`submit` or by :meth:`close`.
+    """
+
+    def __init__(self, key: bytes | None) -> None:
+        self._key = key
+        self._pending: Any = None
+        self._pool: Any = None
+
+    def submit(self, path: Path, data: dict[str, Any]) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.close()
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="checkpoint")
+        self._pending = self._pool.submit(save, path, data, self._key)
+
+    def close(self) -> None:
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            pending.result()
 
 
 def load(path: Path, key: bytes | None) -> dict[str, Any]:

@@ -205,9 +205,12 @@ def run_study(grid: Grid, study: dict[str, Any], observer: Observer | None = Non
     """
     started = time.perf_counter()
     run = StudyRun(grid, study, observer)
-    for server_round in range(run.first_round, int(study["rounds"]) + 1):
-        if not run.train_round(server_round):
-            break
+    try:
+        for server_round in range(run.first_round, int(study["rounds"]) + 1):
+            if not run.train_round(server_round):
+                break
+    finally:
+        run.flush()  # the last checkpoint reaches the disk even when a round failed
     return run.finish(time.perf_counter() - started)
 
 
@@ -224,6 +227,7 @@ class StudyRun:
         self.grid, self.study, self.observer = grid, study, observer
         _quiet_flower(study)
         self._key = ckpt.read_key((study.get("checkpoint") or {}).get("key_file"))
+        self._writer = ckpt.Writer(self._key)
         saved = (ckpt.load(Path(study["resume"]) / ckpt.FILENAME, self._key)
                  if study.get("resume") else None)
         if saved is not None:
@@ -324,9 +328,13 @@ class StudyRun:
         every = int((self.study.get("checkpoint") or {}).get("every", 1) or 0)
         last = server_round == int(self.study["rounds"])
         if every and self.study.get("output_dir") and (server_round % every == 0 or last):
-            ckpt.save(Path(self.study["output_dir"]) / ckpt.FILENAME, ckpt.payload(
+            self._writer.submit(Path(self.study["output_dir"]) / ckpt.FILENAME, ckpt.payload(
                 self.study, server_round, self.arrays.to_torch_state_dict(), self.rounds,
-                self.stats.to_dict(), self.strategy), self._key)
+                self.stats.to_dict(), self.strategy))
+
+    def flush(self) -> None:
+        """Wait until the checkpoint of the last finished round is on disk."""
+        self._writer.close()
 
     def finish(self, wall_seconds: float) -> StudyResult:
         """Score the final model everywhere and return the result."""
