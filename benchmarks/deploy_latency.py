@@ -1,23 +1,23 @@
-"""Seconds per round of a 3-hospital diagnosis study on Flower's Deployment Engine, on loopback.
+"""Seconds per round of a 3-hospital diagnosis study on Flower's Deployment Engine, on loopback,
+with the real commands.
 
-Two arms, each a SuperLink and 3 SuperNodes on free 127.0.0.1 ports with a private FLWR_HOME
-(:class:`medfed.server.runtime.LoopbackFederation`), each running the same study with
-``flwr run . loopback --stream --run-config 'overrides="federation.hospitals=3 rounds=5
-privacy=none"'``:
+Two arms, each a new :class:`medfed.server.runtime.LoopbackFederation`: ``medfed coordinator
+init|add-node|start`` (TLS SuperLink with node authentication), three ``medfed node start`` with
+cards from ``medfed synth export`` and keys from ``medfed node keys``, and the study submitted with
+``medfed run rounds=5 privacy=none strategy.min_nodes=3`` (``federation=nodes``):
 
-* ``before``: Flower 1.41's defaults. ``flower-supernode`` (subprocess isolation: a new
-  ``flwr-clientapp`` process per message, SuperExec polling every 1 s, the SuperNode polling the
-  SuperLink every 3 s) and the Grid's 3 s poll (``MEDFED_GRID_POLL=3``: the same loop as
-  ``Grid.send_and_receive``).
-* ``after``: the fast setup of :mod:`medfed.client.runtime` and :mod:`medfed.server.polling`:
+* ``before``: Flower 1.41's defaults, ``--flower-defaults`` on the coordinator and the nodes:
+  ``flower-supernode`` (a new ``flwr-clientapp`` process per message, SuperExec polling every
+  1 s, the SuperNode polling the SuperLink every 3 s) and the Grid's 3 s reply poll.
+* ``after``: the default fast setup (:mod:`medfed.client.runtime`, :mod:`medfed.server.polling`):
   the SuperNode with 0.1 s polls and ``--isolation process``, one long-lived
   :mod:`medfed.client.worker` per node, the Grid polling every 0.05 s.
 
 A training round's seconds come from the ``seconds`` column of ``metrics.csv`` (the study times
 push, train at every hospital, replies and aggregation). ``round0_and_final_evaluate_s`` is
 ``wall_seconds`` of ``summary.json`` minus the training rounds: round 0 (``query.stats`` and
-``query.prepare``), the final ``evaluate`` and the study's set-up. ``flwr_run_s`` is the whole
-``flwr run`` from outside (FAB build, run start, ServerApp imports, the study, log stream end).
+``query.prepare``), the final ``evaluate`` and the study's set-up. ``medfed_run_s`` is the whole
+``medfed run`` from outside (FAB build, run start, ServerApp imports, the study, log stream end).
 The headline is the median training round. Arms alternate (before, after, before, ...); every
 repeat starts new processes. Progress goes to stderr, one JSON object to stdout.
 
@@ -31,30 +31,33 @@ import argparse
 import csv
 import json
 import tempfile
+import time
 from pathlib import Path
 
 from _common import log, machine, median, read_json, wait_for_idle
 
+from medfed.client.runtime import DEFAULT_HEARTBEAT, PRELOAD
 from medfed.client.runtime import DEFAULT_POLL as SUPERNODE_POLL
-from medfed.client.runtime import PRELOAD
 from medfed.client.worker import DEFAULT_POLL as WORKER_POLL
 from medfed.server.polling import DEFAULT_POLL as GRID_POLL
-from medfed.server.polling import POLL_ENV
 from medfed.server.runtime import SUPEREXEC_POLL, LoopbackFederation
 
 HOSPITALS = 3
-ARMS = {"before": (False, {POLL_ENV: "3"}), "after": (True, {})}
+ARMS = {"before": True, "after": False}  # arm -> --flower-defaults
 SETTINGS = {
-    "before": "flower-supernode --isolation subprocess (a new flwr-clientapp process per "
-              "message; SuperExec task poll 1 s; SuperNode idle poll 3 s, reply wait 0.5 s); "
-              "Grid reply poll 3 s",
+    "before": "medfed coordinator start --flower-defaults, medfed node start --flower-defaults: "
+              "flower-supernode --isolation subprocess (a new flwr-clientapp process per "
+              "message; SuperExec task poll 1 s; SuperNode idle poll 3 s, reply wait 0.5 s; "
+              "heartbeat 30 s); Grid reply poll 3 s",
     "after": {
-        "supernode": f"python -m medfed.client.runtime --poll {SUPERNODE_POLL} --isolation "
-                     "process: Flower's flower-supernode with every sleep of its loop capped "
-                     f"at {SUPERNODE_POLL} s (Flower: 3 s idle, 0.5 s reply wait)",
+        "supernode": f"python -m medfed.client.runtime --poll {SUPERNODE_POLL} --heartbeat "
+                     f"{DEFAULT_HEARTBEAT:g}: Flower's flower-supernode --isolation process with "
+                     f"every sleep of its loop capped at {SUPERNODE_POLL} s (Flower: 3 s idle, "
+                     "0.5 s reply wait)",
         "clientapp": f"python -m medfed.client.worker --preload {' --preload '.join(PRELOAD)}"
-                     ": one long-lived process per node runs every message (imports and app "
-                     f"bundle loaded once); task poll {WORKER_POLL} s (SuperExec: 1 s)",
+                     ": one long-lived process per node, started by the launcher, runs every "
+                     f"message (imports and app bundle loaded once); task poll {WORKER_POLL} s "
+                     "(SuperExec: 1 s)",
         "grid": f"medfed.server.polling.send_and_receive, reply poll {GRID_POLL} s (Flower's "
                 "Grid: 3 s)",
         "superlink": f"FLWR_SUPEREXEC_TASK_POLL_INTERVAL={SUPEREXEC_POLL} (ServerApp start, "
@@ -65,13 +68,15 @@ SETTINGS = {
 
 def run_arm(arm: str, rounds: int, tmp: Path, repeat: int) -> dict:
     """One study on a new loopback federation; its timings from metrics.csv and summary.json."""
-    fast, env = ARMS[arm]
     work = tmp / f"{arm}-{repeat}"
-    work.mkdir()
     out = work / "out"
-    overrides = f"federation.hospitals={HOSPITALS} rounds={rounds} privacy=none"
-    with LoopbackFederation(work, HOSPITALS, fast=fast, env=env) as federation:
-        flwr_run = federation.run(overrides, out)
+    with LoopbackFederation(work, HOSPITALS, flower_defaults=ARMS[arm]) as federation:
+        started = time.perf_counter()
+        done = federation.run(f"rounds={rounds}", "privacy=none",
+                              f"strategy.min_nodes={HOSPITALS}", f"output_dir={out}")
+        medfed_run = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"{arm}: medfed run failed (logs in {work}):\n{done.stderr[-2000:]}")
     summary = read_json(out / "summary.json")
     if summary.get("failures") or summary.get("stopped"):
         raise RuntimeError(f"{arm}: the study did not complete cleanly: "
@@ -81,7 +86,7 @@ def run_arm(arm: str, rounds: int, tmp: Path, repeat: int) -> dict:
     train = [seconds[r] for r in range(1, rounds + 1)]
     return {"train_round_s": [round(s, 3) for s in train],
             "round0_and_final_evaluate_s": round(summary["wall_seconds"] - sum(train), 3),
-            "wall_s": summary["wall_seconds"], "flwr_run_s": round(flwr_run, 3),
+            "wall_s": summary["wall_seconds"], "medfed_run_s": round(medfed_run, 3),
             "accuracy": summary["global"]["accuracy"]}
 
 
@@ -113,11 +118,12 @@ def main() -> None:
         "round0_and_final_evaluate_s": {
             arm: median([r["round0_and_final_evaluate_s"] for r in runs])
             for arm, runs in results.items()},
-        "flwr_run_s": {arm: median([r["flwr_run_s"] for r in runs])
-                       for arm, runs in results.items()},
+        "medfed_run_s": {arm: median([r["medfed_run_s"] for r in runs])
+                         for arm, runs in results.items()},
         "runs": results, "settings": SETTINGS,
         "setup": {"hospitals": HOSPITALS, "rounds": rounds, "repeats": repeats,
-                  "task": "diagnosis", "privacy": "none", "transport": "127.0.0.1, insecure"},
+                  "task": "diagnosis", "privacy": "none",
+                  "transport": "127.0.0.1, TLS (own CA) + SuperNode authentication"},
         "noise": noise, "machine": machine(),
     }, indent=2))
 

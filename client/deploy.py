@@ -6,20 +6,21 @@ register`` takes). The coordinator registers the public key; the SuperLink then 
 SuperNode that proves it holds the private key.
 
 ``node start`` checks the dataset card first (the same checks as ``medfed node check``) and the
-policy file, then runs ``flower-supernode`` over TLS (the coordinator's CA certificate) with the
-node key. The dataset card, the policy and the ledger folder go into the SuperNode's own
-``--node-config``: the ClientApp takes them from there, never from the study the server sends
-(:func:`medfed.client.node.local_study`). Flower's files live in ``<key folder>/flwr`` (its
-``FLWR_HOME``). Ctrl-C (or SIGTERM) stops the SuperNode and ends with status 0.
+policy file, then runs the node's SuperNode over TLS (the coordinator's CA certificate) with the
+node key: by default the fast setup of :mod:`medfed.client.runtime` (short polls, a long-lived
+ClientApp worker started and stopped with the SuperNode), with ``--flower-defaults`` Flower's
+plain ``flower-supernode``. The dataset card, the policy and the ledger folder go into the
+SuperNode's own ``--node-config``: the ClientApp takes them from there, never from the study
+the server sends (:func:`medfed.client.node.local_study`). Flower's files live in
+``<key folder>/flwr`` (its ``FLWR_HOME``). Ctrl-C (or SIGTERM) stops the SuperNode and its worker
+and ends with status 0.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,10 +31,10 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from medfed.client.runtime import flower_env, free_port, supernode_command
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 STOP_GRACE = 30.0  # seconds a child gets to stop after SIGINT/SIGTERM before SIGKILL
-FLOWER_DEFAULTS = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-                   "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
 
 
 class DeployError(RuntimeError):
@@ -77,40 +78,6 @@ def check_private_key(path: Path) -> None:
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise DeployError(f"--key {path}: not an unencrypted ECDSA private key in OpenSSH "
                           "format; create one with `medfed node keys DIR`")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def supernode_command(*, superlink: str, port: int, node_config: Mapping[str, str],
-                      root_certificates: Path | None, private_key: Path | None,
-                      extra: tuple[str, ...] = ()) -> list[str]:
-    """The ``flower-supernode`` command line (every setting of a node in one place).
-
-    ``root_certificates=None`` means plaintext (``--insecure``): only for tests that show a TLS
-    SuperLink refuses it. ``port`` is the node's local ClientAppIo/runtime port.
-    """
-    pairs = " ".join(f"{key}={json.dumps(str(value))}" for key, value in node_config.items())
-    command = [str(Path(sys.executable).with_name("flower-supernode")), "--superlink", superlink,
-               "--port", str(port), "--node-config", pairs]
-    command += (["--root-certificates", str(root_certificates)] if root_certificates
-                else ["--insecure"])
-    if private_key is not None:
-        command += ["--auth-supernode-private-key", str(private_key)]
-    return [*command, *extra]
-
-
-def flower_env(flwr_home: Path) -> dict[str, str]:
-    """The environment of a Flower process: no telemetry, no dependency installs, own home,
-    and this installation's scripts first on PATH (Flower starts its helpers, e.g.
-    ``flower-superexec``, by name)."""
-    flwr_home.mkdir(parents=True, exist_ok=True)
-    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    return {**FLOWER_DEFAULTS, **os.environ, "FLWR_HOME": str(flwr_home), "PATH": path}
 
 
 def run_child(command: list[str], env: Mapping[str, str],
@@ -190,17 +157,20 @@ def start_node(args: argparse.Namespace) -> int:
     node_config = preflight(args)
     key = Path(args.key).expanduser().resolve()
     port = args.port or free_port()
-    command = supernode_command(superlink=args.superlink, port=port, node_config=node_config,
+    command = supernode_command(args.superlink, port, node_config,
                                 root_certificates=Path(args.ca).expanduser().resolve(),
-                                private_key=key)
-    print(f"medfed node: joining {args.superlink} with {node_config['dataset']} (local port "
-          f"{port}; Ctrl-C stops)", flush=True)
+                                private_key=key, fast=not args.flower_defaults)
+    setup = "Flower's default setup" if args.flower_defaults else "fast setup"
+    print(f"medfed node: joining {args.superlink} with {node_config['dataset']} ({setup}, local "
+          f"port {port}; Ctrl-C stops)", flush=True)
     status = run_child(command, flower_env(key.parent / "flwr"))
     if status != EXIT_OK:  # Flower ends every error with status 1; its log names the code
-        raise DeployError(f"flower-supernode stopped with status {status}; its log above says "
+        raise DeployError(f"the SuperNode stopped with status {status}; its log above says "
                           f"why (Exit Code 305: the SuperLink at {args.superlink} refused this "
                           f"node: is the public key of {key} registered with `medfed coordinator "
-                          "add-node`?)")
+                          "add-node`? With 'Failed to activate SuperNode' the SuperLink still "
+                          "holds this key online after a crash: start again in 20 s, 60 s with "
+                          "--flower-defaults)")
     return EXIT_OK
 
 
@@ -220,7 +190,10 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--ledger-dir", metavar="D", help="privacy ledgers go here as "
                        "<site>.ledger.jsonl (default: <card>.ledger.jsonl beside the card)")
     start.add_argument("--port", type=int, default=0,
-                       help="local ClientAppIo port, one per node on a host (default: a free one)")
+                       help="local Runtime API port, one per node on a host (default: a free one)")
+    start.add_argument("--flower-defaults", action="store_true",
+                       help="run Flower's plain SuperNode (a new ClientApp process per message, "
+                            "3 s polls, 30 s heartbeats): ~10x slower rounds; for comparison")
     return parser
 
 

@@ -1,4 +1,6 @@
-"""How a hospital node runs Flower's SuperNode with a short round latency: the command lines.
+"""How medfed runs Flower's processes: the SuperNode (fast or Flower's plain setup), their
+environment, ports and stopping. ``medfed node start`` and the loopback federation of the tests
+and benchmark use these builders; :mod:`medfed.server.runtime` has the SuperLink's.
 
 Flower 1.41's defaults, on loopback with 3 hospitals, cost 10-40 s per training round although the
 training itself takes well under a second (numbers: ``benchmarks/deploy_latency.py``). Where the
@@ -25,14 +27,28 @@ sleeps 3 s between pulls                                       send_and_receive`
 Flower offers no flag or environment variable for the SuperNode's 3 s sleep nor for the Grid's
 (only SuperExec's: ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``, which the worker makes moot).
 :func:`run_supernode` therefore replaces the ``time`` module seen by
-``flwr.supernode.start_client_internal`` with one whose ``sleep`` is capped, then runs Flower's
-own ``flower-supernode`` entry point unchanged: every flag (TLS, node authentication,
-``--node-config``) keeps its meaning. If a later Flower moves that loop, the launcher says so and
-runs Flower unpatched. A 0.1 s poll is ten small HTTP requests per second from each node to the
-SuperLink while idle; raise ``poll`` for hundreds of nodes or slow links.
+``flwr.supernode.start_client_internal`` with one whose ``sleep`` is capped, starts the node's
+worker (:func:`clientapp_command`) as its own child, then runs Flower's own ``flower-supernode``
+entry point unchanged: every flag (TLS to the SuperLink, node authentication, ``--node-config``)
+keeps its meaning. If a later Flower moves that loop, the launcher says so and runs Flower
+unpatched. A 0.1 s poll is ten small HTTP requests per second from each node to the SuperLink
+while idle; raise ``poll`` for hundreds of nodes or slow links.
+
+The worker and its SuperNode are one unit: the launcher stops the worker (by its id) when the
+SuperNode ends, also on Ctrl-C/SIGTERM, and the worker exits by itself when the launcher dies
+(even by SIGKILL: it watches its parent's id). The link between them is the SuperNode's Runtime
+API on 127.0.0.1, plain HTTP: in Flower 1.41 that API speaks TLS only when the SuperNode gets
+``--ssl-certfile``/``--ssl-keyfile``, which a local-only port does not need; TLS and the node key
+protect the link to the SuperLink.
+
+Dropouts: a SuperNode tells the SuperLink it is alive every ~20 s and announces a 30 s heartbeat
+interval, so a node that dies without signing off (power cut, SIGKILL) stays "online" for 60 s
+(Flower's patience: two intervals) and the server waits for it. The fast launcher announces
+:data:`DEFAULT_HEARTBEAT` (10 s, the least the SuperLink accepts): heartbeats every ~4 s, and a
+dead node is offline after at most 20 s.
 
 ``fast=False`` gives Flower's plain command (subprocess isolation, Flower's own intervals), for
-comparison and as a fallback.
+comparison and as a fallback (``medfed node start --flower-defaults``).
 """
 
 from __future__ import annotations
@@ -40,6 +56,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import signal
+import socket
+import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
@@ -47,13 +67,16 @@ from pathlib import Path
 
 from medfed.client.worker import DEFAULT_POLL as WORKER_POLL
 
+BIN = Path(sys.executable).parent
 DEFAULT_POLL = 0.1
 """Seconds the SuperNode waits before asking the SuperLink again for a message (Flower: 3 s)."""
+DEFAULT_HEARTBEAT = 10.0
+"""Heartbeat interval (s) the fast SuperNode announces: the SuperLink's minimum (Flower: 30 s)."""
 
 FLWR_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
             "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
 """No telemetry, no update check, and no ``uv sync`` of the app's dependencies per run (which
-could replace the pinned CPU torch): the node runs the medfed that is installed."""
+could replace the pinned CPU torch): every Flower process runs the medfed that is installed."""
 
 PRELOAD = ("medfed.client.app", "torch._dynamo")
 """Modules the worker imports before it takes tasks: the ClientApp (flwr, torch, medfed) and
@@ -64,6 +87,37 @@ built: measured 1.5-4 s here, paid by the first ``train`` message otherwise -- a
 NodeConfig = Mapping[str, str | int | float | bool]
 
 
+def flower_env(flwr_home: Path, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a Flower process: ``base`` (default: ours) plus :data:`FLWR_ENV`,
+    its own ``FLWR_HOME`` and this installation's scripts first on ``PATH`` (Flower starts its
+    helpers, e.g. ``flwr-serverapp``, by name)."""
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    base = os.environ if base is None else base
+    path = os.pathsep.join([str(BIN), base.get("PATH", "")])
+    return {**base, **FLWR_ENV, "FLWR_HOME": str(flwr_home), "PATH": path}
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def stop(processes: Sequence[subprocess.Popen], grace: float = 10.0) -> None:
+    """SIGTERM to each process (by its id, in order), SIGKILL to any left after ``grace`` s."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        alive = [p for p in processes if p.poll() is None]
+        for process in alive:
+            process.send_signal(sig)
+        deadline = time.monotonic() + grace
+        for process in alive:
+            try:
+                process.wait(max(deadline - time.monotonic(), 0.01))
+            except subprocess.TimeoutExpired:
+                continue
+
+
 def node_config_arg(node_config: NodeConfig | str) -> str:
     """``--node-config``'s value: space-separated ``key=value``, strings quoted."""
     if isinstance(node_config, str):
@@ -71,59 +125,52 @@ def node_config_arg(node_config: NodeConfig | str) -> str:
     return " ".join(f"{key}={json.dumps(value)}" for key, value in node_config.items())
 
 
-def node_env(base: Mapping[str, str]) -> dict[str, str]:
-    """The environment of a node's processes: ``base`` plus :data:`FLWR_ENV`."""
-    return {**base, **FLWR_ENV}
-
-
 def supernode_command(superlink: str, port: int, node_config: NodeConfig | str, *,
-                      root_certificates: Path | None = None,
-                      auth_private_key: Path | None = None, host: str = "127.0.0.1",
-                      fast: bool = True, poll: float = DEFAULT_POLL) -> list[str]:
-    """The command line of one hospital's SuperNode.
+                      root_certificates: Path | None, private_key: Path | None,
+                      host: str = "127.0.0.1", fast: bool = True, poll: float = DEFAULT_POLL,
+                      heartbeat: float = DEFAULT_HEARTBEAT) -> list[str]:
+    """The command line of one hospital's SuperNode (every node setting in one place).
 
     Parameters
     ----------
     superlink
         The coordinator's SuperLink, ``host:port``.
     port, host
-        Where this SuperNode serves its Runtime API (one port per node on a host); the worker
-        of :func:`clientapp_command` connects there.
+        Where this SuperNode serves its Runtime API (one port per node on a host); its worker
+        connects there.
     node_config
         ``--node-config`` (a mapping or the string itself), e.g. the dataset card's path.
     root_certificates
-        CA certificate of the SuperLink's TLS; ``None`` connects without TLS (``--insecure``).
-    auth_private_key
+        CA certificate of the SuperLink's TLS; ``None`` connects without TLS (``--insecure``:
+        test federations only, a TLS SuperLink refuses it).
+    private_key
         The node's key for SuperNode authentication (needs TLS).
     fast
-        ``True``: the launcher with short polls and ``--isolation process`` (start the worker
-        too); ``False``: Flower's plain ``flower-supernode`` with its own ClientApp processes.
-    poll
-        The SuperNode's idle poll in seconds (``fast`` only).
+        ``True``: the launcher of this module (short polls and heartbeats, ``--isolation
+        process`` and its own long-lived worker); ``False``: Flower's plain ``flower-supernode``
+        with a new ClientApp process per message.
+    poll, heartbeat
+        The fast SuperNode's idle poll and announced heartbeat interval, in seconds.
     """
     if fast:
         command = [sys.executable, "-m", "medfed.client.runtime", "--poll", str(poll),
-                   "--isolation", "process"]
+                   "--heartbeat", str(heartbeat)]
     else:
-        command = [str(Path(sys.executable).with_name("flower-supernode"))]
+        command = [str(BIN / "flower-supernode")]
     command += ["--superlink", superlink, "--host", host, "--port", str(port),
                 "--node-config", node_config_arg(node_config)]
     command += (["--root-certificates", str(root_certificates)] if root_certificates
                 else ["--insecure"])
-    if auth_private_key:
-        command += ["--auth-supernode-private-key", str(auth_private_key)]
+    if private_key is not None:
+        command += ["--auth-supernode-private-key", str(private_key)]
     return command
 
 
 def clientapp_command(port: int, *, host: str = "127.0.0.1", parent_pid: int | None = None,
                       poll: float = WORKER_POLL,
                       preload: Sequence[str] = PRELOAD) -> list[str]:
-    """The long-lived ClientApp worker for the fast SuperNode on ``host:port``.
-
-    The Runtime API between a SuperNode and its worker stays on the node's own host (plain HTTP
-    on 127.0.0.1 by default): TLS and authentication protect the SuperNode-SuperLink link.
-    ``parent_pid`` (the SuperNode's pid) makes the worker exit with its SuperNode.
-    """
+    """The long-lived ClientApp worker of the fast SuperNode whose Runtime API is ``host:port``;
+    ``parent_pid`` (the SuperNode's) makes the worker exit with it."""
     command = [sys.executable, "-m", "medfed.client.worker", "--runtime-api-address",
                f"{host}:{port}", "--insecure", "--poll", str(poll)]
     for module in preload:
@@ -146,33 +193,65 @@ class _CappedSleep:
         return getattr(time, name)
 
 
-def run_supernode(argv: Sequence[str], poll: float = DEFAULT_POLL) -> None:
-    """Run Flower's ``flower-supernode`` with ``argv``, every sleep of its main loop capped."""
+def _patch_flower(poll: float, heartbeat: float) -> None:
+    """Cap the SuperNode loop's sleeps at ``poll`` and announce ``heartbeat`` s heartbeats."""
+    from flwr.supercore import heartbeat as sender
+    from flwr.supernode import fleet_http_connection as fleet
     from flwr.supernode import start_client_internal as loop
 
-    if getattr(loop, "time", None) is time:
+    patched = getattr(loop, "time", None) is time
+    if patched:
         loop.time = _CappedSleep(poll)  # type: ignore[attr-defined]
-    else:
+    for module in (sender, fleet):
+        if hasattr(module, "HEARTBEAT_DEFAULT_INTERVAL"):
+            module.HEARTBEAT_DEFAULT_INTERVAL = heartbeat  # type: ignore[attr-defined]
+        else:
+            patched = False
+    if not patched:
         logging.getLogger("medfed").warning(
-            "this Flower version's SuperNode loop does not use the time module as flwr 1.41 "
-            "does: running it with Flower's own poll intervals")
+            "this Flower version's SuperNode differs from flwr 1.41's: some of its poll or "
+            "heartbeat intervals keep Flower's values")
+
+
+def run_supernode(argv: Sequence[str], poll: float = DEFAULT_POLL,
+                  heartbeat: float = DEFAULT_HEARTBEAT, host: str = "127.0.0.1",
+                  port: int = 9094) -> None:
+    """Run Flower's ``flower-supernode`` with ``argv`` in process isolation, its loop's sleeps
+    capped, and its worker as a child process for as long as it runs."""
+    _patch_flower(poll, heartbeat)
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
-    sys.argv = ["flower-supernode", *argv]
-    flower_supernode()
+    worker = subprocess.Popen(clientapp_command(port, host=host, parent_pid=os.getpid()),
+                              stdin=subprocess.DEVNULL)
+    sys.argv = ["flower-supernode", *argv, "--isolation", "process", "--host", host,
+                "--port", str(port)]
+    try:
+        flower_supernode()
+    finally:
+        stop([worker], grace=5.0)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    """``python -m medfed.client.runtime [--poll S] <flower-supernode arguments>``."""
+    """``python -m medfed.client.runtime [--poll S] [--heartbeat S] [--host H] [--port P]
+    <other flower-supernode arguments>``."""
     parser = argparse.ArgumentParser(
         prog="python -m medfed.client.runtime",
-        description="flower-supernode with short polls; every other argument goes to it.")
+        description="flower-supernode with short polls and a long-lived ClientApp worker; "
+                    "every other argument goes to flower-supernode.")
     parser.add_argument("--poll", type=float, default=DEFAULT_POLL,
                         help=f"the SuperNode's idle poll in seconds (default {DEFAULT_POLL})")
+    parser.add_argument("--heartbeat", type=float, default=DEFAULT_HEARTBEAT,
+                        help="heartbeat interval announced to the SuperLink, 10-1800 s "
+                             f"(default {DEFAULT_HEARTBEAT:g})")
+    parser.add_argument("--host", default="127.0.0.1", help="the Runtime API's host")
+    parser.add_argument("--port", type=int, default=9094, help="the Runtime API's port")
     args, rest = parser.parse_known_args(argv)
     if not 0 < args.poll <= 3:
         parser.exit(2, f"--poll must be between 0 and 3 seconds (got {args.poll})\n")
-    run_supernode(rest, args.poll)
+    if not 10 <= args.heartbeat <= 1800:
+        parser.exit(2, f"--heartbeat must be between 10 and 1800 seconds, the range the "
+                       f"SuperLink accepts (got {args.heartbeat})\n")
+    run_supernode(rest, args.poll, args.heartbeat, args.host, args.port)
 
 
 if __name__ == "__main__":

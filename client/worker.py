@@ -20,7 +20,8 @@ module-level state of an app survives between its messages. medfed's ClientApp k
 outside ``context.state`` that a later message could misread.
 
 Run it as ``python -m medfed.client.worker --runtime-api-address 127.0.0.1:9094 --insecure``;
-:func:`medfed.client.runtime.clientapp_command` builds that command line.
+:func:`medfed.client.runtime.clientapp_command` builds that command line, and the fast SuperNode
+launcher (``python -m medfed.client.runtime``) starts and stops it with its SuperNode.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,18 @@ def _runtime_client(address: str, certificates: bytes | None, interceptors: list
     return RuntimeHttpClient.from_server_address(
         server_address=address, insecure=certificates is None, root_certificates=certificates,
         interceptors=interceptors, retry_invoker=make_simple_http_retry_invoker())
+
+
+def _wait_listening(address: str, poll: float) -> None:
+    """Return once ``address`` accepts TCP connections: the worker starts with its SuperNode,
+    whose Runtime API may not listen yet (Flower's retries would back off for seconds)."""
+    host, port = address.rsplit(":", 1)
+    while True:
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=1.0).close()
+            return
+        except OSError:
+            time.sleep(poll)
 
 
 class Worker:
@@ -89,6 +103,7 @@ class Worker:
         from flwr.supercore.constant import TaskType
 
         request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
+        _wait_listening(self.address, self.poll)
         LOG.info("%s %s", READY, self.address)
         while max_tasks is None or self.served < max_tasks:
             response = self._tasks.AcquireTask(request)

@@ -5,7 +5,8 @@ the study configuration and the hospital's position in the federation. The built
 ``synthetic`` federation generates the site locally from the seed, so a node only ever produces
 its own rows; the pooled and local-only baselines call the same function for every site.
 The ``sites`` federation reads real exports instead: hospital ``i`` is the dataset card
-``federation.cards[i]`` (see :mod:`medfed.models.cards`), split as its card says.
+``federation.cards[i]`` (see :mod:`medfed.models.cards`), split as its card says. The ``nodes``
+federation of a deployed study has no rows here: each node replaces it with its own card.
 """
 
 from __future__ import annotations
@@ -36,8 +37,27 @@ class SiteData:
     test_oracle: np.ndarray | None = None
 
 
+MAX_NODES = 10_000
+"""Hospitals a ``nodes`` federation may have when it does not say how many: the cross-silo scale
+medfed's defaults (e.g. the DP delta) assume."""
+
+
 def federation_size(federation: Mapping[str, Any]) -> int:
-    """Number of hospitals the ``federation`` section describes."""
+    """Number of hospitals the ``federation`` section describes.
+
+    For ``nodes`` (a deployed study: the hospitals are whatever nodes connect) that is
+    ``federation.hospitals`` when given, else the upper bound :data:`MAX_NODES`: the callers use
+    the size to bound ``strategy.min_nodes`` and to size the central-DP population, which asks
+    for ``federation.hospitals`` (:func:`medfed.strategies.central_dp.check_central`).
+    """
+    if federation.get("name") == "nodes":
+        n = federation.get("hospitals")
+        if n is None:
+            return MAX_NODES
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise DataConfigError(f"federation.hospitals must be a positive number of hospitals "
+                                  f"or null, got {n!r}")
+        return n
     if federation.get("name") == "synthetic":
         n = int(federation.get("hospitals", 0))
         if n < 1:
@@ -52,8 +72,8 @@ def federation_size(federation: Mapping[str, Any]) -> int:
             raise DataConfigError("federation=sites needs a list of dataset cards, e.g. "
                                   "federation.cards=[a.yaml,b.yaml]")
         return len(cards)
-    raise DataConfigError(f"federation={federation.get('name')!r} is unknown; use synthetic or "
-                          "sites")
+    raise DataConfigError(f"federation={federation.get('name')!r} is unknown; use synthetic, "
+                          "sites or nodes")
 
 
 def _card_site(schema: TaskSchema, federation: Mapping[str, Any], index: int) -> SiteData:
@@ -91,6 +111,9 @@ def load_site(schema: TaskSchema, federation: Mapping[str, Any], index: int,
         The study seed; the synthetic generator derives the site's randomness from it (a card's
         split has its own seed, so a hospital's test rows do not change with the study).
     """
+    if federation.get("name") == "nodes":
+        raise DataConfigError("federation=nodes has no rows of its own: each deployed node "
+                              "reads its dataset card (medfed node start --dataset CARD)")
     n = federation_size(federation)
     if not 0 <= index < n:
         raise DataConfigError(f"hospital index {index} is outside the federation of {n}")

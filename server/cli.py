@@ -70,6 +70,9 @@ def _prevalidate(args: list[str]) -> list[dict[str, Any]]:
             studies.append(compose_study(combo))
         except ConfigError as exc:
             _fail(str(exc), 2)
+        if studies[-1]["federation"]["name"] == "nodes":
+            _fail("federation=nodes is a deployed federation (medfed run); simulate "
+                  "federation=synthetic or federation=sites", 2)
     return studies
 
 

@@ -11,9 +11,11 @@ otherwise ``start`` registers every recorded key that is not yet registered as s
 SuperLink answers. Registrations live in the state database (``DIR/state.db``), so they survive
 restarts; a database that was deleted has every key registered again.
 
-``start DIR`` runs ``flower-superlink`` with TLS, SuperNode authentication and the database, with
-``FLWR_HOME=DIR/flwr`` (the ServerApp writes run directories from inside it, on this machine),
-prints the address hospitals need and stops cleanly on Ctrl-C or SIGTERM.
+``start DIR`` runs ``flower-superlink`` with TLS, SuperNode authentication and the database
+(:func:`medfed.server.runtime.superlink_command`, the fast setup's environment unless
+``--flower-defaults``), with ``FLWR_HOME=DIR/flwr`` (the ServerApp writes run directories from
+inside it, on this machine), prints the address hospitals need and stops cleanly on Ctrl-C or
+SIGTERM.
 """
 
 from __future__ import annotations
@@ -29,9 +31,10 @@ from typing import Any
 
 import yaml
 
-from medfed.client.deploy import DeployError, flower_env, run_child
+from medfed.client.deploy import DeployError, run_child
 from medfed.server import flwr_cli
 from medfed.server.certs import LOOPBACK, create_tls
+from medfed.server.runtime import superlink_command, superlink_env
 
 CONFIG = "coordinator.yaml"
 DEFAULT_PORT = 9093
@@ -90,14 +93,12 @@ def init(folder: Path, hosts: list[str], port: int, listen: str | None) -> dict[
     return config
 
 
-def superlink_command(folder: Path, config: dict[str, Any]) -> list[str]:
-    """The ``flower-superlink`` command line (every SuperLink setting in one place)."""
-    path = lambda key: str((folder / config[key]).resolve())  # noqa: E731
-    return [str(Path(sys.executable).with_name("flower-superlink")),
-            "--host", str(config["listen"]), "--port", str(config["port"]),
-            "--ssl-ca-certfile", path("ca"), "--ssl-certfile", path("cert"),
-            "--ssl-keyfile", path("key"), "--enable-supernode-auth",
-            "--database", path("database"), "--disable-runtime-dependency-installation"]
+def coordinator_superlink(folder: Path, config: dict[str, Any]) -> list[str]:
+    """The coordinator's ``flower-superlink`` command: its folder's TLS material, node
+    authentication and database (:func:`medfed.server.runtime.superlink_command`)."""
+    path = lambda key: (folder / config[key]).resolve()  # noqa: E731
+    return superlink_command(int(config["port"]), path("database"), host=str(config["listen"]),
+                             tls=(path("ca"), path("cert"), path("key")), node_auth=True)
 
 
 def local_address(config: dict[str, Any]) -> str:
@@ -180,8 +181,10 @@ def add_node(folder: Path, name: str, public_key: Path) -> str:
     return f"registered {name} (SuperNode id {load_config(folder)['nodes'][name]['node_id']})"
 
 
-def start(folder: Path) -> int:
-    """Run the SuperLink until Ctrl-C/SIGTERM; register pending keys once it answers."""
+def start(folder: Path, fast: bool = True) -> int:
+    """Run the SuperLink until Ctrl-C/SIGTERM; register pending keys once it answers.
+
+    ``fast=False`` keeps Flower's poll intervals for the SuperExec and the study's Grid."""
     config = load_config(folder)
     for key in ("ca", "cert", "key"):
         if not (folder / config[key]).is_file():
@@ -212,8 +215,8 @@ def start(folder: Path) -> int:
               flush=True)
 
     try:
-        status = run_child(superlink_command(folder, config),
-                           flower_env((folder / "flwr").resolve()), started)
+        status = run_child(coordinator_superlink(folder, config),
+                           superlink_env((folder / "flwr").resolve(), fast), started)
     finally:
         (folder / "superlink.pid").unlink(missing_ok=True)
     if status != 0:
@@ -235,6 +238,9 @@ def _parser() -> argparse.ArgumentParser:
                                            "non-loopback --host is given, else 127.0.0.1)")
     start_cmd = commands.add_parser("start", help="run the SuperLink (Ctrl-C stops it)")
     start_cmd.add_argument("dir", metavar="DIR")
+    start_cmd.add_argument("--flower-defaults", action="store_true",
+                           help="keep Flower's 1 s SuperExec and 3 s Grid polls (slower rounds; "
+                                "for comparison)")
     add = commands.add_parser("add-node", help="register a hospital's node.pub")
     add.add_argument("dir", metavar="DIR")
     add.add_argument("name", metavar="NAME")
@@ -257,7 +263,7 @@ def coordinator_main(argv: list[str]) -> int:
         elif args.command == "add-node":
             print(add_node(folder, args.name, args.public_key))
         else:
-            return start(folder)
+            return start(folder, fast=not args.flower_defaults)
     except DeployError as exc:
         print(f"medfed: error: {exc}", file=sys.stderr)
         return 1 if args.command == "start" else 2

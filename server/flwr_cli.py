@@ -4,10 +4,12 @@ Every call uses a private ``FLWR_HOME`` whose ``config.toml`` holds one connecti
 pointing at the SuperLink with the coordinator's CA certificate, so nothing in the user's own
 ``~/.flwr`` is read or changed.
 
-``medfed run`` composes the study exactly as ``medfed simulate`` does, resolves it to JSON and
-submits it with ``flwr run`` (run config ``config-json`` and ``output-dir``; the ServerApp in
-:mod:`medfed.server.app` reads both). The ServerApp runs inside the SuperLink's process tree, so
-the run directory is written on the coordinator's machine: run ``medfed run`` there.
+``medfed run`` composes the study exactly as ``medfed simulate`` does (with ``federation=nodes``
+unless a ``federation=`` override says otherwise: the hospitals are the connected nodes, each
+bringing its own dataset card), resolves it to JSON and submits it with ``flwr run`` (run config
+``config-json`` and ``output-dir``; the ServerApp in :mod:`medfed.server.app` reads both). The
+ServerApp runs inside the SuperLink's process tree, so the run directory is written on the
+coordinator's machine: run ``medfed run`` there.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from typing import Any
 
 import yaml
 
-from medfed.client.deploy import DeployError, flower_env
+from medfed.client.deploy import DeployError
+from medfed.client.runtime import flower_env
 
 CONNECTION = "medfed"
 FLWR = Path(sys.executable).with_name("flwr")
@@ -117,6 +120,8 @@ def _study(args: argparse.Namespace) -> dict[str, Any]:
     from medfed.server.outputs import default_output_dir
 
     overrides = list(args.overrides)
+    if not any(o.lstrip("+~").startswith("federation=") for o in overrides):
+        overrides.insert(0, "federation=nodes")  # the hospitals are the connected nodes
     try:
         if args.resume:
             run_dir = Path(args.resume).expanduser().resolve()
@@ -124,7 +129,7 @@ def _study(args: argparse.Namespace) -> dict[str, Any]:
             if not saved.is_file():
                 raise ConfigError(f"--resume {run_dir}: no config.yaml there; give the run "
                                   "directory of the study to continue")
-            if overrides:
+            if args.overrides:
                 study = compose_study([*overrides, f"resume={run_dir}"])
             else:  # the same study continues, in its own run directory
                 study = yaml.safe_load(saved.read_text())

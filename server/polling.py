@@ -51,17 +51,25 @@ def send_and_receive(grid: Grid, messages: Iterable[Message], timeout: float | N
 
     Same contract as ``Grid.send_and_receive``: replies in arrival order, missing replies are
     simply absent when the timeout expires, ``timeout=None`` waits for every reply. Only the
-    pause between pulls (``poll`` seconds, default :func:`grid_poll`) differs, and a message the
-    SuperLink refused to take (Flower returns ``None`` for its id) is not waited for.
+    pause between pulls (``poll`` seconds, default :func:`grid_poll`) differs, a message the
+    SuperLink refused to take (Flower returns ``None`` for its id) is not waited for, and every
+    reply names the node its message went to: the "Node Unavailable" error the SuperLink writes
+    for a node that missed its heartbeats comes from the SuperLink's own id (1) otherwise, and
+    the study would not know which hospital dropped out.
     """
     if not _polls_slowly(grid):
         return list(grid.send_and_receive(messages, timeout=timeout))
     poll = grid_poll() if poll is None else poll
-    pending = {message_id for message_id in grid.push_messages(messages) if message_id}
+    messages = list(messages)
+    sent_to = {message_id: message.metadata.dst_node_id for message_id, message
+               in zip(grid.push_messages(messages), messages, strict=True) if message_id}
+    pending = set(sent_to)
     deadline = None if timeout is None else time.monotonic() + timeout
     replies: list[Message] = []
     while pending:
         pulled = list(grid.pull_messages(pending))
+        for reply in pulled:  # the SuperLink answers for a node gone offline, as node 1
+            reply.metadata.__dict__["_src_node_id"] = sent_to[reply.metadata.reply_to_message_id]
         replies.extend(pulled)
         pending.difference_update(reply.metadata.reply_to_message_id for reply in pulled)
         if not pending or (deadline is not None and time.monotonic() >= deadline):

@@ -1,41 +1,44 @@
-"""The coordinator's SuperLink command line, and a whole federation on loopback.
+"""The coordinator's SuperLink command line and environment, and a whole federation on loopback.
 
 The SuperLink itself needs no change for short rounds: its per-round costs are on the
 ServerApp's side (the Grid's 3 s poll, replaced by :mod:`medfed.server.polling`) and on the
 nodes' (see :mod:`medfed.client.runtime`). Its SuperExec starts the ServerApp once per run after
 polling every second; ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL`` (Flower's own setting) shortens that
-one-off wait in the fast setup.
+one-off wait in the fast setup. ``fast=False`` (``medfed coordinator start --flower-defaults``)
+keeps Flower's intervals everywhere, the Grid's 3 s included (``MEDFED_GRID_POLL=3``).
 
-:class:`LoopbackFederation` starts a SuperLink and N hospital nodes on free 127.0.0.1 ports with a
-private ``FLWR_HOME``, submits studies with ``flwr run`` and stops every process it started by its
-id: the deployment benchmark (``benchmarks/deploy_latency.py``) and its end-to-end test use it.
+:class:`LoopbackFederation` runs a coordinator and N hospitals on 127.0.0.1 with the real
+commands (``medfed coordinator init|add-node|start``, ``medfed node keys|start`` with cards from
+``medfed synth export``, ``medfed run``), TLS and node keys on, and stops every process it
+started by its id: the deployment end-to-end tests and ``benchmarks/deploy_latency.py`` use it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Mapping
-from functools import partial
 from pathlib import Path
 
-from medfed.client.runtime import FLWR_ENV, clientapp_command, supernode_command
-from medfed.client.worker import READY
+from medfed.client.runtime import BIN, flower_env, free_port, stop
+from medfed.server.polling import POLL_ENV
 
-BIN = Path(sys.executable).parent
-PROJECT = Path(__file__).resolve().parents[1]
 SUPEREXEC_POLL = 0.05
 """Seconds between the SuperLink's SuperExec checks for a run to start (Flower: 1 s)."""
+MEDFED = str(BIN / "medfed")
+POLICY = "max_epsilon_total: 30\nmax_epsilon_per_study: 30\nmin_noise_multiplier: 0.5\n"
+"""The loopback hospitals' policy: DP-SGD studies of a few rounds pass it."""
 
 
 def superlink_command(port: int, database: Path | None = None, *, host: str = "127.0.0.1",
                       tls: tuple[Path, Path, Path] | None = None,
                       node_auth: bool = False) -> list[str]:
-    """``flower-superlink`` on ``host:port``; ``tls`` = (CA, certificate, key) or ``--insecure``."""
+    """``flower-superlink`` on ``host:port``; ``tls`` = (CA, certificate, key) or ``--insecure``;
+    ``node_auth`` admits registered node keys only."""
     command = [str(BIN / "flower-superlink"), "--host", host, "--port", str(port),
                "--disable-runtime-dependency-installation"]
     if database is not None:
@@ -51,145 +54,172 @@ def superlink_command(port: int, database: Path | None = None, *, host: str = "1
     return command
 
 
-def superlink_env(base: dict[str, str], fast: bool = True) -> dict[str, str]:
-    """The SuperLink's environment; Flower's SuperExec finds ``flwr-serverapp`` on ``PATH``."""
-    env = {**base, **FLWR_ENV, "PATH": f"{BIN}{os.pathsep}{base.get('PATH', '')}"}
+def superlink_env(flwr_home: Path, fast: bool = True,
+                  base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The SuperLink's environment (inherited by the ServerApp it starts): the fast setup's
+    SuperExec poll, or Flower's intervals (``fast=False``)."""
+    env = flower_env(flwr_home, base)
     if fast:
         env["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] = str(SUPEREXEC_POLL)
+    else:
+        env[POLL_ENV] = "3"
     return env
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nobody listens on now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def descendants(pid: int) -> list[int]:
+    """Process ids below ``pid`` (children, grandchildren...), read from ``/proc``."""
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(proc.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found += [child]
+            todo.append(child)
+    return found
 
 
-def stop(processes: list[subprocess.Popen], grace: float = 10.0) -> None:
-    """SIGTERM to each process (by its id, in order), SIGKILL to any left after ``grace`` s."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        alive = [p for p in processes if p.poll() is None]
-        for process in alive:
-            process.send_signal(sig)
-        deadline = time.monotonic() + grace
-        for process in alive:
-            try:
-                process.wait(max(deadline - time.monotonic(), 0.01))
-            except subprocess.TimeoutExpired:
-                continue
+def alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 class LoopbackFederation:
-    """A SuperLink and ``hospitals`` SuperNodes on 127.0.0.1, Flower's plain or fast setup.
+    """A coordinator and ``hospitals`` nodes on 127.0.0.1, started with the ``medfed`` commands.
 
-    Node ``i`` gets ``--node-config "partition-id=i num-partitions=N"``; ``env`` is added to
-    every process's environment. Logs go to ``workdir``.
-    Use it as a context manager: leaving it stops every process it started, by process id.
+    Hospital ``i`` is ``hospital-i`` (card ``cards/hospital-i.yaml``, key ``hospital-i/node.key``,
+    log ``hospital-i.log``); ``flower_defaults`` runs coordinator and nodes with
+    ``--flower-defaults``; ``node_args`` adds arguments to some nodes' ``medfed node start``
+    (by name). Use it as a context manager: leaving it stops every process it
+    started (and their children), by process id.
     """
 
-    def __init__(self, workdir: Path, hospitals: int = 3, fast: bool = True,
-                 env: Mapping[str, str] | None = None) -> None:
-        self.workdir, self.hospitals, self.fast = workdir, hospitals, fast
-        self.home = workdir / "flwr-home"
-        self.port = 0
-        self.start_timeout = 120.0
-        self.processes: list[subprocess.Popen] = []
-        base = {**os.environ, **(env or {}), "FLWR_HOME": str(self.home)}
-        self.env = superlink_env(base, fast)
+    def __init__(self, workdir: Path, hospitals: int = 3, *, flower_defaults: bool = False,
+                 node_args: Mapping[str, list[str]] | None = None,
+                 start_timeout: float = 120.0) -> None:
+        self.workdir, self.hospitals, self.start_timeout = workdir, hospitals, start_timeout
+        self.node_args = dict(node_args or {})
+        self.slow = ["--flower-defaults"] if flower_defaults else []
+        self.coord = workdir / "coord"
+        self.port = free_port()
+        self.superlink = f"127.0.0.1:{self.port}"
+        self.env = flower_env(workdir / "flwr-home")
+        self.processes: dict[str, subprocess.Popen] = {}
+        self._pids: set[int] = set()
 
-    def _launch(self, name: str, command: list[str]) -> subprocess.Popen:
+    def medfed(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        """Run ``medfed ARGS`` to the end; its output captured."""
+        return subprocess.run([MEDFED, *args], cwd=self.workdir, env=self.env, text=True,
+                              capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+
+    def start(self, name: str, command: list[str]) -> subprocess.Popen:
         """Start ``command`` in the background, its output in ``<workdir>/<name>.log``."""
-        with (self.workdir / f"{name}.log").open("wb") as log:
-            process = subprocess.Popen(command, env=self.env, stdout=log,
-                                       stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                       cwd=self.workdir)
-        self.processes.append(process)
-        return process
+        with (self.workdir / f"{name}.log").open("ab") as log:
+            self.processes[name] = subprocess.Popen(
+                command, cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True)
+        return self.processes[name]
 
-    def _wait_ready(self, started: dict[str, subprocess.Popen], ready: str) -> list[str]:
-        """Wait until each log shows ``ready``; the names of the processes that exited first."""
+    def log(self, name: str) -> str:
+        path = self.workdir / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def wait_for(self, name: str, text: str, count: int = 1) -> None:
+        """Wait until ``name``'s log shows ``text`` ``count`` times (error if it exits first)."""
         deadline = time.monotonic() + self.start_timeout
-        waiting, exited = dict(started), []
-        while waiting:
-            for name, process in list(waiting.items()):
-                if ready in (self.workdir / f"{name}.log").read_text(errors="replace"):
-                    del waiting[name]
-                elif process.poll() is not None:
-                    exited.append(name)
-                    del waiting[name]
-            if waiting and time.monotonic() > deadline:
-                raise RuntimeError(f"{sorted(waiting)} not ready within "
-                                   f"{self.start_timeout:.0f} s: see the logs in {self.workdir}")
-            time.sleep(0.1)
-        return exited
+        while self.log(name).count(text) < count:
+            if self.processes[name].poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"no {text!r} in {self.workdir / name}.log:\n"
+                                   f"{self.log(name)[-3000:]}")
+            time.sleep(0.2)
 
-    def _start_on_free_ports(self, commands: dict, ready: str) -> dict[str, tuple]:
-        """``{name: command(port)}`` on free ports, all at once; a process that exits before it
-        is ready (another program took its port meanwhile) is retried on a new port, twice.
-        Returns ``{name: (process, port)}``."""
-        running: dict[str, tuple] = {}
-        pending = list(commands)
-        for _ in range(3):
-            for name in pending:
-                port = free_port()
-                running[name] = (self._launch(name, commands[name](port)), port)
-            pending = self._wait_ready({n: running[n][0] for n in pending}, ready)
-            if not pending:
-                return running
-        raise RuntimeError(f"{pending} exited three times at start: see the logs in "
-                           f"{self.workdir}")
+    def node_command(self, name: str, card: int) -> list[str]:
+        """``medfed node start`` for the node whose key is in ``<workdir>/<name>``."""
+        return [MEDFED, "node", "start", "--dataset", str(self.workdir / "cards" /
+                                                          f"hospital-{card}.yaml"),
+                "--policy", str(self.workdir / "policy.yaml"), "--superlink", self.superlink,
+                "--ca", str(self.coord / "ca.crt"), "--key",
+                str(self.workdir / name / "node.key"), *self.slow, *self.node_args.get(name, [])]
+
+    def start_node(self, name: str, card: int) -> subprocess.Popen:
+        """Start a node with a registered key (``hospital-<card>``'s card); wait until it is
+        connected (and its worker ready)."""
+        started = self.log(name).count("SuperNode ID:")
+        self.start(name, self.node_command(name, card))
+        self._wait_ready(name, started + 1)
+        return self.processes[name]
+
+    def _wait_ready(self, name: str, count: int) -> None:
+        from medfed.client.worker import READY
+
+        for text in ["SuperNode ID:"] + ([] if self.slow else [READY]):
+            self.wait_for(name, text, count)
 
     def __enter__(self) -> LoopbackFederation:
-        self.home.mkdir(parents=True, exist_ok=True)
+        self.workdir.mkdir(parents=True, exist_ok=True)
         try:
-            self.port = self._start_on_free_ports(
-                {"superlink": lambda port: superlink_command(port, self.workdir / "state.db")},
-                "Application startup complete")["superlink"][1]
-            (self.home / "config.toml").write_text(
-                f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\n'
-                f'address = "127.0.0.1:{self.port}"\ninsecure = true\n')
-            nodes = self._start_on_free_ports({
-                f"supernode-{i}": partial(supernode_command, f"127.0.0.1:{self.port}",
-                                          node_config={"partition-id": i,
-                                                       "num-partitions": self.hospitals},
-                                          fast=self.fast)
-                for i in range(self.hospitals)}, "SuperNode ID:")
-            if self.fast:
-                workers = {name.replace("supernode", "worker"): self._launch(
-                    name.replace("supernode", "worker"),
-                    clientapp_command(port, parent_pid=process.pid))
-                    for name, (process, port) in nodes.items()}
-                if exited := self._wait_ready(workers, READY):
-                    raise RuntimeError(f"{exited} exited at start: see the logs in {self.workdir}")
+            with contextlib.redirect_stdout(io.StringIO()):  # stdout may be a benchmark's JSON
+                self._prepare()
+            self.start("coordinator", [MEDFED, "coordinator", "start", str(self.coord),
+                                       *self.slow])
+            self.wait_for("coordinator", "SuperLink running")
+            for index in range(self.hospitals):  # all at once, then wait for each
+                self.start(f"hospital-{index}", self.node_command(f"hospital-{index}", index))
+            for index in range(self.hospitals):
+                self._wait_ready(f"hospital-{index}", 1)
         except BaseException:
             self.close()
             raise
         return self
 
-    def run(self, overrides: str, output_dir: Path, timeout: float = 600.0) -> float:
-        """Submit a study with ``flwr run . loopback --stream``; its wall seconds, from outside."""
-        run_config = f'overrides="{overrides}" output-dir="{output_dir}"'
-        started = time.perf_counter()
-        done = subprocess.run([str(BIN / "flwr"), "run", str(PROJECT), "loopback",
-                               "--run-config", run_config, "--stream"],
-                              env=self.env, cwd=self.workdir, capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL, check=False)
-        seconds = time.perf_counter() - started
-        failed = [p.args[2] if len(p.args) > 2 else p.args[0]
-                  for p in self.processes if p.poll() is not None]
-        if done.returncode != 0 or failed or not (output_dir / "summary.json").exists():
-            tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-15:])
-            raise RuntimeError(f"flwr run exited with {done.returncode} (processes that died: "
-                               f"{failed or 'none'}; logs in {self.workdir}):\n{tail}")
-        return seconds
+    def _prepare(self) -> None:
+        """Cards, policy, the coordinator folder and the hospitals' registered keys."""
+        from medfed.client.deploy import node_deploy_main
+        from medfed.server.deploy import coordinator_main
+
+        done = self.medfed("synth", "export", "--task", "diagnosis", "--hospitals",
+                           str(self.hospitals), str(self.workdir / "cards"))
+        assert done.returncode == 0, done.stderr
+        (self.workdir / "policy.yaml").write_text(POLICY)
+        assert coordinator_main(["init", str(self.coord), "--port", str(self.port)]) == 0
+        names = [f"hospital-{i}" for i in range(self.hospitals)]
+        for name in names:
+            assert node_deploy_main(["keys", str(self.workdir / name)]) == 0
+            assert coordinator_main(["add-node", str(self.coord), name,
+                                     str(self.workdir / name / "node.pub")]) == 0
+
+    def run(self, *overrides: str, timeout: float = 600) -> subprocess.CompletedProcess:
+        """``medfed run`` a study (Hydra overrides) to the end."""
+        return self.medfed("run", "--superlink", self.superlink, "--ca",
+                           str(self.coord / "ca.crt"), *overrides, timeout=timeout)
+
+    def kill(self, name: str) -> None:
+        """SIGKILL ``name`` and every process below it at once: a node that crashes."""
+        process = self.processes[name]
+        for pid in [process.pid, *descendants(process.pid)]:
+            os.kill(pid, signal.SIGKILL)
+        process.wait()
 
     def close(self) -> None:
-        """Stop every process this federation started, by process id: the nodes and workers
-        together, then the SuperLink (nodes sign off from it as they stop)."""
-        links = [p for p in self.processes if "flower-superlink" in str(p.args[0])]
-        stop([p for p in self.processes if p not in links])
-        stop(links)
+        """Stop every process started here, by id: nodes first, then the coordinator (nodes
+        sign off from it as they stop); then kill whatever they left behind."""
+        order = sorted(self.processes, key=lambda name: name == "coordinator")
+        for name in order:
+            self._pids.update(descendants(self.processes[name].pid))
+        for name in order:
+            stop([self.processes[name]], grace=30.0)
+        for pid in self._pids:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
 
     def __exit__(self, *exc: object) -> None:
         self.close()

@@ -79,6 +79,10 @@ def check_central(study: Mapping[str, Any], n_nodes: int) -> None:
     priv = study["privacy"]
     if priv.get("name") != "central":
         return
+    federation = study.get("federation") or {}
+    if federation.get("name") == "nodes" and federation.get("hospitals") is None:
+        raise CentralDPConfigError("privacy=central calibrates its noise to the number of "
+                                   "hospitals: with federation=nodes set federation.hospitals=N")
     if priv.get("clipping") not in CLIPPING:
         raise CentralDPConfigError(f"privacy.clipping must be server or client, got "
                                    f"{priv.get('clipping')!r}")

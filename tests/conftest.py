@@ -16,11 +16,8 @@ from typing import Any
 
 import pytest
 
-FLOWER_ENV = {
-    "FLWR_TELEMETRY_ENABLED": "0",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-}
+from medfed.client.runtime import FLWR_ENV as FLOWER_ENV
+
 # Three hospitals of 60-120 rows: a whole study takes well under a second.
 SMALL = ["federation.hospitals=3", "federation.min_size=60", "federation.max_size=120"]
 MEDFED = Path(sys.executable).with_name("medfed")

@@ -54,12 +54,14 @@ def test_bad_private_key_file_is_one_sentence(tmp_path, content):
         check_private_key(path)
 
 
-def test_supernode_command_carries_tls_key_port_and_node_config():
-    command = supernode_command(superlink="coord:9093", port=9101,
-                                node_config={"dataset": "/d/a b.yaml", "policy": "/p.yaml"},
+@pytest.mark.parametrize("fast", [True, False])
+def test_supernode_command_carries_tls_key_port_and_node_config(fast):
+    command = supernode_command("coord:9093", 9101,
+                                {"dataset": "/d/a b.yaml", "policy": "/p.yaml"},
                                 root_certificates=Path("/c/ca.crt"),
-                                private_key=Path("/k/node.key"))
-    flags = dict(zip(command[1::2], command[2::2], strict=False))
+                                private_key=Path("/k/node.key"), fast=fast)
+    start = command.index("--superlink")
+    flags = dict(zip(command[start::2], command[start + 1::2], strict=False))
     assert flags["--superlink"] == "coord:9093" and flags["--port"] == "9101"
     assert flags["--root-certificates"] == "/c/ca.crt"
     assert flags["--auth-supernode-private-key"] == "/k/node.key"
@@ -69,9 +71,21 @@ def test_supernode_command_carries_tls_key_port_and_node_config():
 
     assert parse_config_args([flags["--node-config"]]) == {"dataset": "/d/a b.yaml",
                                                            "policy": "/p.yaml"}
-    plain = supernode_command(superlink="c:1", port=2, node_config={}, root_certificates=None,
-                              private_key=None)
+    launcher = ["-m", "medfed.client.runtime", "--poll", "0.1", "--heartbeat", "10.0"]
+    assert (command[1:start] == launcher) == fast
+    assert command[0].endswith("flower-supernode") != fast
+    plain = supernode_command("c:1", 2, {}, root_certificates=None, private_key=None, fast=fast)
     assert "--insecure" in plain and "--auth-supernode-private-key" not in plain
+
+
+def test_launcher_refuses_intervals_flower_would_not_take(capsys):
+    from medfed.client.runtime import main
+
+    for args, message in ((["--poll", "0"], "--poll must be"),
+                          (["--heartbeat", "5"], "--heartbeat must be between 10 and 1800")):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*args, "--superlink", "c:1"])
+        assert exit_info.value.code == 2 and message in capsys.readouterr().err
 
 
 @pytest.fixture

@@ -1,232 +1,237 @@
-"""A real federation on loopback: a TLS SuperLink with node keys and three hospital SuperNodes.
+"""A real federation on loopback, driven by the ``medfed`` commands as the README gives them.
 
-Drives the ``medfed`` CLI as the README does: ``coordinator init`` / ``add-node`` / ``start``,
-``node keys`` / ``node start`` with cards from ``synth export``, ``medfed run`` with DP-SGD and
-``medfed status``; and shows that a node with an unregistered key and a plaintext SuperNode are
+One coordinator (TLS SuperLink, node keys) and three hospital nodes in the default fast setup
+(:class:`medfed.server.runtime.LoopbackFederation`) serve, in order: a DP-SGD study with
+``medfed run`` and ``medfed status``; a study in which one node is killed after round 2 and
+restarted with the same command once the coordinator saw it offline (it misses rounds, the
+study finishes, the node trains again);
+a study stopped with ``flwr stop`` after round 2 and finished with ``medfed run --resume``; and
+a clean SIGTERM of every process. A node with an unregistered key and a plaintext SuperNode are
 refused. Every process is stopped by its id at the end, also when a test fails.
 """
 
 from __future__ import annotations
 
+import csv
 import json
-import os
-import signal
 import subprocess
-import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-from medfed.client.deploy import free_port, node_deploy_main, supernode_command
-from medfed.server.deploy import coordinator_main
+from medfed.client.deploy import node_deploy_main
+from medfed.client.runtime import free_port, supernode_command
+from medfed.client.worker import READY
+from medfed.server.runtime import MEDFED, LoopbackFederation, alive, descendants
 
 pytestmark = pytest.mark.slow
 
-RUN_TIMEOUT = 300.0
-MEDFED = str(Path(sys.executable).with_name("medfed"))
-POLICY = "max_epsilon_total: 30\nmax_epsilon_per_study: 30\nmin_noise_multiplier: 0.5\n"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def _descendants(pid: int) -> list[int]:
-    """Process ids below ``pid`` (children, grandchildren...), read from /proc."""
-    parents: dict[int, list[int]] = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        parents.setdefault(ppid, []).append(int(proc.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def _wait_for(path: Path, text: str, process: subprocess.Popen, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in (path.read_text() if path.exists() else ""):
-        if process.poll() is not None or time.monotonic() > deadline:
-            raise AssertionError(f"no {text!r} in {path}:\n{path.read_text()}")
-        time.sleep(0.5)
-
-
-@dataclass
-class Federation:
-    work: Path
-    env: dict[str, str]
-    processes: dict[str, subprocess.Popen] = field(default_factory=dict)
-    port: int = 0
-    run: subprocess.CompletedProcess | None = None
-    run_seconds: float = 0.0
-    status: dict | None = None
-    simulated: Path = Path()
-
-    def start(self, name: str, command: list[str]) -> subprocess.Popen:
-        log = (self.work / f"{name}.log").open("wb")
-        self.processes[name] = subprocess.Popen(command, cwd=self.work, env=self.env,
-                                                stdout=log, stderr=subprocess.STDOUT,
-                                                stdin=subprocess.DEVNULL,
-                                                start_new_session=True)
-        return self.processes[name]
-
-    def log(self, name: str) -> str:
-        return (self.work / f"{name}.log").read_text()
-
-    def medfed(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([MEDFED, *args],
-                              cwd=self.work, env=self.env, capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
-
-    def stop(self, name: str, grace: float = 40.0) -> int | None:
-        """SIGTERM one process (medfed forwards it to Flower's), wait; its exit status."""
-        process = self.processes[name]
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                return None
-        return process.returncode
+HOSPITALS = ("hospital-0", "hospital-1", "hospital-2")
+DP_ROUNDS = 3
+MESSAGES_PER_NODE = 2 + DP_ROUNDS + 1  # query.stats, query.prepare, train rounds, final evaluate
 
 
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory):
     work = tmp_path_factory.mktemp("deploy")
-    home = tmp_path_factory.mktemp("deploy-flwr-home")
-    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "FLWR_HOME": str(home)}
-    fed = Federation(work, env, port=free_port())
-    pids: set[int] = set()
-    try:
-        _run_federation(fed, pids)
+    with LoopbackFederation(work, node_args={"hospital-2": ["--ledger-dir",
+                                                            str(work / "ledgers")]}) as fed:
+        sim = fed.start("simulate", [MEDFED, "simulate", "rounds=1", "privacy=dpsgd",
+                                     "quiet=true", f"output_dir={work / 'sim'}",
+                                     f"privacy.ledger_dir={work}/sl"])
+        for name in ("plain", "stranger"):
+            assert node_deploy_main(["keys", str(work / name)]) == 0
+        fed.added = fed.medfed("coordinator", "add-node", str(fed.coord), "plain",
+                               str(work / "plain" / "node.pub"))  # registered at once
+        fed.start("stranger", fed.node_command("stranger", 0))
+        fed.start("plain", [*supernode_command(
+            fed.superlink, free_port(), {}, root_certificates=None,
+            private_key=work / "plain" / "node.key", fast=False), "--max-retries", "3"])
+        fed.trees = {name: [_cmdline(pid) for pid in descendants(fed.processes[name].pid)]
+                     for name in HOSPITALS}
+        started = time.monotonic()
+        fed.dp = fed.run(f"rounds={DP_ROUNDS}", "privacy=dpsgd", "strategy.min_nodes=3",
+                         "timeout=120", f"output_dir={work / 'run'}", timeout=300)
+        fed.dp_seconds = time.monotonic() - started
+        fed.tasks = {name: fed.log(name).count(" done in ") for name in HOSPITALS}
+        fed.status = json.loads(fed.medfed("status", str(fed.coord), "--json").stdout or "{}")
+        assert sim.wait(timeout=120) == 0, fed.log("simulate")[-2000:]
         yield fed
-    finally:
-        for name in list(fed.processes):
-            pids.update([fed.processes[name].pid, *_descendants(fed.processes[name].pid)])
-            fed.stop(name, grace=20)
-        for pid in pids:
-            if _alive(pid):
-                os.kill(pid, signal.SIGKILL)
 
 
-def _run_federation(fed: Federation, pids: set[int]) -> None:
-    work, coord = fed.work, fed.work / "coord"
-    sim = fed.start("simulate", [MEDFED, "simulate",
-                                 "rounds=1", "privacy=dpsgd", "quiet=true",
-                                 f"output_dir={work / 'sim'}", f"privacy.ledger_dir={work}/sl"])
-    assert fed.medfed("synth", "export", "--task", "diagnosis", "--hospitals", "3",
-                      str(work / "cards")).returncode == 0
-    (work / "policy.yaml").write_text(POLICY)
-    done = fed.medfed("coordinator", "init", str(coord), "--host", "127.0.0.1",
-                      "--port", str(fed.port))
-    assert done.returncode == 0, done.stderr
-    for name in ("hospital-0", "hospital-1", "hospital-2", "plain", "stranger"):
-        assert node_deploy_main(["keys", str(work / name)]) == 0
-    for name in ("hospital-0", "hospital-1", "plain"):  # recorded, registered at start
-        assert coordinator_main(["add-node", str(coord), name, str(work / name / "node.pub")]) == 0
-    link = fed.start("coordinator", [MEDFED,
-                                     "coordinator", "start", str(coord)])
-    _wait_for(work / "coordinator.log", "SuperLink running", link, 90)
-    pids.update(_descendants(link.pid))
-    added = fed.medfed("coordinator", "add-node", str(coord), "hospital-2",
-                       str(work / "hospital-2" / "node.pub"))  # registered at once
-    assert added.returncode == 0 and "registered hospital-2" in added.stdout, added.stderr
-    superlink = f"127.0.0.1:{fed.port}"
-    for index, name in enumerate(("hospital-0", "hospital-1", "hospital-2", "stranger")):
-        extra = ["--ledger-dir", str(work / "ledgers")] if index == 2 else []
-        fed.start(name, [MEDFED, "node", "start",
-                         "--dataset", str(work / "cards" / f"hospital-{index % 3}.yaml"),
-                         "--policy", str(work / "policy.yaml"), "--superlink", superlink,
-                         "--ca", str(coord / "ca.crt"),
-                         "--key", str(work / name / "node.key"), *extra])
-    fed.start("plain", supernode_command(
-        superlink=superlink, port=free_port(), node_config={}, root_certificates=None,
-        private_key=work / "plain" / "node.key", extra=("--max-retries", "3")))
-    started = time.monotonic()
-    fed.run = fed.medfed("run", "--superlink", superlink, "--ca", str(coord / "ca.crt"),
-                         "rounds=3", "privacy=dpsgd", "strategy.min_nodes=3", "timeout=120",
-                         f"output_dir={work / 'run'}", timeout=RUN_TIMEOUT)
-    fed.run_seconds = time.monotonic() - started
-    fed.status = json.loads(fed.medfed("status", str(coord), "--json").stdout or "{}")
-    sim.wait(timeout=120)
-    fed.simulated = work / "sim"
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def _rows(run: Path) -> list[dict]:
+    with (run / "metrics.csv").open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _round_seconds(run: Path) -> dict[int, float]:
+    return {int(r["round"]): round(float(r["seconds"]), 1) for r in _rows(run)
+            if r["hospital"] == "all hospitals" and int(r["round"]) > 0}
+
+
+def _summary(run: Path) -> dict:
+    return json.loads((run / "summary.json").read_text())
+
+
+def _wait_round(run: Path, server_round: int, process: subprocess.Popen,
+                timeout: float = 120) -> float:
+    """Wait until the study checkpointed ``server_round``; the time it was seen."""
+    from medfed.server.checkpoint import FILENAME, load
+
+    deadline = time.monotonic() + timeout
+    while True:
+        if (run / FILENAME).exists() and load(run / FILENAME, None)["server_round"] >= \
+                server_round:
+            return time.monotonic()
+        assert process.poll() is None and time.monotonic() < deadline, \
+            f"round {server_round} not checkpointed in {run}"
+        time.sleep(0.2)
 
 
 def test_deployed_study_writes_the_run_directory_of_a_simulated_one(fed):
-    assert fed.run.returncode == 0, fed.run.stdout + fed.run.stderr
-    run = fed.work / "run"
-    assert {p.name for p in run.iterdir()} >= {p.name for p in fed.simulated.iterdir()}
-    summary = json.loads((run / "summary.json").read_text())
-    simulated = json.loads((fed.simulated / "summary.json").read_text())
-    assert summary.keys() == simulated.keys()
-    assert summary["rounds"] == 3 and summary["engine"] == "flwr-run"
-    assert [h["name"] for h in summary["hospitals"]] == ["hospital-0", "hospital-1",
-                                                         "hospital-2"]
+    assert fed.dp.returncode == 0, fed.dp.stdout + fed.dp.stderr
+    run, simulated = fed.workdir / "run", fed.workdir / "sim"
+    assert {p.name for p in run.iterdir()} >= {p.name for p in simulated.iterdir()}
+    summary = _summary(run)
+    assert summary.keys() == _summary(simulated).keys()
+    assert summary["rounds"] == DP_ROUNDS and summary["engine"] == "flwr-run"
+    assert [h["name"] for h in summary["hospitals"]] == list(HOSPITALS)
     assert not summary["refusals"] and not summary["failures"]
-    seconds = [r["seconds"] for r in _rounds(run)]
-    print(f"deployment: {fed.run_seconds:.1f} s for `medfed run`, rounds {seconds}")
+    print(f"deployment: {fed.dp_seconds:.1f} s for `medfed run`, rounds "
+          f"{_round_seconds(run)} s")
 
 
-def _rounds(run: Path) -> list[dict]:
-    import csv
-
-    rows = list(csv.DictReader((run / "metrics.csv").open()))
-    return [{"round": int(r["round"]), "seconds": round(float(r["seconds"]), 1)}
-            for r in rows if r["hospital"] == "all hospitals" and int(r["round"]) > 0]
+def test_every_message_ran_in_the_long_lived_workers(fed):
+    """The fast setup: one launcher and one worker per node, no Flower ClientApp process."""
+    for name in HOSPITALS:
+        tree = fed.trees[name]
+        assert len(tree) == 2, tree
+        assert "medfed.client.runtime" in tree[0] and "medfed.client.worker" in tree[1]
+        assert fed.tasks[name] == MESSAGES_PER_NODE, fed.log(name)[-3000:]
+        assert "flwr-clientapp" not in fed.log(name) and "Traceback" not in fed.log(name)
 
 
 def test_each_node_spends_on_its_own_ledger(fed):
     """Ledgers where the node's own settings put them: beside the card, or in --ledger-dir."""
     from medfed.client.ledger import Ledger
 
-    cards, run = fed.work / "cards", fed.work / "run"
+    cards = fed.workdir / "cards"
     ledgers = [cards / "hospital-0.yaml.ledger.jsonl", cards / "hospital-1.yaml.ledger.jsonl",
-               fed.work / "ledgers" / "hospital-2.ledger.jsonl"]
+               fed.workdir / "ledgers" / "hospital-2.ledger.jsonl"]
     for ledger in ledgers:
-        assert len(Ledger(ledger).history()) == 3, ledger
-    assert not (run / "ledgers").exists()  # the study's default ledger_dir was not used
+        assert len(Ledger(ledger).history()) == DP_ROUNDS, ledger
+    assert not (fed.workdir / "run" / "ledgers").exists()  # the study's default was not used
 
 
 def test_a_node_with_an_unregistered_key_is_refused(fed):
-    stranger = fed.processes["stranger"]
-    assert stranger.wait(timeout=60) == 1
+    assert fed.processes["stranger"].wait(timeout=60) == 1
     log = fed.log("stranger")
     assert "Exit Code: 305" in log and "refused this node" in log  # Flower's, then medfed's
 
 
 def test_a_plaintext_supernode_is_refused_by_the_tls_superlink(fed):
-    plain = fed.processes["plain"]
-    assert plain.wait(timeout=90) != 0
+    assert fed.added.returncode == 0 and "registered plain" in fed.added.stdout, fed.added.stderr
+    assert fed.processes["plain"].wait(timeout=90) != 0
     assert "SuperNode ID" not in fed.log("plain")
     assert sum(n["status"] == "online" for n in fed.status["nodes"]) == 3
 
 
 def test_status_names_the_connected_hospitals_and_the_study(fed):
     online = sorted(n["name"] for n in fed.status["nodes"] if n["status"] == "online")
-    assert online == ["hospital-0", "hospital-1", "hospital-2"]
+    assert online == list(HOSPITALS)
     assert [r["status"] for r in fed.status["runs"]] == ["finished:completed"]
 
 
-def test_sigterm_stops_nodes_and_coordinator_cleanly(fed):
-    children = {name: _descendants(p.pid) for name, p in fed.processes.items()}
-    for name in ("hospital-0", "hospital-1", "hospital-2", "coordinator"):
-        assert fed.stop(name) == 0, fed.log(name)[-2000:]
-    deadline = time.monotonic() + 20  # Flower's helpers notice their parent is gone and exit
-    left = [pid for pids in children.values() for pid in pids]
-    while (left := [pid for pid in left if _alive(pid)]) and time.monotonic() < deadline:
+def _offline(fed: LoopbackFederation, name: str, timeout: float = 60) -> float:
+    """Wait until the SuperLink reports ``name`` offline; the time it was seen."""
+    from medfed.server.deploy import connection_for, load_config
+
+    node_id = str(load_config(fed.coord)["nodes"][name]["node_id"])
+    connection = connection_for(fed.coord, load_config(fed.coord))
+    deadline = time.monotonic() + timeout
+    while any(str(n["node-id"]) == node_id and n["status"] == "online"
+              for n in connection.nodes()):
+        assert time.monotonic() < deadline, f"{name} still online after {timeout} s"
         time.sleep(0.5)
-    assert not left
-    assert not (fed.work / "coord" / "superlink.pid").exists()
+    return time.monotonic()
+
+
+def test_a_killed_node_misses_rounds_then_rejoins(fed):
+    """One of 3 nodes is SIGKILLed after round 2 and restarted with the same command once the
+    SuperLink marked it offline (a node key is admitted once at a time): the study finishes with
+    the others (min_nodes=2, timeout=15 s per round), records the rounds the node missed, and
+    the node trains again after its catch-up."""
+    run = fed.workdir / "dropout"
+    study = fed.start("dropout-run", [MEDFED, "run", "--superlink", fed.superlink, "--ca",
+                                      str(fed.coord / "ca.crt"), "rounds=10", "timeout=15",
+                                      "privacy=none", "strategy.min_nodes=2",
+                                      f"output_dir={run}"])
+    started = time.monotonic()
+    killed = _wait_round(run, 2, study)
+    fed.kill("hospital-2")
+    offline = _offline(fed, "hospital-2")
+    fed.start_node("hospital-2", 2)
+    back = time.monotonic()
+    assert study.wait(timeout=180) == 0, fed.log("dropout-run")[-3000:]
+    wall = time.monotonic() - started
+    missed = {h["name"]: h["rounds_missed"] for h in _summary(run)["hospitals"]}
+    assert missed["hospital-0"] == missed["hospital-1"] == []
+    assert 3 in missed["hospital-2"]
+    trained = [int(r["round"]) for r in _rows(run)
+               if r["hospital"] == "hospital-2" and r["train_steps"] not in ("", None)]
+    assert trained and max(trained) > max(missed["hospital-2"]), (trained, missed)
+    assert wall < 150
+    print(f"dropout: killed at {killed - started:.1f} s, offline at {offline - started:.1f} s, "
+          f"restarted and up at {back - started:.1f} s, study done at {wall:.1f} s; round "
+          f"seconds {_round_seconds(run)}; hospital-2 missed {missed['hospital-2']}, trained "
+          f"{trained}; failures {_summary(run)['failures']}")
+
+
+def test_a_stopped_study_resumes_from_its_checkpoint(fed):
+    """``flwr stop`` after round 2 of 5, then ``medfed run --resume RUN_DIR`` finishes it."""
+    import re
+
+    from medfed.server.checkpoint import FILENAME, load
+    from medfed.server.deploy import connection_for, load_config
+
+    run = fed.workdir / "resumed"
+    study = fed.start("resume-run", [MEDFED, "run", "--superlink", fed.superlink, "--ca",
+                                     str(fed.coord / "ca.crt"), "rounds=5", "privacy=none",
+                                     f"output_dir={run}"])
+    connection = connection_for(fed.coord, load_config(fed.coord))
+    _wait_round(run, 1, study)
+    run_id = re.findall(r"Successfully started run (\d+)", fed.log("resume-run"))[0]
+    _wait_round(run, 2, study)
+    connection.call("stop", run_id)
+    assert study.wait(timeout=60) != 0
+    stopped_at = load(run / FILENAME, None)["server_round"]
+    assert 2 <= stopped_at < 5 and not (run / "summary.json").exists()
+    status = [r["status"] for r in connection.runs() if str(r["run-id"]) == run_id]
+    assert status and status[0].startswith("finished:") and status[0] != "finished:completed"
+    done = fed.run("--resume", str(run), timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert _summary(run)["rounds"] == 5 and not _summary(run)["failures"]
+    assert sorted(_round_seconds(run)) == [1, 2, 3, 4, 5]
+
+
+def test_sigterm_stops_nodes_and_coordinator_cleanly(fed):
+    names = [*HOSPITALS, "coordinator"]
+    children = [pid for name in names for pid in descendants(fed.processes[name].pid)]
+    for name in names:
+        process = fed.processes[name]
+        process.terminate()  # medfed forwards it to Flower's processes
+        assert process.wait(timeout=40) == 0, fed.log(name)[-2000:]
+    deadline = time.monotonic() + 20  # Flower's helpers notice their parent is gone and exit
+    while (children := [pid for pid in children if alive(pid)]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not children
+    assert not (fed.coord / "superlink.pid").exists()
+    assert READY in fed.log("hospital-0")

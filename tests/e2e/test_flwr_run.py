@@ -11,7 +11,6 @@ import json
 import math
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+
+from medfed.client.runtime import free_port as _free_port
+from medfed.server.runtime import alive as _alive
 
 pytestmark = pytest.mark.slow
 
@@ -33,20 +35,6 @@ address = ":local:"
 FILES = {"config.yaml", "metrics.csv", "summary.json", "model.pt", "convergence.png", "report.md"}
 RUN_TIMEOUT = 240.0
 SUMMARY_TIMEOUT = 180.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def _superlinks(flwr_home: Path) -> list[int]:

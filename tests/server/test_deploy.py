@@ -15,10 +15,10 @@ from medfed.server.certs import create_tls, san_entries
 from medfed.server.deploy import (
     add_node,
     coordinator_main,
+    coordinator_superlink,
     init,
     load_config,
     local_address,
-    superlink_command,
 )
 from medfed.server.flwr_cli import run_main
 
@@ -53,11 +53,24 @@ def test_config_round_trip_and_superlink_flags(tmp_path):
     assert loaded == config
     assert (config["listen"], config["address"]) == ("0.0.0.0", "coord.example.org:9443")
     assert local_address(config) == "127.0.0.1:9443"
-    command = superlink_command(tmp_path / "coord", config)
+    command = coordinator_superlink(tmp_path / "coord", config)
     flags = {flag: command[i + 1] for i, flag in enumerate(command[:-1]) if flag.startswith("--")}
     assert flags["--ssl-ca-certfile"] == str((tmp_path / "coord" / "ca.crt").resolve())
     assert flags["--database"] == str((tmp_path / "coord" / "state.db").resolve())
+    assert (flags["--host"], flags["--port"]) == ("0.0.0.0", "9443")
     assert "--enable-supernode-auth" in command and "--insecure" not in command
+
+
+def test_fast_and_flower_default_superlink_environments(tmp_path):
+    from medfed.server.polling import POLL_ENV
+    from medfed.server.runtime import superlink_env
+
+    fast, slow = superlink_env(tmp_path / "a"), superlink_env(tmp_path / "b", fast=False)
+    assert fast["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] == "0.05" and POLL_ENV not in fast
+    assert slow[POLL_ENV] == "3" and "FLWR_SUPEREXEC_TASK_POLL_INTERVAL" not in slow
+    for env, home in ((fast, "a"), (slow, "b")):
+        assert env["FLWR_HOME"] == str(tmp_path / home)
+        assert env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] == "1"
 
 
 def test_loopback_only_coordinator_listens_on_loopback(tmp_path):
@@ -145,3 +158,49 @@ def test_config_file_is_plain_yaml_with_relative_paths(tmp_path):
     data = yaml.safe_load((tmp_path / "c" / "coordinator.yaml").read_text())
     assert data["ca"] == "ca.crt" and data["listen"] == "10.0.0.2"
     assert local_address(data) == "10.0.0.2:9093"
+
+
+def _run_study(*overrides: str) -> dict:
+    import argparse
+
+    from medfed.server.flwr_cli import _study
+
+    return _study(argparse.Namespace(overrides=list(overrides), resume=None))
+
+
+def test_medfed_run_defaults_to_the_connected_nodes(tmp_path):
+    from medfed.models.data import MAX_NODES, federation_size
+
+    study = _run_study("strategy.min_nodes=7", f"output_dir={tmp_path}")
+    assert study["federation"] == {"name": "nodes", "hospitals": None}
+    assert federation_size(study["federation"]) == MAX_NODES
+    expected = _run_study("federation.hospitals=8", "strategy.min_nodes=8")
+    assert federation_size(expected["federation"]) == 8
+    assert _run_study("federation=synthetic")["federation"]["name"] == "synthetic"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["federation.hospitals=3", "strategy.min_nodes=4"],
+     "strategy.min_nodes=4 must be between 1 and the number of hospitals (3)"),
+    (["federation.hospitals=0"], "federation.hospitals must be a positive number"),
+    (["privacy=central"], "with federation=nodes set federation.hospitals=N"),
+])
+def test_nodes_federation_errors_are_one_line(capsys, overrides, message):
+    with pytest.raises(SystemExit) as exit_info:
+        _run_study(*overrides)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_nodes_federation_has_no_rows_to_simulate(small_study):
+    from medfed.models.data import DataConfigError, load_site
+    from medfed.models.pipeline import study_schema
+    from medfed.server.cli import main
+
+    study = small_study()
+    with pytest.raises(DataConfigError, match="each deployed node reads its dataset card"):
+        load_site(study_schema(study), {"name": "nodes", "hospitals": 3}, 0, 0)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["simulate", "federation=nodes", "quiet=true"])
+    assert exit_info.value.code == 2
