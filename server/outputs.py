@@ -61,6 +61,8 @@ def metric_rows(result: StudyResult) -> list[dict[str, Any]]:
     for record in result.rounds:
         extra = {"central_epsilon": central.get(record.server_round)} if central else {}
         per_site = dict(record.hospital_metrics)
+        for name in record.train:  # trained, but missed the next round that would score it
+            per_site.setdefault(name, {})
         if record.global_metrics:
             per_site[GLOBAL] = record.global_metrics
         for name, metrics in per_site.items():

@@ -93,3 +93,15 @@ def test_a_duplicate_hospital_name_is_not_admitted(small_study):
     assert "claims to be hospital-2 like node" in result.rounds[0].failures[
         f"node-{FIRST_NODE_ID + 3}"]
     assert all(len(r.train) == 3 for r in result.rounds[1:])
+
+
+def test_metrics_csv_keeps_the_training_row_of_a_hospital_that_then_dropped_out(small_study):
+    from medfed.server.outputs import metric_rows
+
+    study = small_study("rounds=4")
+    grid = _grid([0, 1, 2])
+    result = run_study(grid, study, Schedule(grid, {
+        2: lambda g: g.set_online(FIRST_NODE_ID + 1, False)}))
+    rows = {(r["round"], r["hospital"]): r for r in metric_rows(result)}
+    assert rows[(2, "hospital-1")]["train_steps"] >= 1  # trained in round 2, never scored after
+    assert (3, "hospital-1") not in rows
