@@ -203,3 +203,28 @@ def load_model():
         return torch.load(Path(run_dir) / "model.pt")["state_dict"]
 
     return load
+
+
+class CrashAfter:
+    """A study observer that kills the study once round ``n`` is over (and checkpointed), as a
+    coordinator crash would; the test expects :attr:`Crash`."""
+
+    class Crash(Exception):
+        """Stands for the coordinator dying."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def on_start(self, study: dict[str, Any], hospitals: list[str]) -> None:
+        pass
+
+    def on_round(self, server_round: int, record: Any) -> None:
+        if server_round + 1 == self.n:  # the loop reports round r - 1 at the end of round r
+            raise self.Crash
+
+
+@pytest.fixture(scope="session")
+def crash_after() -> type[CrashAfter]:
+    """``crash_after(n)``: an observer that stops a study after round ``n``
+    (``pytest.raises(crash_after.Crash)``)."""
+    return CrashAfter

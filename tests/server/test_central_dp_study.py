@@ -114,21 +114,8 @@ def test_without_noise_and_clipping_it_is_fedavg_with_equal_weights(small_study,
         torch.testing.assert_close(central.final_state[key], value, rtol=0, atol=1e-5)
 
 
-class CrashAfter:
-    """An observer that kills the study once round ``n`` is over (and checkpointed)."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def on_start(self, study, hospitals) -> None:
-        pass
-
-    def on_round(self, server_round, record) -> None:
-        if server_round + 1 == self.n:  # round r - 1 is reported at the end of round r
-            raise KeyboardInterrupt
-
-
-def test_a_resumed_study_continues_the_accountant_and_the_noise(small_study, tmp_path):
+def test_a_resumed_study_continues_the_accountant_and_the_noise(small_study, tmp_path,
+                                                                 crash_after):
     from medfed.server.config import compose_study
     from medfed.server.engine import InProcessGrid
     from medfed.server.study import run_study
@@ -140,8 +127,8 @@ def test_a_resumed_study_continues_the_accountant_and_the_noise(small_study, tmp
 
     central = ["privacy=central", "rounds=4"]
     whole = run(small_study(*central, f"output_dir={tmp_path / 'whole'}"))
-    with pytest.raises(KeyboardInterrupt):
-        run(small_study(*central, f"output_dir={tmp_path / 'cut'}"), CrashAfter(2))
+    with pytest.raises(crash_after.Crash):
+        run(small_study(*central, f"output_dir={tmp_path / 'cut'}"), crash_after(2))
     resumed = run(compose_study([f"resume={tmp_path / 'cut'}"]))
 
     assert resumed.central_dp == whole.central_dp

@@ -19,24 +19,6 @@ SMALL = ["federation.hospitals=3", "federation.min_size=60", "federation.max_siz
          "quiet=true", "strategy=fedadam", "rounds=4"]
 
 
-class Crash(Exception):
-    """Stands for the coordinator dying."""
-
-
-class CrashAfter:
-    """An observer that kills the study once round ``n`` is over (and checkpointed)."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def on_start(self, study, hospitals) -> None:
-        pass
-
-    def on_round(self, server_round, record) -> None:
-        if server_round + 1 == self.n:  # round r - 1 is reported at the end of round r
-            raise Crash
-
-
 def _run(study, observer=None):
     grid = InProcessGrid(medfed_client, [{"partition-id": i, "num-partitions": 3}
                                          for i in range(3)], run_config={})
@@ -94,12 +76,13 @@ def test_keys_are_never_overwritten_and_must_be_fernet_keys(tmp_path, key):
 
 
 @pytest.mark.parametrize("encrypted", [False, True])
-def test_an_interrupted_study_resumes_to_the_same_final_weights(tmp_path, key, encrypted):
+def test_an_interrupted_study_resumes_to_the_same_final_weights(tmp_path, key, encrypted,
+                                                                crash_after):
     extra = [f"checkpoint.key_file={key}"] if encrypted else []
     whole = _run(compose_study([*SMALL, *extra, f"output_dir={tmp_path / 'whole'}"]))
     interrupted = tmp_path / "interrupted"
-    with pytest.raises(Crash):
-        _run(compose_study([*SMALL, *extra, f"output_dir={interrupted}"]), CrashAfter(2))
+    with pytest.raises(crash_after.Crash):
+        _run(compose_study([*SMALL, *extra, f"output_dir={interrupted}"]), crash_after(2))
     saved = ckpt.load(interrupted / ckpt.FILENAME, ckpt.read_key(key) if encrypted else None)
     assert saved["server_round"] == 2
     assert saved["strategy"][0]["m_t"] and saved["strategy"][0]["v_t"]  # FedAdam's moments
@@ -111,10 +94,10 @@ def test_an_interrupted_study_resumes_to_the_same_final_weights(tmp_path, key, e
     assert resumed.rounds[1].train == whole.rounds[1].train  # restored from the checkpoint
 
 
-def test_resume_keeps_the_study_id_and_refuses_changes(tmp_path):
+def test_resume_keeps_the_study_id_and_refuses_changes(tmp_path, crash_after):
     run_dir = tmp_path / "run"
-    with pytest.raises(Crash):
-        _run(compose_study([*SMALL, f"output_dir={run_dir}"]), CrashAfter(1))
+    with pytest.raises(crash_after.Crash):
+        _run(compose_study([*SMALL, f"output_dir={run_dir}"]), crash_after(1))
     saved = json.loads(ckpt.load(run_dir / ckpt.FILENAME, None)["study"])
     assert compose_study([f"resume={run_dir}"])["study_id"] == saved["study_id"]
     with pytest.raises(ConfigError, match="drop the override rounds=9"):
@@ -125,10 +108,10 @@ def test_resume_keeps_the_study_id_and_refuses_changes(tmp_path):
     assert resumed["output_dir"] == str(run_dir) and resumed["timeout"] == 30
 
 
-def test_a_corrupt_checkpoint_stops_the_resume_before_anything_is_written(tmp_path):
+def test_a_corrupt_checkpoint_stops_the_resume_before_anything_is_written(tmp_path, crash_after):
     run_dir = tmp_path / "run"
-    with pytest.raises(Crash):
-        _run(compose_study([*SMALL, f"output_dir={run_dir}"]), CrashAfter(2))
+    with pytest.raises(crash_after.Crash):
+        _run(compose_study([*SMALL, f"output_dir={run_dir}"]), crash_after(2))
     path = run_dir / ckpt.FILENAME
     raw = bytearray(path.read_bytes())
     raw[100] ^= 0x01
@@ -140,7 +123,7 @@ def test_a_corrupt_checkpoint_stops_the_resume_before_anything_is_written(tmp_pa
 
 
 @pytest.mark.slow
-def test_medfed_simulate_resumes_a_run_directory(tmp_path, key, load_model):
+def test_medfed_simulate_resumes_a_run_directory(tmp_path, key, load_model, crash_after):
     """The researcher's command: ``medfed simulate resume=RUN_DIR`` finishes the study."""
     import subprocess
     import sys
@@ -148,8 +131,8 @@ def test_medfed_simulate_resumes_a_run_directory(tmp_path, key, load_model):
     run_dir = tmp_path / "run"
     extra = [f"checkpoint.key_file={key}"]
     whole = _run(compose_study([*SMALL, *extra, f"output_dir={tmp_path / 'whole'}"]))
-    with pytest.raises(Crash):
-        _run(compose_study([*SMALL, *extra, f"output_dir={run_dir}"]), CrashAfter(3))
+    with pytest.raises(crash_after.Crash):
+        _run(compose_study([*SMALL, *extra, f"output_dir={run_dir}"]), crash_after(3))
     medfed = Path(sys.executable).with_name("medfed")
     done = subprocess.run([str(medfed), "simulate", f"resume={run_dir}", "quiet=true", *extra],
                           capture_output=True, text=True, timeout=180, cwd=tmp_path)
