@@ -150,6 +150,20 @@ def test_status_names_the_connected_hospitals_and_the_study(fed):
     assert [r["status"] for r in fed.status["runs"]] == ["finished:completed"]
 
 
+def test_secure_aggregation_with_dp_sgd_runs_on_real_nodes(fed):
+    """SecAgg+ in deployment: the four-stage exchange through SuperLink, SuperNodes and the
+    long-lived workers (the node state carries the masks between messages), with DP-SGD."""
+    run = fed.workdir / "secagg"
+    done = fed.run("rounds=2", "secure_aggregation=true", "privacy=dpsgd",
+                   "strategy.min_nodes=3", "timeout=120", f"output_dir={run}", timeout=400)
+    assert done.returncode == 0, done.stdout + done.stderr
+    summary = _summary(run)
+    assert not summary["failures"] and not summary["refusals"]
+    assert sorted(_round_seconds(run)) == [1, 2]
+    assert all(h["epsilon"] > 0 and h["rounds_missed"] == [] for h in summary["hospitals"])
+    assert summary["global"]["accuracy"] > 0.6
+
+
 def _offline(fed: LoopbackFederation, name: str, timeout: float = 60) -> float:
     """Wait until the SuperLink reports ``name`` offline; the time it was seen."""
     from medfed.server.deploy import connection_for, load_config
