@@ -67,17 +67,29 @@ def create_node_keys(folder: Path, comment: str = "medfed-node", *,
     return private, public
 
 
-def check_private_key(path: Path) -> None:
-    """Raise :class:`DeployError` unless ``path`` is an EC private key in OpenSSH format."""
+def load_ssh_key(path: Path, *, public: bool, where: str, hint: str) -> bytes:
+    """The bytes of the ECDSA key in OpenSSH format at ``path`` (a ``public`` key or an
+    unencrypted private one); :class:`DeployError` ``"<where>: <hint>"`` when it is anything
+    else."""
     try:
-        key = serialization.load_ssh_private_key(path.read_bytes(), None)
+        data = path.read_bytes()
+        key = (serialization.load_ssh_public_key(data) if public
+               else serialization.load_ssh_private_key(data, None))
     except OSError as exc:
-        raise DeployError(f"--key {path}: cannot read it ({exc.strerror})") from None
+        raise DeployError(f"{where}: cannot read it ({exc.strerror})") from None
     except (ValueError, TypeError, UnsupportedAlgorithm):
         key = None
-    if not isinstance(key, ec.EllipticCurvePrivateKey):
-        raise DeployError(f"--key {path}: not an unencrypted ECDSA private key in OpenSSH "
-                          "format; create one with `medfed node keys DIR`")
+    expected = ec.EllipticCurvePublicKey if public else ec.EllipticCurvePrivateKey
+    if not isinstance(key, expected):
+        raise DeployError(f"{where}: {hint}")
+    return data
+
+
+def check_private_key(path: Path) -> None:
+    """Raise :class:`DeployError` unless ``path`` is an EC private key in OpenSSH format."""
+    load_ssh_key(path, public=False, where=f"--key {path}",
+                 hint="not an unencrypted ECDSA private key in OpenSSH format; create one with "
+                      "`medfed node keys DIR`")
 
 
 def run_child(command: list[str], env: Mapping[str, str],

@@ -31,7 +31,7 @@ from typing import Any
 
 import yaml
 
-from medfed.client.deploy import DeployError, run_child
+from medfed.client.deploy import DeployError, load_ssh_key, run_child
 from medfed.server import flwr_cli
 from medfed.server.certs import LOOPBACK, create_tls
 from medfed.server.runtime import superlink_command, superlink_env
@@ -124,21 +124,9 @@ def connection_for(folder: Path, config: dict[str, Any]) -> flwr_cli.Connection:
 
 
 def _check_public_key(path: Path) -> bytes:
-    from cryptography.exceptions import UnsupportedAlgorithm
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    try:
-        data = path.read_bytes()
-        key = serialization.load_ssh_public_key(data)
-    except OSError as exc:
-        raise DeployError(f"{path}: cannot read the public key ({exc.strerror})") from None
-    except (ValueError, TypeError, UnsupportedAlgorithm):
-        key = None
-    if not isinstance(key, ec.EllipticCurvePublicKey):
-        raise DeployError(f"{path}: not an ECDSA public key in OpenSSH format (the hospital's "
-                          "node.pub from `medfed node keys`)")
-    return data
+    return load_ssh_key(path, public=True, where=str(path),
+                        hint="not an ECDSA public key in OpenSSH format (the hospital's node.pub "
+                             "from `medfed node keys`)")
 
 
 def register_pending(folder: Path, config: dict[str, Any]) -> list[str]:
