@@ -221,14 +221,59 @@ def run_supernode(argv: Sequence[str], poll: float = DEFAULT_POLL,
     _patch_flower(poll, heartbeat)
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
-    worker = subprocess.Popen(clientapp_command(port, host=host, parent_pid=os.getpid()),
-                              stdin=subprocess.DEVNULL)
+    worker = Supervised(clientapp_command(port, host=host, parent_pid=os.getpid()), "worker")
     sys.argv = ["flower-supernode", *argv, "--isolation", "process", "--host", host,
                 "--port", str(port)]
     try:
         flower_supernode()
     finally:
-        stop([worker], grace=5.0)
+        worker.close()
+
+
+class Supervised:
+    """A child process that is started again whenever it exits, until :meth:`close`.
+
+    The fast SuperNode's worker runs every message of the node: if it died (killed by the
+    kernel for memory, a crash in a native library) while the SuperNode stayed up, the node
+    would look online to the coordinator and answer nothing. It is restarted after ``delay``
+    seconds, doubled (up to 60 s) while it keeps dying within a minute of its start.
+    """
+
+    def __init__(self, command: Sequence[str], name: str, delay: float = 1.0) -> None:
+        import threading
+
+        self.command, self.name, self.delay = list(command), name, delay
+        self.restarts = 0
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+        self.process = self._spawn()
+        self._thread = threading.Thread(target=self._watch, name=f"{name}-watch", daemon=True)
+        self._thread.start()
+
+    def _spawn(self) -> subprocess.Popen:
+        return subprocess.Popen(self.command, stdin=subprocess.DEVNULL)
+
+    def _watch(self) -> None:
+        delay = self.delay
+        while not self._closed.is_set():
+            started = time.monotonic()
+            code = self.process.wait()
+            if self._closed.wait(delay):
+                return
+            delay = min(delay * 2, 60.0) if time.monotonic() - started < 60 else self.delay
+            logging.getLogger("medfed").warning(
+                "the node's ClientApp %s exited (code %s); starting it again", self.name, code)
+            with self._lock:
+                if self._closed.is_set():
+                    return
+                self.process = self._spawn()
+                self.restarts += 1
+
+    def close(self, grace: float = 5.0) -> None:
+        """Stop the child (SIGTERM, then SIGKILL after ``grace`` s) and do not restart it."""
+        with self._lock:
+            self._closed.set()
+        stop([self.process], grace=grace)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -14,6 +14,15 @@ each app bundle is unpacked and loaded once (keyed by its hash). The SuperNode s
 node state (``context.state`` comes with every task and goes back with its output), so a restarted
 worker loses nothing.
 
+A long-lived process must outlive the runs it serves. Flower's task helpers assume a process
+per task: when a run is stopped (``flwr stop``) or a task's token expires, its HTTP retry logic
+and its task heartbeat send SIGINT to their own process, which is how a ``flwr-clientapp`` ends.
+Here that would end the worker, and the node would stay "online" while no message of any later
+run is ever answered. The worker therefore talks to the Runtime API with its own retry policy
+(:func:`retry_invoker`: bounded, gives up on a refusal and never signals) and its own task
+heartbeat (:class:`TaskHeartbeat`: marks the task cancelled). A cancelled task's reply is dropped;
+a reply that cannot be delivered is logged; the worker goes on with the next task.
+
 Trade-off: the ClientApps of successive tasks share one interpreter. A crash that kills the
 process (not an exception: those become error replies, as in Flower) stops the worker, and
 module-level state of an app survives between its messages. medfed's ClientApp keeps no state
@@ -30,25 +39,82 @@ import argparse
 import importlib
 import logging
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 DEFAULT_POLL = 0.05
 """Seconds between two ``AcquireTask`` calls while the node has nothing to do (SuperExec: 1 s)."""
+RETRY_SECONDS = 60.0
+"""How long one Runtime API call is retried while the SuperNode does not answer."""
 _ACQUIRE_TASK = "/flwr.proto.Runtime/AcquireTask"
 LOG = logging.getLogger("medfed.worker")
 READY = "serving the ClientApp tasks of"
 """What the worker logs once it asks for tasks (after ``--preload``)."""
+_RETRY_STATUS = frozenset({502, 503, 504})
+"""HTTP statuses of a SuperNode that is busy or restarting: worth another try."""
 
 
-def _runtime_client(address: str, certificates: bytes | None, interceptors: list) -> Any:
-    from flwr.supercore.retry import make_simple_http_retry_invoker
+def retry_invoker(max_seconds: float | None = RETRY_SECONDS) -> Any:
+    """Flower's retry loop for Runtime API calls, minus its process-per-task reflexes.
+
+    Connection errors and 502/503/504 are retried with exponential backoff for at most
+    ``max_seconds``; any other HTTP status (401: the task's token is gone, because its run was
+    stopped or the token expired; 403; 404) gives up at once and raises to the caller. Flower's
+    own invoker answers 401 with SIGINT to its process and 403 with ``RunNotRunningException``.
+    """
+    import httpx
+    from flwr.supercore.retry import RetryInvoker, exponential
+
+    def give_up(exc: Exception) -> bool:
+        return (isinstance(exc, httpx.HTTPStatusError)
+                and exc.response.status_code not in _RETRY_STATUS)
+
+    return RetryInvoker(lambda: exponential(max_delay=5), (httpx.TransportError,
+                                                           httpx.HTTPStatusError),
+                        max_tries=None, max_time=max_seconds, should_giveup=give_up)
+
+
+def _runtime_client(address: str, certificates: bytes | None, interceptors: list,
+                    max_seconds: float | None = RETRY_SECONDS) -> Any:
     from flwr.supercore.runtime import RuntimeHttpClient
 
     return RuntimeHttpClient.from_server_address(
         server_address=address, insecure=certificates is None, root_certificates=certificates,
-        interceptors=interceptors, retry_invoker=make_simple_http_retry_invoker())
+        interceptors=interceptors, retry_invoker=retry_invoker(max_seconds))
+
+
+class TaskHeartbeat:
+    """The heartbeat of one running task, for Flower's ``HeartbeatSender``.
+
+    The SuperNode expires a task whose heartbeats stop. When it answers that the task is no
+    longer running (its run was stopped) or refuses the token, :attr:`cancelled` is set: the
+    task's reply is then dropped. Flower's own heartbeat function raises SIGINT instead.
+    """
+
+    def __init__(self, client: Any) -> None:
+        self.client = client
+        self.cancelled = threading.Event()
+
+    def __call__(self) -> bool:
+        """One heartbeat: ``False`` asks the sender to retry soon (SuperNode unreachable)."""
+        import httpx
+        from flwr.proto.runtime_pb2 import SendTaskHeartbeatRequest
+
+        if self.cancelled.is_set():
+            return True
+        try:
+            success = self.client.SendTaskHeartbeat(SendTaskHeartbeatRequest()).success
+        except httpx.TransportError:
+            return False
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code in _RETRY_STATUS:
+                return False
+            success = False
+        if not success:
+            self.cancelled.set()
+        return True
 
 
 def _wait_listening(address: str, poll: float) -> None:
@@ -105,16 +171,32 @@ class Worker:
         request = AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP])
         _wait_listening(self.address, self.poll)
         LOG.info("%s %s", READY, self.address)
+        pause = self.poll
         while max_tasks is None or self.served < max_tasks:
-            response = self._tasks.AcquireTask(request)
-            if response.HasField("task") and response.token:
-                started = time.perf_counter()
-                self.run_task(response.token)
-                self.served += 1
-                LOG.info("task %d of run %d done in %.3f s", response.task.task_id,
-                         response.task.run_id, time.perf_counter() - started)
-            else:
+            try:
+                response = self._tasks.AcquireTask(request)
+            except Exception as exc:  # noqa: BLE001 - the SuperNode restarts or refuses: go on
+                LOG.warning("cannot ask the SuperNode at %s for tasks (%s); trying again in "
+                            "%.0f s", self.address, _short(exc), pause)
+                time.sleep(pause)
+                pause = min(max(2 * pause, 1.0), 30.0)
+                continue
+            pause = self.poll
+            if not (response.HasField("task") and response.token):
                 time.sleep(self.poll)
+                continue
+            task = response.task
+            started = time.perf_counter()
+            LOG.info("task %d of run %d started", task.task_id, task.run_id)
+            try:
+                outcome = self.run_task(response.token)
+            except Exception as exc:  # noqa: BLE001 - one task's trouble must not end the node
+                LOG.error("task %d of run %d failed outside the ClientApp: %s", task.task_id,
+                          task.run_id, _short(exc))
+                outcome = "failed"
+            self.served += 1
+            LOG.info("task %d of run %d %s in %.3f s", task.task_id, task.run_id, outcome,
+                     time.perf_counter() - started)
 
     def _client_app(self, run: Any, fab: Any) -> Any:
         """The run's ClientApp, unpacked and loaded once per app bundle."""
@@ -127,16 +209,18 @@ class Worker:
             self._apps[fab.hash_str] = load(run.fab_id, run.fab_version, fab.hash_str)
         return self._apps[fab.hash_str]
 
-    def run_task(self, token: str) -> None:
+    def run_task(self, token: str) -> str:
         """One message: pull it with its context, call the ClientApp, push reply and context.
 
-        An exception in the ClientApp becomes an error reply, worded as Flower words it.
+        An exception in the ClientApp becomes an error reply, worded as Flower words it. Returns
+        what became of the task: ``"done"``, ``"cancelled"`` (its run was stopped while it ran:
+        the reply is dropped) or ``"undelivered"`` (the SuperNode did not take the reply).
         """
         from flwr.app import Message
         from flwr.app.error import Error
         from flwr.clientapp.client_app import LoadClientAppError
         from flwr.common.constant import ErrorCode, SubStatus
-        from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
+        from flwr.supercore.heartbeat import HeartbeatSender
         from flwr.supercore.interceptors import (
             RuntimeTokenHttpInterceptor,
             RuntimeVersionHttpInterceptor,
@@ -150,9 +234,11 @@ class Worker:
         client = _runtime_client(self.address, self.certificates, [
             RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
             RuntimeTokenHttpInterceptor(token)])
-        heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
+        beat = TaskHeartbeat(client)
+        heartbeat = HeartbeatSender(beat)
         heartbeat.start()
         message = context = reply = None
+        outcome = "done"
         status, details = SubStatus.FAILED, "ClientApp task failed due to unknown reason"
         try:
             message, context, run, fab = pull_task_input(client)
@@ -169,12 +255,26 @@ class Worker:
                 reply = Message(Error(code=code, reason=details), reply_to=message)
         finally:
             try:
-                if reply is not None and context is not None:
-                    push_message(client, reply, context)
-                push_task_output(client, context, status, details)
+                if beat.cancelled.is_set():
+                    outcome = "cancelled"  # the token is gone: nowhere to push to
+                else:
+                    if reply is not None and context is not None:
+                        push_message(client, reply, context)
+                    push_task_output(client, context, status, details)
+            except Exception as exc:  # noqa: BLE001 - the run ended meanwhile, most likely
+                outcome = "undelivered"
+                LOG.warning("the SuperNode did not take this task's reply (%s); its run was "
+                            "probably stopped", _short(exc))
             finally:
                 heartbeat.stop()
                 client.close()
+        return outcome
+
+
+def _short(exc: BaseException) -> str:
+    """An exception in one line: its type and the first line of its message."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def main(argv: list[str] | None = None) -> None:

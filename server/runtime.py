@@ -117,9 +117,23 @@ class LoopbackFederation:
         self._pids: set[int] = set()
 
     def medfed(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        """Run ``medfed ARGS`` to the end; its output captured."""
-        return subprocess.run([MEDFED, *args], cwd=self.workdir, env=self.env, text=True,
-                              capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        """Run ``medfed ARGS`` to the end; its output captured. Past ``timeout`` seconds it is
+        killed and the error shows its output and the end of every process's log."""
+        try:
+            return subprocess.run([MEDFED, *args], cwd=self.workdir, env=self.env, text=True,
+                                  capture_output=True, timeout=timeout,
+                                  stdin=subprocess.DEVNULL)
+        except subprocess.TimeoutExpired as exc:
+            output = (exc.stdout or b"") + (exc.stderr or b"")
+            if isinstance(output, bytes):
+                output = output.decode(errors="replace")
+            raise TimeoutError(f"medfed {' '.join(args)} did not end within {timeout:.0f} s; "
+                               f"its output:\n{output[-3000:]}\n{self.tails()}") from None
+
+    def tails(self, chars: int = 2500) -> str:
+        """The end of every process's log, for a failure message."""
+        return "\n".join(f"--- {name}.log ---\n{self.log(name)[-chars:]}"
+                         for name in self.processes)
 
     def start(self, name: str, command: list[str]) -> subprocess.Popen:
         """Start ``command`` in the background, its output in ``<workdir>/<name>.log``."""

@@ -209,8 +209,20 @@ def test_a_killed_node_misses_rounds_then_rejoins(fed):
           f"{trained}; failures {_summary(run)['failures']}")
 
 
+def _running_task(fed: LoopbackFederation, name: str, run_id: str) -> bool:
+    """Whether ``name``'s worker has started a task of ``run_id`` that has not ended."""
+    import re
+
+    log = fed.log(name)
+    started = re.findall(rf"task (\d+) of run {run_id} started", log)
+    ended = re.findall(rf"task (\d+) of run {run_id} \w+ in ", log)
+    return len(started) > len(ended)
+
+
 def test_a_stopped_study_resumes_from_its_checkpoint(fed):
-    """``flwr stop`` after round 2 of 5, then ``medfed run --resume RUN_DIR`` finishes it."""
+    """``flwr stop`` in round 3 of 5 while the nodes train, then ``medfed run --resume RUN_DIR``
+    finishes it. The nodes' workers outlive the stopped run (Flower's own task helpers would
+    end their process) and serve the resumed one."""
     import re
 
     from medfed.server.checkpoint import FILENAME, load
@@ -219,21 +231,28 @@ def test_a_stopped_study_resumes_from_its_checkpoint(fed):
     run = fed.workdir / "resumed"
     study = fed.start("resume-run", [MEDFED, "run", "--superlink", fed.superlink, "--ca",
                                      str(fed.coord / "ca.crt"), "rounds=5", "privacy=none",
+                                     "timeout=60", "train.local_epochs=10",
                                      f"output_dir={run}"])
     connection = connection_for(fed.coord, load_config(fed.coord))
     _wait_round(run, 1, study)
     run_id = re.findall(r"Successfully started run (\d+)", fed.log("resume-run"))[0]
     _wait_round(run, 2, study)
+    workers = {name: descendants(fed.processes[name].pid) for name in HOSPITALS}
+    deadline = time.monotonic() + 30
+    while not any(_running_task(fed, name, run_id) for name in HOSPITALS):
+        assert time.monotonic() < deadline, fed.tails()
+        time.sleep(0.02)
     connection.call("stop", run_id)
     assert study.wait(timeout=60) != 0
     stopped_at = load(run / FILENAME, None)["server_round"]
     assert 2 <= stopped_at < 5 and not (run / "summary.json").exists()
     status = [r["status"] for r in connection.runs() if str(r["run-id"]) == run_id]
     assert status and status[0].startswith("finished:") and status[0] != "finished:completed"
-    done = fed.run("--resume", str(run), timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert _summary(run)["rounds"] == 5 and not _summary(run)["failures"]
+    done = fed.run("--resume", str(run), timeout=400)
+    assert done.returncode == 0, done.stdout + done.stderr + fed.tails()
+    assert _summary(run)["rounds"] == 5 and not _summary(run)["failures"], fed.tails()
     assert sorted(_round_seconds(run)) == [1, 2, 3, 4, 5]
+    assert {name: descendants(fed.processes[name].pid) for name in HOSPITALS} == workers
 
 
 def test_sigterm_stops_nodes_and_coordinator_cleanly(fed):
