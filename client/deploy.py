@@ -24,17 +24,21 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from medfed.client.runtime import flower_env, free_port, supernode_command
+from medfed.client.runtime import DEFAULT_HEARTBEAT, flower_env, free_port, supernode_command
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 STOP_GRACE = 30.0  # seconds a child gets to stop after SIGINT/SIGTERM before SIGKILL
+HELD = "Failed to activate SuperNode"
+"""What Flower's SuperNode logs when the SuperLink still counts its key as online."""
+HELD_RETRY = 3.0  # seconds between two starts while the SuperLink holds the key
+FLOWER_HEARTBEAT = 30.0  # Flower's own heartbeat interval (--flower-defaults)
 
 
 class DeployError(RuntimeError):
@@ -93,14 +97,28 @@ def check_private_key(path: Path) -> None:
 
 
 def run_child(command: list[str], env: Mapping[str, str],
-              started: Callable[[subprocess.Popen], None] | None = None) -> int:
+              started: Callable[[subprocess.Popen], None] | None = None,
+              watch: Sequence[str] = (), seen: set[str] | None = None) -> int:
     """Run ``command`` until it ends or we are told to stop; return its status (0 once stopped).
 
     The child gets its own process group, so a terminal's Ctrl-C reaches only this process,
     which forwards SIGINT/SIGTERM, waits up to ``STOP_GRACE`` seconds and then kills it.
-    ``started(child)`` runs once the child is up (e.g. to register node keys).
+    ``started(child)`` runs once the child is up (e.g. to register node keys). With ``watch``,
+    the child's output passes through this process, and each watched text it contains is added
+    to ``seen``.
     """
-    child = subprocess.Popen(command, env=dict(env), process_group=0, stdin=subprocess.DEVNULL)
+    piped = bool(watch)
+    child = subprocess.Popen(command, env={**env, "PYTHONUNBUFFERED": "1"} if piped else dict(env),
+                             process_group=0, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE if piped else None,
+                             stderr=subprocess.STDOUT if piped else None)
+    relay = None
+    if piped:
+        import threading
+
+        relay = threading.Thread(target=_relay, args=(child, watch, seen if seen is not None
+                                                      else set()), daemon=True)
+        relay.start()
     stopping: list[int] = []
 
     def forward(signum: int, _frame: object) -> None:
@@ -130,6 +148,21 @@ def run_child(command: list[str], env: Mapping[str, str],
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+        if relay is not None:
+            relay.join(timeout=5.0)
+
+
+def _relay(child: subprocess.Popen, watch: Sequence[str], seen: set[str]) -> None:
+    """Copy the child's output to ours line by line, noting the watched texts it contains."""
+    out = getattr(sys.stdout, "buffer", None)
+    for raw in child.stdout:
+        line = raw.decode(errors="replace")
+        if out is not None:
+            out.write(raw)
+        else:
+            sys.stdout.write(line)
+        sys.stdout.flush()
+        seen.update(text for text in watch if text in line)
 
 
 def _first_error(report: str) -> str:
@@ -164,6 +197,12 @@ def preflight(args: argparse.Namespace) -> dict[str, str]:
     return config
 
 
+def held_for(flower_defaults: bool) -> float:
+    """Seconds ``node start`` keeps trying while the SuperLink refuses a key it still counts as
+    online: two of the node's heartbeat intervals (the SuperLink's patience) plus a margin."""
+    return 2 * (FLOWER_HEARTBEAT if flower_defaults else DEFAULT_HEARTBEAT) + 15
+
+
 def start_node(args: argparse.Namespace) -> int:
     """``medfed node start``: preflight, then run the SuperNode until it ends or is stopped."""
     node_config = preflight(args)
@@ -175,14 +214,28 @@ def start_node(args: argparse.Namespace) -> int:
     setup = "Flower's default setup" if args.flower_defaults else "fast setup"
     print(f"medfed node: joining {args.superlink} with {node_config['dataset']} ({setup}, local "
           f"port {port}; Ctrl-C stops)", flush=True)
-    status = run_child(command, flower_env(key.parent / "flwr"))
+    # After a crash the SuperLink holds the key online for two heartbeat intervals and refuses
+    # it meanwhile: keep trying that long (and a little more) before giving up.
+    hold = held_for(args.flower_defaults)
+    deadline = time.monotonic() + hold
+    while True:
+        seen: set[str] = set()
+        status = run_child(command, flower_env(key.parent / "flwr"), watch=[HELD], seen=seen)
+        if status == EXIT_OK or HELD not in seen or time.monotonic() > deadline:
+            break
+        print(f"medfed node: the coordinator still holds this node's previous connection (for "
+              f"up to {hold:.0f} s after a crash); trying again in "
+              f"{HELD_RETRY:.0f} s", flush=True)
+        try:
+            time.sleep(HELD_RETRY)
+        except KeyboardInterrupt:
+            return EXIT_OK
     if status != EXIT_OK:  # Flower ends every error with status 1; its log names the code
         raise DeployError(f"the SuperNode stopped with status {status}; its log above says "
                           f"why (Exit Code 305: the SuperLink at {args.superlink} refused this "
                           f"node: is the public key of {key} registered with `medfed coordinator "
-                          "add-node`? With 'Failed to activate SuperNode' the SuperLink still "
-                          "holds this key online after a crash: start again in 20 s, 60 s with "
-                          "--flower-defaults)")
+                          f"add-node`? '{HELD}' for {hold:.0f} s: is this node's key already "
+                          "in use by another running node?)")
     return EXIT_OK
 
 

@@ -165,3 +165,71 @@ def test_a_server_cannot_point_a_node_at_another_ledger(hospital, small_study):
     local = json.loads(node.local_study(json.dumps(study), {"dataset": str(card)}))
     assert local["privacy"]["ledger_file"] == str(card) + ".ledger.jsonl"
     assert local["policy"]["max_epsilon_total"] == 10.0  # the shipped default, not the study's
+
+
+def test_run_child_relays_the_output_and_notes_the_watched_texts(capsys):
+    import sys
+
+    from medfed.client.deploy import HELD, run_child
+
+    seen: set[str] = set()
+    code = f"print('starting'); print({HELD + '.'!r}); raise SystemExit(1)"
+    assert run_child([sys.executable, "-c", code], {}, watch=[HELD, "never"], seen=seen) == 1
+    assert seen == {HELD}
+    assert capsys.readouterr().out == f"starting\n{HELD}.\n"
+
+
+@pytest.fixture
+def fake_supernode(monkeypatch):
+    """``run_child`` replaced by a script of outcomes: ``"held"`` (Flower's activation refusal,
+    status 1), ``"refused"`` (status 1, another reason) or ``"stopped"`` (status 0)."""
+    from medfed.client import deploy
+
+    script: list[str] = []
+    calls: list[list[str]] = []
+
+    def run_child(command, env, started=None, watch=(), seen=None):
+        calls.append(command)
+        outcome = script.pop(0)
+        if outcome == "held":
+            seen.add(deploy.HELD)
+        return 0 if outcome == "stopped" else 1
+
+    monkeypatch.setattr(deploy, "run_child", run_child)
+    monkeypatch.setattr(deploy, "HELD_RETRY", 0.0)
+    return script, calls
+
+
+def test_node_start_tries_again_while_the_coordinator_holds_its_key(hospital, fake_supernode,
+                                                                     capsys):
+    script, calls = fake_supernode
+    script += ["held", "held", "stopped"]
+    assert node_deploy_main(_start(hospital, hospital / "cards" / "hospital-0.yaml")) == 0
+    assert len(calls) == 3 and calls[0] == calls[2]
+    assert capsys.readouterr().out.count("still holds this node's previous connection") == 2
+
+
+def test_node_start_gives_up_when_the_key_stays_held(hospital, fake_supernode, monkeypatch,
+                                                     capsys):
+    from medfed.client import deploy
+
+    script, calls = fake_supernode
+    script += ["held"] * 5
+    monkeypatch.setattr(deploy, "held_for", lambda flower_defaults: 0.0)
+    assert node_deploy_main(_start(hospital, hospital / "cards" / "hospital-0.yaml")) == 1
+    err = capsys.readouterr().err
+    assert len(calls) == 1 and "is this node's key already in use by another running node" in err
+
+
+def test_node_start_does_not_retry_a_refused_key(hospital, fake_supernode, capsys):
+    script, calls = fake_supernode
+    script += ["refused", "stopped"]
+    assert node_deploy_main(_start(hospital, hospital / "cards" / "hospital-0.yaml")) == 1
+    assert len(calls) == 1 and "Exit Code 305" in capsys.readouterr().err
+
+
+def test_a_key_is_held_for_two_heartbeats_and_a_margin():
+    from medfed.client.deploy import held_for
+
+    assert held_for(flower_defaults=False) == 2 * 10 + 15
+    assert held_for(flower_defaults=True) == 2 * 30 + 15
