@@ -160,6 +160,13 @@ class Worker:
             interceptors.append(SuperExecAuthHttpInterceptor(
                 master_secret=auth_secret, protected_methods={_ACQUIRE_TASK}))
         self._tasks = _runtime_client(runtime_api_address, certificates, interceptors)
+        from flwr.supernode.runtime import run_clientapp
+
+        from medfed.client.runtime import quick_object_pulls
+
+        if not quick_object_pulls(run_clientapp, "pull_and_inflate_object_from_tree"):
+            LOG.warning("this Flower's ClientApp runtime differs from flwr 1.41's: a message "
+                        "whose objects are late costs Flower's 1 s backoff")
         self._apps: dict[str, Any] = {}
         self.served = 0
 

@@ -4,7 +4,9 @@ Flower 1.41's deployment Grid (``flwr.superlink.grid.http_grid.HttpGrid``, the o
 gets under ``flwr run`` on a real SuperLink) pulls replies in ``send_and_receive`` and sleeps a
 hard-coded 3 s between pulls: every exchange took a multiple of 3 s although the hospitals had
 answered long before (measured on loopback: round 0 and every training round rounded up to the
-next 3 s). :func:`send_and_receive` does the same push-then-pull with a short poll instead.
+next 3 s). :func:`send_and_receive` does the same push-then-pull with a short poll instead, and
+the Grid's pull of a reply's objects waits 0.02 s, not Flower's 1 s, for an object the node has
+not finished pushing (:func:`medfed.client.runtime.quick_object_pulls`).
 Other grids keep their own ``send_and_receive``: the in-process engine answers synchronously (and
 never answers for a hospital taken offline, so polling it would wait for the whole timeout) and
 Flower's simulation grid already polls every 0.1 s.
@@ -60,6 +62,10 @@ def send_and_receive(grid: Grid, messages: Iterable[Message], timeout: float | N
     if not _polls_slowly(grid):
         return list(grid.send_and_receive(messages, timeout=timeout))
     poll = grid_poll() if poll is None else poll
+    if poll < 1:  # the fast setup; Flower's own (MEDFED_GRID_POLL=3) keeps Flower's backoff
+        from medfed.client.runtime import quick_object_pulls
+
+        quick_object_pulls(sys.modules["flwr.superlink.grid.http_grid"])
     messages = list(messages)
     sent_to = {message_id: message.metadata.dst_node_id for message_id, message
                in zip(grid.push_messages(messages), messages, strict=True) if message_id}
