@@ -11,7 +11,8 @@ cards from ``medfed synth export`` and keys from ``medfed node keys``, and the s
   1 s, the SuperNode polling the SuperLink every 3 s) and the Grid's 3 s reply poll.
 * ``after``: the default fast setup (:mod:`medfed.client.runtime`, :mod:`medfed.server.polling`):
   the SuperNode with 0.1 s polls and ``--isolation process``, one long-lived
-  :mod:`medfed.client.worker` per node, the Grid polling every 0.05 s.
+  :mod:`medfed.client.worker` per node, the Grid polling every 0.05 s, and object pulls that
+  retry after 0.02 s instead of 1 s (:func:`medfed.client.runtime.quick_object_pulls`).
 
 A training round's seconds come from the ``seconds`` column of ``metrics.csv`` (the study times
 push, train at every hospital, replies and aggregation). ``round0_and_final_evaluate_s`` is
@@ -36,7 +37,7 @@ from pathlib import Path
 
 from _common import log, machine, median, read_json, wait_for_idle
 
-from medfed.client.runtime import DEFAULT_HEARTBEAT, PRELOAD
+from medfed.client.runtime import DEFAULT_HEARTBEAT, PRELOAD, PULL_BACKOFF, PULL_BACKOFF_CAP
 from medfed.client.runtime import DEFAULT_POLL as SUPERNODE_POLL
 from medfed.client.worker import DEFAULT_POLL as WORKER_POLL
 from medfed.server.polling import DEFAULT_POLL as GRID_POLL
@@ -60,6 +61,9 @@ SETTINGS = {
                      "(SuperExec: 1 s)",
         "grid": f"medfed.server.polling.send_and_receive, reply poll {GRID_POLL} s (Flower's "
                 "Grid: 3 s)",
+        "object_pulls": f"first retry after {PULL_BACKOFF} s, at most {PULL_BACKOFF_CAP} s "
+                        "apart, for an object not there yet, in the worker, the SuperNode and "
+                        "the ServerApp (Flower: 1 s, then 2, 4... up to 10 s)",
         "superlink": f"FLWR_SUPEREXEC_TASK_POLL_INTERVAL={SUPEREXEC_POLL} (ServerApp start, "
                      "once per run; Flower: 1 s)",
     },

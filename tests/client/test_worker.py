@@ -1,16 +1,16 @@
-"""The long-lived ClientApp worker outlives the runs it serves, and its launcher restarts it.
+"""The long-lived ClientApp worker outlives the runs it serves.
 
 Flower's task helpers end their process (SIGINT) when a task's token is refused or its run
 stops; the worker must instead drop that task and go on (a dead worker leaves its node "online"
 and silent). These tests drive the worker's own pieces with stand-ins for the SuperNode's
-Runtime API; the deployment end-to-end test stops a real run in the middle of a round.
+Runtime API; the deployment end-to-end test stops a real run in the middle of a round. The
+launcher's restart of a dead worker is tested in ``test_runtime.py``.
 """
 
 from __future__ import annotations
 
 import logging
 import signal
-import sys
 import time
 from types import SimpleNamespace
 
@@ -18,7 +18,6 @@ import httpx
 import pytest
 
 from medfed.client import worker as worker_module
-from medfed.client.runtime import Supervised
 from medfed.client.worker import TaskHeartbeat, Worker, retry_invoker
 
 
@@ -224,29 +223,3 @@ def _message():
     message = Message(RecordDict(), dst_node_id=5, message_type="train")
     message.metadata.__dict__["_message_id"] = "m" * 64
     return message
-
-
-def _wait(condition, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
-def test_a_worker_that_dies_is_started_again_until_closed():
-    child = Supervised([sys.executable, "-c", "import sys; sys.exit(3)"], "worker", delay=0.05)
-    try:
-        _wait(lambda: child.restarts >= 2)
-    finally:
-        child.close()
-    restarts = child.restarts
-    time.sleep(0.5)
-    assert child.restarts == restarts and child.process.poll() is not None
-
-
-def test_closing_stops_a_running_worker_by_its_id():
-    child = Supervised([sys.executable, "-c", "import time; time.sleep(60)"], "worker")
-    first = child.process
-    assert first.poll() is None
-    child.close(grace=5.0)
-    assert first.poll() is not None and child.restarts == 0
