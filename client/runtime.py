@@ -22,6 +22,9 @@ message: imports, unpacks the app, exits   flwr, torch,        node: imports and
                                            every ``train``)
 the ServerApp's Grid pulls replies,        0-3 s               :func:`medfed.server.polling.
 sleeps 3 s between pulls                                       send_and_receive` (server side)
+an object of a message is not there yet    1 s, then 2 s...    :func:`quick_object_pulls`: 0.02 s
+(the message is visible first): the        (at each of three   first retry, in the SuperNode, the
+puller sleeps 1 s before asking again      hops)               worker and the ServerApp's Grid
 ========================================  ==================  =====================================
 
 Flower offers no flag or environment variable for the SuperNode's 3 s sleep nor for the Grid's

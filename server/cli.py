@@ -56,7 +56,7 @@ def _fail(message: str, status: int) -> None:
 
 def _prevalidate(args: list[str]) -> list[dict[str, Any]]:
     """Compose and validate every sweep combination before any job starts; return the studies."""
-    from medfed.server.config import ConfigError, compose_study, expand_sweeps
+    from medfed.server.config import ConfigError, NothingToResume, compose_study, expand_sweeps
 
     overrides = [a for a in args if not a.startswith("-") and not a.startswith("hydra.")
                  and not a.startswith("hydra/")]
@@ -68,6 +68,9 @@ def _prevalidate(args: list[str]) -> list[dict[str, Any]]:
     for combo in combos:
         try:
             studies.append(compose_study(combo))
+        except NothingToResume as exc:
+            print(f"medfed: {exc}")
+            raise SystemExit(0) from None
         except ConfigError as exc:
             _fail(str(exc), 2)
         if studies[-1]["federation"]["name"] == "nodes":

@@ -8,6 +8,7 @@ hospital as JSON in round 0, so each node trains with exactly the settings the s
 from __future__ import annotations
 
 import itertools
+import json
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,24 @@ from medfed.strategies.registry import StrategyConfigError, build_strategy
 
 class ConfigError(ValueError):
     """An invalid study configuration; the message is one sentence naming the setting."""
+
+
+class NothingToResume(ConfigError):
+    """``resume=RUN_DIR`` names a study that already ran all its rounds. Not an error: the
+    command says so and exits 0, and the run directory is left as it is (resuming would only
+    evaluate the final model again and overwrite its summary with the re-run's timings)."""
+
+
+def check_unfinished(run_dir: Path) -> None:
+    """Raise :class:`NothingToResume` when ``run_dir/summary.json`` records a study that ran to
+    its end. A study that stopped early (``stopped``: too few hospitals...) may be resumed."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return  # no summary: the study was interrupted; its checkpoint says where
+    if isinstance(summary, dict) and not summary.get("stopped"):
+        raise NothingToResume(f"{run_dir} already finished all {summary.get('rounds')} rounds; "
+                              "nothing to resume (the run directory is unchanged)")
 
 
 def config_dir() -> Path:
@@ -77,6 +96,7 @@ def resumed_study(study: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     import yaml
 
     run_dir = Path(str(study["resume"])).expanduser().resolve()
+    check_unfinished(run_dir)
     for override in overrides:
         key = override.lstrip("+~").split("=", 1)[0].split(".", 1)[0].split("/", 1)[0]
         if key not in RESUME_MAY_CHANGE:

@@ -115,8 +115,10 @@ class Connection:
 
 
 def _study(args: argparse.Namespace) -> dict[str, Any]:
-    """The study to submit: composed from the overrides (exit 2 with one line on a mistake)."""
-    from medfed.server.config import ConfigError, compose_study, validate_study
+    """The study to submit: composed from the overrides (exit 2 with one line on a mistake;
+    exit 0 with one line when ``--resume`` names a study that already finished)."""
+    from medfed.server.config import (ConfigError, NothingToResume, check_unfinished,
+                                      compose_study, validate_study)
     from medfed.server.outputs import default_output_dir
 
     overrides = list(args.overrides)
@@ -129,6 +131,7 @@ def _study(args: argparse.Namespace) -> dict[str, Any]:
             if not saved.is_file():
                 raise ConfigError(f"--resume {run_dir}: no config.yaml there; give the run "
                                   "directory of the study to continue")
+            check_unfinished(run_dir)
             if args.overrides:
                 study = compose_study([*overrides, f"resume={run_dir}"])
             else:  # the same study continues, in its own run directory
@@ -138,6 +141,9 @@ def _study(args: argparse.Namespace) -> dict[str, Any]:
                 validate_study(study)
         else:
             study = compose_study(overrides)
+    except NothingToResume as exc:
+        print(f"medfed: {exc}")
+        raise SystemExit(0) from None
     except ConfigError as exc:
         print(f"medfed: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import copy
+import json
+import shutil
+from pathlib import Path
 
 import pytest
 
@@ -160,3 +163,57 @@ def test_every_sweep_combination_composes():
         study = compose_study(combo)
         assert f"strategy={study['strategy']['name']}" in combo
         assert f"seed={study['seed']}" in combo
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory) -> Path:
+    """A study of 2 rounds that ran to its end with ``medfed simulate`` (in this process)."""
+    from medfed.server.cli import main
+
+    run_dir = tmp_path_factory.mktemp("finished") / "run"
+    main(["simulate", "federation.hospitals=3", "federation.min_size=60",
+          "federation.max_size=120", "rounds=2", "quiet=true", f"output_dir={run_dir}"])
+    return run_dir
+
+
+def _resume_says_nothing_to_do(command: list[str], run_dir: Path, capsys) -> None:
+    from medfed.server.cli import main
+
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    with pytest.raises(SystemExit) as exit_info:
+        main(command)
+    out, err = capsys.readouterr()
+    assert exit_info.value.code == 0, err
+    assert out == f"medfed: {run_dir} already finished all 2 rounds; nothing to resume (the run " \
+                  "directory is unchanged)\n"
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+
+
+def test_resuming_a_finished_simulation_changes_nothing(finished_run, capsys):
+    """Without this check the resume evaluated the final model again and overwrote
+    summary.json, report.md and config.yaml with the re-run's wall time."""
+    _resume_says_nothing_to_do(["simulate", f"resume={finished_run}"], finished_run, capsys)
+
+
+@pytest.mark.parametrize("overrides", [[], ["timeout=30"]])
+def test_medfed_run_resume_of_a_finished_study_exits_0_before_connecting(
+        finished_run, capsys, overrides):
+    """No SuperLink listens on port 1: the answer comes before any connection is tried."""
+    _resume_says_nothing_to_do(["run", "--superlink", "127.0.0.1:1", "--ca", "ca.crt",
+                                "--resume", str(finished_run), *overrides], finished_run, capsys)
+
+
+def test_a_study_that_stopped_early_can_still_be_resumed(finished_run, tmp_path):
+    from medfed.server.config import NothingToResume, check_unfinished
+
+    stopped = tmp_path / "stopped"
+    shutil.copytree(finished_run, stopped)
+    summary = json.loads((stopped / "summary.json").read_text())
+    summary["stopped"] = "round 2: 1 of 2 hospitals ready; the study stopped there"
+    (stopped / "summary.json").write_text(json.dumps(summary))
+    check_unfinished(stopped)  # no error
+    assert compose_study([f"resume={stopped}"])["resume"] == str(stopped)
+    (stopped / "summary.json").unlink()  # an interrupted study writes no summary
+    check_unfinished(stopped)
+    with pytest.raises(NothingToResume, match="already finished all 2 rounds"):
+        check_unfinished(finished_run)
