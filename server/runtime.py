@@ -20,9 +20,11 @@ import io
 import os
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from medfed.client.runtime import BIN, flower_env, free_port, stop
 from medfed.server.polling import POLL_ENV
@@ -93,6 +95,11 @@ def alive(pid: int) -> bool:
         return False
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    """SIGTERM as an exception, so that a federation's ``with`` block stops its processes."""
+    raise SystemExit(128 + signum)
+
+
 class LoopbackFederation:
     """A coordinator and ``hospitals`` nodes on 127.0.0.1, started with the ``medfed`` commands.
 
@@ -100,7 +107,7 @@ class LoopbackFederation:
     log ``hospital-i.log``); ``flower_defaults`` runs coordinator and nodes with
     ``--flower-defaults``; ``node_args`` adds arguments to some nodes' ``medfed node start``
     (by name). Use it as a context manager: leaving it stops every process it
-    started (and their children), by process id.
+    started (and their children), by process id, also when SIGTERM ends the program.
     """
 
     def __init__(self, workdir: Path, hospitals: int = 3, *, flower_defaults: bool = False,
@@ -115,6 +122,7 @@ class LoopbackFederation:
         self.env = flower_env(workdir / "flwr-home")
         self.processes: dict[str, subprocess.Popen] = {}
         self._pids: set[int] = set()
+        self._sigterm: Any = None
 
     def medfed(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
         """Run ``medfed ARGS`` to the end; its output captured. Past ``timeout`` seconds it is
@@ -180,6 +188,8 @@ class LoopbackFederation:
 
     def __enter__(self) -> LoopbackFederation:
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if threading.current_thread() is threading.main_thread():  # SIGTERM unwinds the `with`
+            self._sigterm = signal.signal(signal.SIGTERM, _exit_on_sigterm)
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # stdout may be a benchmark's JSON
                 self._prepare()
@@ -234,6 +244,9 @@ class LoopbackFederation:
         for pid in self._pids:
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+        if self._sigterm is not None:
+            signal.signal(signal.SIGTERM, self._sigterm)
+            self._sigterm = None
 
     def __exit__(self, *exc: object) -> None:
         self.close()
