@@ -117,8 +117,13 @@ class Connection:
 def _study(args: argparse.Namespace) -> dict[str, Any]:
     """The study to submit: composed from the overrides (exit 2 with one line on a mistake;
     exit 0 with one line when ``--resume`` names a study that already finished)."""
-    from medfed.server.config import (ConfigError, NothingToResume, check_unfinished,
-                                      compose_study, validate_study)
+    from medfed.server.config import (
+        ConfigError,
+        NothingToResume,
+        check_unfinished,
+        compose_study,
+        validate_study,
+    )
     from medfed.server.outputs import default_output_dir
 
     overrides = list(args.overrides)

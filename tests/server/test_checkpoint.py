@@ -134,6 +134,10 @@ def test_medfed_simulate_resumes_a_run_directory(tmp_path, key, load_model, cras
     with pytest.raises(crash_after.Crash):
         _run(compose_study([*SMALL, *extra, f"output_dir={run_dir}"]), crash_after(3))
     medfed = Path(sys.executable).with_name("medfed")
+    wrong = subprocess.run([str(medfed), "simulate", f"resume={run_dir}", "quiet=true"],
+                           capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert wrong.returncode == 1 and "encrypted: give the key" in wrong.stderr
+    assert wrong.stderr.count("\n") == 1
     done = subprocess.run([str(medfed), "simulate", f"resume={run_dir}", "quiet=true", *extra],
                           capture_output=True, text=True, timeout=180, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -141,7 +145,3 @@ def test_medfed_simulate_resumes_a_run_directory(tmp_path, key, load_model, cras
     assert summary["rounds"] == 4 and summary["study_id"]
     for name, tensor in load_model(run_dir).items():
         assert torch.equal(tensor, whole.final_state[name]), name
-    wrong = subprocess.run([str(medfed), "simulate", f"resume={run_dir}", "quiet=true"],
-                           capture_output=True, text=True, timeout=180, cwd=tmp_path)
-    assert wrong.returncode == 1 and "encrypted: give the key" in wrong.stderr
-    assert wrong.stderr.count("\n") == 1
