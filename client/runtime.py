@@ -50,6 +50,11 @@ interval, so a node that dies without signing off (power cut, SIGKILL) stays "on
 :data:`DEFAULT_HEARTBEAT` (10 s, the least the SuperLink accepts): heartbeats every ~4 s, and a
 dead node is offline after at most 20 s.
 
+Stopped runs: Flower 1.41's SuperNode can be jammed by ``flwr stop`` hitting a message it is
+receiving (a task left waiting for objects, or a stale reply sent in place of the next one); the
+node then answers nothing in later studies. The launcher wraps its receive step
+(:func:`robust_receive`) so that the stopped run is dropped and replies are never left behind.
+
 ``fast=False`` gives Flower's plain command (subprocess isolation, Flower's own intervals), for
 comparison and as a fallback (``medfed node start --flower-defaults``).
 """
@@ -65,7 +70,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from medfed.client.worker import DEFAULT_POLL as WORKER_POLL
@@ -230,14 +235,119 @@ class _CappedSleep:
         return getattr(time, name)
 
 
+def waiting_reply_run(state: object) -> int | None:
+    """The run of a reply that waits in a SuperNode's state to be sent, if any (``None`` also
+    when ``state`` is not Flower 1.41's in-memory NodeState). Looks without taking it."""
+    store, lock = getattr(state, "msg_store", None), getattr(state, "lock_msg_store", None)
+    if not isinstance(store, dict) or lock is None:
+        return None
+    with lock:
+        for entry in store.values():
+            metadata = entry.message.metadata
+            if not entry.is_retrieved and metadata.reply_to_message_id:
+                return int(metadata.run_id)
+    return None
+
+
+def drop_stopped_run(state: object, store: object, run_id: int) -> int:
+    """Forget what a SuperNode holds of a stopped run: finish its unfinished tasks (their tokens
+    are revoked, so a ClientApp still working on one gives up at its next call) and delete its
+    messages and their objects. Returns how many tasks were finished."""
+    from flwr.common.constant import Status, SubStatus
+
+    tasks = state.get_tasks(run_ids=[run_id],  # type: ignore[attr-defined]
+                            statuses=[Status.PENDING, Status.STARTING, Status.RUNNING])
+    finished = sum(bool(state.finish_task(  # type: ignore[attr-defined]
+        task.task_id, SubStatus.STOPPED, "its run was stopped while the SuperNode received "
+        "its message")) for task in tasks)
+    lock = getattr(state, "lock_msg_store", None)
+    messages = getattr(state, "msg_store", None)
+    if lock is not None and isinstance(messages, dict):
+        with lock:
+            ids = [mid for mid, entry in messages.items()
+                   if entry.message.metadata.run_id == run_id]
+        state.delete_messages(message_ids=ids)  # type: ignore[attr-defined]
+        for message_id in ids:
+            store.delete(message_id)  # type: ignore[attr-defined]
+    return finished
+
+
+def robust_receive(pull: Callable[..., int | None]) -> Callable[..., int | None]:
+    """Flower's ``_pull_and_store_message`` (the SuperNode's receive step), made safe against a
+    run stopped while one of its messages is received.
+
+    Flower 1.41 creates the message's task and stores the message before it pulls the message's
+    objects. When the run is stopped meanwhile, it logs "not in RUNNING status. Ignoring message"
+    and returns -- leaving the task and the half-received message behind:
+
+    * a ClientApp takes the task and waits for objects that never come (Flower's pull gives up
+      after 500 tries: ~17 min here, over an hour with Flower's backoff). The long-lived worker
+      runs one task at a time, so the node answered nothing in the next study (seen after
+      ``flwr stop``). Here the stopped run's tasks are finished and its messages dropped
+      (:func:`drop_stopped_run`): the worker's next call is refused and it moves on.
+    * a ClientApp that got the objects in time replies. Flower's loop sends replies only right
+      after it received a message (one message at a time), so that stale reply went out in place
+      of the next message's reply, which was left behind, and the node waited for ever for a
+      message the coordinator would not send before that reply. Here an empty receive with a
+      reply waiting (:func:`waiting_reply_run`) returns the reply's run, and Flower's loop sends
+      it.
+    """
+    import functools
+
+    from flwr.supercore.run import RunNotRunningException
+
+    @functools.wraps(pull)
+    def receive_step(*args: object, **kwargs: object) -> int | None:
+        received: list[int] = []
+        stopped: list[bool] = []
+
+        def noting(name: str, fn: Callable[..., object]) -> Callable[..., object]:
+            def call(*a: object, **k: object) -> object:
+                try:
+                    result = fn(*a, **k)
+                except RunNotRunningException:
+                    stopped.append(True)
+                    raise
+                if name == "receive" and result is not None:
+                    received.append(int(result[0].metadata.run_id))  # type: ignore[index]
+                return result
+            return call
+
+        for name in ("receive", "get_run", "get_fab", "pull_object",
+                     "confirm_message_received"):
+            if callable(kwargs.get(name)):
+                kwargs[name] = noting(name, kwargs[name])  # type: ignore[arg-type]
+        run_id = pull(*args, **kwargs)
+        state = kwargs.get("state", args[0] if args else None)
+        if run_id is None and stopped and received and state is not None:
+            count = drop_stopped_run(state, kwargs.get("object_store"), received[0])
+            from flwr.common.logger import log  # beside Flower's "Ignoring message" line
+
+            log(logging.INFO, "medfed: run %d was stopped while this node received its "
+                "message: its %d unfinished task(s) and its messages are dropped", received[0],
+                count)
+        if run_id is None:
+            run_id = waiting_reply_run(state)
+        return run_id
+
+    receive_step._medfed_robust = True  # type: ignore[attr-defined]
+    return receive_step
+
+
 def _patch_flower(poll: float, heartbeat: float) -> None:
-    """Cap the SuperNode loop's sleeps at ``poll``, shorten its object pulls' backoff and
-    announce ``heartbeat`` s heartbeats."""
+    """Cap the SuperNode loop's sleeps at ``poll``, shorten its object pulls' backoff, make its
+    receive step safe against stopped runs (:func:`robust_receive`) and announce ``heartbeat`` s
+    heartbeats."""
     from flwr.supercore import heartbeat as sender
     from flwr.supernode import fleet_http_connection as fleet
     from flwr.supernode import start_client_internal as loop
 
     patched = getattr(loop, "time", None) is time and quick_object_pulls(loop)
+    pull = getattr(loop, "_pull_and_store_message", None)
+    if pull is None:
+        patched = False
+    elif not getattr(pull, "_medfed_robust", False):
+        loop._pull_and_store_message = robust_receive(pull)  # type: ignore[attr-defined]
     if getattr(loop, "time", None) is time:
         loop.time = _CappedSleep(poll)  # type: ignore[attr-defined]
     for module in (sender, fleet):

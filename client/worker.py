@@ -36,6 +36,7 @@ launcher (``python -m medfed.client.runtime``) starts and stops it with its Supe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import socket
@@ -249,6 +250,16 @@ class Worker:
         status, details = SubStatus.FAILED, "ClientApp task failed due to unknown reason"
         try:
             message, context, run, fab = pull_task_input(client)
+        except Exception as exc:  # noqa: BLE001 - no message, nothing to answer: next task
+            LOG.warning("could not pull this task's message (%s); its run was probably "
+                        "stopped", _short(exc))
+            with contextlib.suppress(Exception):  # refused when the task is finished already
+                push_task_output(client, None, SubStatus.FAILED,
+                                 f"the message could not be pulled: {_short(exc)}")
+            heartbeat.stop()
+            client.close()
+            return "not pulled"
+        try:
             reply = self._client_app(run, fab)(message=message, context=context)
             status, details = SubStatus.COMPLETED, ""
         except Exception as exc:  # noqa: BLE001 - Flower's contract: an error reply, not a crash

@@ -1,5 +1,6 @@
-"""The fast SuperNode's launcher: Flower's object pulls without the 1 s backoff, and a worker
-that is started again when it dies."""
+"""The fast SuperNode's launcher: Flower's object pulls without the 1 s backoff, a receive step
+that a stopped run cannot jam (on Flower's own NodeState), and a worker that is started again
+when it dies."""
 
 from __future__ import annotations
 
@@ -10,7 +11,14 @@ from types import SimpleNamespace
 import pytest
 from flwr.supercore.inflatable.inflatable_utils import ObjectUnavailableError, pull_objects
 
-from medfed.client.runtime import PULL_BACKOFF, Supervised, quick_object_pulls
+from medfed.client.runtime import (
+    PULL_BACKOFF,
+    Supervised,
+    drop_stopped_run,
+    quick_object_pulls,
+    robust_receive,
+    waiting_reply_run,
+)
 
 
 def _late_object(delay: float):
@@ -56,6 +64,100 @@ def test_the_flower_functions_the_fast_setup_shortens_exist_in_this_flower():
     assert all(quick_object_pulls(m) for m in modules)
     copy = SimpleNamespace(**vars(run_clientapp))
     assert quick_object_pulls(copy, "pull_and_inflate_object_from_tree")
+
+
+def _message(run_id: int, reply_to=None):
+    from flwr.app import ConfigRecord, Message, Metadata, RecordDict
+
+    content = RecordDict({"config": ConfigRecord({"lr": 0.1})})
+    if reply_to is not None:
+        return Message(content, reply_to=reply_to)
+    message = Message(content, metadata=Metadata(
+        run_id=run_id, message_id="", src_node_id=0, dst_node_id=1, reply_to_message_id="",
+        group_id="3", created_at=time.time(), ttl=600, message_type="train"))
+    message.metadata.__dict__["_message_id"] = message.object_id
+    return message
+
+
+def _node():
+    """Flower 1.41's own SuperNode state and object store, and its loop module."""
+    from flwr.supercore.object_store import ObjectStoreFactory
+    from flwr.supernode import start_client_internal as loop
+    from flwr.supernode.nodestate import NodeStateFactory
+
+    factory = ObjectStoreFactory()
+    return loop, NodeStateFactory(factory).state(), factory.store()
+
+
+def _receive_step(state, store, receive, pull_object=None):
+    return dict(state=state, object_store=store, node_config={}, receive=receive,
+                get_run=None, get_fab=None, pull_object=pull_object,
+                confirm_message_received=lambda run_id, message_id: None,
+                trusted_entities=None)
+
+
+def test_a_reply_left_by_a_stopped_run_is_sent_at_the_next_empty_receive():
+    """Flower's loop sends replies only after it received a message; a reply left behind by a
+    stopped run would then stand in for the next message's reply, and the node would wait for
+    ever. The wrapped receive reports the waiting reply and Flower's own push sends it."""
+    loop, state, store = _node()
+    loop._insert_message(_message(7, reply_to=_message(7)), state, store)
+    arguments = _receive_step(state, store, receive=lambda: None)
+    assert loop._pull_and_store_message(**arguments) is None  # Flower: nothing to do
+    assert waiting_reply_run(state) == 7
+    wrapped = robust_receive(loop._pull_and_store_message)
+    assert wrapped(**arguments) == 7
+    sent = []
+    loop._push_messages(state=state, object_store=store, push_object=lambda *a: None,
+                        send=lambda msg, tree, runtime: sent.append(msg) or (set(), "s"))
+    assert [m.metadata.run_id for m in sent] == [7]
+    assert waiting_reply_run(state) is None and wrapped(**arguments) is None
+
+
+@pytest.mark.parametrize("robust", [False, True])
+def test_a_run_stopped_while_its_message_is_received_leaves_no_task_behind(robust):
+    """The SuperLink refuses the message's objects (its run was stopped) after Flower created
+    the message's task: Flower leaves that task pending, and a ClientApp that takes it waits
+    for objects that never come. The wrapped receive finishes it and drops the message."""
+    from flwr.common.constant import Status, SubStatus
+    from flwr.supercore.inflatable.inflatable_object import get_object_tree
+    from flwr.supercore.run import Run, RunNotRunningException
+
+    loop, state, store = _node()
+    state.store_run(Run.create_empty(7))  # a run the node knows: no get_run/get_fab
+    message = _message(7)
+    received = iter([(message, get_object_tree(message))])
+
+    def refused(run_id, object_id):
+        raise RunNotRunningException
+
+    step = robust_receive(loop._pull_and_store_message) if robust else \
+        loop._pull_and_store_message
+    assert step(**_receive_step(state, store, lambda: next(received), refused)) is None
+    tasks = state.get_tasks(run_ids=[7])
+    assert len(tasks) == 1
+    if robust:
+        assert tasks[0].status.status == Status.FINISHED
+        assert tasks[0].status.sub_status == SubStatus.STOPPED
+        assert not state.msg_store
+    else:  # what Flower 1.41 leaves behind
+        assert tasks[0].status.status == Status.PENDING and message.metadata.message_id in \
+            state.msg_store
+
+
+def test_dropping_a_stopped_run_keeps_other_runs():
+    loop, state, store = _node()
+    for run_id in (7, 8):
+        state.create_task(task_type="client_app", run_id=run_id, fab_hash="h")
+        loop._insert_message(_message(run_id), state, store)
+    assert drop_stopped_run(state, store, 7) == 1
+    assert [m.metadata.run_id for m in state.get_messages_legacy()] == [8]
+    assert [t.status.status for t in state.get_tasks(run_ids=[8])] == ["pending"]
+
+
+def test_waiting_replies_are_looked_for_only_in_a_state_it_knows():
+    assert waiting_reply_run(object()) is None and waiting_reply_run(None) is None
+    assert robust_receive(lambda **kw: 3)(state=None) == 3
 
 
 def _wait(condition, timeout: float = 20.0) -> None:

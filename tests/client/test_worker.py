@@ -223,3 +223,24 @@ def _message():
     message = Message(RecordDict(), dst_node_id=5, message_type="train")
     message.metadata.__dict__["_message_id"] = "m" * 64
     return message
+
+
+def test_a_task_whose_message_cannot_be_pulled_ends_without_a_reply(runtime, monkeypatch,
+                                                                     caplog, no_sigint):
+    """The SuperNode dropped the message (its run was stopped while it arrived) and revoked the
+    task's token: the pull is refused, the worker says so in one line and is free again."""
+    from flwr.supernode.runtime import run_clientapp
+
+    worker, _, calls = runtime
+
+    def refused(client):
+        raise _status_error(401)
+
+    monkeypatch.setattr(run_clientapp, "pull_task_input", refused)
+    with caplog.at_level(logging.WARNING, logger="medfed.worker"):
+        assert worker.run_task("token") == "not pulled"
+    assert "could not pull this task's message (HTTPStatusError: status 401)" in caplog.text
+    assert "Traceback" not in caplog.text and no_sigint == []
+    assert calls["push_message"] == []
+    assert calls["push_task_output"] == [
+        ("failed", "the message could not be pulled: HTTPStatusError: status 401")]
