@@ -221,13 +221,12 @@ class Worker:
         """One message: pull it with its context, call the ClientApp, push reply and context.
 
         An exception in the ClientApp becomes an error reply, worded as Flower words it. Returns
-        what became of the task: ``"done"``, ``"cancelled"`` (its run was stopped while it ran:
-        the reply is dropped) or ``"undelivered"`` (the SuperNode did not take the reply).
+        what became of the task: ``"done"``; ``"cancelled"`` (its run was stopped while it ran:
+        the reply is dropped); ``"undelivered"`` (the SuperNode did not take the reply); or
+        ``"not pulled"`` (the SuperNode no longer had its message, e.g. because its run was
+        stopped while the message arrived).
         """
-        from flwr.app import Message
-        from flwr.app.error import Error
-        from flwr.clientapp.client_app import LoadClientAppError
-        from flwr.common.constant import ErrorCode, SubStatus
+        from flwr.common.constant import SubStatus
         from flwr.supercore.heartbeat import HeartbeatSender
         from flwr.supercore.interceptors import (
             RuntimeTokenHttpInterceptor,
@@ -245,23 +244,42 @@ class Worker:
         beat = TaskHeartbeat(client)
         heartbeat = HeartbeatSender(beat)
         heartbeat.start()
-        message = context = reply = None
-        outcome = "done"
-        status, details = SubStatus.FAILED, "ClientApp task failed due to unknown reason"
         try:
-            message, context, run, fab = pull_task_input(client)
-        except Exception as exc:  # noqa: BLE001 - no message, nothing to answer: next task
-            LOG.warning("could not pull this task's message (%s); its run was probably "
-                        "stopped", _short(exc))
-            with contextlib.suppress(Exception):  # refused when the task is finished already
-                push_task_output(client, None, SubStatus.FAILED,
-                                 f"the message could not be pulled: {_short(exc)}")
+            try:
+                message, context, run, fab = pull_task_input(client)
+            except Exception as exc:  # noqa: BLE001 - no message, nothing to answer: next task
+                LOG.warning("could not pull this task's message (%s); its run was probably "
+                            "stopped", _short(exc))
+                with contextlib.suppress(Exception):  # refused when the task is finished
+                    push_task_output(client, None, SubStatus.FAILED,
+                                     f"the message could not be pulled: {_short(exc)}")
+                return "not pulled"
+            reply, status, details = self._answer(message, context, run, fab)
+            if beat.cancelled.is_set():
+                return "cancelled"  # the token is gone: nowhere to push to
+            try:
+                push_message(client, reply, context)
+                push_task_output(client, context, status, details)
+            except Exception as exc:  # noqa: BLE001 - the run ended meanwhile, most likely
+                LOG.warning("the SuperNode did not take this task's reply (%s); its run was "
+                            "probably stopped", _short(exc))
+                return "undelivered"
+            return "done"
+        finally:
             heartbeat.stop()
             client.close()
-            return "not pulled"
+
+    def _answer(self, message: Any, context: Any, run: Any, fab: Any) -> tuple[Any, str, str]:
+        """The ClientApp's reply to ``message`` and the task's status and details; an exception
+        becomes an error reply and a failed status, as in Flower's ``flwr-clientapp``."""
+        from flwr.app import Message
+        from flwr.app.error import Error
+        from flwr.clientapp.client_app import LoadClientAppError
+        from flwr.common.constant import ErrorCode, SubStatus
+
         try:
             reply = self._client_app(run, fab)(message=message, context=context)
-            status, details = SubStatus.COMPLETED, ""
+            return reply, SubStatus.COMPLETED, ""
         except Exception as exc:  # noqa: BLE001 - Flower's contract: an error reply, not a crash
             LOG.error("the ClientApp raised an exception", exc_info=exc)
             code = ErrorCode.CLIENT_APP_RAISED_EXCEPTION
@@ -269,24 +287,8 @@ class Worker:
             if isinstance(exc, LoadClientAppError):
                 code, details = (ErrorCode.LOAD_CLIENT_APP_EXCEPTION,
                                  "An exception was raised when attempting to load `ClientApp`")
-            if message is not None:
-                reply = Message(Error(code=code, reason=details), reply_to=message)
-        finally:
-            try:
-                if beat.cancelled.is_set():
-                    outcome = "cancelled"  # the token is gone: nowhere to push to
-                else:
-                    if reply is not None and context is not None:
-                        push_message(client, reply, context)
-                    push_task_output(client, context, status, details)
-            except Exception as exc:  # noqa: BLE001 - the run ended meanwhile, most likely
-                outcome = "undelivered"
-                LOG.warning("the SuperNode did not take this task's reply (%s); its run was "
-                            "probably stopped", _short(exc))
-            finally:
-                heartbeat.stop()
-                client.close()
-        return outcome
+            return Message(Error(code=code, reason=details), reply_to=message), \
+                SubStatus.FAILED, details
 
 
 def _short(exc: BaseException) -> str:
