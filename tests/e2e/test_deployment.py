@@ -81,15 +81,19 @@ def _summary(run: Path) -> dict:
     return json.loads((run / "summary.json").read_text())
 
 
+def _checkpointed(run: Path) -> int:
+    """The last round the study in ``run`` checkpointed (0 before its first checkpoint)."""
+    from medfed.server.checkpoint import FILENAME, load
+
+    return int(load(run / FILENAME, None)["server_round"]) if (run / FILENAME).exists() else 0
+
+
 def _wait_round(run: Path, server_round: int, process: subprocess.Popen,
                 timeout: float = 120) -> float:
     """Wait until the study checkpointed ``server_round``; the time it was seen."""
-    from medfed.server.checkpoint import FILENAME, load
-
     deadline = time.monotonic() + timeout
     while True:
-        if (run / FILENAME).exists() and load(run / FILENAME, None)["server_round"] >= \
-                server_round:
+        if _checkpointed(run) >= server_round:
             return time.monotonic()
         assert process.poll() is None and time.monotonic() < deadline, \
             f"round {server_round} not checkpointed in {run}"
@@ -164,12 +168,6 @@ def test_secure_aggregation_with_dp_sgd_runs_on_real_nodes(fed):
     assert summary["global"]["accuracy"] > 0.6
 
 
-def _checkpointed(run: Path) -> int:
-    from medfed.server.checkpoint import FILENAME, load
-
-    return int(load(run / FILENAME, None)["server_round"])
-
-
 DROPOUT_ROUNDS = 16
 
 
@@ -230,7 +228,6 @@ def test_a_stopped_study_resumes_from_its_checkpoint(fed):
     end their process) and serve the resumed one."""
     import re
 
-    from medfed.server.checkpoint import FILENAME, load
     from medfed.server.deploy import connection_for, load_config
 
     run = fed.workdir / "resumed"
@@ -249,7 +246,7 @@ def test_a_stopped_study_resumes_from_its_checkpoint(fed):
         time.sleep(0.02)
     connection.call("stop", run_id)
     assert study.wait(timeout=60) != 0
-    stopped_at = load(run / FILENAME, None)["server_round"]
+    stopped_at = _checkpointed(run)
     assert 2 <= stopped_at < 5 and not (run / "summary.json").exists()
     status = [r["status"] for r in connection.runs() if str(r["run-id"]) == run_id]
     assert status and status[0].startswith("finished:") and status[0] != "finished:completed"
