@@ -37,7 +37,9 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 STOP_GRACE = 30.0  # seconds a child gets to stop after SIGINT/SIGTERM before SIGKILL
 HELD = "Failed to activate SuperNode"
 """What Flower's SuperNode logs when the SuperLink still counts its key as online."""
-HELD_RETRY = 3.0  # seconds between two starts while the SuperLink holds the key
+HELD_RETRY = 1.0  # seconds between two starts while the SuperLink holds the key (a start
+# costs 2-5 s of Python and Flower start-up, so the node is back a few seconds after the
+# SuperLink lets the old session go)
 FLOWER_HEARTBEAT = 30.0  # Flower's own heartbeat interval (--flower-defaults)
 
 
