@@ -181,7 +181,7 @@ def test_a_killed_node_misses_rounds_then_rejoins(fed):
     Timing: the SuperLink lets the dead node's session go 16-20 s after the kill (Flower then
     answers for it "Node Unavailable"); the restarted node is admitted at its next start (one
     a second, each 2-5 s of start-up), and a round without it takes about a second. A 10-round
-    study once ended on CI before the node trained again, and beside a CPU hog here the node
+    study once ended on CI before the node trained again, and under load here the node
     came back only after round 11 (with 3 s between starts). Once back it needs up to three
     rounds (a stale reply, the catch-up, a train): 20 rounds leave room."""
     run = fed.workdir / "dropout"
