@@ -136,10 +136,10 @@ def _study(args: argparse.Namespace) -> dict[str, Any]:
             if not saved.is_file():
                 raise ConfigError(f"--resume {run_dir}: no config.yaml there; give the run "
                                   "directory of the study to continue")
-            check_unfinished(run_dir)
-            if args.overrides:
+            if args.overrides:  # composing a resumed study checks that it is unfinished
                 study = compose_study([*overrides, f"resume={run_dir}"])
             else:  # the same study continues, in its own run directory
+                check_unfinished(run_dir)
                 study = yaml.safe_load(saved.read_text())
                 study.update(resume=str(run_dir), output_dir=study.get("output_dir")
                              or str(run_dir))
