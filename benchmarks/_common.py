@@ -31,7 +31,7 @@ def medfed_command() -> list[str]:
     script = BIN / "medfed"
     if script.exists():
         return [str(script)]
-    return [sys.executable, "-m", "medfed.server.cli"]
+    return [sys.executable, "-m", "medfed.server.commands"]
 
 
 def subprocess_env(tmp: Path) -> dict[str, str]:

@@ -1,7 +1,7 @@
 """Seconds per round of a 3-hospital diagnosis study on Flower's Deployment Engine, on loopback,
 with the real commands.
 
-Two arms, each a new :class:`medfed.server.runtime.LoopbackFederation`: ``medfed coordinator
+Two arms, each a new :class:`medfed.infra.loopback.LoopbackFederation`: ``medfed coordinator
 init|add-node|start`` (TLS SuperLink with node authentication), three ``medfed node start`` with
 cards from ``medfed synth export`` and keys from ``medfed node keys``, and the study submitted with
 ``medfed run rounds=5 privacy=none strategy.min_nodes=3`` (``federation=nodes``):
@@ -9,10 +9,10 @@ cards from ``medfed synth export`` and keys from ``medfed node keys``, and the s
 * ``before``: Flower 1.41's defaults, ``--flower-defaults`` on the coordinator and the nodes:
   ``flower-supernode`` (a new ``flwr-clientapp`` process per message, SuperExec polling every
   1 s, the SuperNode polling the SuperLink every 3 s) and the Grid's 3 s reply poll.
-* ``after``: the default fast setup (:mod:`medfed.client.runtime`, :mod:`medfed.server.polling`):
+* ``after``: the default fast setup (:mod:`medfed.client.supernode.launcher`, :mod:`medfed.infra.polling`):
   the SuperNode with 0.1 s polls and ``--isolation process``, one long-lived
-  :mod:`medfed.client.worker` per node, the Grid polling every 0.05 s, and object pulls that
-  retry after 0.02 s instead of 1 s (:func:`medfed.client.runtime.quick_object_pulls`).
+  :mod:`medfed.client.supernode.worker` per node, the Grid polling every 0.05 s, and object pulls that
+  retry after 0.02 s instead of 1 s (:func:`medfed.infra.flower_patches.quick_object_pulls`).
 
 A training round's seconds come from the ``seconds`` column of ``metrics.csv`` (the study times
 push, train at every hospital, replies and aggregation). ``round0_and_final_evaluate_s`` is
@@ -37,11 +37,11 @@ from pathlib import Path
 
 from _common import log, machine, median, read_json, wait_for_idle
 
-from medfed.client.runtime import DEFAULT_HEARTBEAT, PRELOAD, PULL_BACKOFF, PULL_BACKOFF_CAP
-from medfed.client.runtime import DEFAULT_POLL as SUPERNODE_POLL
-from medfed.client.worker import DEFAULT_POLL as WORKER_POLL
-from medfed.server.polling import DEFAULT_POLL as GRID_POLL
-from medfed.server.runtime import SUPEREXEC_POLL, LoopbackFederation
+from medfed.infra.flower_patches import PULL_BACKOFF, PULL_BACKOFF_CAP
+from medfed.infra.launch import DEFAULT_HEARTBEAT, PRELOAD, SUPEREXEC_POLL, WORKER_POLL
+from medfed.infra.launch import DEFAULT_POLL as SUPERNODE_POLL
+from medfed.infra.loopback import LoopbackFederation
+from medfed.infra.polling import DEFAULT_POLL as GRID_POLL
 
 HOSPITALS = 3
 ARMS = {"before": True, "after": False}  # arm -> --flower-defaults
@@ -51,15 +51,15 @@ SETTINGS = {
               "message; SuperExec task poll 1 s; SuperNode idle poll 3 s, reply wait 0.5 s; "
               "heartbeat 30 s); Grid reply poll 3 s",
     "after": {
-        "supernode": f"python -m medfed.client.runtime --poll {SUPERNODE_POLL} --heartbeat "
+        "supernode": f"python -m medfed.client.supernode.launcher --poll {SUPERNODE_POLL} --heartbeat "
                      f"{DEFAULT_HEARTBEAT:g}: Flower's flower-supernode --isolation process with "
                      f"every sleep of its loop capped at {SUPERNODE_POLL} s (Flower: 3 s idle, "
                      "0.5 s reply wait)",
-        "clientapp": f"python -m medfed.client.worker --preload {' --preload '.join(PRELOAD)}"
+        "clientapp": f"python -m medfed.client.supernode.worker --preload {' --preload '.join(PRELOAD)}"
                      ": one long-lived process per node, started by the launcher, runs every "
                      f"message (imports and app bundle loaded once); task poll {WORKER_POLL} s "
                      "(SuperExec: 1 s)",
-        "grid": f"medfed.server.polling.send_and_receive, reply poll {GRID_POLL} s (Flower's "
+        "grid": f"medfed.infra.polling.send_and_receive, reply poll {GRID_POLL} s (Flower's "
                 "Grid: 3 s)",
         "object_pulls": f"first retry after {PULL_BACKOFF} s, at most {PULL_BACKOFF_CAP} s "
                         "apart, for an object not there yet, in the worker, the SuperNode and "

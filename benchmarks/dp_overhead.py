@@ -48,10 +48,10 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from medfed.models.encoding import Encoder, encode_target
+from medfed.models.ingest.synthetic import SkewConfig, generate_site
 from medfed.models.pipeline import new_model, own_statistics
 from medfed.models.privacy import dp_train
 from medfed.models.schema import load_task
-from medfed.models.synthetic import SkewConfig, generate_site
 from medfed.models.training import loss_function, make_loader, make_optimizer, set_seed, train
 
 ARMS = ("plain", "medfed_vectorised", "medfed_opacus_hooks", "opacus_make_private",

@@ -3,7 +3,7 @@
 The reference arm of ``sim_overhead.py``. It does what ``medfed simulate`` does for the default
 synthetic federation, minus the federation machinery:
 
-* the same data: every hospital's rows from ``medfed.models.data.load_site`` with the seed and
+* the same data: every hospital's rows from ``medfed.models.ingest.sources.load_site`` with the seed and
   sizes of ``conf/config.yaml`` + ``conf/federation/synthetic.yaml`` (read with PyYAML);
 * the same round 0: additive site statistics merged into global normalisation statistics;
 * the same model, initial weights (``torch.manual_seed(seed)`` then ``build_model``), loss,
@@ -32,8 +32,8 @@ import numpy as np
 import torch
 import yaml
 
-from medfed.models.data import load_site
 from medfed.models.encoding import Encoder, encode_target, merge_statistics, site_statistics
+from medfed.models.ingest.sources import load_site
 from medfed.models.metrics import metric_statistics, metrics_from_statistics, sum_statistics
 from medfed.models.nets import build_model, predict_output
 from medfed.models.schema import task_from_dict

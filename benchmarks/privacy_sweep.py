@@ -4,7 +4,7 @@
                                                  [--out outputs/privacy-sweep] [override ...]
 
 Every point is the same study -- 4 synthetic hospitals, FedAvg, the in-process engine, one seed
--- run through ``medfed.server.simulation.run_simulated_study``; only the privacy changes. A
+-- run through ``medfed.server.simulation.run.run_simulated_study``; only the privacy changes. A
 finite epsilon is ``privacy=dpsgd privacy.target_epsilon=<epsilon>``: each hospital plans the
 noise for the whole study (rounds x local steps at its own sampling rate) and its ledger
 composes the spend; ``inf`` is ``privacy=none``, the non-private reference. Extra arguments are
@@ -59,9 +59,9 @@ def parse_epsilons(text: str) -> list[float]:
 
 def run_point(epsilon: float, seed: int, out: Path, overrides: list[str]) -> dict[str, Any]:
     """Run the study at one budget and return its row (``epsilon_target`` inf: no DP)."""
-    from medfed.server.config import compose_study
-    from medfed.server.outputs import summary
-    from medfed.server.simulation import run_simulated_study
+    from medfed.server.outputs.rundir import summary
+    from medfed.server.simulation.run import run_simulated_study
+    from medfed.server.study.config import compose_study
 
     privacy = (["privacy=none"] if math.isinf(epsilon)
                else ["privacy=dpsgd", f"privacy.target_epsilon={epsilon}"])
@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="folder for the CSV, the plot and the run directories")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every point")
     args = parser.parse_args(argv)
-    from medfed.server.config import ConfigError
+    from medfed.server.study.config import ConfigError
 
     try:
         report = sweep(parse_epsilons(args.epsilons), args.seed, args.out, args.overrides)

@@ -8,7 +8,7 @@ repeat runs both arms in a fresh random order (one warm-up study per arm is not 
 
 - ``plain``: ``secure_aggregation=false`` (FedAvg on the hospitals' weights);
 - ``secagg``: ``secure_aggregation=true`` (Flower's SecAgg+: four message exchanges per round,
-  key agreement, Shamir shares, masking and unmasking; ``medfed.server.secagg``).
+  key agreement, Shamir shares, masking and unmasking; ``medfed.strategies.secagg``).
 
 A round's time is what the study loop records for it (``RoundRecord.seconds``: sending the
 weights, every hospital's evaluation and training, aggregation); a run's value is the median over
@@ -16,7 +16,7 @@ its rounds, the reported value the median over runs. The process CPU time of a w
 0 and the final evaluation included) is reported too, being less disturbed by other load on a
 shared machine. Also reported: bytes on the wire per round, and the largest difference between
 the final weights of the two arms next to the per-round quantisation bound 2 c K / sum q_k
-(``medfed.server.secagg``). Models: the default logistic regression, and an MLP with 256 hidden
+(``medfed.strategies.secagg``). Models: the default logistic regression, and an MLP with 256 hidden
 units to show how the per-weight cost of masking grows with the model.
 """
 
@@ -34,10 +34,10 @@ import numpy as np
 from _common import log, machine
 
 from medfed.client.app import app
-from medfed.models.data import federation_size
-from medfed.server.config import compose_study
-from medfed.server.engine import InProcessGrid
-from medfed.server.study import StudyResult, run_study
+from medfed.models.ingest.sources import federation_size
+from medfed.server.simulation.engine import InProcessGrid
+from medfed.server.study.config import compose_study
+from medfed.server.study.loop import StudyResult, run_study
 
 HOSPITALS = 4
 MODELS = {"diagnosis-logreg": ["task=diagnosis"],

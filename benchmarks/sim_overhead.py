@@ -18,7 +18,7 @@ federation, the same loop body for the plain script). Before each sample the scr
 Every repeat checks the equal-work rule (the plain script's SGD steps = ``total_train_steps``
 of the federation's ``summary.json``) and compares the plain script's final weights with the
 federation's ``model.pt``. Start-up is measured separately: bare interpreter, ``import torch``,
-``import medfed.server.simulation``, and each arm with ``rounds=1``.
+``import medfed.server.simulation.run``, and each arm with ``rounds=1``.
 
 Prints one JSON object to stdout; progress goes to stderr.
 """
@@ -52,7 +52,7 @@ TARGET_INPROCESS_OVER_PLAIN = 1.3
 HOSPITALS = 4
 PLAIN = ROOT / "benchmarks" / "plain_fedavg.py"
 IMPORTS = {"python_pass": "pass", "import_torch": "import torch",
-           "import_medfed_server_simulation": "import medfed.server.simulation"}
+           "import_medfed_server_simulation": "import medfed.server.simulation.run"}
 
 
 def _simulate(engine: str, rounds: int, out: Path) -> list[str]:

@@ -99,8 +99,8 @@ def _breakdown(overrides: list[str], out: Path) -> dict:
 
     from medfed.client.app import app as client_app
     from medfed.server.app import build_server_app
-    from medfed.server.config import compose_study
-    from medfed.server.engine import InProcessGrid
+    from medfed.server.simulation.engine import InProcessGrid
+    from medfed.server.study.config import compose_study
 
     class CountingGrid(InProcessGrid):
         """Counts every message's serialised objects by exchange, direction and type."""

@@ -36,21 +36,9 @@ from medfed.models.flat import pack, unpack
 
 app = ClientApp(mods=[reply_guard])
 
-_STATE = "medfed-study"
-
-
 def _index(context: Context) -> int:
     """The hospital's position in the study's federation (see :func:`node.site_index`)."""
     return node.site_index(context.node_config)
-
-
-def _study(context: Context) -> tuple[str, str]:
-    """The configuration and statistics JSON this node received in round 0."""
-    if _STATE not in context.state.config_records:
-        raise RuntimeError("this node has no study configuration for the run: the server must "
-                           "send round 0 (query.stats and query.prepare) before training")
-    record = context.state.config_records[_STATE]
-    return str(record["config-json"]), str(record.get("statistics-json", ""))
 
 
 @app.query("stats")
@@ -60,7 +48,7 @@ def stats(msg: Message, context: Context) -> Message:
                                    context.node_config)
     torch.set_num_threads(int(json.loads(config_json).get("threads", 1)))
     name, n_train, n_test, statistics = node.site_summary(config_json, _index(context))
-    context.state.config_records[_STATE] = ConfigRecord({"config-json": config_json})
+    context.state.config_records[node.STUDY_STATE] = ConfigRecord({"config-json": config_json})
     return Message(RecordDict({
         "site": ConfigRecord({"name": name, "statistics-json": json.dumps(statistics)}),
         "counts": MetricRecord({"num-examples": n_train, "num-test": n_test}),
@@ -70,9 +58,9 @@ def stats(msg: Message, context: Context) -> Message:
 @app.query("prepare")
 def prepare(msg: Message, context: Context) -> Message:
     """Round 0: keep the global statistics the server merged from every site."""
-    config_json, _ = _study(context)
+    config_json, _ = node.received_study(context)
     statistics_json = str(msg.content.config_records["study"]["statistics-json"])
-    context.state.config_records[_STATE] = ConfigRecord(
+    context.state.config_records[node.STUDY_STATE] = ConfigRecord(
         {"config-json": config_json, "statistics-json": statistics_json})
     site = node.prepared_site(config_json, statistics_json, _index(context))
     return Message(RecordDict({"counts": MetricRecord(
@@ -81,7 +69,7 @@ def prepare(msg: Message, context: Context) -> Message:
 
 def _received_model(msg: Message, context: Context):
     """The study, the encoded site, the schema, and a model holding the received weights."""
-    config_json, statistics_json = _study(context)
+    config_json, statistics_json = node.received_study(context)
     study, schema, stats = node.study_parts(config_json, statistics_json)
     site = node.prepared_site(config_json, statistics_json, _index(context))
     model = pipeline.new_model(schema, stats, site.x_train.shape[1])

@@ -20,9 +20,7 @@ from medfed.client import node
 
 def central_clipping_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
     """``fixedclipping_mod`` when the study runs central DP with client-side clipping."""
-    from medfed.client.app import _study  # here: medfed.client.app imports this module
-
-    study, _, _ = node.study_parts(*_study(context))
+    study, _, _ = node.study_parts(*node.received_study(context))
     privacy = study["privacy"]
     if privacy["name"] == "central" and privacy.get("clipping") == "client":
         return fixedclipping_mod(msg, context, call_next)

@@ -25,10 +25,23 @@ import yaml
 
 from medfed.client.ledger import ledger_path
 from medfed.client.policy import load_policy
-from medfed.models.data import SiteData, load_site
 from medfed.models.encoding import GlobalStats, site_statistics, suppress_small_cells
+from medfed.models.ingest.sources import SiteData, load_site
 from medfed.models.pipeline import PreparedSite, prepare_site, study_schema
 from medfed.models.schema import TaskSchema
+
+STUDY_STATE = "medfed-study"
+"""The ``context.state`` ConfigRecord holding what the node received in round 0."""
+
+
+def received_study(context: Any) -> tuple[str, str]:
+    """The configuration and statistics JSON this node received in round 0 (kept in the run's
+    ``context.state``)."""
+    if STUDY_STATE not in context.state.config_records:
+        raise RuntimeError("this node has no study configuration for the run: the server must "
+                           "send round 0 (query.stats and query.prepare) before training")
+    record = context.state.config_records[STUDY_STATE]
+    return str(record["config-json"]), str(record.get("statistics-json", ""))
 
 
 def site_index(node_config: Mapping[str, Any]) -> int:

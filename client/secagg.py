@@ -8,7 +8,7 @@ FitIns records the workflow sends become medfed's ``arrays`` + ``config``, the h
 checked by the reply guard's usual rules and turned into a FitRes, and Flower's mod then
 quantises, weights and masks the weights and empties the plain array record. What leaves the
 node is checked again by :mod:`medfed.client.guard` (``check_secagg_reply``). The server side and
-the aggregation maths are in :mod:`medfed.server.secagg`.
+the aggregation maths are in :mod:`medfed.strategies.secagg`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from flwr.compat.common import recorddict_compat as compat
 
 from medfed.client.guard import check_reply
 
-ARRAY_NAMES = "array-names"  # must match medfed.server.secagg.ARRAY_NAMES
+ARRAY_NAMES = "array-names"  # must match medfed.strategies.secagg.ARRAY_NAMES
 
 Handler = Callable[[Message, Context], Message]
 

@@ -14,9 +14,9 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from medfed.server.config import compose_study, validate_study
-from medfed.server.outputs import default_output_dir, write_run
-from medfed.server.study import Observer, StudyResult, run_study
+from medfed.server.outputs.rundir import default_output_dir, write_run
+from medfed.server.study.config import compose_study, validate_study
+from medfed.server.study.loop import Observer, StudyResult, run_study
 
 
 def study_from_run_config(run_config: dict[str, Any]) -> dict[str, Any]:
@@ -55,7 +55,7 @@ def build_server_app(study: dict[str, Any] | None = None,
             current["engine"] = {"name": "flwr-run"}
         result = run_study(grid, current, observer)
         if current.get("compare"):
-            from medfed.server.baselines import run_baselines
+            from medfed.server.study.baselines import run_baselines
 
             result.baselines = run_baselines(result)
         write_run(result)

@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from hypothesis import settings
 
-from medfed.client.runtime import FLWR_ENV as FLOWER_ENV
+from medfed.infra.processes import FLWR_ENV as FLOWER_ENV
 
 # Property tests: no per-example deadline (a loaded 2-core machine is slow, not wrong). CI runs
 # the same fixed examples every time (``MEDFED_HYPOTHESIS=ci`` in .ci/run), so a red CI is
@@ -61,7 +61,7 @@ def task_identity():
 @pytest.fixture(scope="session")
 def small_study() -> Callable[..., dict[str, Any]]:
     """``small_study("rounds=2", ...)``: a composed, validated study of three small hospitals."""
-    from medfed.server.config import compose_study
+    from medfed.server.study.config import compose_study
 
     def make(*overrides: str) -> dict[str, Any]:
         return compose_study([*SMALL, "quiet=true", *overrides])
@@ -77,9 +77,9 @@ def run_inprocess() -> Callable[..., Any]:
     ``offline`` lists node ids taken off the grid before the study starts.
     """
     from medfed.client.app import app as medfed_client
-    from medfed.models.data import federation_size
-    from medfed.server.engine import InProcessGrid
-    from medfed.server.study import run_study
+    from medfed.models.ingest.sources import federation_size
+    from medfed.server.simulation.engine import InProcessGrid
+    from medfed.server.study.loop import run_study
 
     def run(study: dict[str, Any], client_app: Any = None, offline: tuple[int, ...] = ()):
         n = federation_size(study["federation"])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from medfed.client import privacy_round
-from medfed.server.engine import FIRST_NODE_ID
+from medfed.server.simulation.engine import FIRST_NODE_ID
 
 
 def test_an_exception_in_training_costs_the_hospital_one_round(small_study, run_inprocess,
@@ -36,8 +36,8 @@ def test_a_malformed_train_message_is_answered_with_an_error(small_study, broken
     from flwr.app import ConfigRecord, RecordDict
 
     from medfed.client.app import app as client_app
-    from medfed.server.engine import InProcessGrid
-    from medfed.server.study import StudyRun
+    from medfed.server.simulation.engine import InProcessGrid
+    from medfed.server.study.loop import StudyRun
 
     study = small_study("rounds=2")
     grid = InProcessGrid(client_app, [{"partition-id": i, "num-partitions": 3} for i in range(3)],

@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from medfed.client.check import check_dataset, node_main
-from medfed.models.data import federation_size, load_site
-from medfed.models.export import export_synthetic, synth_main
+from medfed.client.commands.check import check_dataset, node_main
+from medfed.models.ingest.export import export_synthetic, synth_main
+from medfed.models.ingest.sources import federation_size, load_site
 from medfed.models.schema import load_task
 
 HEADER = ["age", "sex", "chest_pain", "resting_bp", "cholesterol", "fasting_blood_sugar_high",

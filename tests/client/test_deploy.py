@@ -12,15 +12,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from medfed.client import node
-from medfed.client.deploy import (
-    DeployError,
-    check_private_key,
-    create_node_keys,
-    node_deploy_main,
-    supernode_command,
-)
+from medfed.client.commands.deploy import node_deploy_main
 from medfed.client.privacy_round import ledger_for
-from medfed.models.export import synth_main
+from medfed.infra.keys import DeployError, check_private_key, create_node_keys
+from medfed.infra.launch import supernode_command
+from medfed.models.ingest.export import synth_main
 
 
 def test_node_keys_are_p384_openssh_and_match(tmp_path):
@@ -71,7 +67,7 @@ def test_supernode_command_carries_tls_key_port_and_node_config(fast):
 
     assert parse_config_args([flags["--node-config"]]) == {"dataset": "/d/a b.yaml",
                                                            "policy": "/p.yaml"}
-    launcher = ["-m", "medfed.client.runtime", "--poll", "0.1", "--heartbeat", "10.0"]
+    launcher = ["-m", "medfed.client.supernode.launcher", "--poll", "0.1", "--heartbeat", "10.0"]
     assert (command[1:start] == launcher) == fast
     assert command[0].endswith("flower-supernode") != fast
     plain = supernode_command("c:1", 2, {}, root_certificates=None, private_key=None, fast=fast)
@@ -79,7 +75,7 @@ def test_supernode_command_carries_tls_key_port_and_node_config(fast):
 
 
 def test_launcher_refuses_intervals_flower_would_not_take(capsys):
-    from medfed.client.runtime import main
+    from medfed.client.supernode.launcher import main
 
     for args, message in ((["--poll", "0"], "--poll must be"),
                           (["--heartbeat", "5"], "--heartbeat must be between 10 and 1800")):
@@ -170,7 +166,7 @@ def test_a_server_cannot_point_a_node_at_another_ledger(hospital, small_study):
 def test_run_child_relays_the_output_and_notes_the_watched_texts(capsys):
     import sys
 
-    from medfed.client.deploy import HELD, run_child
+    from medfed.client.commands.deploy import HELD, run_child
 
     seen: set[str] = set()
     code = f"print('starting'); print({HELD + '.'!r}); raise SystemExit(1)"
@@ -183,7 +179,7 @@ def test_run_child_relays_the_output_and_notes_the_watched_texts(capsys):
 def fake_supernode(monkeypatch):
     """``run_child`` replaced by a script of outcomes: ``"held"`` (Flower's activation refusal,
     status 1), ``"refused"`` (status 1, another reason) or ``"stopped"`` (status 0)."""
-    from medfed.client import deploy
+    from medfed.client.commands import deploy
 
     script: list[str] = []
     calls: list[list[str]] = []
@@ -211,7 +207,7 @@ def test_node_start_tries_again_while_the_coordinator_holds_its_key(hospital, fa
 
 def test_node_start_gives_up_when_the_key_stays_held(hospital, fake_supernode, monkeypatch,
                                                      capsys):
-    from medfed.client import deploy
+    from medfed.client.commands import deploy
 
     script, calls = fake_supernode
     script += ["held"] * 5
@@ -229,7 +225,7 @@ def test_node_start_does_not_retry_a_refused_key(hospital, fake_supernode, capsy
 
 
 def test_a_key_is_held_for_two_heartbeats_and_a_margin():
-    from medfed.client.deploy import held_for
+    from medfed.client.commands.deploy import held_for
 
     assert held_for(flower_defaults=False) == 2 * 10 + 15
     assert held_for(flower_defaults=True) == 2 * 30 + 15

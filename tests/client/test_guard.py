@@ -11,9 +11,9 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from medfed.client.app import app as client_app
 from medfed.client.guard import ALLOWED_METRICS, GuardViolation, check_reply
 from medfed.models.flat import pack
-from medfed.server.config import compose_study
-from medfed.server.engine import InProcessGrid, _use_identity
-from medfed.server.study import run_study
+from medfed.server.simulation.engine import InProcessGrid, _use_identity
+from medfed.server.study.config import compose_study
+from medfed.server.study.loop import run_study
 
 
 class RecordingApp:

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from medfed.client.commands.privacy import EXIT_OK, EXIT_TAMPERED, ledger_main, plan_main
 from medfed.client.ledger import Ledger, ledger_path
-from medfed.client.privacy_cli import EXIT_OK, EXIT_TAMPERED, ledger_main, plan_main
 from medfed.models.privacy import epsilon_from_history, noise_for_target
 
 PLAN = ["--sizes", "120,400,900", "--batch-size", "32", "--local-steps", "10", "--rounds", "6",
@@ -84,8 +84,8 @@ def test_a_dataset_without_a_ledger_has_spent_nothing(tmp_path, capsys):
 
 
 def test_plan_from_cards_reads_sizes_and_counts_what_the_ledgers_already_spent(tmp_path, capsys):
-    from medfed.models.cards import card_schema, load_card, read_card_data
-    from medfed.models.export import export_synthetic
+    from medfed.models.ingest.cards import card_schema, load_card, read_card_data
+    from medfed.models.ingest.export import export_synthetic
 
     cards = [str(c) for c in export_synthetic("diagnosis", 2, tmp_path / "sites", seed=3)]
     sizes = [len(read_card_data(load_card(c), card_schema(load_card(c))).train) for c in cards]

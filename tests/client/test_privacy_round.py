@@ -7,10 +7,10 @@ from pathlib import Path
 from medfed.client.app import app as client_app
 from medfed.client.ledger import Ledger
 from medfed.models.privacy import epsilon_from_history
-from medfed.server.config import compose_study
-from medfed.server.engine import InProcessGrid
-from medfed.server.outputs import summary
-from medfed.server.study import run_study
+from medfed.server.outputs.rundir import summary
+from medfed.server.simulation.engine import InProcessGrid
+from medfed.server.study.config import compose_study
+from medfed.server.study.loop import run_study
 
 
 def _study(tmp_path: Path, *extra: str) -> dict:

@@ -17,8 +17,8 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from medfed.client import worker as worker_module
-from medfed.client.worker import TaskHeartbeat, Worker, retry_invoker
+from medfed.client.supernode import worker as worker_module
+from medfed.client.supernode.worker import TaskHeartbeat, Worker, retry_invoker
 
 
 def _status_error(code: int) -> httpx.HTTPStatusError:

@@ -1,7 +1,7 @@
 """A real federation on loopback, driven by the ``medfed`` commands as the README gives them.
 
 One coordinator (TLS SuperLink, node keys) and three hospital nodes in the default fast setup
-(:class:`medfed.server.runtime.LoopbackFederation`) serve, in order: a DP-SGD study with
+(:class:`medfed.infra.loopback.LoopbackFederation`) serve, in order: a DP-SGD study with
 ``medfed run`` and ``medfed status``; a study in which one node is killed after round 2 and
 restarted at once with the same command (it misses rounds, the study finishes, the node trains
 again);
@@ -20,10 +20,11 @@ from pathlib import Path
 
 import pytest
 
-from medfed.client.deploy import node_deploy_main
-from medfed.client.runtime import free_port, supernode_command
-from medfed.client.worker import READY
-from medfed.server.runtime import MEDFED, LoopbackFederation, alive, descendants
+from medfed.client.commands.deploy import node_deploy_main
+from medfed.infra.launch import WORKER_READY as READY
+from medfed.infra.launch import supernode_command
+from medfed.infra.loopback import MEDFED, LoopbackFederation
+from medfed.infra.processes import alive, descendants, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -83,7 +84,7 @@ def _summary(run: Path) -> dict:
 
 def _checkpointed(run: Path) -> int:
     """The last round the study in ``run`` checkpointed (0 before its first checkpoint)."""
-    from medfed.server.checkpoint import FILENAME, load
+    from medfed.server.study.checkpoint import FILENAME, load
 
     return int(load(run / FILENAME, None)["server_round"]) if (run / FILENAME).exists() else 0
 
@@ -118,7 +119,7 @@ def test_every_message_ran_in_the_long_lived_workers(fed):
     for name in HOSPITALS:
         tree = fed.trees[name]
         assert len(tree) == 2, tree
-        assert "medfed.client.runtime" in tree[0] and "medfed.client.worker" in tree[1]
+        assert "medfed.client.supernode.launcher" in tree[0] and "medfed.client.supernode.worker" in tree[1]
         assert fed.tasks[name] == MESSAGES_PER_NODE, fed.log(name)[-3000:]
         assert "flwr-clientapp" not in fed.log(name) and "Traceback" not in fed.log(name)
 
@@ -232,13 +233,13 @@ def test_a_stopped_study_resumes_from_its_checkpoint(fed):
     """``flwr stop`` after round 2 of 8 while the nodes train, then ``medfed run --resume
     RUN_DIR`` finishes it. The nodes' workers outlive the stopped run (Flower's own task helpers
     would end their process) and serve the resumed one; a node that was receiving a message of
-    the stopped run drops it (:func:`medfed.client.runtime.robust_receive`).
+    the stopped run drops it (:func:`medfed.infra.flower_patches.robust_receive`).
 
     ``flwr stop`` itself takes a few seconds to act (a CLI process), in which a loaded machine
     runs two or three ~2 s rounds: 8 rounds keep the stop inside the study."""
     import re
 
-    from medfed.server.deploy import connection_for, load_config
+    from medfed.server.deploy.coordinator import connection_for, load_config
 
     run = fed.workdir / "resumed"
     study = fed.start("resume-run", [MEDFED, "run", "--superlink", fed.superlink, "--ca",

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from medfed.client.runtime import free_port as _free_port
-from medfed.server.runtime import alive as _alive
+from medfed.infra.processes import alive as _alive
+from medfed.infra.processes import free_port as _free_port
 
 pytestmark = pytest.mark.slow
 
@@ -136,7 +136,7 @@ def test_flwr_run_summary_names_the_engine_that_ran(flwr_run):
 def test_flwr_run_reaches_the_in_process_weights(flwr_run, run_inprocess, load_model):
     import torch
 
-    from medfed.server.config import compose_study
+    from medfed.server.study.config import compose_study
 
     expected = run_inprocess(compose_study(["rounds=2", "federation.hospitals=3"])).final_state
     got = load_model(flwr_run.out)

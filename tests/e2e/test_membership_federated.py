@@ -20,12 +20,12 @@ import warnings
 import numpy as np
 import pytest
 
-from medfed.models.data import load_site
+from medfed.models.ingest.sources import load_site
 from medfed.models.membership import best_threshold, cross_fitted_advantage, per_example_losses
 from medfed.models.pipeline import n_inputs, new_model, prepare_site, study_schema
 from medfed.models.training import loss_function
-from medfed.server.config import compose_study
-from medfed.server.simulation import run_simulated_study
+from medfed.server.simulation.run import run_simulated_study
+from medfed.server.study.config import compose_study
 
 pytestmark = pytest.mark.slow
 

@@ -2,19 +2,19 @@
 steps), and pooled training against the synthetic generator's ground truth.
 
 Relative thresholds compare arms of one run; absolute ones come from the generator's ground truth
-(:func:`medfed.models.synthetic.oracle_score` on the very same hospitals).
+(:func:`medfed.models.ingest.synthetic.oracle_score` on the very same hospitals).
 """
 
 from __future__ import annotations
 
 import pytest
 
-from medfed.models.data import load_site
+from medfed.models.ingest.sources import load_site
+from medfed.models.ingest.synthetic import oracle_score
 from medfed.models.pipeline import study_schema
-from medfed.models.synthetic import oracle_score
-from medfed.server.config import compose_study
-from medfed.server.outputs import summary as summarise
-from medfed.server.simulation import run_simulated_study
+from medfed.server.outputs.rundir import summary as summarise
+from medfed.server.simulation.run import run_simulated_study
+from medfed.server.study.config import compose_study
 
 pytestmark = pytest.mark.slow
 

@@ -30,9 +30,8 @@ from pathlib import Path
 
 import pytest
 
-from medfed.client.runtime import flower_env, free_port
-from medfed.client.worker import READY
-from medfed.server.runtime import alive, descendants
+from medfed.infra.launch import WORKER_READY as READY
+from medfed.infra.processes import alive, descendants, flower_env, free_port
 
 pytestmark = pytest.mark.slow
 

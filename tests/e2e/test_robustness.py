@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from medfed.server.config import compose_study
-from medfed.server.simulation import run_simulated_study
+from medfed.server.simulation.run import run_simulated_study
+from medfed.server.study.config import compose_study
 
 pytestmark = pytest.mark.slow
 

@@ -105,8 +105,9 @@ def test_a_config_error_is_one_line_on_stderr(cli, name, named):
 
 def test_a_failing_study_is_one_line_on_stderr(monkeypatch, capfd, tmp_path):
     """In-process (the failure is injected): the CLI's own handling, not a subprocess's imports."""
-    from medfed.server import cli, simulation
-    from medfed.server.study import StudyError
+    from medfed.infra import cli
+    from medfed.server.simulation import run as simulation
+    from medfed.server.study.loop import StudyError
 
     def fail(study):
         raise StudyError("only 1 of the 2 hospitals needed connected within 600 s")

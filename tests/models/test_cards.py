@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from medfed.models.cards import (
+from medfed.models.ingest.cards import (
     CardError,
     canonical_code,
     check_task,
@@ -16,9 +16,9 @@ from medfed.models.cards import (
     read_card_data,
     split_rows,
 )
-from medfed.models.data import DataConfigError, federation_size, load_site
+from medfed.models.ingest.sources import DataConfigError, federation_size, load_site
+from medfed.models.ingest.units import converter
 from medfed.models.schema import load_task
-from medfed.models.units import converter
 
 # Cleveland layout: age sex cp trestbps chol fbs restecg thalach exang oldpeak slope ca thal num
 CLEVELAND = """\

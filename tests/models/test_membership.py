@@ -29,12 +29,12 @@ import pytest
 import torch
 
 from medfed.models.encoding import Encoder, encode_target
+from medfed.models.ingest.synthetic import SkewConfig, generate_site
 from medfed.models.membership import AttackResult, balanced_split, loss_threshold_attack
 from medfed.models.nets import build_model
 from medfed.models.pipeline import own_statistics
 from medfed.models.privacy import default_delta, dp_train, noise_for_target, sample_rate
 from medfed.models.schema import load_task
-from medfed.models.synthetic import SkewConfig, generate_site
 from medfed.models.training import loss_function, make_loader, set_seed, train
 
 SEEDS = (0, 1, 2)

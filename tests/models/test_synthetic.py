@@ -15,8 +15,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from medfed.models.schema import SchemaError, TaskSchema, load_task, task_dir, task_from_dict
-from medfed.models.synthetic import (
+from medfed.models.ingest.synthetic import (
     Site,
     SkewConfig,
     export_csv,
@@ -25,6 +24,7 @@ from medfed.models.synthetic import (
     oracle_score,
     site_sizes,
 )
+from medfed.models.schema import SchemaError, TaskSchema, load_task, task_dir, task_from_dict
 
 TASKS = ("diagnosis", "treatment", "pricing")
 MAY_BE_MISSING = {
@@ -353,7 +353,7 @@ def test_federation_config_matches_the_generator() -> None:
 
 
 def test_models_do_not_import_flower() -> None:
-    code = ("import sys, medfed.models.schema, medfed.models.synthetic; "
+    code = ("import sys, medfed.models.schema, medfed.models.ingest.synthetic; "
             "sys.exit(any(m == 'flwr' or m.startswith('flwr.') for m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from medfed.client.app import app as medfed_client
-from medfed.server.outputs import write_run
+from medfed.server.outputs.rundir import write_run
 from medfed.strategies.central_dp import epsilon_after
 
 ROUNDS = 3
@@ -116,9 +116,9 @@ def test_without_noise_and_clipping_it_is_fedavg_with_equal_weights(small_study,
 
 def test_a_resumed_study_continues_the_accountant_and_the_noise(small_study, tmp_path,
                                                                  crash_after):
-    from medfed.server.config import compose_study
-    from medfed.server.engine import InProcessGrid
-    from medfed.server.study import run_study
+    from medfed.server.simulation.engine import InProcessGrid
+    from medfed.server.study.config import compose_study
+    from medfed.server.study.loop import run_study
 
     def run(study, observer=None):
         grid = InProcessGrid(medfed_client, [{"partition-id": i, "num-partitions": 3}

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from medfed.client.app import app as medfed_client
-from medfed.server import checkpoint as ckpt
-from medfed.server.config import ConfigError, compose_study
-from medfed.server.engine import InProcessGrid
-from medfed.server.study import run_study
+from medfed.server.simulation.engine import InProcessGrid
+from medfed.server.study import checkpoint as ckpt
+from medfed.server.study.config import ConfigError, compose_study
+from medfed.server.study.loop import run_study
 
 SMALL = ["federation.hospitals=3", "federation.min_size=60", "federation.max_size=120",
          "quiet=true", "strategy=fedadam", "rounds=4"]

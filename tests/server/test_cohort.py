@@ -6,9 +6,9 @@ from __future__ import annotations
 from flwr.app import RecordDict
 
 from medfed.client.app import app as medfed_client
-from medfed.server.engine import FIRST_NODE_ID, InProcessGrid
-from medfed.server.outputs import summary
-from medfed.server.study import run_study
+from medfed.server.outputs.rundir import summary
+from medfed.server.simulation.engine import FIRST_NODE_ID, InProcessGrid
+from medfed.server.study.loop import run_study
 
 
 class Schedule:
@@ -96,7 +96,7 @@ def test_a_duplicate_hospital_name_is_not_admitted(small_study):
 
 
 def test_metrics_csv_keeps_the_training_row_of_a_hospital_that_then_dropped_out(small_study):
-    from medfed.server.outputs import metric_rows
+    from medfed.server.outputs.rundir import metric_rows
 
     study = small_study("rounds=4")
     grid = _grid([0, 1, 2])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from medfed.server.config import ConfigError, compose_study, expand_sweeps, validate_study
+from medfed.server.study.config import ConfigError, compose_study, expand_sweeps, validate_study
 
 
 def test_defaults():
@@ -168,7 +168,7 @@ def test_every_sweep_combination_composes():
 @pytest.fixture(scope="module")
 def finished_run(tmp_path_factory) -> Path:
     """A study of 2 rounds that ran to its end with ``medfed simulate`` (in this process)."""
-    from medfed.server.cli import main
+    from medfed.infra.cli import main
 
     run_dir = tmp_path_factory.mktemp("finished") / "run"
     main(["simulate", "federation.hospitals=3", "federation.min_size=60",
@@ -177,7 +177,7 @@ def finished_run(tmp_path_factory) -> Path:
 
 
 def _resume_says_nothing_to_do(command: list[str], run_dir: Path, capsys) -> None:
-    from medfed.server.cli import main
+    from medfed.infra.cli import main
 
     before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
     with pytest.raises(SystemExit) as exit_info:
@@ -204,7 +204,7 @@ def test_medfed_run_resume_of_a_finished_study_exits_0_before_connecting(
 
 
 def test_a_study_that_stopped_early_can_still_be_resumed(finished_run, tmp_path):
-    from medfed.server.config import NothingToResume, check_unfinished
+    from medfed.server.study.config import NothingToResume, check_unfinished
 
     stopped = tmp_path / "stopped"
     shutil.copytree(finished_run, stopped)

@@ -10,9 +10,9 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from medfed.client.deploy import DeployError, create_node_keys
-from medfed.server.certs import create_tls, san_entries
-from medfed.server.deploy import (
+from medfed.infra.keys import DeployError, create_node_keys
+from medfed.server.deploy.certs import create_tls, san_entries
+from medfed.server.deploy.coordinator import (
     add_node,
     coordinator_main,
     coordinator_superlink,
@@ -20,7 +20,7 @@ from medfed.server.deploy import (
     load_config,
     local_address,
 )
-from medfed.server.flwr_cli import run_main
+from medfed.server.deploy.flwr_cli import run_main
 
 
 def test_sans_cover_the_given_hosts_and_loopback_once():
@@ -62,8 +62,7 @@ def test_config_round_trip_and_superlink_flags(tmp_path):
 
 
 def test_fast_and_flower_default_superlink_environments(tmp_path):
-    from medfed.server.polling import POLL_ENV
-    from medfed.server.runtime import superlink_env
+    from medfed.infra.launch import POLL_ENV, superlink_env
 
     fast, slow = superlink_env(tmp_path / "a"), superlink_env(tmp_path / "b", fast=False)
     assert fast["FLWR_SUPEREXEC_TASK_POLL_INTERVAL"] == "0.05" and POLL_ENV not in fast
@@ -163,13 +162,13 @@ def test_config_file_is_plain_yaml_with_relative_paths(tmp_path):
 def _run_study(*overrides: str) -> dict:
     import argparse
 
-    from medfed.server.flwr_cli import _study
+    from medfed.server.deploy.flwr_cli import _study
 
     return _study(argparse.Namespace(overrides=list(overrides), resume=None))
 
 
 def test_medfed_run_defaults_to_the_connected_nodes(tmp_path):
-    from medfed.models.data import MAX_NODES, federation_size
+    from medfed.models.ingest.sources import MAX_NODES, federation_size
 
     study = _run_study("strategy.min_nodes=7", f"output_dir={tmp_path}")
     assert study["federation"] == {"name": "nodes", "hospitals": None}
@@ -194,9 +193,9 @@ def test_nodes_federation_errors_are_one_line(capsys, overrides, message):
 
 
 def test_nodes_federation_has_no_rows_to_simulate(small_study):
-    from medfed.models.data import DataConfigError, load_site
+    from medfed.infra.cli import main
+    from medfed.models.ingest.sources import DataConfigError, load_site
     from medfed.models.pipeline import study_schema
-    from medfed.server.cli import main
 
     study = small_study()
     with pytest.raises(DataConfigError, match="each deployed node reads its dataset card"):

@@ -7,7 +7,7 @@ import pytest
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 
-from medfed.server.engine import FIRST_NODE_ID, InProcessGrid, transmit
+from medfed.server.simulation.engine import FIRST_NODE_ID, InProcessGrid, transmit
 
 
 def _message(n_values: int, *, seed: int = 0) -> Message:

@@ -10,9 +10,9 @@ import pytest
 import torch
 import yaml
 
-from medfed.server.outputs import write_run
-from medfed.server.simulation import run_simulated_study
-from medfed.server.study import GLOBAL
+from medfed.server.outputs.rundir import write_run
+from medfed.server.simulation.run import run_simulated_study
+from medfed.server.study.loop import GLOBAL
 
 ROUNDS = 2
 HOSPITALS = ["hospital-0", "hospital-1", "hospital-2"]

@@ -11,7 +11,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from PIL import Image, ImageColor
 
-from medfed.server.plot import (
+from medfed.server.outputs.plot import (
     LEGEND_CAP,
     PALETTE,
     legend_entries,
@@ -19,8 +19,8 @@ from medfed.server.plot import (
     nice_ticks,
     tick_label,
 )
-from medfed.server.report import plot_convergence, plot_epsilon
-from medfed.server.study import GLOBAL
+from medfed.server.outputs.report import plot_convergence, plot_epsilon
+from medfed.server.study.loop import GLOBAL
 
 BLACK = (0, 0, 0)
 

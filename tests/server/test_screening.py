@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from medfed.server.adversary import poison
-from medfed.server.screening import ScreeningConfig, screen_replies, update_norm
+from medfed.server.study.adversary import poison
+from medfed.strategies.screening import ScreeningConfig, screen_replies, update_norm
 
 GLOBAL = {"w": np.zeros((2, 2), dtype=np.float32), "b": np.zeros(2, dtype=np.float32)}
 

@@ -16,9 +16,9 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 import medfed.client.secagg as client_secagg
 from medfed.client.guard import ALLOWED_METRICS
 from medfed.models.flat import pack
-from medfed.server.config import ConfigError, compose_study
-from medfed.server.engine import InProcessGrid
-from medfed.server.study import run_study
+from medfed.server.simulation.engine import InProcessGrid
+from medfed.server.study.config import ConfigError, compose_study
+from medfed.server.study.loop import run_study
 
 FOUR = ["federation.hospitals=4", "federation.min_size=60", "federation.max_size=120"]
 SECURE = "secure_aggregation=true"

@@ -11,9 +11,9 @@ import torch
 
 from medfed.client.app import app as medfed_client
 from medfed.models.metrics import metrics_from_statistics, sum_statistics
-from medfed.server.config import config_dir
-from medfed.server.engine import FIRST_NODE_ID
-from medfed.server.study import GLOBAL, StudyError
+from medfed.server.simulation.engine import FIRST_NODE_ID
+from medfed.server.study.config import config_dir
+from medfed.server.study.loop import GLOBAL, StudyError
 
 ROUNDS = 3
 

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from flwr.serverapp import strategy as fl
 
-from medfed.server.config import config_dir
+from medfed.server.study.config import config_dir
 from medfed.strategies.registry import STRATEGIES, StrategyConfigError, build_strategy
 from medfed.strategies.statistics import sum_metric_records
 

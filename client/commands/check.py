@@ -1,0 +1,140 @@
+"""``medfed node check --dataset CARD [--task NAME]``: is this hospital's export usable?
+
+Reads the dataset card and its data exactly as a study would (:mod:`medfed.models.ingest.cards`) and
+prints only aggregates: rows read, kept and dropped (per reason), missingness and out-of-range
+counts per feature, class balance or target range, and the train/test sizes, then one line per
+note, warning and error. Exit status 0 when the data is usable, 1 when it is not, 2 when the card
+(or a data file as a whole) cannot be read. No input ends in a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from medfed.models.ingest.cards import (
+    CardError,
+    DatasetCard,
+    ValidationReport,
+    card_schema,
+    load_card,
+    read_card_data,
+)
+from medfed.models.schema import SchemaError, TaskSchema, load_task
+
+EXIT_OK, EXIT_UNUSABLE, EXIT_CARD = 0, 1, 2
+
+
+def _schema(card: DatasetCard, task: str | None) -> TaskSchema:
+    declared = card_schema(card)
+    if task is None:
+        return declared
+    try:
+        wanted = load_task(task)
+    except SchemaError as exc:
+        raise CardError(f"--task {task}: {exc}") from None
+    if wanted.name != declared.name:
+        raise CardError(f"{card.path} describes data for task '{declared.name}', but --task asks "
+                        f"for '{wanted.name}'; check the card's task or the --task option")
+    return wanted
+
+
+def _rows(report: ValidationReport) -> list[str]:
+    verb = "dropped" if report.on_invalid_row == "drop" else "invalid"
+    lines = [f"  rows      read {report.rows_read}, kept {report.rows_kept}, "
+             f"{verb} {report.rows_dropped}"]
+    if report.dropped:
+        lines.append("            " + ", ".join(f"{reason}: {n}"
+                                                for reason, n in report.dropped.items()))
+    return lines
+
+
+def _target(report: ValidationReport, target: str) -> list[str]:
+    lines = [f"  target    {target}"]
+    for part, counts in report.classes.items():
+        total = sum(counts.values()) or 1
+        shares = ", ".join(f"{label} {n} ({100 * n / total:.0f}%)" for label, n in counts.items())
+        lines.append(f"  {part:9s} {shares}")
+    if report.target_range:
+        lines.append("            train min {min:.4g}, mean {mean:.4g}, max {max:.4g}"
+                     .format(**report.target_range))
+    return lines
+
+
+def _features(report: ValidationReport) -> list[str]:
+    if not report.missing:
+        return []
+    width = max(len(name) for name in report.missing) + 2
+    lines = [f"  {'feature':{width}s}{'missing':>9s}{'out of range':>14s}"]
+    for name, share in report.missing.items():
+        lines.append(f"  {name:{width}s}{100 * share:8.1f}%{report.out_of_range.get(name, 0):14d}")
+    return lines
+
+
+def render_report(report: ValidationReport) -> str:
+    """The printable report: aggregates first, then one line per note, warning and error."""
+    lines = [f"dataset card {report.card}: site '{report.site}', task '{report.task}'"]
+    lines += [f"  file      {name}" for name in report.files]
+    lines += _rows(report)
+    if report.split:
+        lines.append(f"  split     {report.split}")
+        lines.append(f"            train {report.train_size} rows, test {report.test_size} rows")
+    lines += _target(report, report.target) + [""] + _features(report)
+    lines += [f"note: {m}" for m in report.notes] + [f"warning: {m}" for m in report.warnings]
+    lines += [f"error: {m}" for m in report.errors]
+    verdict = "usable" if report.usable else f"NOT usable ({len(report.errors)} problem(s))"
+    return "\n".join([*lines, f"result: {verdict}"])
+
+
+def check_dataset(card_path: str | Path, task: str | None = None, *,
+                  min_cohort: int | None = None) -> tuple[int, str]:
+    """Validate a dataset card and its data; return ``(exit status, printable report)``.
+
+    ``task`` (a task name or schema path) must agree with the card's task when given;
+    ``min_cohort`` overrides the card's minimum number of valid training rows (default 20).
+    """
+    try:
+        card = load_card(card_path)
+        data = read_card_data(card, _schema(card, task), min_cohort=min_cohort)
+    except (CardError, SchemaError) as exc:
+        return EXIT_CARD, f"error: {exc}"
+    except Exception as exc:  # noqa: BLE001 - the node must never print a traceback
+        first = (str(exc).splitlines() or [""])[0]
+        return EXIT_CARD, (f"error: {card_path}: unexpected problem while reading the data "
+                           f"({type(exc).__name__}: {first}); please report it")
+    return (EXIT_OK if data.report.usable else EXIT_UNUSABLE), render_report(data.report)
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medfed node", description="The hospital node.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    check = commands.add_parser("check", help="validate a dataset card and its data",
+                                description=__doc__.splitlines()[0])
+    check.add_argument("--dataset", required=True, metavar="CARD", help="the dataset card YAML")
+    check.add_argument("--task", metavar="NAME", help="the task the data must fit (default: the "
+                                                      "card's task)")
+    check.add_argument("--min-cohort", type=_positive, metavar="N",
+                       help="fewest valid training rows accepted (default: the card's, else 20)")
+    return parser
+
+
+def node_main(argv: list[str]) -> int:
+    """``medfed node ...``: parse ``argv`` (the words after ``node``) and run the command."""
+    try:
+        args = _parser().parse_args(argv)
+    except SystemExit as exc:  # argparse has printed the usage or the help
+        return exc.code if isinstance(exc.code, int) else EXIT_CARD
+    status, text = check_dataset(args.dataset, args.task, min_cohort=args.min_cohort)
+    print(text, file=sys.stderr if status == EXIT_CARD else sys.stdout)
+    return status

@@ -1,0 +1,181 @@
+"""A hospital's real export, read through its dataset card into validated train and test frames.
+
+:func:`load_card` reads the card (see :mod:`medfed.models.ingest.cardspec` for its keys);
+:func:`read_card_data` reads the file(s) it names, converts them into the data conventions of
+:mod:`medfed.models` (the frames :func:`medfed.models.ingest.sources.load_site` returns), splits them when
+the card names no test file, and returns a :class:`ValidationReport` of aggregates with one
+message per problem. Nothing here raises a traceback for bad input: problems with the card or a
+file as a whole raise :class:`CardError` (one line), everything else is a report entry.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from medfed.models.ingest.cardspec import CardError, DatasetCard, canonical_code, load_card
+from medfed.models.ingest.conversion import convert_table
+from medfed.models.ingest.tables import read_table
+from medfed.models.ingest.validation import ValidationReport
+from medfed.models.schema import SchemaError, TaskSchema, load_task
+
+__all__ = ["DEFAULT_MIN_COHORT", "CardData", "CardError", "DatasetCard", "ValidationReport",
+           "canonical_code", "card_schema", "check_task", "load_card", "read_card_data",
+           "split_rows"]
+
+DEFAULT_MIN_COHORT = 20
+
+
+@dataclass
+class CardData:
+    """A site's validated rows: name, train and test frames, and the report on them."""
+
+    name: str
+    train: pd.DataFrame
+    test: pd.DataFrame
+    report: ValidationReport
+
+
+def card_schema(card: DatasetCard) -> TaskSchema:
+    """The task schema the card names (a shipped task, or a schema path relative to the card).
+
+    Raises
+    ------
+    CardError
+        When the task is unknown or its schema is invalid; the message names the card.
+    """
+    task = card.task
+    if task.endswith((".yaml", ".yml")) and not Path(task).is_absolute():
+        task = str(card.path.parent / task)
+    try:
+        return load_task(task)
+    except SchemaError as exc:
+        raise CardError(f"{card.path}: task '{card.task}' cannot be used: {exc}") from None
+
+
+def check_task(card: DatasetCard, schema: TaskSchema) -> None:
+    """Raise :class:`CardError` unless the card's task is ``schema``'s task."""
+    declared = card_schema(card).name
+    if declared != schema.name:
+        raise CardError(f"{card.path} describes data for task '{declared}', but the study's task "
+                        f"is '{schema.name}'; use a card written for '{schema.name}'")
+
+
+def split_rows(y: np.ndarray | None, n: int, test_fraction: float,
+               seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded train/test row indices; stratified by class when ``y`` (class labels) is given.
+
+    Each class sends ``round(count * test_fraction)`` rows to the test split (half rounds up).
+    """
+    rng = np.random.default_rng(seed)
+    groups = [np.arange(n)] if y is None else [np.flatnonzero(y == c) for c in np.unique(y)]
+    test = [rng.permutation(group)[:int(np.floor(len(group) * test_fraction + 0.5))]
+            for group in groups]
+    test_rows = np.sort(np.concatenate(test)) if test else np.array([], dtype=np.int64)
+    return np.setdiff1d(np.arange(n), test_rows), test_rows
+
+
+def _read(card: DatasetCard, path: Path, schema: TaskSchema, role: str,
+          report: ValidationReport) -> pd.DataFrame | None:
+    table = read_table(path, card.csv, card.columns, role=role)
+    report.files.append(str(path))
+    for note in table.notes:
+        report.add("note", note)
+    return convert_table(table, card, schema, report)
+
+
+def _split(card: DatasetCard, frame: pd.DataFrame, schema: TaskSchema,
+           report: ValidationReport) -> tuple[pd.DataFrame, pd.DataFrame]:
+    spec = card.split
+    stratify = spec.stratify and schema.target.kind != "continuous"
+    y = frame[schema.target.name].to_numpy() if stratify else None
+    train, test = split_rows(y, len(frame), spec.test_fraction, spec.seed)
+    report.split = (f"{'stratified ' if stratify else ''}seeded split of {card.train.name}: "
+                    f"test_fraction {spec.test_fraction:g}, seed {spec.seed}")
+    return (frame.iloc[train].reset_index(drop=True), frame.iloc[test].reset_index(drop=True))
+
+
+def _target_summary(train: pd.DataFrame, test: pd.DataFrame, schema: TaskSchema,
+                    report: ValidationReport) -> None:
+    target = schema.target
+    if target.kind == "continuous":
+        y = train[target.name].to_numpy(dtype=float)
+        if len(y):
+            report.target_range = {"min": float(y.min()), "mean": float(y.mean()),
+                                   "max": float(y.max())}
+        return
+    labels = target.classes or ("0", "1")
+    for part, frame in (("train", train), ("test", test)):
+        counts = np.bincount(frame[target.name].to_numpy(dtype=np.int64), minlength=len(labels))
+        report.classes[part] = {label: int(n) for label, n in zip(labels, counts, strict=False)}
+    present = [label for label, n in report.classes["train"].items() if n > 0]
+    if len(train) and len(present) < 2:
+        report.add("error", f"{card_file(report)}: the training split has a single class "
+                            f"({present[0]!r}) of '{target.name}'; a model cannot learn from "
+                            "it: export rows of every class")
+
+
+def card_file(report: ValidationReport) -> str:
+    """The training file a report is about (the card when no file was read)."""
+    return report.files[0] if report.files else report.card
+
+
+def _feature_summary(rows: pd.DataFrame, schema: TaskSchema, report: ValidationReport) -> None:
+    if not len(rows):
+        return
+    for feat in schema.features:
+        share = float(rows[feat.name].isna().mean())
+        report.missing[feat.name] = share
+        if share == 1.0 and feat.name not in report.absent:
+            level = "error" if feat.required else "warning"
+            fix = "fix the export" if feat.required else "it adds nothing"
+            report.add(level, f"{card_file(report)}: column '{feat.name}' is missing in every "
+                              f"kept row; {fix}")
+
+
+def _cohort(report: ValidationReport, min_cohort: int) -> None:
+    if report.train_size < min_cohort:
+        rows = f"{report.train_size} valid row{'' if report.train_size == 1 else 's'}"
+        report.add("error", f"{card_file(report)}: the training split has {rows}, fewer than "
+                            f"the minimum cohort of {min_cohort}; add rows or lower the minimum "
+                            "(--min-cohort)")
+
+
+def read_card_data(card: DatasetCard, schema: TaskSchema, *,
+                   min_cohort: int | None = None) -> CardData:
+    """Read, validate and split the data a card describes, against ``schema``.
+
+    ``min_cohort`` (default: the card's ``min_cohort``, else 20) is the fewest valid training rows
+    accepted. The frames hold only valid rows: numeric and binary features as float with NaN for
+    missing, categorical ones as category strings with None, the target as int (0/1 or class
+    index) or float. ``report.usable`` says whether they can be trained on.
+
+    Raises
+    ------
+    CardError
+        When a data file is missing, unreadable, empty or has no data rows.
+    """
+    report = ValidationReport(card=str(card.path), site=card.name, task=schema.name,
+                              target=schema.target.name, on_invalid_row=card.on_invalid_row)
+    frame = _read(card, card.train, schema, "train", report)
+    test = None if card.test is None else _read(card, card.test, schema, "test", report)
+    empty = pd.DataFrame(columns=[*schema.feature_names, schema.target.name])
+    if frame is None or (card.test is not None and test is None):
+        return CardData(card.name, empty, empty.copy(), report)
+    if test is None:
+        train, test = _split(card, frame, schema, report)
+    else:
+        train, report.split = frame, f"explicit test file {card.test.name}"
+    report.train_size, report.test_size = len(train), len(test)
+    if not report.rows_kept:
+        report.add("error", f"{card_file(report)}: no valid rows are left; see the problems above")
+    elif not len(test) and (card.test is not None or card.split.test_fraction > 0):
+        report.add("warning", f"{card.test or card.train}: the test split is empty, so this "
+                              "site reports no test metrics")
+    _feature_summary(pd.concat([train, test], ignore_index=True), schema, report)
+    _target_summary(train, test, schema, report)
+    _cohort(report, min_cohort or card.min_cohort or DEFAULT_MIN_COHORT)
+    return CardData(card.name, train, test, report)

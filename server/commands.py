@@ -1,0 +1,143 @@
+"""The researcher's commands: ``medfed simulate``, ``medfed tasks``, ``medfed checkpoint-key``.
+
+``medfed simulate [Hydra overrides]`` runs a simulated federation (a Hydra app: ``-m`` sweeps,
+``--cfg job``, ``--help`` work as in any Hydra app). Every configuration mistake ends with one
+sentence and exit status 2; a study that fails ends with one sentence and exit status 1.
+The ``medfed`` dispatcher (:mod:`medfed.infra.cli`) calls the ``*_main`` functions.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def _fail(message: str, status: int) -> None:
+    print(f"medfed: error: {message}", file=sys.stderr)
+    raise SystemExit(status)
+
+
+def _prevalidate(args: list[str]) -> list[dict[str, Any]]:
+    """Compose and validate every sweep combination before any job starts; return the studies."""
+    from medfed.server.study.config import (
+        ConfigError,
+        NothingToResume,
+        compose_study,
+        expand_sweeps,
+    )
+
+    overrides = [a for a in args if not a.startswith("-") and not a.startswith("hydra.")
+                 and not a.startswith("hydra/")]
+    try:
+        combos = expand_sweeps(overrides)
+    except Exception as exc:
+        _fail(f"cannot parse the overrides: {str(exc).splitlines()[0]}", 2)
+    studies = []
+    for combo in combos:
+        try:
+            studies.append(compose_study(combo))
+        except NothingToResume as exc:
+            print(f"medfed: {exc}")
+            raise SystemExit(0) from None
+        except ConfigError as exc:
+            _fail(str(exc), 2)
+        if studies[-1]["federation"]["name"] == "nodes":
+            _fail("federation=nodes is a deployed federation (medfed run); simulate "
+                  "federation=synthetic or federation=sites", 2)
+    return studies
+
+
+def simulate_main(argv: list[str]) -> int:
+    """Run ``medfed simulate``: check the overrides, then hand over to Hydra."""
+    import hydra
+
+    from medfed.server.study.config import config_dir
+
+    passthrough = any(a in ("--help", "-h", "--hydra-help", "--info") or a.startswith("--cfg")
+                      for a in argv)
+    sweep = "-m" in argv or "--multirun" in argv
+    if not passthrough:
+        studies = _prevalidate(argv)
+        if not sweep and not any(a.startswith(("hydra.", "hydra/", "-")) for a in argv):
+            _run_single(studies[0])  # one run: composed once, no Hydra job machinery
+            return 0
+    for arg in list(argv):
+        if arg.startswith("output_dir=") and "-m" not in argv and "--multirun" not in argv:
+            argv.append(f"hydra.run.dir={arg.split('=', 1)[1]}")
+    sys.argv = ["medfed simulate", *argv]
+    hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(
+        _simulate_job)()
+    return 0
+
+
+def _run_single(study: dict[str, Any]) -> None:
+    from medfed.server.outputs.rundir import default_output_dir
+
+    if not study.get("output_dir"):
+        study["output_dir"] = str(default_output_dir(study))
+    _run(study)
+
+
+def _run(study: dict[str, Any]) -> None:
+    """Run a validated study; a failure ends in one sentence (a traceback with verbose=true)."""
+    from medfed.server.simulation.run import run_simulated_study
+
+    try:
+        run_simulated_study(study)
+    except KeyboardInterrupt:
+        _fail("interrupted; the run directory holds only what was finished", 130)
+    except Exception as exc:  # a failed study ends in one sentence, not a traceback
+        if study.get("verbose"):
+            raise
+        first = (str(exc).splitlines() or [""])[0]
+        _fail(f"the study failed: {type(exc).__name__}: {first} (verbose=true shows the "
+              "traceback)", 1)
+
+
+def _simulate_job(cfg: Any) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    from medfed.server.study.config import (
+        ConfigError,
+        absolute_paths,
+        study_from_cfg,
+        validate_study,
+    )
+
+    study = absolute_paths(study_from_cfg(cfg))
+    try:
+        validate_study(study)
+    except ConfigError as exc:
+        _fail(str(exc), 2)
+    hydra_cfg = HydraConfig.get()
+    if not study.get("output_dir"):
+        study["output_dir"] = hydra_cfg.runtime.output_dir
+    elif str(hydra_cfg.mode) == "RunMode.MULTIRUN":  # one folder per job of a sweep
+        study["output_dir"] = str(Path(study["output_dir"]) / str(hydra_cfg.sweep.subdir))
+    _run(study)
+
+
+def tasks_main(argv: list[str]) -> int:
+    """``medfed tasks``: one line per shipped task schema."""
+    from medfed.models.schema import available_tasks, load_task
+
+    for name in available_tasks():
+        task = load_task(name)
+        print(f"{name:12s} {task.target.kind:11s} {len(task.features):2d} features  "
+              f"{task.description}")
+    return 0
+
+
+def checkpoint_key_main(args: list[str]) -> int:
+    """``medfed checkpoint-key FILE``."""
+    from medfed.server.study.checkpoint import CheckpointError, new_key
+
+    if len(args) != 1 or args[0].startswith("-"):
+        _fail("usage: medfed checkpoint-key FILE", 2)
+    try:
+        path = new_key(args[0])
+    except (CheckpointError, OSError) as exc:
+        _fail(str(exc), 2)
+    print(f"wrote {path}; keep it safe: encrypted checkpoints cannot be read without it")
+    return 0

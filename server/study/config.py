@@ -1,0 +1,233 @@
+"""The study configuration: composing it with Hydra and checking it before anything runs.
+
+A *study* is the resolved Hydra config as a plain dict (no ``hydra`` section). It travels to every
+hospital as JSON in round 0, so each node trains with exactly the settings the server used.
+:func:`validate_study` turns every user mistake into one sentence naming the setting.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import DictConfig, OmegaConf
+
+from medfed.models.ingest.sources import DataConfigError, federation_size
+from medfed.models.schema import SchemaError, task_from_dict
+from medfed.strategies.central_dp import check_central
+from medfed.strategies.registry import StrategyConfigError, build_strategy
+
+
+class ConfigError(ValueError):
+    """An invalid study configuration; the message is one sentence naming the setting."""
+
+
+class NothingToResume(ConfigError):
+    """``resume=RUN_DIR`` names a study that already ran all its rounds. Not an error: the
+    command says so and exits 0, and the run directory is left as it is (resuming would only
+    evaluate the final model again and overwrite its summary with the re-run's timings)."""
+
+
+def check_unfinished(run_dir: Path) -> None:
+    """Raise :class:`NothingToResume` when ``run_dir/summary.json`` records a study that ran to
+    its end. A study that stopped early (``stopped``: too few hospitals...) may be resumed."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return  # no summary: the study was interrupted; its checkpoint says where
+    if isinstance(summary, dict) and not summary.get("stopped"):
+        raise NothingToResume(f"{run_dir} already finished all {summary.get('rounds')} rounds; "
+                              "nothing to resume (the run directory is unchanged)")
+
+
+def config_dir() -> Path:
+    """The folder of the shipped Hydra configuration (``conf/``)."""
+    return Path(str(files("medfed.conf")))
+
+
+def study_from_cfg(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved study dict of a composed Hydra config (without the ``hydra`` section)."""
+    study = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    assert isinstance(study, dict)
+    study.pop("hydra", None)
+    return study
+
+
+def compose_study(overrides: list[str]) -> dict[str, Any]:
+    """Compose the study config from the shipped ``conf/`` and Hydra ``overrides``.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown group option or key, or an invalid value.
+    """
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=overrides)
+    except Exception as exc:  # Hydra's errors span lines; keep the first useful one
+        raise ConfigError(_hydra_message(exc)) from None
+    finally:
+        GlobalHydra.instance().clear()
+    study = absolute_paths(study_from_cfg(cfg))
+    if study.get("resume"):
+        study = resumed_study(study, overrides)
+    validate_study(study)
+    return study
+
+
+# What a resumed study may change: how it runs, never what it computes.
+RESUME_MAY_CHANGE = ("resume", "quiet", "verbose", "timeout", "engine", "checkpoint", "threads")
+
+
+def resumed_study(study: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """The study of the run directory ``study["resume"]``, with this invocation's run settings.
+
+    ``resume=RUN_DIR`` continues the study exactly as ``RUN_DIR/config.yaml`` describes it (the
+    checkpoint holds the same configuration and is checked against it); an override that would
+    change what the study computes is refused.
+    """
+    import yaml
+
+    run_dir = Path(str(study["resume"])).expanduser().resolve()
+    check_unfinished(run_dir)
+    for override in overrides:
+        key = override.lstrip("+~").split("=", 1)[0].split(".", 1)[0].split("/", 1)[0]
+        if key not in RESUME_MAY_CHANGE:
+            raise ConfigError(f"resume={run_dir} continues the study configured in that run "
+                              f"directory; drop the override {override} (a resumed study may "
+                              f"only change {', '.join(RESUME_MAY_CHANGE[1:])})")
+    try:
+        original = yaml.safe_load((run_dir / "config.yaml").read_text())
+    except OSError:
+        raise ConfigError(f"resume={run_dir}: no config.yaml there; give the run directory of "
+                          "the study to continue") from None
+    if not isinstance(original, dict) or "task" not in original:
+        raise ConfigError(f"resume={run_dir}: config.yaml is not a medfed study")
+    for key in RESUME_MAY_CHANGE:
+        if key in study:
+            original[key] = study[key]
+    original["resume"] = str(run_dir)
+    original["output_dir"] = str(run_dir)
+    return original
+
+
+def absolute_paths(study: dict[str, Any]) -> dict[str, Any]:
+    """Make dataset-card paths absolute, so nodes started from another folder find them."""
+    cards = study["federation"].get("cards")
+    if cards:
+        study["federation"]["cards"] = [str(Path(c).expanduser().resolve()) for c in cards]
+    return study
+
+
+def _hydra_message(exc: Exception) -> str:
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    if text.startswith("In 'config': Could not find"):
+        text = text.replace("In 'config': ", "")
+    if "Could not find" in text:
+        options = list(itertools.takewhile(lambda line: not line.startswith("Config search"),
+                                           (line for line in lines[1:]
+                                            if not line.startswith("Available"))))
+        text += f"; available: {', '.join(options)}" if options else ""
+    elif "Could not override" in text or "not in struct" in str(exc):
+        text = (text.rstrip(".") + ": no such setting (check the spelling; "
+                "`medfed simulate --cfg job` lists every setting)")
+    return text
+
+
+def expand_sweeps(overrides: list[str]) -> list[list[str]]:
+    """Every combination a ``-m`` sweep will run (``seed=1,2`` gives two override lists)."""
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    choices = []
+    for item in parsed:
+        key = item.get_key_element()
+        if item.is_sweep_override():
+            choices.append([f"{key}={value}" for value in item.sweep_string_iterator()])
+        else:
+            choices.append([item.input_line])
+    return [list(combo) for combo in itertools.product(*choices)]
+
+
+def _positive(study: dict[str, Any], dotted: str, *, integer: bool = False,
+              allow_none: bool = False) -> None:
+    value: Any = study
+    for part in dotted.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    if value is None and allow_none:
+        return
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+    if integer:
+        ok = ok and float(value).is_integer()
+    if not ok:
+        kind = "a positive integer" if integer else "a positive number"
+        raise ConfigError(f"{dotted} must be {kind}, got {value!r}")
+
+
+def _check_federation(federation: dict[str, Any]) -> None:
+    """Sizes and split of the synthetic federation (cards carry their own)."""
+    if federation.get("name") != "synthetic":
+        return
+    low, high = federation.get("min_size"), federation.get("max_size")
+    if not isinstance(low, int) or not isinstance(high, int) or not 20 <= low <= high:
+        raise ConfigError(f"federation.min_size ({low}) and max_size ({high}) must be integers "
+                          "with 20 <= min_size <= max_size")
+    fraction = federation.get("test_fraction")
+    if not isinstance(fraction, int | float) or not 0.05 <= fraction <= 0.9:
+        raise ConfigError("federation.test_fraction must be between 0.05 and 0.9, got "
+                          f"{fraction!r}")
+    for size in federation.get("sizes") or []:
+        if not isinstance(size, int) or size < 20:
+            raise ConfigError("federation.sizes must be integers of at least 20 rows, got "
+                              f"{size!r}")
+
+
+def validate_study(study: dict[str, Any]) -> None:
+    """Check a study config; raise :class:`ConfigError` naming the first bad setting."""
+    for key in ("rounds", "train.batch_size", "evaluate.every", "evaluate.auroc_bins",
+                "threads", "preprocessing.min_cell"):
+        _positive(study, key, integer=True)
+    _positive(study, "train.local_steps", integer=True, allow_none=True)
+    _positive(study, "train.local_epochs", integer=True)
+    _positive(study, "train.lr")
+    _positive(study, "timeout")
+    seed = study.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+    _check_federation(study["federation"])
+    if study["train"]["optimizer"] not in ("sgd", "adam"):
+        raise ConfigError("train.optimizer must be sgd or adam, got "
+                          f"{study['train']['optimizer']!r}")
+    if study["preprocessing"]["normalisation"] not in ("global", "site"):
+        raise ConfigError("preprocessing.normalisation must be global or site, got "
+                          f"{study['preprocessing']['normalisation']!r}")
+    for key in ("screening.max_norm_ratio", "screening.max_update_norm"):
+        _positive(study, key, allow_none=True)
+    every = (study.get("checkpoint") or {}).get("every", 1)
+    if not isinstance(every, int) or isinstance(every, bool) or every < 0:
+        raise ConfigError(f"checkpoint.every must be a whole number of rounds (0: never), got "
+                          f"{every!r}")
+    try:
+        task_from_dict(study["task"], source=f"task '{study['task'].get('name')}'")
+        n_nodes = federation_size(study["federation"])
+        build_strategy(study["strategy"], n_nodes)
+        check_central(study, n_nodes)
+        from medfed.server.study.adversary import attack_targets
+
+        targets, _, _ = attack_targets(study, n_nodes)
+    except (SchemaError, DataConfigError, StrategyConfigError, ValueError) as exc:
+        raise ConfigError(str(exc)) from None
+    if targets and study["engine"]["name"] != "inprocess":
+        raise ConfigError("attack.hospitals needs engine=inprocess (malicious hospitals are a "
+                          "simulation of the in-process engine)")
+    if study.get("secure_aggregation"):
+        from medfed.strategies.secagg import config_error
+
+        if error := config_error(study):
+            raise ConfigError(error)
