@@ -7,7 +7,7 @@ export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
 export FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION := 1
 
-.PHONY: demo test test-fast lint bench sweep clean install
+.PHONY: demo test test-fast check lint bench sweep clean install
 
 install: $(STAMP)
 
@@ -30,8 +30,18 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
-lint: $(STAMP)
-	$(BIN)/ruff check server client strategies models tests benchmarks
+## What CI checks before the tests: lint, formatting, types (zero errors) and the import contracts.
+PACKAGES := infra server client strategies models
+check: $(STAMP)
+	$(BIN)/ruff check $(PACKAGES) tests benchmarks
+	$(BIN)/ruff format --check $(PACKAGES) tests benchmarks
+	mkdir -p build/typecheck/medfed
+	for p in $(PACKAGES); do ln -sfn ../../../$$p build/typecheck/medfed/$$p; done
+	cd build/typecheck && ../../$(BIN)/mypy --config-file ../../pyproject.toml \
+	    $(foreach p,$(PACKAGES),-p medfed.$(p))
+	$(BIN)/lint-imports
+
+lint: check
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/sim_overhead.py

@@ -1,1 +1,6 @@
-"""medfed.strategies: aggregation (Flower strategies by name) and statistics aggregation."""
+"""Aggregation: Flower strategies by name, and the steps around them at the coordinator.
+
+Holds: the strategy registry (registry), statistics aggregation (statistics), update screening
+(screening), client-level DP wrappers (central_dp), SecAgg+ rounds (secagg).
+May import: models, infra, flwr; never server or client.
+"""

@@ -1,0 +1,6 @@
+"""The study a ServerApp runs on any Grid: configuration, round loop, cohort, checkpoints.
+
+Holds: config (compose + validate), loop (the rounds), cohort (who takes part), checkpoint,
+adversary (simulated attacks), baselines (pooled / local-only, equal work).
+May import: strategies, models, infra; never outputs, app, simulation, deploy or client.
+"""
