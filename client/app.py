@@ -31,6 +31,7 @@ from medfed.client import node, privacy_round
 from medfed.client.central_dp import central_clipping_mod
 from medfed.client.guard import reply_guard
 from medfed.client.secagg import secure_aggregation_mod
+from medfed.infra.records import scalar
 from medfed.models import pipeline
 from medfed.models.flat import pack, unpack
 
@@ -90,15 +91,16 @@ def train(msg: Message, context: Context) -> Message:
     """Evaluate the received global model (when due), train locally, reply with the weights."""
     study, schema, site, stats, model = _received_model(msg, context)
     config = msg.content.config_records["config"]
-    server_round = int(config["server-round"])
+    server_round = int(scalar(config["server-round"]))
     metrics: dict = {"num-examples": len(site.y_train)}
     if (server_round - 1) % int(study["evaluate"]["every"]) == 0:
         metrics.update(_evaluation(model, site, schema, study, stats))
     seed = pipeline.round_seed(int(study["seed"]), _index(context), server_round)
     metrics.update(privacy_round.train_round(
         model, site, schema, study, stats, seed=seed, server_round=server_round,
-        proximal_mu=float(config.get("proximal-mu", 0.0)),
-        cohort_size=int(config.get("cohort-size", 0)), delta=float(config.get("dp-delta", 0.0))))
+        proximal_mu=float(scalar(config.get("proximal-mu", 0.0))),
+        cohort_size=int(scalar(config.get("cohort-size", 0))),
+        delta=float(scalar(config.get("dp-delta", 0.0)))))
     return Message(RecordDict({"arrays": ArrayRecord(pack(model.state_dict())),
                                "metrics": MetricRecord(metrics)}), reply_to=msg)
 

@@ -96,8 +96,8 @@ def check_reply(request: Message, reply: Message, secagg: str | None = None) -> 
             raise GuardViolation(f"config record '{name}' with keys {sorted(record)} may not "
                                  "leave the node")
         _check_numbers("statistics", json.loads(str(record["statistics-json"])))
-    for record in content.metric_records.values():
-        unknown = sorted(set(record) - ALLOWED_METRICS)
+    for metrics in content.metric_records.values():
+        unknown = sorted(set(metrics) - ALLOWED_METRICS)
         if unknown:
             raise GuardViolation(f"metric(s) {unknown} are not whitelisted aggregates")
     _check_arrays(request, reply)
@@ -154,8 +154,10 @@ def _check_masked_reply(request: Message, reply: Message) -> None:
     if unknown:
         raise GuardViolation(f"metric(s) {unknown} are not whitelisted aggregates")
     model = request.content.array_records["fitins.parameters"].to_numpy_ndarrays()
-    masked = [bytes_to_ndarray(b) for b in content.config_records[RECORD_KEY_CONFIGS][
-        Key.MASKED_PARAMETERS]]  # type: ignore[union-attr]
+    vectors = content.config_records[RECORD_KEY_CONFIGS][Key.MASKED_PARAMETERS]
+    if not isinstance(vectors, list):
+        raise GuardViolation("the masked vector is not a list of arrays")
+    masked = [bytes_to_ndarray(b) for b in vectors if isinstance(b, bytes)]  # all are (checked)
     shapes = [(1,)] + [a.shape for a in model]  # the weight factor, then the layers
     if [a.shape for a in masked] != shapes or not all(
             np.issubdtype(a.dtype, np.integer) for a in masked):

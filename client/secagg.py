@@ -27,6 +27,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import (
 from flwr.compat.common import recorddict_compat as compat
 
 from medfed.client.guard import check_reply
+from medfed.infra.records import scalar
 
 ARRAY_NAMES = "array-names"  # must match medfed.strategies.secagg.ARRAY_NAMES
 
@@ -85,7 +86,7 @@ def _train_as_fitres(msg: Message, context: Context, call_next: Handler) -> Mess
         raise RuntimeError(reply.error.reason)
     weights = reply.content.array_records["arrays"]
     metrics = reply.content.metric_records["metrics"]
-    n_examples = int(metrics["num-examples"])
+    n_examples = int(scalar(metrics["num-examples"]))
     _check_range(weights, n_examples, context)
     fitres = FitRes(Status(Code.OK, ""), compat.arrayrecord_to_parameters(weights, keep_input=True),
                     n_examples, {})
@@ -100,7 +101,7 @@ def _check_range(weights: ArrayRecord, n_examples: int, context: Context) -> Non
     The mod clips ``w * n / max_weight`` to +-``clipping_range`` (both from the setup stage).
     """
     state = context.state.config_records[RECORD_KEY_STATE]
-    clip, max_weight = float(state["clipping_range"]), float(state["max_weight"])
+    clip, max_weight = float(scalar(state["clipping_range"])), float(scalar(state["max_weight"]))
     if n_examples > max_weight:
         raise ValueError(f"secure aggregation: this node's {n_examples} training rows exceed the "
                          f"round's max_weight {max_weight:g}; the server must send the largest "

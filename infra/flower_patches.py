@@ -239,9 +239,9 @@ def patch_supernode(poll: float, heartbeat: float) -> None:
     if pull is None:
         patched = False
     elif not getattr(pull, "_medfed_robust", False):
-        loop._pull_and_store_message = robust_receive(pull)  # type: ignore[attr-defined]
+        loop._pull_and_store_message = robust_receive(pull)
     if getattr(loop, "time", None) is time:
-        loop.time = CappedSleep(poll)  # type: ignore[attr-defined]
+        loop.time = CappedSleep(poll)  # type: ignore[assignment]  # stands in for the module
     for module in (sender, fleet):
         if hasattr(module, "HEARTBEAT_DEFAULT_INTERVAL"):
             module.HEARTBEAT_DEFAULT_INTERVAL = heartbeat  # type: ignore[attr-defined]

@@ -66,7 +66,7 @@ class LoopbackFederation:
                                   capture_output=True, timeout=timeout,
                                   stdin=subprocess.DEVNULL)
         except subprocess.TimeoutExpired as exc:
-            output = (exc.stdout or b"") + (exc.stderr or b"")
+            output: bytes | str = (exc.stdout or b"") + (exc.stderr or b"")
             if isinstance(output, bytes):
                 output = output.decode(errors="replace")
             raise TimeoutError(f"medfed {' '.join(args)} did not end within {timeout:.0f} s; "

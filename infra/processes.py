@@ -122,6 +122,8 @@ def run_child(command: list[str], env: Mapping[str, str],
 def _relay(child: subprocess.Popen, watch: Sequence[str], seen: set[str]) -> None:
     """Copy the child's output to ours line by line, noting the watched texts it contains."""
     out = getattr(sys.stdout, "buffer", None)
+    if child.stdout is None:  # relayed only when piped
+        return
     for raw in child.stdout:
         line = raw.decode(errors="replace")
         if out is not None:

@@ -19,7 +19,7 @@ per step for all parameters instead of one per tensor).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 from torch import nn
@@ -28,7 +28,7 @@ ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.ELU, nn.S
                nn.Identity)
 
 
-def supports(model: nn.Module) -> bool:
+def supports(model: nn.Module) -> TypeGuard[nn.Sequential]:
     """Whether :func:`attach` can clip ``model`` (see the module docstring for the scope)."""
     if type(model) is not nn.Sequential or len(model) == 0:
         return False
@@ -121,7 +121,8 @@ class VectorisedDPOptimizer:
         self.taps, self.optimizer = taps, optimizer
         self.clip, self.batch, self.std = clip, batch, noise * clip / batch
         self.generator, self.secure = generator, secure
-        self.linears = [layer for layer, linear in taps.layers if linear]
+        self.linears = [layer for layer, linear in taps.layers
+                        if linear and isinstance(layer, nn.Linear)]
         self.flat, self.views = _grad_views(self.linears)
         for layer, (weight, bias, _) in zip(self.linears, self.views, strict=True):
             layer.weight.grad = weight
@@ -146,6 +147,8 @@ class VectorisedDPOptimizer:
             term = torch.linalg.vecdot(g, g).mul_(torch.linalg.vecdot(a, a).add_(bias))
             squared = term if squared is None else squared.add_(term)
         rows = len(grads[0])
+        if squared is None:  # unreachable: grads[0] exists, so the loop ran
+            raise ValueError("No Linear layer to clip.")
         norms = squared.sqrt_().mul_(rows).add_(1e-6)
         return norms.reciprocal_().mul_(self.clip).clamp_(max=1.0).mul_(rows / self.batch)
 
@@ -185,7 +188,7 @@ class VectorisedDPOptimizer:
         self.taps.outputs.clear()
 
 
-def attach(model: nn.Sequential, optimizer: torch.optim.Optimizer, *, noise: float, clip: float,
+def attach(model: nn.Module, optimizer: torch.optim.Optimizer, *, noise: float, clip: float,
            batch: float, generator: torch.Generator,
            secure: bool) -> tuple[Taps, VectorisedDPOptimizer]:
     """Wrap ``model`` for vectorised DP-SGD; call ``detach()`` on the optimizer when done.

@@ -10,7 +10,7 @@ model identically scaled inputs.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Any
@@ -46,7 +46,8 @@ def _codes(df: pd.DataFrame, schema: TaskSchema, feat: Feature) -> np.ndarray:
     if feat.name not in df.columns and not feat.required:
         return np.full(len(df), -1, dtype=np.int64)
     column = _column(df, schema, feat.name)
-    return pd.Index(feat.categories).get_indexer(column.to_numpy(dtype=object)).astype(np.int64)
+    values = column.to_numpy(dtype=object)  # pandas-stubs: get_indexer wants an Index (any array)
+    return pd.Index(feat.categories).get_indexer(values).astype(np.int64)  # type: ignore[arg-type]
 
 
 def _feature_statistics(df: pd.DataFrame, schema: TaskSchema, feat: Feature) -> dict[str, Any]:
@@ -163,7 +164,7 @@ def suppress_small_cells(stats: Mapping[str, Any], min_cell: int = 5) -> dict[st
     return dict(stats, categorical=cells)
 
 
-def _add(sites: list[Mapping[str, Any]], group: str, name: str) -> dict[str, float]:
+def _add(sites: Sequence[Mapping[str, Any]], group: str, name: str) -> dict[str, float]:
     keys = sites[0][group][name].keys()
     return {key: sum(site[group][name][key] for site in sites) for key in keys}
 
@@ -176,7 +177,7 @@ def _mean_std(count: float, total: float, sumsq: float) -> tuple[float, float]:
     return mean, (std if std > _MIN_STD * max(1.0, abs(mean)) else 1.0)
 
 
-def _target_fields(sites: list[Mapping[str, Any]]) -> dict[str, Any]:
+def _target_fields(sites: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     kind = sites[0]["target"]["kind"]
     if kind != "continuous":
         counts = np.sum([site["target"]["classes"] for site in sites], axis=0, dtype=np.float64)
@@ -200,7 +201,7 @@ def _missing_rate(missing: float, observed: float) -> float:
     return missing / (missing + observed) if missing + observed > 0 else 1.0
 
 
-def merge_statistics(stats: list[Mapping[str, Any]], *, min_cell: int = 5) -> GlobalStats:
+def merge_statistics(stats: Sequence[Mapping[str, Any]], *, min_cell: int = 5) -> GlobalStats:
     """Add up the sites' :func:`site_statistics` into :class:`GlobalStats`.
 
     Category cells below ``min_cell`` are suppressed per site before summing (see
@@ -213,7 +214,7 @@ def merge_statistics(stats: list[Mapping[str, Any]], *, min_cell: int = 5) -> Gl
         raise ValueError("Site statistics describe different features or targets; every site "
                          "must compute them with the same task schema.")
     sites = [suppress_small_cells(site, min_cell) for site in stats]
-    out: dict[str, dict[str, Any]] = {name: {} for name in _MAPPINGS}
+    out: dict[str, Any] = {name: {} for name in _MAPPINGS}
     for name in sites[0]["numeric"]:
         total = _add(sites, "numeric", name)
         out["means"][name], out["stds"][name] = _mean_std(total["count"], total["sum"],

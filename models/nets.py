@@ -48,7 +48,8 @@ def build_model(schema: TaskSchema, n_inputs: int, *, target_offset: float = 0.0
         raise ValueError(f"A model needs at least one input column, got n_inputs={n_inputs}.")
     layers = _layers(schema, n_inputs)
     with torch.no_grad():
-        layers[-1].bias.fill_(target_offset)
+        if isinstance(layers[-1], nn.Linear):  # always: the output layer
+            layers[-1].bias.fill_(target_offset)
     if schema.target.n_outputs == 1:
         layers.append(nn.Flatten(start_dim=0))
     return nn.Sequential(*layers)

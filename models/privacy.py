@@ -160,10 +160,10 @@ def dp_steps(n: int, batch_size: int, *, steps: int | None = None,
 
     That is Opacus' ``1 / q`` steps per epoch, without its floating-point rounding.
     """
-    if (steps is None) == (epochs is None):
-        raise ValueError("Give exactly one of steps or epochs to DP-SGD.")
-    if steps is not None:
+    if steps is not None and epochs is None:
         return int(steps)
+    if steps is not None or epochs is None:
+        raise ValueError("Give exactly one of steps or epochs to DP-SGD.")
     sample_rate(n, batch_size)
     return int(epochs) * max(1, n // batch_size)
 

@@ -117,6 +117,8 @@ class ShuffledBatches(BatchSampler):
     ``sampler.generator``), without turning every index into a Python int.
     """
 
+    sampler: RandomSampler  # the one __init__ passes (BatchSampler types it as any sampler)
+
     def __init__(self, n: int, batch_size: int, generator: torch.Generator) -> None:
         super().__init__(RandomSampler(range(n), generator=generator), batch_size, drop_last=False)
 
@@ -137,7 +139,8 @@ def make_loader(X: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor, *, b
     dataset = ArrayDataset(X, y)
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_sampler=ShuffledBatches(len(dataset), batch_size, generator),
-                      generator=generator, collate_fn=collate_batch)
+                      generator=generator,
+                      collate_fn=collate_batch)  # type: ignore[arg-type]  # __getitems__' tuple
 
 
 def make_optimizer(model: nn.Module, name: str = "sgd", *, lr: float, momentum: float = 0.0,

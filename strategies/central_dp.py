@@ -65,7 +65,7 @@ def fedavg_family() -> list[str]:
 
 
 def _number(priv: Mapping[str, Any], key: str, *, zero: bool = False) -> float:
-    value = priv.get(key)
+    value: Any = priv.get(key)
     ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or value < 0 or (value == 0 and not zero):
         raise CentralDPConfigError(f"privacy.{key} must be a number {'>=' if zero else '>'} 0, "
@@ -201,8 +201,8 @@ class CentralDP:
         replies = list(replies)
         answered = [reply for reply in replies if not reply.has_error()]
         for reply in answered:
-            for metrics in reply.content.metric_records.values():
-                metrics[self.strategy.weighted_by_key] = 1
+            for record in reply.content.metric_records.values():
+                record[self.strategy.weighted_by_key] = 1
         reason = ""
         if len(answered) != self.num_sampled_clients:
             reason = (f"only {len(answered)} of the {self.num_sampled_clients} sampled hospitals' "
@@ -213,6 +213,7 @@ class CentralDP:
         except (ValueError, ArithmeticError) as exc:  # malformed replies; an all-zero update
             # (Flower's clipping divides by its norm)
             arrays, metrics, reason = None, None, f"the DP wrapper refused the round: {exc}"
+        entry: dict[str, Any]  # a str "reason" joins the numbers below
         entry = {"round": server_round, "released": arrays is not None,
                  "hospitals": self.num_sampled_clients, "epsilon": self.epsilon}
         if arrays is None:
@@ -247,13 +248,15 @@ class CentralDP:
             self.rng.bit_generator.state = dict(state["rng"])
 
 
-class ServerSideCentralDP(CentralDP, fl.DifferentialPrivacyServerSideFixedClipping):
+class ServerSideCentralDP(CentralDP,  # type: ignore[misc]  # Flower: .strategy is any Strategy
+                          fl.DifferentialPrivacyServerSideFixedClipping):
     """Central DP, the coordinator clips every hospital's update (it sees the raw updates)."""
 
     clipping = "server"
 
 
-class ClientSideCentralDP(CentralDP, fl.DifferentialPrivacyClientSideFixedClipping):
+class ClientSideCentralDP(CentralDP,  # type: ignore[misc]  # Flower: .strategy is any Strategy
+                          fl.DifferentialPrivacyClientSideFixedClipping):
     """Central DP, each node clips its own update before sending it (``fixedclipping_mod``)."""
 
     clipping = "client"

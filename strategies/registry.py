@@ -15,7 +15,7 @@ from flwr.serverapp import strategy as fl
 
 from medfed.strategies.statistics import sum_metric_records
 
-STRATEGIES: dict[str, type[fl.Strategy]] = {
+STRATEGIES: dict[str, type[fl.FedAvg]] = {
     "fedavg": fl.FedAvg,
     "fedprox": fl.FedProx,
     "fedadam": fl.FedAdam,

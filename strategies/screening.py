@@ -27,6 +27,9 @@ from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, Message
+from flwr.app.typing import MetricRecordValues
+
+from medfed.infra.records import scalar
 
 LOG = logging.getLogger("medfed")
 
@@ -133,8 +136,9 @@ def _check(reply: Message, sent: ArrayRecord, base: Mapping[str, np.ndarray],
     for key, value in arrays.items():
         if not np.all(np.isfinite(value)):
             return f"array '{key}' holds NaN or infinite values", math.nan
-    metrics = next(iter(reply.content.metric_records.values()), {})
-    examples = float(metrics.get("num-examples", math.nan))
+    metrics: Mapping[str, MetricRecordValues] = next(
+        iter(reply.content.metric_records.values()), {})
+    examples = float(scalar(metrics.get("num-examples", math.nan)))
     limit = declared.get(reply.metadata.src_node_id)
     if not math.isfinite(examples) or examples <= 0:
         return f"num-examples={examples:g} is not a positive count", math.nan

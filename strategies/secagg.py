@@ -57,6 +57,7 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from medfed.infra.records import scalar
 from medfed.models.ingest.sources import federation_size
 
 LINEAR_STRATEGIES = ("fedavg", "fedprox", "fedadam", "fedyogi", "fedadagrad", "fedavgm")
@@ -193,7 +194,7 @@ def secure_train_round(grid: Grid, strategy: Strategy, messages: list[Message], 
     arrays = ArrayRecord({name: Array(np.asarray(value, dtype=template[name].numpy().dtype))
                           for name, value in zip(template, parameters_to_ndarrays(average),
                                                  strict=True)})
-    total = sum(float(m["num-examples"]) for m in recorder.metrics.values())
+    total = sum(float(scalar(m["num-examples"])) for m in recorder.metrics.values())
     single = Message(RecordDict({"arrays": arrays,
                                  "metrics": MetricRecord({"num-examples": total})}),
                      reply_to=messages[0])

@@ -8,7 +8,10 @@ average of per-site AUROCs would not be) and keeps the reply format identical fo
 
 from __future__ import annotations
 
+from typing import cast
+
 from flwr.app import MetricRecord, RecordDict
+from flwr.app.typing import MetricRecordValues
 
 
 def add_into(total: dict[str, float | list[float]], record: MetricRecord) -> None:
@@ -40,4 +43,5 @@ def sum_metric_records(records: list[RecordDict], weighting_key: str) -> MetricR
     for content in records:
         for record in content.metric_records.values():
             add_into(total, record)
-    return MetricRecord(total)
+    # MetricRecord types its argument as a dict (invariant) of all metric values; it only reads it
+    return MetricRecord(cast(dict[str, MetricRecordValues], total))

@@ -19,7 +19,7 @@ import pandas as pd
 from medfed.models.ingest.cardspec import CardError, DatasetCard, canonical_code, load_card
 from medfed.models.ingest.conversion import convert_table
 from medfed.models.ingest.tables import read_table
-from medfed.models.ingest.validation import ValidationReport
+from medfed.models.ingest.validation import Level, ValidationReport
 from medfed.models.schema import SchemaError, TaskSchema, load_task
 
 __all__ = ["DEFAULT_MIN_COHORT", "CardData", "CardError", "DatasetCard", "ValidationReport",
@@ -130,7 +130,7 @@ def _feature_summary(rows: pd.DataFrame, schema: TaskSchema, report: ValidationR
         share = float(rows[feat.name].isna().mean())
         report.missing[feat.name] = share
         if share == 1.0 and feat.name not in report.absent:
-            level = "error" if feat.required else "warning"
+            level: Level = "error" if feat.required else "warning"
             fix = "fix the export" if feat.required else "it adds nothing"
             report.add(level, f"{card_file(report)}: column '{feat.name}' is missing in every "
                               f"kept row; {fix}")
@@ -165,7 +165,7 @@ def read_card_data(card: DatasetCard, schema: TaskSchema, *,
     empty = pd.DataFrame(columns=[*schema.feature_names, schema.target.name])
     if frame is None or (card.test is not None and test is None):
         return CardData(card.name, empty, empty.copy(), report)
-    if test is None:
+    if test is None or card.test is None:  # test is read only from card.test
         train, test = _split(card, frame, schema, report)
     else:
         train, report.split = frame, f"explicit test file {card.test.name}"

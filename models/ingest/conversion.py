@@ -30,7 +30,7 @@ Cells = list[str | None]
 
 def _isna(value: object) -> bool:
     try:
-        return bool(pd.isna(value))
+        return bool(pd.isna(value))  # type: ignore[call-overload]  # stubs lack object
     except (TypeError, ValueError):
         return False
 

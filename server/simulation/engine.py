@@ -11,11 +11,12 @@ ServerApp, the strategies and the ClientApp are unchanged, and the byte counts a
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from uuid import uuid4
 
 from flwr.app import Context, Error, Message, RecordDict
+from flwr.app.user_config import UserConfigValue
 from flwr.clientapp import ClientApp
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.serverapp import Grid
@@ -81,8 +82,9 @@ class InProcessGrid(Grid):
         Identifier of the run.
     """
 
-    def __init__(self, client_app: ClientApp, node_configs: list[Mapping[str, object]],
-                 run_config: Mapping[str, object], run_id: int = 1) -> None:
+    def __init__(self, client_app: ClientApp,
+                 node_configs: Sequence[Mapping[str, UserConfigValue]],
+                 run_config: Mapping[str, UserConfigValue], run_id: int = 1) -> None:
         self._app = client_app
         self._run = Run.create_empty(run_id)
         self._contexts = {

@@ -13,6 +13,7 @@ import sys
 from typing import Any
 
 from flwr.app import Context, RecordDict
+from flwr.app.typing import ConfigRecordValues
 from flwr.common.constant import SUPERLINK_NODE_ID
 
 from medfed.models.ingest.sources import federation_size
@@ -63,9 +64,9 @@ def run_simulated_study(study: dict[str, Any]) -> StudyResult:
         _run_on_ray(server_app, client_app, n, study)
     else:
         raise ValueError(f"engine={engine!r} is unknown; use inprocess or ray")
-    if not server_app.results:
+    if not server_app.results:  # type: ignore[attr-defined]  # set by build_server_app
         raise RuntimeError("the study did not finish; see the log above")
-    result: StudyResult = server_app.results[-1]
+    result: StudyResult = server_app.results[-1]  # type: ignore[attr-defined]  # (as above)
     if observer is not None:
         observer.final_table(summary(result), study["output_dir"])
     elif not study.get("quiet"):
@@ -80,6 +81,7 @@ def _run_on_ray(server_app: Any, client_app: Any, n: int, study: dict[str, Any])
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     cfg = study["engine"]
+    backend: dict[str, dict[str, ConfigRecordValues]]  # Flower's BackendConfig
     backend = {"client_resources": {"num_cpus": float(cfg.get("num_cpus_per_client", 1)),
                                     "num_gpus": float(cfg.get("num_gpus_per_client", 0.0))},
                "init_args": {"logging_level": "ERROR", "log_to_driver": bool(study["verbose"]),

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, Context, Message
 
+from medfed.infra.records import scalar
+
 KINDS = ("sign_flip", "scale", "nan", "noise")
 
 
@@ -78,7 +80,7 @@ class MaliciousClientApp:
             return reply
         received = message.content.array_records["arrays"]
         honest = reply.content.array_records["arrays"]
-        server_round = int(message.content.config_records["config"]["server-round"])
+        server_round = int(scalar(message.content.config_records["config"]["server-round"]))
         rng = np.random.default_rng([self._seed, index, server_round])
         poisoned = poison({k: v.numpy() for k, v in received.items()},
                           {k: v.numpy() for k, v in honest.items()}, self._kind, self._scale, rng)

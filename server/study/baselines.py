@@ -33,7 +33,7 @@ def _steps_per_hospital(result: StudyResult) -> dict[str, int]:
     steps: dict[str, int] = {}
     for record in result.rounds:
         for name, train in record.train.items():
-            steps[name] = steps.get(name, 0) + int(train["steps"])
+            steps[name] = steps.get(name, 0) + int(train["steps"] or 0)
     return steps
 
 

@@ -30,6 +30,7 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
 from medfed.infra.polling import send_and_receive
+from medfed.infra.records import scalar
 
 LOG = logging.getLogger("medfed")
 NO_STATE = "no study configuration"  # how medfed.client.app words a node that lost its state
@@ -47,8 +48,8 @@ def site_of(reply: Message) -> tuple[dict[str, Any], dict[str, Any]]:
     """A ``query.stats`` reply's hospital entry (name, sizes) and its statistics summary."""
     site = reply.content.config_records["site"]
     counts = reply.content.metric_records["counts"]
-    entry = {"name": str(site["name"]), "n_train": int(counts["num-examples"]),
-             "n_test": int(counts["num-test"])}
+    entry = {"name": str(site["name"]), "n_train": int(scalar(counts["num-examples"])),
+             "n_test": int(scalar(counts["num-test"]))}
     return entry, json.loads(str(site["statistics-json"]))
 
 
@@ -92,7 +93,7 @@ class Cohort:
     def lost_state(self, replies: Iterable[Message]) -> None:
         """Remember the nodes whose reply says they lost the study (restarted): catch them up."""
         for reply in replies:
-            if reply.has_error() and NO_STATE in reply.error.reason:
+            if reply.has_error() and NO_STATE in (reply.error.reason or ""):
                 self._stale.add(reply.metadata.src_node_id)
 
     def ready(self, failures: dict[str, str]) -> tuple[CohortView | None, str]:

@@ -11,7 +11,7 @@ import itertools
 import json
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -56,7 +56,7 @@ def study_from_cfg(cfg: DictConfig) -> dict[str, Any]:
     study = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     assert isinstance(study, dict)
     study.pop("hydra", None)
-    return study
+    return cast(dict[str, Any], study)  # OmegaConf types the keys as any DictKeyType
 
 
 def compose_study(overrides: list[str]) -> dict[str, Any]:
@@ -151,7 +151,7 @@ def expand_sweeps(overrides: list[str]) -> list[list[str]]:
         if item.is_sweep_override():
             choices.append([f"{key}={value}" for value in item.sweep_string_iterator()])
         else:
-            choices.append([item.input_line])
+            choices.append([cast(str, item.input_line)])  # always set by parse_overrides
     return [list(combo) for combo in itertools.product(*choices)]
 
 

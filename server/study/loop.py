@@ -22,6 +22,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 
 from medfed.infra.polling import send_and_receive
+from medfed.infra.records import scalar
 from medfed.models.encoding import GlobalStats, merge_statistics
 from medfed.models.flat import pack, unpack
 from medfed.models.ingest.sources import federation_size
@@ -57,7 +58,7 @@ class RoundRecord:
     server_round: int
     hospital_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     global_metrics: dict[str, float] = field(default_factory=dict)
-    train: dict[str, dict[str, float]] = field(default_factory=dict)
+    train: dict[str, dict[str, float | None]] = field(default_factory=dict)  # loss: None (DP)
     failures: dict[str, str] = field(default_factory=dict)
     refusals: dict[str, str] = field(default_factory=dict)
     rejected: dict[str, str] = field(default_factory=dict)
@@ -87,7 +88,7 @@ class StudyResult:
 
     @property
     def total_train_steps(self) -> int:
-        return int(sum(t.get("steps", 0) for r in self.rounds for t in r.train.values()))
+        return int(sum(t.get("steps") or 0 for r in self.rounds for t in r.train.values()))
 
 
 def _wait_for_nodes(grid: Grid, needed: int, timeout: float) -> list[int]:
@@ -116,7 +117,7 @@ def federated_statistics(grid: Grid, study: dict[str, Any], node_ids: list[int],
     for reply in sorted(query(grid, node_ids, "stats", record, timeout),
                         key=lambda reply: reply.metadata.src_node_id):
         if reply.has_error():
-            failures[f"node-{reply.metadata.src_node_id}"] = reply.error.reason
+            failures[f"node-{reply.metadata.src_node_id}"] = reply.error.reason or ""
             continue
         entry, summary = site_of(reply)
         twin = next((nid for nid, h in hospitals.items() if h["name"] == entry["name"]), None)
@@ -184,18 +185,19 @@ def record_training(record: RoundRecord, replies: list[Message],
     for reply in replies:
         name = _hospital(hospitals, reply)
         if reply.has_error():
-            reason = reply.error.reason
+            reason = reply.error.reason or ""
             refused = REFUSED in reason
             (record.refusals if refused else record.failures)[name] = \
                 reason[reason.index(REFUSED):] if refused else reason
             continue
         metrics = next(iter(reply.content.metric_records.values()))
-        examples = max(float(metrics["train-examples"]), 1.0)
-        loss = None if "epsilon" in metrics else float(metrics["train-loss-sum"]) / examples
-        record.train[name] = {"loss": loss, "steps": float(metrics["train-steps"])}
+        examples = max(float(scalar(metrics["train-examples"])), 1.0)
+        loss = (None if "epsilon" in metrics
+                else float(scalar(metrics["train-loss-sum"])) / examples)
+        record.train[name] = {"loss": loss, "steps": float(scalar(metrics["train-steps"]))}
         for key in ("epsilon", "delta"):
             if key in metrics:
-                record.train[name][key] = float(metrics[key])
+                record.train[name][key] = float(scalar(metrics[key]))
 
 
 def run_study(grid: Grid, study: dict[str, Any], observer: Observer | None = None) -> StudyResult:
@@ -310,8 +312,8 @@ class StudyRun:
         if aggregated is not None:
             self.arrays = keep_dtypes(aggregated, self.dtypes)
         rounds[-1].seconds = time.perf_counter() - t0
-        if bytes0 is not None:
-            rounds[-1].wire_bytes = _wire_total(grid) - bytes0
+        if bytes0 is not None and (bytes1 := _wire_total(grid)) is not None:
+            rounds[-1].wire_bytes = bytes1 - bytes0
         if not rounds[-1].train:
             last = rounds[-1]
             self.stopped = (f"round {server_round}: no hospital trained ({len(last.refusals)} "
