@@ -9,9 +9,11 @@ cards from ``medfed synth export`` and keys from ``medfed node keys``, and the s
 * ``before``: Flower 1.41's defaults, ``--flower-defaults`` on the coordinator and the nodes:
   ``flower-supernode`` (a new ``flwr-clientapp`` process per message, SuperExec polling every
   1 s, the SuperNode polling the SuperLink every 3 s) and the Grid's 3 s reply poll.
-* ``after``: the default fast setup (:mod:`medfed.client.supernode.launcher`, :mod:`medfed.infra.polling`):
+* ``after``: the default fast setup (:mod:`medfed.client.supernode.launcher`,
+:mod:`medfed.infra.polling`):
   the SuperNode with 0.1 s polls and ``--isolation process``, one long-lived
-  :mod:`medfed.client.supernode.worker` per node, the Grid polling every 0.05 s, and object pulls that
+  :mod:`medfed.client.supernode.worker` per node, the Grid polling every 0.05 s, and object pulls
+  that
   retry after 0.02 s instead of 1 s (:func:`medfed.infra.flower_patches.quick_object_pulls`).
 
 A training round's seconds come from the ``seconds`` column of ``metrics.csv`` (the study times
@@ -51,11 +53,13 @@ SETTINGS = {
               "message; SuperExec task poll 1 s; SuperNode idle poll 3 s, reply wait 0.5 s; "
               "heartbeat 30 s); Grid reply poll 3 s",
     "after": {
-        "supernode": f"python -m medfed.client.supernode.launcher --poll {SUPERNODE_POLL} --heartbeat "
-                     f"{DEFAULT_HEARTBEAT:g}: Flower's flower-supernode --isolation process with "
+        "supernode": "python -m medfed.client.supernode.launcher "
+                     f"--poll {SUPERNODE_POLL} --heartbeat {DEFAULT_HEARTBEAT:g}: "
+                     "Flower's flower-supernode --isolation process with "
                      f"every sleep of its loop capped at {SUPERNODE_POLL} s (Flower: 3 s idle, "
                      "0.5 s reply wait)",
-        "clientapp": f"python -m medfed.client.supernode.worker --preload {' --preload '.join(PRELOAD)}"
+        "clientapp": "python -m medfed.client.supernode.worker "
+                     f"--preload {' --preload '.join(PRELOAD)}"
                      ": one long-lived process per node, started by the launcher, runs every "
                      f"message (imports and app bundle loaded once); task poll {WORKER_POLL} s "
                      "(SuperExec: 1 s)",

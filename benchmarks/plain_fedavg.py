@@ -3,7 +3,8 @@
 The reference arm of ``sim_overhead.py``. It does what ``medfed simulate`` does for the default
 synthetic federation, minus the federation machinery:
 
-* the same data: every hospital's rows from ``medfed.models.ingest.sources.load_site`` with the seed and
+* the same data: every hospital's rows from ``medfed.models.ingest.sources.load_site`` with the
+seed and
   sizes of ``conf/config.yaml`` + ``conf/federation/synthetic.yaml`` (read with PyYAML);
 * the same round 0: additive site statistics merged into global normalisation statistics;
 * the same model, initial weights (``torch.manual_seed(seed)`` then ``build_model``), loss,

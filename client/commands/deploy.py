@@ -7,7 +7,8 @@ SuperNode that proves it holds the private key.
 
 ``node start`` checks the dataset card first (the same checks as ``medfed node check``) and the
 policy file, then runs the node's SuperNode over TLS (the coordinator's CA certificate) with the
-node key: by default the fast setup of :mod:`medfed.client.supernode.launcher` (short polls, a long-lived
+node key: by default the fast setup of :mod:`medfed.client.supernode.launcher` (short polls, a
+long-lived
 ClientApp worker started and stopped with the SuperNode), with ``--flower-defaults`` Flower's
 plain ``flower-supernode``. The dataset card, the policy and the ledger folder go into the
 SuperNode's own ``--node-config``: the ClientApp takes them from there, never from the study

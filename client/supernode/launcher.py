@@ -13,7 +13,8 @@ SuperNode asks the SuperLink for a         0-3 s (hard-coded   the SuperNode run
 message, sleeps 3 s when there is none     ``time.sleep(3)``)  :func:`run_supernode`: every sleep of
 (and 0.5 s while waiting for a reply)                          its loop capped at ``poll`` (0.1 s)
 SuperExec asks the SuperNode for a task    0-1 s               no SuperExec: ``--isolation process``
-every second                                                   and :mod:`medfed.client.supernode.worker` asks
+every second                                                   and
+:mod:`medfed.client.supernode.worker` asks
                                                                every 0.05 s
 a new ``flwr-clientapp`` process per       2-4 s (imports of   one long-lived worker process per
 message: imports, unpacks the app, exits   flwr, torch,        node: imports and app loading paid

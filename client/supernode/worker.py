@@ -28,7 +28,8 @@ process (not an exception: those become error replies, as in Flower) stops the w
 module-level state of an app survives between its messages. medfed's ClientApp keeps no state
 outside ``context.state`` that a later message could misread.
 
-Run it as ``python -m medfed.client.supernode.worker --runtime-api-address 127.0.0.1:9094 --insecure``;
+Run it as ``python -m medfed.client.supernode.worker --runtime-api-address 127.0.0.1:9094
+--insecure``;
 :func:`medfed.infra.launch.clientapp_command` builds that command line, and the fast SuperNode
 launcher (``python -m medfed.client.supernode.launcher``) starts and stops it with its SuperNode.
 """
@@ -297,7 +298,8 @@ def _short(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """``python -m medfed.client.supernode.worker``: serve one SuperNode's ClientApp tasks until stopped."""
+    """``python -m medfed.client.supernode.worker``: serve one SuperNode's ClientApp tasks until
+    stopped."""
     parser = argparse.ArgumentParser(prog="python -m medfed.client.supernode.worker",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--runtime-api-address", required=True,

@@ -2,7 +2,8 @@
 
 :func:`load_card` reads the card (see :mod:`medfed.models.ingest.cardspec` for its keys);
 :func:`read_card_data` reads the file(s) it names, converts them into the data conventions of
-:mod:`medfed.models` (the frames :func:`medfed.models.ingest.sources.load_site` returns), splits them when
+:mod:`medfed.models` (the frames :func:`medfed.models.ingest.sources.load_site` returns), splits
+them when
 the card names no test file, and returns a :class:`ValidationReport` of aggregates with one
 message per problem. Nothing here raises a traceback for bad input: problems with the card or a
 file as a whole raise :class:`CardError` (one line), everything else is a report entry.

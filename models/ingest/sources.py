@@ -5,7 +5,8 @@ the study configuration and the hospital's position in the federation. The built
 ``synthetic`` federation generates the site locally from the seed, so a node only ever produces
 its own rows; the pooled and local-only baselines call the same function for every site.
 The ``sites`` federation reads real exports instead: hospital ``i`` is the dataset card
-``federation.cards[i]`` (see :mod:`medfed.models.ingest.cards`), split as its card says. The ``nodes``
+``federation.cards[i]`` (see :mod:`medfed.models.ingest.cards`), split as its card says. The
+``nodes``
 federation of a deployed study has no rows here: each node replaces it with its own card.
 """
 

@@ -4,7 +4,8 @@ CSV files are decoded with the card's encoding (a UTF-8 byte-order mark is remov
 endings are read), split with the card's delimiter, and kept as text; Parquet files keep their
 column types. Each row remembers its row number as a spreadsheet user counts it (1-based, the
 header is row 1), so every later message can point at it. Problems with the file as a whole raise
-:class:`~medfed.models.ingest.cardspec.CardError`; problems of single rows are left to the validation.
+:class:`~medfed.models.ingest.cardspec.CardError`; problems of single rows are left to the
+validation.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 This is the one place that wires the ServerApp to the ClientApp (the composition root of a
 simulation): ``engine=inprocess`` hands every Message to the ClientApp in this process
-(:class:`~medfed.server.simulation.engine.InProcessGrid`); ``engine=ray`` runs the same two apps on Flower's
+(:class:`~medfed.server.simulation.engine.InProcessGrid`); ``engine=ray`` runs the same two apps on
+Flower's
 simulation runtime. Both apps are the very objects ``flwr run`` loads.
 """
 

@@ -119,7 +119,8 @@ def test_every_message_ran_in_the_long_lived_workers(fed):
     for name in HOSPITALS:
         tree = fed.trees[name]
         assert len(tree) == 2, tree
-        assert "medfed.client.supernode.launcher" in tree[0] and "medfed.client.supernode.worker" in tree[1]
+        assert "medfed.client.supernode.launcher" in tree[0]
+        assert "medfed.client.supernode.worker" in tree[1]
         assert fed.tasks[name] == MESSAGES_PER_NODE, fed.log(name)[-3000:]
         assert "flwr-clientapp" not in fed.log(name) and "Traceback" not in fed.log(name)
 
