@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medfed.models.cardkeys import training_problems
 from medfed.models.cardspec import CardError, DatasetCard, canonical_code, load_card
 from medfed.models.conversion import convert_table
 from medfed.models.schema import SchemaError, TaskSchema, load_task
@@ -176,6 +177,8 @@ def read_card_data(card: DatasetCard, schema: TaskSchema, *,
         report.add("warning", f"{card.test or card.train}: the test split is empty, so this "
                               "site reports no test metrics")
     _feature_summary(pd.concat([train, test], ignore_index=True), schema, report)
+    errors = len(report.errors)
     _target_summary(train, test, schema, report)
     _cohort(report, min_cohort or card.min_cohort or DEFAULT_MIN_COHORT)
+    training_problems(card, report, errors)
     return CardData(card.name, train, test, report)

@@ -17,6 +17,10 @@ schema's, which column is the target, and what to do with rows that cannot be re
     target: {column: num, map: {0: 0, 1: 1, 2: 1, 3: 1, 4: 1}}
     on_invalid_row: drop                             # or fail
     min_cohort: 20                                   # optional: fewest training rows accepted
+    column_missing: {chol: [0], thal: ["?", "-9"]}   # per export column: its not-measured codes
+    derive: {prior_visits: "n_out + n_emerg + n_in"} # a feature computed from export columns
+    drop: [free_text_notes]                          # export columns left out on purpose
+    role: train                                      # or evaluate: test metrics only, no training
 
 An empty cell is always missing; ``csv.missing`` lists the other missing-value markers, and only
 those: a value such as ``None`` that is a real category stays a category. Codes are compared as
@@ -34,12 +38,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 
+if TYPE_CHECKING:
+    from medfed.models.cardkeys import DerivedColumn
+
 _CARD_KEYS = {"name", "task", "train", "test", "split", "csv", "columns", "rename", "values",
-              "units", "target", "on_invalid_row", "min_cohort"}
+              "units", "target", "on_invalid_row", "min_cohort", "column_missing", "derive",
+              "drop", "role"}
 _SPLIT_KEYS = {"test_fraction", "seed", "stratify"}
 _CSV_KEYS = {"header", "delimiter", "missing", "encoding"}
 _TARGET_KEYS = {"column", "map"}
@@ -136,6 +144,11 @@ class DatasetCard:
     target: TargetSpec = TargetSpec()
     on_invalid_row: Literal["drop", "fail"] = "drop"
     min_cohort: int | None = None
+    column_missing: Mapping[str, frozenset[str]] = field(
+        default_factory=lambda: MappingProxyType({}))
+    derive: Mapping[str, DerivedColumn] = field(default_factory=lambda: MappingProxyType({}))
+    drop: tuple[str, ...] = ()
+    role: Literal["train", "evaluate"] = "train"
 
 
 def _keys(where: str, raw: Any, allowed: set[str]) -> dict[str, Any]:
@@ -276,6 +289,8 @@ def load_card(path: str | Path) -> DatasetCard:
     CardError
         With one sentence naming the card (and the line of a YAML syntax error, or the key).
     """
+    from medfed.models.cardkeys import card_extensions
+
     card = Path(path)
     raw = _keys(f"dataset card {card}", _read_yaml(card), _CARD_KEYS)
     where = str(card)
@@ -307,4 +322,4 @@ def load_card(path: str | Path) -> DatasetCard:
             f"{where}: values.{k}", v) for k, v in values.items()}),
         units=_text_map(f"{where}: units", raw.get("units")),
         target=_target(f"{where}: target", raw.get("target")), on_invalid_row=on_invalid,
-        min_cohort=_min_cohort(where, raw.get("min_cohort")))
+        min_cohort=_min_cohort(where, raw.get("min_cohort")), **card_extensions(where, raw))

@@ -11,10 +11,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from medfed.models.cardspec import DatasetCard, canonical_code
+from medfed.models.derived_columns import PREFIX, derived_inputs
 from medfed.models.schema import TaskSchema
 from medfed.models.tables import RawTable
 from medfed.models.units import Converter, converter
 from medfed.models.validation import ValidationReport
+
+
+_SHOWN = 5
 
 
 @dataclass(frozen=True)
@@ -83,12 +87,22 @@ def _feature_columns(card: DatasetCard, table: RawTable, schema: TaskSchema,
             report.add("note", f"{table.path}: the optional feature '{feat.name}' is absent "
                                "and treated as missing")
         found[feat.name] = local[0] if local else None
-    used = {*found.values(), target}
-    for column in renamed:
-        if column not in used:
-            report.add("warning", f"{table.path}: column '{column}' is not part of task "
-                                  f"'{schema.name}' and is ignored")
+    used = {*found.values(), target, *derived_inputs(card)}
+    ignored_columns(table, [c for c in renamed if c not in used], report)
     return found
+
+
+def ignored_columns(table: RawTable, ignored: list[str], report: ValidationReport) -> None:
+    """One summary note for the export's columns the task does not use (the full list goes to
+    ``report.ignored``, printed by ``node check --verbose``)."""
+    if not ignored:
+        return
+    report.ignored.extend(c for c in ignored if c not in report.ignored)
+    shown = ", ".join(ignored[:_SHOWN])
+    more = ", ... (list with --verbose)" if len(ignored) > _SHOWN else ""
+    plural = "column" if len(ignored) == 1 else "columns"
+    report.add("warning", f"{table.path}: ignored {len(ignored)} {plural} the task does not use: "
+                       f"{shown}{more}")
 
 
 def plan_columns(card: DatasetCard, table: RawTable, schema: TaskSchema,
@@ -105,6 +119,13 @@ def plan_columns(card: DatasetCard, table: RawTable, schema: TaskSchema,
             report.add("error", f"{card.path}: rename maps '{key}' to '{name}', which is not a "
                                 f"feature of task '{schema.name}'")
     renamed = {c: card.rename.get(c, c) for c in local}
+    for feature in card.derive:
+        if feature not in schema.feature_names:
+            report.add("error", f"{card.path}: derive defines '{feature}', which is not a "
+                                f"feature of task '{schema.name}' (features: "
+                                f"{', '.join(schema.feature_names)})")
+        if PREFIX + feature in renamed:
+            renamed[PREFIX + feature] = feature
     target = _target_column(card, table, schema, renamed, report)
     found = _feature_columns(card, table, schema, renamed, target, report)
     found[schema.target.name] = target
