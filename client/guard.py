@@ -41,7 +41,7 @@ ALLOWED_METRICS = frozenset(
     {"num-examples", "num-test", "train-loss-sum", "train-examples", "train-steps",
      "epsilon", "delta", "refused"}
     | {f"eval-{key}" for key in EVAL_STATISTICS})
-_ROUND0_SITE_KEYS = frozenset({"name", "statistics-json"})
+_ROUND0_SITE_KEYS = frozenset({"name", "statistics-json", "role"})  # role: train | evaluate
 SECAGG_REPLIES: dict[str, dict[str, type]] = {  # stage -> key -> type of the value (or items)
     Stage.SETUP: {Key.PUBLIC_KEY_1: bytes, Key.PUBLIC_KEY_2: bytes},  # public keys
     Stage.SHARE_KEYS: {Key.DESTINATION_LIST: int, Key.CIPHERTEXT_LIST: bytes},  # encrypted

@@ -71,7 +71,7 @@ def _derived(where: str, name: str, raw: Any) -> DerivedColumn:
 
 
 def card_extensions(where: str, raw: Mapping[str, Any]) -> dict[str, Any]:
-    """The keys for real multi-centre exports: ``column_missing``, ``derive``, ``drop``, ``role``."""
+    """Parse the multi-centre keys: ``column_missing``, ``derive``, ``drop`` and ``role``."""
     derive = raw.get("derive") or {}
     if not isinstance(derive, dict):
         raise CardError(f"{where}: derive must map feature names to expressions")

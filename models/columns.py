@@ -17,7 +17,6 @@ from medfed.models.tables import RawTable
 from medfed.models.units import Converter, converter
 from medfed.models.validation import ValidationReport
 
-
 _SHOWN = 5
 
 
