@@ -111,7 +111,7 @@ def plan_columns(card: DatasetCard, table: RawTable, schema: TaskSchema,
     errors = len(report.errors)
     names = {*schema.feature_names, schema.target.name}
     for key, name in card.rename.items():
-        if key not in local:
+        if key not in local and key not in card.drop:
             report.add("error", f"{card.path}: rename names column '{key}', which {table.path} "
                                 f"does not have (columns: {', '.join(local)})")
         if name not in names:

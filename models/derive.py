@@ -141,8 +141,9 @@ def _tokens(text: str) -> list[tuple[str, str]]:
     while at < len(text.rstrip()):
         match = _TOKEN.match(text, at)
         if match is None or match.end() == at:
+            where = len(text) - len(text[at:].lstrip()) + 1
             raise DeriveError(f"expression {text!r}: cannot read {text[at:].strip()[:10]!r} "
-                              f"(character {at + 1})")
+                              f"(character {where})")
         kind = match.lastgroup or ""
         out.append(("name" if kind == "quoted" else kind, match.group(kind)))
         at = match.end()
