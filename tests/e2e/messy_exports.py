@@ -12,7 +12,7 @@ site has learnable signal.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +32,7 @@ class Export:
     name: str
     card: Path
     rows: int
-    zeros_as_missing: int = 0
+    zeros_as_missing: dict[str, int] = field(default_factory=dict)  # feature -> rows with 0
 
 
 def _rows(index: int, n: int, seed: int) -> pd.DataFrame:
@@ -104,7 +104,8 @@ column_missing: {lab_tests: [0], n_diag: [0]}
 target: {column: ins, map: {no: 0, steady: 1, up: 2, down: 3}}
 """
     export = _card(out, "south", card, len(frame))
-    export.zeros_as_missing = int((labs == 0).sum() + unmeasured.sum())
+    export.zeros_as_missing = {"num_lab_procedures": int((labs == 0).sum()),
+                               "number_diagnoses": int(unmeasured.sum())}
     return export
 
 
