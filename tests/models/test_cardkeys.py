@@ -208,3 +208,15 @@ def test_role_bad_value(tmp_path: Path) -> None:
 def test_unknown_keys_are_still_errors(tmp_path: Path) -> None:
     with pytest.raises(CardError, match=r"unknown key\(s\) \['derived'\]"):
         load_card(write(tmp_path, BASE + "derived: {}\n"))
+
+
+def test_the_readme_card_shows_and_parses_every_new_key(tmp_path: Path) -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    block = readme.split("# ward7.yaml, next to ward7_export.csv\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "ward7.yaml"
+    path.write_text(block)
+    card = load_card(path)
+    assert card.column_missing["labs"] >= {"0"} and card.column_missing["n_diag"] >= {"-9"}
+    assert card.derive["prior_visits"].fill == 0
+    assert card.derive["time_in_hospital"].expr == "days(discharge_date - admission_date)"
+    assert card.drop == ("free_text", "ward_phone") and card.role == "train"
