@@ -22,7 +22,7 @@ from medfed.models.cardspec import CardError, _keys, _names, _text, canonical_co
 from medfed.models.derive import DeriveError, Node, parse
 from medfed.models.validation import ValidationReport
 
-EVALUATE_ADVICE = ("; to use its test rows for evaluation only, set role: evaluate in the card")
+EVALUATE_ADVICE = "; to use its test rows for evaluation only, set role: evaluate in the card"
 
 
 @dataclass(frozen=True)
@@ -40,17 +40,22 @@ def _column_missing(where: str, raw: Any) -> Mapping[str, frozenset[str]]:
     if raw is None:
         return MappingProxyType({})
     if not isinstance(raw, dict):
-        raise CardError(f"{where}: column_missing must map export column names to lists of "
-                        "codes, e.g. {chol: [0]}")
+        raise CardError(
+            f"{where}: column_missing must map export column names to lists of "
+            "codes, e.g. {chol: [0]}"
+        )
     out: dict[str, frozenset[str]] = {}
     for column, codes in raw.items():
         codes = codes if isinstance(codes, list) else [codes]
         if not codes or any(c is None or isinstance(c, list | dict) for c in codes):
-            raise CardError(f"{where}: column_missing.{column} must be a code or a non-empty "
-                            f"list of codes, got {raw[column]!r}")
+            raise CardError(
+                f"{where}: column_missing.{column} must be a code or a non-empty "
+                f"list of codes, got {raw[column]!r}"
+            )
         written = {str(c).strip() for c in codes}
         out[_text(f"{where}: column_missing key", column)] = frozenset(
-            written | {canonical_code(c) or "" for c in codes}) - {""}
+            written | {canonical_code(c) or "" for c in codes}
+        ) - {""}
     return MappingProxyType(out)
 
 
@@ -59,8 +64,10 @@ def _derived(where: str, name: str, raw: Any) -> DerivedColumn:
     _keys(f"{where}: derive.{name}", spec, {"expr", "fill"})
     expr, fill = spec.get("expr"), spec.get("fill")
     if not isinstance(expr, str):
-        raise CardError(f"{where}: derive.{name} must be an expression (text) or "
-                        f"{{expr: ..., fill: ...}}, got {expr!r}")
+        raise CardError(
+            f"{where}: derive.{name} must be an expression (text) or "
+            f"{{expr: ..., fill: ...}}, got {expr!r}"
+        )
     if fill is not None and (isinstance(fill, bool) or not isinstance(fill, int | float)):
         raise CardError(f"{where}: derive.{name}.fill must be a number or null, got {fill!r}")
     try:
@@ -79,12 +86,14 @@ def card_extensions(where: str, raw: Mapping[str, Any]) -> dict[str, Any]:
     if role not in ("train", "evaluate"):
         raise CardError(f"{where}: role must be train or evaluate, got {role!r}")
     drop = _names(f"{where}: drop", raw.get("drop")) if raw.get("drop") != [] else None
-    return {"column_missing": _column_missing(where, raw.get("column_missing")),
-            "derive": MappingProxyType({_text(f"{where}: derive key", k): _derived(where, k, v)
-                                        for k, v in derive.items()}),
-            "drop": drop or (), "role": role}
-
-
+    return {
+        "column_missing": _column_missing(where, raw.get("column_missing")),
+        "derive": MappingProxyType(
+            {_text(f"{where}: derive key", k): _derived(where, k, v) for k, v in derive.items()}
+        ),
+        "drop": drop or (),
+        "role": role,
+    }
 
 
 def training_problems(card: Any, report: ValidationReport, first: int) -> None:
@@ -97,7 +106,10 @@ def training_problems(card: Any, report: ValidationReport, first: int) -> None:
     del report.errors[first:]
     for message in problems:
         if card.role == "evaluate":
-            report.add("note", f"{message.split(';')[0]}; fine for an evaluation-only site "
-                               "(role: evaluate), which does not train")
+            report.add(
+                "note",
+                f"{message.split(';')[0]}; fine for an evaluation-only site "
+                "(role: evaluate), which does not train",
+            )
         else:
             report.add("error", message + EVALUATE_ADVICE)

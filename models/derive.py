@@ -33,13 +33,27 @@ from dataclasses import dataclass
 
 import numpy as np
 
-_TOKEN = re.compile(r"\s*(?:(?P<num>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)|(?P<name>[A-Za-z_]"
-                    r"[A-Za-z0-9_.]*)|`(?P<quoted>[^`]+)`|(?P<op><=|>=|==|!=|[-+*/<>(),]))")
-_COMPARE = {"<": np.less, "<=": np.less_equal, ">": np.greater, ">=": np.greater_equal,
-            "==": np.equal, "!=": np.not_equal}
+_TOKEN = re.compile(
+    r"\s*(?:(?P<num>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)|(?P<name>[A-Za-z_]"
+    r"[A-Za-z0-9_.]*)|`(?P<quoted>[^`]+)`|(?P<op><=|>=|==|!=|[-+*/<>(),]))"
+)
+_COMPARE = {
+    "<": np.less,
+    "<=": np.less_equal,
+    ">": np.greater,
+    ">=": np.greater_equal,
+    "==": np.equal,
+    "!=": np.not_equal,
+}
 _ARITH = {"+": np.add, "-": np.subtract, "*": np.multiply, "/": np.divide}
-_ARITY = {"min": (2, None), "max": (2, None), "log1p": (1, 1), "clip": (3, 3), "days": (1, 1),
-          "days_between": (2, 2)}
+_ARITY = {
+    "min": (2, None),
+    "max": (2, None),
+    "log1p": (1, 1),
+    "clip": (3, 3),
+    "days": (1, 1),
+    "days_between": (2, 2),
+}
 NUMBER, DATE = "number", "date"
 
 
@@ -142,8 +156,9 @@ def _tokens(text: str) -> list[tuple[str, str]]:
         match = _TOKEN.match(text, at)
         if match is None or match.end() == at:
             where = len(text) - len(text[at:].lstrip()) + 1
-            raise DeriveError(f"expression {text!r}: cannot read {text[at:].strip()[:10]!r} "
-                              f"(character {where})")
+            raise DeriveError(
+                f"expression {text!r}: cannot read {text[at:].strip()[:10]!r} (character {where})"
+            )
         kind = match.lastgroup or ""
         out.append(("name" if kind == "quoted" else kind, match.group(kind)))
         at = match.end()
@@ -164,16 +179,21 @@ def parse(text: str) -> Node:
 
 def _check(node: Node, want: str, text: str) -> None:
     """Types: a column is a date only as an operand of a date difference (days/days_between)."""
+
     def fail(why: str) -> DeriveError:
         return DeriveError(f"expression {text!r}: type error: {why}")
+
     if want == DATE and node.kind != "col":
-        raise fail("a date difference takes two date columns, e.g. days(discharge_date - "
-                   "admission_date)")
+        raise fail(
+            "a date difference takes two date columns, e.g. days(discharge_date - admission_date)"
+        )
     if node.kind == "call" and node.value == "days":
         inner = node.args[0]
         if inner.kind != "op" or inner.value != "-":
-            raise fail("days() takes a difference of two date columns, e.g. "
-                       "days(discharge_date - admission_date)")
+            raise fail(
+                "days() takes a difference of two date columns, e.g. "
+                "days(discharge_date - admission_date)"
+            )
         for arg in inner.args:
             _check(arg, DATE, text)
         return
@@ -191,6 +211,7 @@ def inputs(node: Node) -> dict[str, str]:
         dated = n.value in ("days", "days_between") and n.kind == "call"
         for arg in n.args:
             walk(arg, DATE if dated or (kind == DATE and n.kind == "op") else NUMBER)
+
     walk(node, NUMBER)
     return out
 
@@ -227,7 +248,9 @@ def _apply(node: Node, args: list[np.ndarray]) -> np.ndarray:
         "max": lambda *a: np.maximum.reduce(np.broadcast_arrays(*a)),
         "log1p": lambda x: np.where(x > -1, np.log1p(np.where(x > -1, x, 0.0)), np.nan),
         "clip": lambda x, low, high: np.clip(x, low, high),
-        "days": lambda x: x, "days_between": lambda a, b: b - a}
+        "days": lambda x: x,
+        "days_between": lambda a, b: b - a,
+    }
     return np.asarray(functions[str(node.value)](*args), dtype=np.float64)
 
 
@@ -236,7 +259,8 @@ def as_days(values: np.ndarray) -> np.ndarray:
     missing or not a date. ISO dates (2020-01-31) and day/month/year as the text shows it."""
     import pandas as pd
 
-    stamps = pd.to_datetime(pd.Series(values, dtype=object), errors="coerce", format="mixed",
-                            dayfirst=False)
+    stamps = pd.to_datetime(
+        pd.Series(values, dtype=object), errors="coerce", format="mixed", dayfirst=False
+    )
     days = (stamps - pd.Timestamp("1970-01-01")).dt.total_seconds() / 86400.0
     return days.to_numpy(dtype=np.float64, na_value=np.nan)

@@ -54,8 +54,15 @@ def _present(series: pd.Series, markers: frozenset[str]) -> pd.Series:
     return out
 
 
-def _input(card: DatasetCard, table: RawTable, column: str, kind: str, fill: float | None,
-           problems: list[InputProblem], feature: str) -> np.ndarray:
+def _input(
+    card: DatasetCard,
+    table: RawTable,
+    column: str,
+    kind: str,
+    fill: float | None,
+    problems: list[InputProblem],
+    feature: str,
+) -> np.ndarray:
     cells = _present(table.frame[column], column_markers(card, column))
     present = cells.notna().to_numpy()
     if kind == DATE:
@@ -66,26 +73,42 @@ def _input(card: DatasetCard, table: RawTable, column: str, kind: str, fill: flo
         expected = "a number"
     bad = present & np.isnan(values)
     if bad.any():
-        problems.append(InputProblem(column, bad, f"text where {expected} is expected (an input "
-                                                  f"of derived feature '{feature}'; list "
-                                                  "missing-value markers under column_missing)"))
+        problems.append(
+            InputProblem(
+                column,
+                bad,
+                f"text where {expected} is expected (an input "
+                f"of derived feature '{feature}'; list "
+                "missing-value markers under column_missing)",
+            )
+        )
     if fill is not None and kind != DATE:
         values = np.where(present, values, fill)
     return values
 
 
-def _derive(card: DatasetCard, table: RawTable, feature: str,
-            report: ValidationReport, problems: list[InputProblem]) -> np.ndarray | None:
+def _derive(
+    card: DatasetCard,
+    table: RawTable,
+    feature: str,
+    report: ValidationReport,
+    problems: list[InputProblem],
+) -> np.ndarray | None:
     spec = card.derive[feature]
     wanted = inputs(spec.tree)
     local = [str(c) for c in table.frame.columns]
     unknown = [name for name in wanted if name not in local]
     if unknown:
-        report.add("error", f"{card.path}: derive.{feature}: expression {spec.expr!r} uses "
-                            f"unknown column(s) {unknown}; {table.path} has: {', '.join(local)}")
+        report.add(
+            "error",
+            f"{card.path}: derive.{feature}: expression {spec.expr!r} uses "
+            f"unknown column(s) {unknown}; {table.path} has: {', '.join(local)}",
+        )
         return None
-    columns = {name: _input(card, table, name, kind, spec.fill, problems, feature)
-               for name, kind in wanted.items()}
+    columns = {
+        name: _input(card, table, name, kind, spec.fill, problems, feature)
+        for name, kind in wanted.items()
+    }
     values = np.broadcast_to(evaluate(spec.tree, columns), (len(table.frame),))
     return np.array(values, dtype=np.float64)
 
@@ -95,21 +118,24 @@ def derived_inputs(card: DatasetCard) -> set[str]:
     return {name for spec in card.derive.values() for name in inputs(spec.tree)}
 
 
-def prepare_table(table: RawTable, card: DatasetCard, report: ValidationReport
-                  ) -> tuple[RawTable, list[InputProblem]]:
+def prepare_table(
+    table: RawTable, card: DatasetCard, report: ValidationReport
+) -> tuple[RawTable, list[InputProblem]]:
     """``table`` without the dropped columns and with the derived ones (see the module doc)."""
     local = [str(c) for c in table.frame.columns]
     for key, what in ((card.drop, "drop"), (card.column_missing, "column_missing")):
         absent = [name for name in key if name not in local]
         if absent:
-            report.add("error", f"{card.path}: {what} names column(s) {absent}, which "
-                                f"{table.path} does not have (columns: {', '.join(local)})")
+            report.add(
+                "error",
+                f"{card.path}: {what} names column(s) {absent}, which "
+                f"{table.path} does not have (columns: {', '.join(local)})",
+            )
     frame = table.frame.drop(columns=[c for c in card.drop if c in local])
     table = replace(table, frame=frame)
     problems: list[InputProblem] = []
     for feature in card.derive:
         values = _derive(card, table, feature, report, problems)
         if values is not None:
-            frame[PREFIX + feature] = pd.Series(values, dtype=object).where(
-                ~np.isnan(values), None)
+            frame[PREFIX + feature] = pd.Series(values, dtype=object).where(~np.isnan(values), None)
     return table, problems

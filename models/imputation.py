@@ -37,10 +37,14 @@ def histogram_of(present: np.ndarray, feat: Feature) -> dict[str, list[int]]:
     (empty when the schema gives no range: the median then falls back to the mean)."""
     if feat.low is None or feat.high is None or feat.high <= feat.low:
         return {}
-    counts, _ = np.histogram(np.clip(present, feat.low, feat.high), bins=BINS,
-                             range=(feat.low, feat.high))
-    return {"histogram": [int(c) for c in counts], "histogram_low": float(feat.low),
-            "histogram_high": float(feat.high)}
+    counts, _ = np.histogram(
+        np.clip(present, feat.low, feat.high), bins=BINS, range=(feat.low, feat.high)
+    )
+    return {
+        "histogram": [int(c) for c in counts],
+        "histogram_low": float(feat.low),
+        "histogram_high": float(feat.high),
+    }
 
 
 def suppress_histogram(stats: Mapping[str, Any], min_cell: int) -> dict[str, Any]:
@@ -69,16 +73,18 @@ def fill_value(total: Mapping[str, Any], mean: float, imputation: str) -> float:
     histogram (``total``: the sites' statistics of the feature, added up)."""
     if imputation != "median" or "histogram" not in total:
         return mean
-    median = histogram_median(total["histogram"], total["histogram_low"],
-                              total["histogram_high"])
+    median = histogram_median(total["histogram"], total["histogram_low"], total["histogram_high"])
     return mean if median is None else median
 
 
 def statistics_options(study: Mapping[str, Any]) -> dict[str, Any]:
     """The keyword arguments of :func:`~medfed.models.encoding.merge_statistics` for ``study``."""
     prep = study["preprocessing"]
-    return {"min_cell": int(prep["min_cell"]), "imputation": prep.get("imputation", "mean"),
-            "categorical_missing": prep.get("categorical_missing", "mode")}
+    return {
+        "min_cell": int(prep["min_cell"]),
+        "imputation": prep.get("imputation", "mean"),
+        "categorical_missing": prep.get("categorical_missing", "mode"),
+    }
 
 
 def wants_histograms(study: Mapping[str, Any]) -> bool:
@@ -106,5 +112,8 @@ def encoder_from_state(schema: Any, state: Mapping[str, Any]) -> Any:
     """The study's :class:`~medfed.models.encoding.Encoder` from :func:`encoder_state` output."""
     from medfed.models.encoding import Encoder, GlobalStats
 
-    return Encoder(schema, GlobalStats.from_dict(state["statistics"]),
-                   missing_indicators=bool(state["missing_indicators"]))
+    return Encoder(
+        schema,
+        GlobalStats.from_dict(state["statistics"]),
+        missing_indicators=bool(state["missing_indicators"]),
+    )

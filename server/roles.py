@@ -37,8 +37,9 @@ def evaluators(hospitals: dict[int, dict[str, Any]]) -> list[int]:
     return [node_id for node_id, h in hospitals.items() if role_of(h) == EVALUATE]
 
 
-def training_problem(study: dict[str, Any], hospitals: dict[int, dict[str, Any]],
-                     failures: dict[str, str]) -> str | None:
+def training_problem(
+    study: dict[str, Any], hospitals: dict[int, dict[str, Any]], failures: dict[str, str]
+) -> str | None:
     """Why the study cannot start (fewer than ``strategy.min_nodes`` hospitals can train), or
     ``None``. The message gives every hospital that cannot train with its reason."""
     needed = int(study["strategy"]["min_nodes"])
@@ -48,8 +49,10 @@ def training_problem(study: dict[str, Any], hospitals: dict[int, dict[str, Any]]
     reasons = {hospitals[nid]["name"]: EVALUATION_ONLY for nid in evaluators(hospitals)}
     reasons.update(failures)
     detail = "; ".join(f"{name}: {why}" for name, why in reasons.items())
-    return (f"only {len(able)} hospital(s) can train, strategy.min_nodes={needed}; cannot train: "
-            f"{detail or 'none connected'}")
+    return (
+        f"only {len(able)} hospital(s) can train, strategy.min_nodes={needed}; cannot train: "
+        f"{detail or 'none connected'}"
+    )
 
 
 def evaluation_due(study: dict[str, Any], server_round: int) -> bool:
@@ -57,16 +60,22 @@ def evaluation_due(study: dict[str, Any], server_round: int) -> bool:
     return (server_round - 1) % int(study["evaluate"]["every"]) == 0
 
 
-def evaluate_only(grid: Grid, arrays: ArrayRecord, node_ids: list[int], server_round: int,
-                  study: dict[str, Any]) -> tuple[list[Message], list[Message]]:
+def evaluate_only(
+    grid: Grid, arrays: ArrayRecord, node_ids: list[int], server_round: int, study: dict[str, Any]
+) -> tuple[list[Message], list[Message]]:
     """Send the global model to the evaluation-only hospitals ``node_ids`` (when due).
 
     Returns the messages sent and the replies (metrics ``eval-*``, as in a train reply).
     """
     if not node_ids or not evaluation_due(study, server_round):
         return [], []
-    messages = [Message(RecordDict({"arrays": arrays, "config": ConfigRecord(
-                    {"server-round": server_round})}), dst_node_id=node_id,
-                        message_type="evaluate", group_id=f"{server_round}-evaluate")
-                for node_id in node_ids]
+    messages = [
+        Message(
+            RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": server_round})}),
+            dst_node_id=node_id,
+            message_type="evaluate",
+            group_id=f"{server_round}-evaluate",
+        )
+        for node_id in node_ids
+    ]
     return messages, send_and_receive(grid, messages, float(study["timeout"]))

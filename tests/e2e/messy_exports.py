@@ -36,8 +36,9 @@ class Export:
 
 
 def _rows(index: int, n: int, seed: int) -> pd.DataFrame:
-    site = generate_site(load_task("treatment"), index, 4, n_rows=n, test_fraction=0.3,
-                         skew=SkewConfig(), seed=seed)
+    site = generate_site(
+        load_task("treatment"), index, 4, n_rows=n, test_fraction=0.3, skew=SkewConfig(), seed=seed
+    )
     return pd.concat([site.train, site.test], ignore_index=True)
 
 
@@ -46,17 +47,28 @@ def _north(rows: pd.DataFrame, rng: np.random.Generator, out: Path) -> Export:
     visits = rows["prior_visits"].to_numpy(dtype=int)
     emergency = rng.binomial(visits, 0.3)
     inpatient = rng.binomial(visits - emergency, 0.5)
-    frame = pd.DataFrame({
-        "AgeGroup": rows["age_band"], "Sex": rows["sex"].str[0].str.upper(),
-        "AdmType": rows["admission_type"], "AdmSource": rows["admission_source"],
-        "admission_date": admitted.strftime("%Y-%m-%d"),
-        "discharge_date": (admitted + pd.to_timedelta(rows["time_in_hospital"].to_numpy(), "D"))
-        .strftime("%Y-%m-%d"),
-        "labs": rows["num_lab_procedures"], "meds": rows["num_medications"],
-        "diagnoses": rows["number_diagnoses"], "A1C": rows["a1c_result"],
-        "glucose": rows["max_glu_serum"], "number_outpatient": visits - emergency - inpatient,
-        "number_emergency": emergency, "number_inpatient": inpatient,
-        "insulin": [CLASSES[c] for c in rows["insulin"]], "notes": "seen by ward staff"})
+    frame = pd.DataFrame(
+        {
+            "AgeGroup": rows["age_band"],
+            "Sex": rows["sex"].str[0].str.upper(),
+            "AdmType": rows["admission_type"],
+            "AdmSource": rows["admission_source"],
+            "admission_date": admitted.strftime("%Y-%m-%d"),
+            "discharge_date": (
+                admitted + pd.to_timedelta(rows["time_in_hospital"].to_numpy(), "D")
+            ).strftime("%Y-%m-%d"),
+            "labs": rows["num_lab_procedures"],
+            "meds": rows["num_medications"],
+            "diagnoses": rows["number_diagnoses"],
+            "A1C": rows["a1c_result"],
+            "glucose": rows["max_glu_serum"],
+            "number_outpatient": visits - emergency - inpatient,
+            "number_emergency": emergency,
+            "number_inpatient": inpatient,
+            "insulin": [CLASSES[c] for c in rows["insulin"]],
+            "notes": "seen by ward staff",
+        }
+    )
     for k in range(40):
         frame[f"extra_{k:02d}"] = rng.integers(0, 9, len(rows))
     frame.to_csv(out / "north.csv", index=False)
@@ -81,13 +93,22 @@ def _south(rows: pd.DataFrame, rng: np.random.Generator, out: Path) -> Export:
     diagnoses = rows["number_diagnoses"].copy()
     unmeasured = rng.random(len(rows)) < 0.1
     diagnoses[unmeasured] = 0
-    frame = pd.DataFrame({
-        "age": rows["age_band"], "gender": rows["sex"].map({"female": 2, "male": 1}),
-        "admission": rows["admission_type"], "source": rows["admission_source"].fillna("NA"),
-        "stay_weeks": rows["time_in_hospital"] / 7, "lab_tests": labs,
-        "medications": rows["num_medications"], "n_diag": diagnoses,
-        "a1c": rows["a1c_result"], "max_glu": rows["max_glu_serum"],
-        "prior": rows["prior_visits"], "ins": [CLASSES[c].lower() for c in rows["insulin"]]})
+    frame = pd.DataFrame(
+        {
+            "age": rows["age_band"],
+            "gender": rows["sex"].map({"female": 2, "male": 1}),
+            "admission": rows["admission_type"],
+            "source": rows["admission_source"].fillna("NA"),
+            "stay_weeks": rows["time_in_hospital"] / 7,
+            "lab_tests": labs,
+            "medications": rows["num_medications"],
+            "n_diag": diagnoses,
+            "a1c": rows["a1c_result"],
+            "max_glu": rows["max_glu_serum"],
+            "prior": rows["prior_visits"],
+            "ins": [CLASSES[c].lower() for c in rows["insulin"]],
+        }
+    )
     frame.to_csv(out / "south.csv", index=False, sep=";")
     card = """name: south
 task: treatment
@@ -104,8 +125,10 @@ column_missing: {lab_tests: [0], n_diag: [0]}
 target: {column: ins, map: {no: 0, steady: 1, up: 2, down: 3}}
 """
     export = _card(out, "south", card, len(frame))
-    export.zeros_as_missing = {"num_lab_procedures": int((labs == 0).sum()),
-                               "number_diagnoses": int(unmeasured.sum())}
+    export.zeros_as_missing = {
+        "num_lab_procedures": int((labs == 0).sum()),
+        "number_diagnoses": int(unmeasured.sum()),
+    }
     return export
 
 
@@ -128,8 +151,10 @@ def _west(rows: pd.DataFrame, out: Path) -> Export:
     codes = {"emergency": 1, "urgent": 2, "elective": 3, "other": 4}
     visits = rows["prior_visits"].where(rows["prior_visits"] > 0)
     frame = rows.drop(columns=["prior_visits"]).assign(
-        admission_type=rows["admission_type"].map(codes), visits_last_year=visits,
-        insulin=[CLASSES[c] for c in rows["insulin"]])
+        admission_type=rows["admission_type"].map(codes),
+        visits_last_year=visits,
+        insulin=[CLASSES[c] for c in rows["insulin"]],
+    )
     frame.to_csv(out / "west.csv", index=False)
     card = """name: west
 task: treatment
@@ -153,5 +178,9 @@ def write_messy_exports(out: Path, seed: int = 0, rows: int = 160) -> list[Expor
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     frames = [_rows(i, rows, seed) for i in range(4)]
-    return [_north(frames[0], rng, out), _south(frames[1], rng, out), _east(frames[2], out),
-            _west(frames[3], out)]
+    return [
+        _north(frames[0], rng, out),
+        _south(frames[1], rng, out),
+        _east(frames[2], out),
+        _west(frames[3], out),
+    ]

@@ -33,14 +33,28 @@ def _rows(n: int = 32, single_class: bool = False) -> list[list[str]]:
     rows = []
     for i in range(n):
         cad = 0 if single_class else i % 2
-        rows.append([str(40 + i), "FM"[i % 2], str(1 + i % 4), str(120 + i), str(200 + i),
-                     str(i % 2), str(i % 3), str(150 + i), str((i + 1) % 2), str(i % 10),
-                     str(i % 4), str(cad)])
+        rows.append(
+            [
+                str(40 + i),
+                "FM"[i % 2],
+                str(1 + i % 4),
+                str(120 + i),
+                str(200 + i),
+                str(i % 2),
+                str(i % 3),
+                str(150 + i),
+                str((i + 1) % 2),
+                str(i % 10),
+                str(i % 4),
+                str(cad),
+            ]
+        )
     return rows
 
 
-def write(tmp_path: Path, card: str = BASE, rows: list[list[str]] | None = None,
-          header: str = HEADER) -> Path:
+def write(
+    tmp_path: Path, card: str = BASE, rows: list[list[str]] | None = None, header: str = HEADER
+) -> Path:
     lines = [header] + [",".join(r) for r in (rows if rows is not None else _rows())]
     (tmp_path / "data.csv").write_text("\n".join(lines) + "\n")
     path = tmp_path / "site.yaml"
@@ -61,22 +75,28 @@ def with_zero_cholesterol() -> list[list[str]]:
 
 # -- column_missing ---------------------------------------------------------------------------
 
+
 def test_column_missing_turns_a_columns_zero_into_missing_before_the_range_check(
-        tmp_path: Path) -> None:
+    tmp_path: Path,
+) -> None:
     without = read(write(tmp_path, BASE, with_zero_cholesterol())).report
     assert without.rows_kept == 29 and without.out_of_range["cholesterol"] == 3
 
-    report = read(write(tmp_path, BASE + "column_missing: {chol: [0]}\n",
-                        with_zero_cholesterol())).report
+    report = read(
+        write(tmp_path, BASE + "column_missing: {chol: [0]}\n", with_zero_cholesterol())
+    ).report
     assert report.rows_kept == 32 and report.out_of_range["cholesterol"] == 0
     assert report.missing["cholesterol"] == pytest.approx(3 / 32)
     assert report.missing["major_vessels"] == 0  # 0 stays a value in the other columns
 
 
-@pytest.mark.parametrize(("value", "message"), [
-    ("[chol]", "column_missing must map export column names to lists of codes"),
-    ("{chol: []}", "column_missing.chol must be a code or a non-empty list of codes"),
-])
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("[chol]", "column_missing must map export column names to lists of codes"),
+        ("{chol: []}", "column_missing.chol must be a code or a non-empty list of codes"),
+    ],
+)
 def test_column_missing_bad_value(tmp_path: Path, value: str, message: str) -> None:
     with pytest.raises(CardError, match=message):
         load_card(write(tmp_path, BASE + f"column_missing: {value}\n"))
@@ -88,6 +108,7 @@ def test_column_missing_of_an_absent_column_is_one_error(tmp_path: Path) -> None
 
 
 # -- derive (+ fill) --------------------------------------------------------------------------
+
 
 def test_derive_computes_a_feature_from_export_columns(tmp_path: Path) -> None:
     data = read(write(tmp_path, DERIVING + 'derive: {st_depression: "st_raw / 10"}\n'))
@@ -102,19 +123,28 @@ def test_derive_is_missing_when_an_input_is_missing_unless_fill(tmp_path: Path) 
     rows[0][9] = ""
     plain = read(write(tmp_path, DERIVING + 'derive: {st_depression: "st_raw / 10"}\n', rows))
     assert plain.report.missing["st_depression"] == pytest.approx(1 / 32)
-    filled = read(write(tmp_path, DERIVING + 'derive: {st_depression: {expr: "st_raw / 10", '
-                                         'fill: 0}}\n', rows))
+    filled = read(
+        write(
+            tmp_path, DERIVING + 'derive: {st_depression: {expr: "st_raw / 10", fill: 0}}\n', rows
+        )
+    )
     assert filled.report.missing["st_depression"] == 0
 
 
-@pytest.mark.parametrize(("value", "message"), [
-    ('{st_depression: "st_raw /"}', "derive.st_depression: expression 'st_raw /': expected"),
-    ('{st_depression: "sqrt(st_raw)"}', "unknown function sqrt()"),
-    ('{st_depression: "days(st_raw + 1)"}', "type error: days() takes a difference"),
-    ("{st_depression: {expr: st_raw, fill: yes}}", "derive.st_depression.fill must be a number"),
-    ("{st_depression: {expr: st_raw, default: 0}}", "unknown key(s) ['default']"),
-    ("[st_raw]", "derive must map feature names to expressions"),
-])
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ('{st_depression: "st_raw /"}', "derive.st_depression: expression 'st_raw /': expected"),
+        ('{st_depression: "sqrt(st_raw)"}', "unknown function sqrt()"),
+        ('{st_depression: "days(st_raw + 1)"}', "type error: days() takes a difference"),
+        (
+            "{st_depression: {expr: st_raw, fill: yes}}",
+            "derive.st_depression.fill must be a number",
+        ),
+        ("{st_depression: {expr: st_raw, default: 0}}", "unknown key(s) ['default']"),
+        ("[st_raw]", "derive must map feature names to expressions"),
+    ],
+)
 def test_derive_bad_value(tmp_path: Path, value: str, message: str) -> None:
     with pytest.raises(CardError) as err:
         load_card(write(tmp_path, DERIVING + f"derive: {value}\n"))
@@ -122,25 +152,33 @@ def test_derive_bad_value(tmp_path: Path, value: str, message: str) -> None:
 
 
 def test_derive_unknown_column_and_unknown_feature_are_one_error_each(tmp_path: Path) -> None:
-    report = read(write(tmp_path, DERIVING + 'derive: {st_depression: "st_mm / 10", bmi: "hr"}\n'
-                        )).report
-    assert any("derive.st_depression: expression 'st_mm / 10' uses unknown column(s) ['st_mm']"
-               in e for e in report.errors)
-    assert any("derive defines 'bmi', which is not a feature of task 'diagnosis'" in e
-               for e in report.errors)
+    report = read(
+        write(tmp_path, DERIVING + 'derive: {st_depression: "st_mm / 10", bmi: "hr"}\n')
+    ).report
+    assert any(
+        "derive.st_depression: expression 'st_mm / 10' uses unknown column(s) ['st_mm']" in e
+        for e in report.errors
+    )
+    assert any(
+        "derive defines 'bmi', which is not a feature of task 'diagnosis'" in e
+        for e in report.errors
+    )
 
 
 def test_derive_text_in_an_input_drops_the_row_naming_the_column(tmp_path: Path) -> None:
     rows = _rows()
     rows[3][9] = "n/a"
-    report = read(write(tmp_path, DERIVING + 'derive: {st_depression: "st_raw / 10"}\n', rows)
-                  ).report
+    report = read(
+        write(tmp_path, DERIVING + 'derive: {st_depression: "st_raw / 10"}\n', rows)
+    ).report
     assert report.rows_kept == 31
-    assert any("row 5, column 'st_raw': text where a number is expected" in w
-               for w in report.warnings)
+    assert any(
+        "row 5, column 'st_raw': text where a number is expected" in w for w in report.warnings
+    )
 
 
 # -- drop and the columns the task does not use ----------------------------------------------
+
 
 def test_unused_columns_are_one_summary_line_and_drop_silences_them(tmp_path: Path) -> None:
     extra = [f"x{k}" for k in range(7)]
@@ -148,8 +186,10 @@ def test_unused_columns_are_one_summary_line_and_drop_silences_them(tmp_path: Pa
     header = HEADER + "," + ",".join(extra) + ",notes"
     report = read(write(tmp_path, BASE + "drop: [notes]\n", rows, header)).report
     lines = [w for w in report.warnings if "the task does not use" in w]
-    assert lines == [f"{tmp_path / 'data.csv'}: ignored 7 columns the task does not use: x0, "
-                     "x1, x2, x3, x4, ... (list with --verbose)"]
+    assert lines == [
+        f"{tmp_path / 'data.csv'}: ignored 7 columns the task does not use: x0, "
+        "x1, x2, x3, x4, ... (list with --verbose)"
+    ]
     assert report.ignored == extra
 
 
@@ -158,13 +198,21 @@ def test_drop_makes_a_feature_column_absent(tmp_path: Path) -> None:
     assert data.report.usable and "major_vessels" in data.report.absent
 
 
-@pytest.mark.parametrize(("value", "message"), [
-    ("notes", "drop must be a non-empty list of column names"),
-    ("[notes, notes]", "drop names column(s) ['notes'] more than once"),
-])
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("notes", "drop must be a non-empty list of column names"),
+        ("[notes, notes]", "drop names column(s) ['notes'] more than once"),
+    ],
+)
 def test_drop_bad_value(tmp_path: Path, value: str, message: str) -> None:
-    with pytest.raises(CardError, match=message.replace("(", r"\(").replace(")", r"\)")
-                       .replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(
+        CardError,
+        match=message.replace("(", r"\(")
+        .replace(")", r"\)")
+        .replace("[", r"\[")
+        .replace("]", r"\]"),
+    ):
         load_card(write(tmp_path, BASE + f"drop: {value}\n"))
 
 
@@ -175,11 +223,13 @@ def test_drop_of_an_absent_column_is_one_error(tmp_path: Path) -> None:
 
 # -- role -------------------------------------------------------------------------------------
 
+
 def test_a_single_class_training_split_is_told_to_use_role_evaluate(tmp_path: Path) -> None:
     report = read(write(tmp_path, BASE, _rows(single_class=True))).report
     assert not report.usable
-    assert report.errors[-1].endswith("; to use its test rows for evaluation only, set role: "
-                                      "evaluate in the card")
+    assert report.errors[-1].endswith(
+        "; to use its test rows for evaluation only, set role: evaluate in the card"
+    )
 
 
 def test_a_small_cohort_is_told_to_use_role_evaluate(tmp_path: Path) -> None:

@@ -20,13 +20,19 @@ def run(text: str, **columns: list[float]) -> list[float]:
 
 
 def same(got: list[float], expected: list[float]) -> bool:
-    return all((math.isnan(g) and math.isnan(e)) or g == pytest.approx(e)
-               for g, e in zip(got, expected, strict=True))
+    return all(
+        (math.isnan(g) and math.isnan(e)) or g == pytest.approx(e)
+        for g, e in zip(got, expected, strict=True)
+    )
 
 
 def test_sum_of_three_columns_by_hand() -> None:
-    got = run("number_outpatient + number_emergency + number_inpatient",
-              number_outpatient=[1, 0, 2], number_emergency=[0, 3, 1], number_inpatient=[2, 1, 0])
+    got = run(
+        "number_outpatient + number_emergency + number_inpatient",
+        number_outpatient=[1, 0, 2],
+        number_emergency=[0, 3, 1],
+        number_inpatient=[2, 1, 0],
+    )
     assert got == [3, 4, 3]
 
 
@@ -57,8 +63,10 @@ def test_missing_propagates_and_division_by_zero_is_missing() -> None:
 def test_date_difference_in_days() -> None:
     admitted = as_days(np.array(["2021-01-30", "2021-02-27", None], dtype=object))
     discharged = as_days(np.array(["2021-02-02", "2021-03-01", "2021-03-01"], dtype=object))
-    for text in ("days(discharge_date - admission_date)",
-                 "days_between(admission_date, discharge_date)"):
+    for text in (
+        "days(discharge_date - admission_date)",
+        "days_between(admission_date, discharge_date)",
+    ):
         got = evaluate(parse(text), {"admission_date": admitted, "discharge_date": discharged})
         assert same(got.tolist(), [3, 2, NAN])
 
@@ -68,17 +76,20 @@ def test_inputs_know_which_columns_are_dates() -> None:
     assert inputs(tree) == {"out": DATE, "in": DATE, "prior visits": NUMBER}
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("a +", "expected 'a value' but found the end"),
-    ("a $ b", "cannot read '$ b' (character 3)"),
-    ("sqrt(a)", "unknown function sqrt()"),
-    ("clip(a, 1)", "clip() takes 3 argument(s), got 2"),
-    ("log1p(a, b)", "log1p() takes 1 argument(s), got 2"),
-    ("a b", "unexpected 'b' after a complete expression"),
-    ("days(a + b)", "type error: days() takes a difference of two date columns"),
-    ("days(a - 3)", "type error: a date difference takes two date columns"),
-    ("", "it is empty"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("a +", "expected 'a value' but found the end"),
+        ("a $ b", "cannot read '$ b' (character 3)"),
+        ("sqrt(a)", "unknown function sqrt()"),
+        ("clip(a, 1)", "clip() takes 3 argument(s), got 2"),
+        ("log1p(a, b)", "log1p() takes 1 argument(s), got 2"),
+        ("a b", "unexpected 'b' after a complete expression"),
+        ("days(a + b)", "type error: days() takes a difference of two date columns"),
+        ("days(a - 3)", "type error: a date difference takes two date columns"),
+        ("", "it is empty"),
+    ],
+)
 def test_bad_expressions_are_one_line_naming_the_expression(text: str, message: str) -> None:
     with pytest.raises(DeriveError) as err:
         parse(text)
@@ -92,8 +103,10 @@ def test_no_python_eval_names_are_just_columns() -> None:
     assert inputs(tree) == {"__import__": NUMBER, "os": NUMBER}
 
 
-@given(st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=20),
-       st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=20))
+@given(
+    st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=20),
+    st.lists(st.floats(-1e6, 1e6), min_size=1, max_size=20),
+)
 def test_arithmetic_matches_numpy(a: list[float], b: list[float]) -> None:
     n = min(len(a), len(b))
     x, y = np.array(a[:n]), np.array(b[:n])

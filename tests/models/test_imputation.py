@@ -30,9 +30,17 @@ def test_histogram_median_by_hand() -> None:
 
 def frame(bmi: list[float]) -> pd.DataFrame:
     n = len(bmi)
-    return pd.DataFrame({"age": [40.0] * n, "sex": ["female", "male"] * (n // 2),
-                         "bmi": bmi, "children": [1.0] * n, "smoker": [0.0] * n,
-                         "region": ["northeast"] * n, "charges": [1000.0] * n})
+    return pd.DataFrame(
+        {
+            "age": [40.0] * n,
+            "sex": ["female", "male"] * (n // 2),
+            "bmi": bmi,
+            "children": [1.0] * n,
+            "smoker": [0.0] * n,
+            "region": ["northeast"] * n,
+            "charges": [1000.0] * n,
+        }
+    )
 
 
 def test_median_of_two_sites_comes_from_their_summed_histograms() -> None:
@@ -58,8 +66,10 @@ def test_histograms_are_sent_only_for_median_imputation_and_small_bins_suppresse
 
 
 def test_the_encoder_fills_a_missing_numeric_value_with_the_median() -> None:
-    stats = merge_statistics([site_statistics(frame([20.0] * 8 + [40.0] * 2), PRICING,
-                                              histograms=True)], imputation="median")
+    stats = merge_statistics(
+        [site_statistics(frame([20.0] * 8 + [40.0] * 2), PRICING, histograms=True)],
+        imputation="median",
+    )
     encoder = Encoder(PRICING, stats)
     x = encoder.transform(frame([np.nan, 20.0]))
     col = encoder.column_names.index("bmi")
@@ -83,24 +93,34 @@ def test_categorical_missing_as_its_own_category() -> None:
 
 
 def test_model_pt_encoder_state_rebuilds_the_same_encoding() -> None:
-    stats = merge_statistics([site_statistics(frame([20.0, 30.0] * 5), PRICING,
-                                              histograms=True)],
-                             imputation="median", categorical_missing="category")
+    stats = merge_statistics(
+        [site_statistics(frame([20.0, 30.0] * 5), PRICING, histograms=True)],
+        imputation="median",
+        categorical_missing="category",
+    )
     state = encoder_state(stats, missing_indicators=True)
     rows = frame([np.nan, 22.0])
     rows.loc[1, "region"] = None
     again = encoder_from_state(PRICING, state)
-    np.testing.assert_array_equal(again.transform(rows),
-                                  Encoder(PRICING, stats, missing_indicators=True).transform(rows))
+    np.testing.assert_array_equal(
+        again.transform(rows), Encoder(PRICING, stats, missing_indicators=True).transform(rows)
+    )
     assert GlobalStats.from_dict(state["statistics"]).imputation == "median"
 
 
-@pytest.mark.parametrize(("override", "message"), [
-    ("preprocessing.imputation=mode", "preprocessing.imputation must be mean or median, got "
-                                      "'mode'"),
-    ("preprocessing.categorical_missing=drop", "preprocessing.categorical_missing must be mode "
-                                               "or category, got 'drop'"),
-])
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "preprocessing.imputation=mode",
+            "preprocessing.imputation must be mean or median, got 'mode'",
+        ),
+        (
+            "preprocessing.categorical_missing=drop",
+            "preprocessing.categorical_missing must be mode or category, got 'drop'",
+        ),
+    ],
+)
 def test_bad_imputation_settings_are_one_line(override: str, message: str) -> None:
     with pytest.raises(ConfigError) as info:
         compose_study([override])

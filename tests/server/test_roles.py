@@ -51,8 +51,15 @@ def cards(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 def sites_study(cards: list[Path], *overrides: str) -> dict:
-    return compose_study(["quiet=true", "federation=sites", "strategy.min_nodes=2",
-                          f"federation.cards=[{','.join(map(str, cards))}]", *overrides])
+    return compose_study(
+        [
+            "quiet=true",
+            "federation=sites",
+            "strategy.min_nodes=2",
+            f"federation.cards=[{','.join(map(str, cards))}]",
+            *overrides,
+        ]
+    )
 
 
 @pytest.fixture(scope="module")
@@ -90,17 +97,23 @@ def test_the_node_refuses_to_train_when_it_is_evaluation_only(cards, run_inproce
     recorder = Recorder(forge_train_for=2)
     run_inprocess(study, recorder)
     assert len(recorder.forged) == 2  # round 1 and the final evaluation
-    assert all("this site is evaluation-only (role: evaluate in its dataset card): it does not "
-               "train" in reason for reason in recorder.forged)
+    assert all(
+        "this site is evaluation-only (role: evaluate in its dataset card): it does not "
+        "train" in reason
+        for reason in recorder.forged
+    )
 
 
 def test_the_study_refuses_to_start_naming_every_site_that_cannot_train(
-        cards, run_inprocess) -> None:
+    cards, run_inprocess
+) -> None:
     study = sites_study(cards, "rounds=1", "strategy.min_nodes=3")
     with pytest.raises(StudyError) as info:
         run_inprocess(study)
-    assert str(info.value) == (f"the study cannot start: only 2 hospital(s) can train, "
-                               f"strategy.min_nodes=3; cannot train: hospital-2: {EVALUATION_ONLY}")
+    assert str(info.value) == (
+        f"the study cannot start: only 2 hospital(s) can train, "
+        f"strategy.min_nodes=3; cannot train: hospital-2: {EVALUATION_ONLY}"
+    )
 
 
 def test_training_problem_lists_evaluators_and_failures_by_name() -> None:
@@ -108,7 +121,8 @@ def test_training_problem_lists_evaluators_and_failures_by_name() -> None:
     study = {"strategy": {"min_nodes": 2}}
     assert training_problem(study, hospitals, {"c": "no reply"}) == (
         f"only 1 hospital(s) can train, strategy.min_nodes=2; cannot train: b: {EVALUATION_ONLY}; "
-        "c: no reply")
+        "c: no reply"
+    )
     assert training_problem({"strategy": {"min_nodes": 1}}, hospitals, {}) is None
 
 
@@ -131,8 +145,10 @@ def test_baselines_report_what_cannot_run_and_skip_evaluation_sites(studied, mon
     monkeypatch.setattr(baselines, "load_site", broken)
     monkeypatch.setattr(baselines, "local_training", _fail_once())
     base = run_baselines(result)
-    assert base["not_run"] == {"hospital 1": "its rows could not be loaded: the export moved",
-                               "pooled": "could not run: out of memory"}
+    assert base["not_run"] == {
+        "hospital 1": "its rows could not be loaded: the export moved",
+        "pooled": "could not run: out of memory",
+    }
     assert "all_test_rows" in base["local"]["hospitals"]["hospital-0"]
 
 
