@@ -95,6 +95,8 @@ def check_reply(request: Message, reply: Message, secagg: str | None = None) -> 
         if name != "site" or set(record) - _ROUND0_SITE_KEYS:
             raise GuardViolation(f"config record '{name}' with keys {sorted(record)} may not "
                                  "leave the node")
+        if record.get("role", "train") not in ("train", "evaluate"):  # no free text leaves
+            raise GuardViolation("the round-0 role must be train or evaluate")
         _check_numbers("statistics", json.loads(str(record["statistics-json"])))
     for record in content.metric_records.values():
         unknown = sorted(set(record) - ALLOWED_METRICS)
