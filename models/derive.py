@@ -255,12 +255,15 @@ def _apply(node: Node, args: list[np.ndarray]) -> np.ndarray:
 
 
 def as_days(values: np.ndarray) -> np.ndarray:
-    """Date cells (text or datetimes; missing as None/NaN) as days since 1970-01-01, NaN where
-    missing or not a date. ISO dates (2020-01-31) and day/month/year as the text shows it."""
+    """Date cells (text or datetimes; missing as None/NaN) as days since 1970-01-01 UTC, NaN
+    where missing or not a date. ISO dates (2020-01-31, with or without a time) are read fast;
+    other text is read by pandas' mixed-format parser, month first (01/02/2020 is 2 January)."""
     import pandas as pd
 
-    stamps = pd.to_datetime(
-        pd.Series(values, dtype=object), errors="coerce", format="mixed", dayfirst=False
-    )
-    days = (stamps - pd.Timestamp("1970-01-01")).dt.total_seconds() / 86400.0
+    cells = pd.Series(values, dtype=object)
+    stamps = pd.to_datetime(cells, errors="coerce", format="ISO8601", utc=True)
+    other = stamps.isna() & cells.notna()
+    if other.any():
+        stamps[other] = pd.to_datetime(cells[other], errors="coerce", format="mixed", utc=True)
+    days = (stamps - pd.Timestamp("1970-01-01", tz="UTC")).dt.total_seconds() / 86400.0
     return days.to_numpy(dtype=np.float64, na_value=np.nan)

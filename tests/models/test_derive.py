@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -112,3 +113,9 @@ def test_arithmetic_matches_numpy(a: list[float], b: list[float]) -> None:
     x, y = np.array(a[:n]), np.array(b[:n])
     got = evaluate(parse("max(a, b) - min(a, b) + a * 2"), {"a": x, "b": y})
     np.testing.assert_allclose(got, np.maximum(x, y) - np.minimum(x, y) + x * 2)
+
+
+def test_as_days_reads_iso_dates_times_time_zones_and_leaves_the_rest_missing() -> None:
+    cells = np.array(["1970-01-11", "1970-01-11T12:00", "01/03/1970", "soon", None,
+                      pd.Timestamp("1970-01-11 01:00", tz="Europe/Paris")], dtype=object)
+    assert same(as_days(cells).tolist(), [10, 10.5, 2, NAN, NAN, 10])
