@@ -29,12 +29,6 @@ class ColumnPlan:
     convert: Converter | None
 
 
-def markers(card: DatasetCard) -> frozenset[str]:
-    """The card's missing-value markers, as written and as canonical codes."""
-    written = set(card.csv.missing)
-    return frozenset(written | {canonical_code(m) or "" for m in written}) - {""}
-
-
 def _resolve(card: DatasetCard, table: RawTable, schema: TaskSchema, key: str, section: str,
              renamed: dict[str, str], report: ValidationReport) -> str | None:
     """The schema name a ``values``/``units`` key refers to (a local or a schema name)."""
