@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from medfed.models.cardspec import DatasetCard, canonical_code
-from medfed.models.derived_columns import PREFIX, derived_inputs
+from medfed.models.cardspec import DatasetCard
+from medfed.models.derived_columns import PREFIX, column_markers, derived_inputs
 from medfed.models.schema import TaskSchema
 from medfed.models.tables import RawTable
 from medfed.models.units import Converter, converter
@@ -27,6 +27,11 @@ class ColumnPlan:
     local: str | None
     codes: Mapping[str, str]
     convert: Converter | None
+
+
+def markers(card: DatasetCard) -> frozenset[str]:
+    """The card's file-wide missing-value markers (a column's own: ``column_markers``)."""
+    return column_markers(card, None)
 
 
 def _resolve(card: DatasetCard, table: RawTable, schema: TaskSchema, key: str, section: str,
