@@ -16,6 +16,7 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 
+from medfed.server.cohort import CohortView
 from medfed.server.polling import send_and_receive
 
 TRAIN, EVALUATE = "train", "evaluate"
@@ -53,6 +54,26 @@ def training_problem(
         f"only {len(able)} hospital(s) can train, strategy.min_nodes={needed}; cannot train: "
         f"{detail or 'none connected'}"
     )
+
+
+def training_view(
+    grid: Grid,
+    study: dict[str, Any],
+    hospitals: dict[int, dict[str, Any]],
+    view: CohortView | None,
+    reason: str,
+) -> tuple[CohortView | None, list[int], str]:
+    """The ready hospitals that train (the strategy samples only these), every ready hospital
+    (evaluation-only ones included), and why the round cannot start when too few can train."""
+    if view is None:
+        return None, [], reason
+    ready = view.get_node_ids()
+    able = [node_id for node_id in ready if node_id in trainers(hospitals)]
+    needed = int(study["strategy"]["min_nodes"])
+    if len(able) < needed:
+        why = f"only {len(able)} of the strategy.min_nodes={needed} hospitals needed to train"
+        return None, ready, f"{why} were ready (the others are evaluation-only or offline)"
+    return CohortView(grid, able), ready, ""
 
 
 def evaluation_due(study: dict[str, Any], server_round: int) -> bool:

@@ -29,7 +29,7 @@ from medfed.models.metrics import metrics_from_statistics
 from medfed.models.pipeline import n_inputs, new_model, study_schema
 from medfed.models.schema import TaskSchema
 from medfed.server import roles
-from medfed.server.cohort import Cohort, CohortView, query, site_of
+from medfed.server.cohort import Cohort, query, site_of
 from medfed.server.polling import send_and_receive
 from medfed.server.screening import ScreeningConfig, screen_replies
 from medfed.strategies.central_dp import central_dp_report, wrap_central_dp
@@ -288,7 +288,8 @@ class StudyRun:
         t0, bytes0 = time.perf_counter(), _wire_total(grid)
         rounds.append(RoundRecord(server_round))
         self.view, reason = self.cohort.ready(rounds[-1].failures)
-        self.view, reason = _training_view(self, self.view, reason)
+        self.view, self.ready, reason = roles.training_view(grid, study, hospitals, self.view,
+                                                            reason)
         if self.view is None:
             self.stopped = f"round {server_round}: {reason}; the study stopped there"
             rounds.pop()  # the round that could not start is not part of the study
@@ -410,21 +411,6 @@ def round_config(study: dict[str, Any], hospitals: dict[int, dict[str, Any]]) ->
     if delta is None:
         delta = default_delta(min(h["n_train"] for h in training))
     return ConfigRecord({"cohort-size": cohort, "dp-delta": float(delta)})
-
-
-def _training_view(run: StudyRun, view: CohortView | None, reason: str
-                   ) -> tuple[CohortView | None, str]:
-    """The ready hospitals that train (the strategy samples only these); ``run.ready`` keeps every
-    ready hospital, evaluation-only ones included."""
-    if view is None:
-        return None, reason
-    run.ready = view.get_node_ids()
-    able = [nid for nid in run.ready if nid in roles.trainers(run.hospitals)]
-    needed = int(run.study["strategy"]["min_nodes"])
-    if len(able) < needed:
-        return None, (f"only {len(able)} of the strategy.min_nodes={needed} hospitals needed to "
-                      "train were ready (the others are evaluation-only or offline)")
-    return CohortView(run.grid, able), ""
 
 
 def _wire_total(grid: Grid) -> int | None:
