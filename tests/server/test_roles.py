@@ -14,7 +14,7 @@ from medfed.client.app import app as medfed_client
 from medfed.models.export import export_synthetic
 from medfed.server.baselines import run_baselines
 from medfed.server.config import compose_study
-from medfed.server.roles import EVALUATION_ONLY, training_problem
+from medfed.server.roles import EVALUATION_ONLY, training_problem, training_view
 from medfed.server.study import StudyError
 
 ROUNDS = 2
@@ -164,3 +164,24 @@ def _fail_once():
         return local_training(*args, **kwargs)
 
     return train
+
+
+class _View:
+    def __init__(self, node_ids: list[int]) -> None:
+        self.node_ids = node_ids
+
+    def get_node_ids(self) -> list[int]:
+        return list(self.node_ids)
+
+
+def test_a_round_stops_when_the_ready_trainers_are_too_few() -> None:
+    hospitals = {1: {"name": "a"}, 2: {"name": "b", "role": "evaluate"}, 3: {"name": "c"}}
+    study = {"strategy": {"min_nodes": 2}}
+    view, ready, reason = training_view(None, study, hospitals, _View([1, 2, 3]), "")
+    assert view.get_node_ids() == [1, 3] and ready == [1, 2, 3] and reason == ""
+    view, ready, reason = training_view(None, study, hospitals, _View([1, 2]), "")
+    assert view is None and ready == [1, 2]
+    assert reason == (
+        "only 1 of the strategy.min_nodes=2 hospitals needed to train were ready "
+        "(the others are evaluation-only or offline)"
+    )
