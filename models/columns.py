@@ -86,7 +86,8 @@ def _feature_columns(card: DatasetCard, table: RawTable, schema: TaskSchema,
                                "and treated as missing")
         found[feat.name] = local[0] if local else None
     used = {*found.values(), target, *derived_inputs(card)}
-    ignored_columns(table, [c for c in renamed if c not in used], report)
+    unused = [c for c in renamed if c not in used and not c.startswith(PREFIX)]
+    ignored_columns(table, unused, report)
     return found
 
 

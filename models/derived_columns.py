@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from medfed.models.cardspec import DatasetCard, canonical_code
+from medfed.models.cardspec import CardError, DatasetCard, canonical_code
 from medfed.models.derive import DATE, as_days, evaluate, inputs
 from medfed.models.tables import RawTable
 from medfed.models.validation import ValidationReport
@@ -88,23 +88,24 @@ def _input(
 
 
 def _derive(
-    card: DatasetCard,
-    table: RawTable,
-    feature: str,
-    report: ValidationReport,
-    problems: list[InputProblem],
-) -> np.ndarray | None:
+    card: DatasetCard, table: RawTable, feature: str, problems: list[InputProblem]
+) -> np.ndarray:
+    """The derived feature's values per row (NaN where missing).
+
+    Raises
+    ------
+    CardError
+        When the expression names a column the file does not have.
+    """
     spec = card.derive[feature]
     wanted = inputs(spec.tree)
     local = [str(c) for c in table.frame.columns]
     unknown = [name for name in wanted if name not in local]
-    if unknown:
-        report.add(
-            "error",
+    if unknown:  # a card error (like a type error): one line, the study does not start
+        raise CardError(
             f"{card.path}: derive.{feature}: expression {spec.expr!r} uses "
-            f"unknown column(s) {unknown}; {table.path} has: {', '.join(local)}",
+            f"unknown column(s) {unknown}; {table.path} has: {', '.join(local)}"
         )
-        return None
     columns = {
         name: _input(card, table, name, kind, spec.fill, problems, feature)
         for name, kind in wanted.items()
@@ -135,7 +136,6 @@ def prepare_table(
     table = replace(table, frame=frame)
     problems: list[InputProblem] = []
     for feature in card.derive:
-        values = _derive(card, table, feature, report, problems)
-        if values is not None:
-            frame[PREFIX + feature] = pd.Series(values, dtype=object).where(~np.isnan(values), None)
+        values = _derive(card, table, feature, problems)
+        frame[PREFIX + feature] = pd.Series(values, dtype=object).where(~np.isnan(values), None)
     return table, problems

@@ -151,18 +151,21 @@ def test_derive_bad_value(tmp_path: Path, value: str, message: str) -> None:
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
-def test_derive_unknown_column_and_unknown_feature_are_one_error_each(tmp_path: Path) -> None:
-    report = read(
-        write(tmp_path, DERIVING + 'derive: {st_depression: "st_mm / 10", bmi: "hr"}\n')
-    ).report
-    assert any(
-        "derive.st_depression: expression 'st_mm / 10' uses unknown column(s) ['st_mm']" in e
-        for e in report.errors
+def test_derive_of_an_unknown_column_is_one_card_error(tmp_path: Path) -> None:
+    with pytest.raises(CardError) as err:
+        read(write(tmp_path, DERIVING + 'derive: {st_depression: "st_mm / 10"}\n'))
+    assert str(err.value).startswith(
+        f"{tmp_path / 'site.yaml'}: derive.st_depression: expression 'st_mm / 10' uses unknown "
+        f"column(s) ['st_mm']; {tmp_path / 'data.csv'} has: age, sex, cp,"
     )
-    assert any(
-        "derive defines 'bmi', which is not a feature of task 'diagnosis'" in e
-        for e in report.errors
-    )
+
+
+def test_derive_of_a_name_the_task_does_not_have_is_one_error(tmp_path: Path) -> None:
+    report = read(write(tmp_path, BASE + 'derive: {bmi: "hr / 2"}\n')).report
+    assert report.errors == [
+        f"{tmp_path / 'site.yaml'}: derive defines 'bmi', which is not a feature of task "
+        "'diagnosis' (features: " + ", ".join(DIAGNOSIS.feature_names) + ")"
+    ]
 
 
 def test_derive_text_in_an_input_drops_the_row_naming_the_column(tmp_path: Path) -> None:
