@@ -90,6 +90,7 @@ drop: [notes]
 
 def _south(rows: pd.DataFrame, rng: np.random.Generator, out: Path) -> Export:
     labs = rows["num_lab_procedures"].fillna(0)
+    labs[rng.random(len(rows)) < 0.08] = 0  # 0 = "not measured" here, a valid count elsewhere
     diagnoses = rows["number_diagnoses"].copy()
     unmeasured = rng.random(len(rows)) < 0.1
     diagnoses[unmeasured] = 0
