@@ -50,8 +50,10 @@ def stats(msg: Message, context: Context) -> Message:
     torch.set_num_threads(int(json.loads(config_json).get("threads", 1)))
     name, n_train, n_test, statistics = node.site_summary(config_json, _index(context))
     context.state.config_records[node.STUDY_STATE] = ConfigRecord({"config-json": config_json})
+    role = node.site_role(config_json, _index(context))
     return Message(RecordDict({
-        "site": ConfigRecord({"name": name, "statistics-json": json.dumps(statistics)}),
+        "site": ConfigRecord({"name": name, "statistics-json": json.dumps(statistics),
+                              "role": role}),
         "counts": MetricRecord({"num-examples": n_train, "num-test": n_test}),
     }), reply_to=msg)
 
@@ -89,6 +91,9 @@ def _evaluation(model, site, schema, study, stats) -> dict:
 @app.train(mods=[secure_aggregation_mod, central_clipping_mod])  # each acts only when on
 def train(msg: Message, context: Context) -> Message:
     """Evaluate the received global model (when due), train locally, reply with the weights."""
+    if node.site_role(node.received_study(context)[0], _index(context)) == "evaluate":
+        raise RuntimeError("this site is evaluation-only (role: evaluate in its dataset card): "
+                           "it does not train")
     study, schema, site, stats, model = _received_model(msg, context)
     config = msg.content.config_records["config"]
     server_round = int(scalar(config["server-round"]))

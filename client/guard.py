@@ -41,7 +41,7 @@ ALLOWED_METRICS = frozenset(
     {"num-examples", "num-test", "train-loss-sum", "train-examples", "train-steps",
      "epsilon", "delta", "refused"}
     | {f"eval-{key}" for key in EVAL_STATISTICS})
-_ROUND0_SITE_KEYS = frozenset({"name", "statistics-json"})
+_ROUND0_SITE_KEYS = frozenset({"name", "statistics-json", "role"})  # role: train | evaluate
 SECAGG_REPLIES: dict[str, dict[str, type]] = {  # stage -> key -> type of the value (or items)
     Stage.SETUP: {Key.PUBLIC_KEY_1: bytes, Key.PUBLIC_KEY_2: bytes},  # public keys
     Stage.SHARE_KEYS: {Key.DESTINATION_LIST: int, Key.CIPHERTEXT_LIST: bytes},  # encrypted
@@ -95,6 +95,8 @@ def check_reply(request: Message, reply: Message, secagg: str | None = None) -> 
         if name != "site" or set(record) - _ROUND0_SITE_KEYS:
             raise GuardViolation(f"config record '{name}' with keys {sorted(record)} may not "
                                  "leave the node")
+        if record.get("role", "train") not in ("train", "evaluate"):  # no free text leaves
+            raise GuardViolation("the round-0 role must be train or evaluate")
         _check_numbers("statistics", json.loads(str(record["statistics-json"])))
     for metrics in content.metric_records.values():
         unknown = sorted(set(metrics) - ALLOWED_METRICS)

@@ -26,6 +26,7 @@ import yaml
 from medfed.client.ledger import ledger_path
 from medfed.client.policy import load_policy
 from medfed.models.encoding import GlobalStats, site_statistics, suppress_small_cells
+from medfed.models.imputation import wants_histograms
 from medfed.models.ingest.sources import SiteData, load_site
 from medfed.models.pipeline import PreparedSite, prepare_site, study_schema
 from medfed.models.schema import TaskSchema
@@ -81,16 +82,23 @@ def _site(config_json: str, index: int) -> SiteData:
 
 
 def site_summary(config_json: str, index: int) -> tuple[str, int, int, dict[str, Any]]:
-    """Round 0: name, train and test sizes, and the additive statistics of the training split.
+    """Round 0: name, train and test sizes, and the additive statistics of the training split
+    (with histograms when the study imputes medians, :mod:`medfed.models.imputation`).
 
     Category cells below the study's ``preprocessing.min_cell`` are suppressed here, on the node,
     before anything is sent.
     """
     study = json.loads(config_json)
     site = _site(config_json, index)
-    stats = suppress_small_cells(site_statistics(site.train, study_schema(study)),
+    stats = suppress_small_cells(site_statistics(site.train, study_schema(study),
+                                                 histograms=wants_histograms(study)),
                                  int(study["preprocessing"]["min_cell"]))
     return site.name, len(site.train), len(site.test), stats
+
+
+def site_role(config_json: str, index: int) -> str:
+    """``train``, or ``evaluate`` for an evaluation-only site (its card's ``role``)."""
+    return _site(config_json, index).role
 
 
 @lru_cache(maxsize=16)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medfed.models.imputation import MISSING, fill_value, histogram_of, suppress_histogram
 from medfed.models.schema import Feature, TaskSchema
 
 _MIN_STD = 1e-12
@@ -50,7 +51,8 @@ def _codes(df: pd.DataFrame, schema: TaskSchema, feat: Feature) -> np.ndarray:
     return pd.Index(feat.categories).get_indexer(values).astype(np.int64)  # type: ignore[arg-type]
 
 
-def _feature_statistics(df: pd.DataFrame, schema: TaskSchema, feat: Feature) -> dict[str, Any]:
+def _feature_statistics(df: pd.DataFrame, schema: TaskSchema, feat: Feature,
+                        histograms: bool = False) -> dict[str, Any]:
     if feat.kind == "categorical":
         codes = _codes(df, schema, feat)
         counts = np.bincount(codes[codes >= 0], minlength=len(feat.categories))
@@ -58,8 +60,11 @@ def _feature_statistics(df: pd.DataFrame, schema: TaskSchema, feat: Feature) -> 
                 "missing": int((codes < 0).sum())}
     values = _numeric(df, schema, feat)
     present = values[~np.isnan(values)]
-    return {"count": int(present.size), "sum": float(present.sum()),
-            "sumsq": float(np.square(present).sum()), "missing": int(values.size - present.size)}
+    out: dict[str, Any] = {"count": int(present.size), "sum": float(present.sum()),
+           "sumsq": float(np.square(present).sum()), "missing": int(values.size - present.size)}
+    if histograms and feat.kind == "numeric":
+        out.update(histogram_of(present, feat))
+    return out
 
 
 def _target_statistics(df: pd.DataFrame, schema: TaskSchema) -> dict[str, Any]:
@@ -75,7 +80,8 @@ def _target_statistics(df: pd.DataFrame, schema: TaskSchema) -> dict[str, Any]:
             "classes": [int(c) for c in np.bincount(valid, minlength=n_classes)]}
 
 
-def site_statistics(df: pd.DataFrame, schema: TaskSchema) -> dict[str, Any]:
+def site_statistics(df: pd.DataFrame, schema: TaskSchema, *,
+                    histograms: bool = False) -> dict[str, Any]:
     """Additive, JSON-serialisable summary of one hospital's rows.
 
     Returns ``{"rows", "numeric", "binary", "categorical", "target"}``. Numeric and binary features
@@ -84,16 +90,18 @@ def site_statistics(df: pd.DataFrame, schema: TaskSchema) -> dict[str, Any]:
     count as missing (the :class:`Encoder` treats them the same way). The target gives ``{kind,
     count, sum, sumsq, sum_y}``, the sums being of ``log1p(y)`` except ``sum_y`` of ``y`` itself
     (in the target's unit, to scale the Tweedie loss), for a continuous target, and ``{kind,
-    classes: [count per class index]}`` otherwise. Only these sums leave the hospital.
+    classes: [count per class index]}`` otherwise. With ``histograms`` (median imputation), a
+    numeric feature with a valid range also gives ``histogram``: counts in fixed bins over that
+    range (see :mod:`medfed.models.imputation`). Only these sums leave the hospital.
     """
     out: dict[str, Any] = {"rows": len(df), "numeric": {}, "binary": {}, "categorical": {}}
     for feat in schema.features:
-        out[feat.kind][feat.name] = _feature_statistics(df, schema, feat)
+        out[feat.kind][feat.name] = _feature_statistics(df, schema, feat, histograms)
     out["target"] = _target_statistics(df, schema)
     return out
 
 
-_MAPPINGS = ("means", "stds", "rates", "modes", "missing_rates")
+_MAPPINGS = ("means", "stds", "rates", "modes", "missing_rates", "fills")
 
 
 @dataclass(frozen=True)
@@ -104,7 +112,10 @@ class GlobalStats:
     ``rates`` (share of 1s) per binary feature, ``modes`` per categorical feature and
     ``missing_rates`` per feature. For a continuous target ``target_log_mean``/``target_log_std``
     of ``log1p(y)`` and ``target_mean`` of ``y``; for a class target ``class_priors`` per class
-    index. The mappings are read-only.
+    index. ``fills`` are the values a missing numeric feature takes (the federated mean or the
+    median of the merged histograms, ``imputation``); ``categorical_missing`` is ``mode`` (a
+    missing category takes the global mode) or ``category`` (its own one-hot column). The
+    mappings are read-only.
     """
 
     target_kind: str
@@ -118,6 +129,9 @@ class GlobalStats:
     target_log_std: float = 1.0
     target_mean: float = 1.0
     class_priors: tuple[float, ...] = ()
+    fills: Mapping[str, float] = field(default_factory=dict)
+    imputation: str = "mean"
+    categorical_missing: str = "mode"
 
     def __post_init__(self) -> None:
         for name in _MAPPINGS:
@@ -161,12 +175,18 @@ def suppress_small_cells(stats: Mapping[str, Any], min_cell: int = 5) -> dict[st
     cells = {name: dict(feat, categories={cat: (n if n >= min_cell else 0)
                                           for cat, n in feat["categories"].items()})
              for name, feat in stats["categorical"].items()}
-    return dict(stats, categorical=cells)
+    numeric = {name: suppress_histogram(feat, min_cell) for name, feat in stats["numeric"].items()}
+    return dict(stats, categorical=cells, numeric=numeric)
 
 
-def _add(sites: Sequence[Mapping[str, Any]], group: str, name: str) -> dict[str, float]:
+def _add(sites: Sequence[Mapping[str, Any]], group: str, name: str) -> dict[str, Any]:
     keys = sites[0][group][name].keys()
-    return {key: sum(site[group][name][key] for site in sites) for key in keys}
+    out: dict[str, Any] = {}
+    for key in keys:  # histogram edges are the schema's range: the same at every site
+        values = [site[group][name][key] for site in sites]
+        out[key] = (values[0] if key.startswith("histogram_") else
+                    np.sum(values, axis=0).tolist() if key == "histogram" else sum(values))
+    return out
 
 
 def _mean_std(count: float, total: float, sumsq: float) -> tuple[float, float]:
@@ -201,12 +221,16 @@ def _missing_rate(missing: float, observed: float) -> float:
     return missing / (missing + observed) if missing + observed > 0 else 1.0
 
 
-def merge_statistics(stats: Sequence[Mapping[str, Any]], *, min_cell: int = 5) -> GlobalStats:
+def merge_statistics(stats: Sequence[Mapping[str, Any]], *, min_cell: int = 5,
+                     imputation: str = "mean", categorical_missing: str = "mode") -> GlobalStats:
     """Add up the sites' :func:`site_statistics` into :class:`GlobalStats`.
 
     Category cells below ``min_cell`` are suppressed per site before summing (see
     :func:`suppress_small_cells`). A feature nobody observed gets mean 0, std 1 or rate 0.5; a
     categorical feature without an unsuppressed cell gets its first schema category as mode.
+    ``imputation`` (``mean`` or ``median``, the latter from the summed histograms) chooses the
+    fill of a missing numeric value; ``categorical_missing`` (``mode`` or ``category``) how the
+    :class:`Encoder` treats a missing category.
     """
     if not stats:
         raise ValueError("merge_statistics needs the statistics of at least one site.")
@@ -220,6 +244,7 @@ def merge_statistics(stats: Sequence[Mapping[str, Any]], *, min_cell: int = 5) -
         out["means"][name], out["stds"][name] = _mean_std(total["count"], total["sum"],
                                                           total["sumsq"])
         out["missing_rates"][name] = _missing_rate(total["missing"], total["count"])
+        out["fills"][name] = fill_value(total, out["means"][name], imputation)
     for name in sites[0]["binary"]:
         total = _add(sites, "binary", name)
         out["rates"][name] = total["sum"] / total["count"] if total["count"] > 0 else 0.5
@@ -231,7 +256,8 @@ def merge_statistics(stats: Sequence[Mapping[str, Any]], *, min_cell: int = 5) -
         missing = sum(site["categorical"][name]["missing"] for site in sites)
         out["missing_rates"][name] = _missing_rate(missing, sum(cells.values()))
     rows = sum(int(site["rows"]) for site in sites)
-    return GlobalStats(rows=rows, **out, **_target_fields(sites))
+    return GlobalStats(rows=rows, **out, **_target_fields(sites), imputation=imputation,
+                       categorical_missing=categorical_missing)
 
 
 def encode_target(df: pd.DataFrame, schema: TaskSchema) -> np.ndarray:
@@ -270,12 +296,17 @@ class Encoder:
                 raise ValueError(f"The global statistics have no entry for feature "
                                  f"'{feat.name}'; compute them with task '{schema.name}'.")
             if feat.kind == "categorical":
-                names.extend(f"{feat.name}={cat}" for cat in feat.categories)
+                names.extend(f"{feat.name}={cat}" for cat in self._categories(feat))
             else:
                 names.append(feat.name)
             if missing_indicators and not feat.required:
                 names.append(f"{feat.name}_missing")
         self.column_names: tuple[str, ...] = tuple(names)
+
+    def _categories(self, feat: Feature) -> tuple[str, ...]:
+        """The one-hot columns of a categorical feature (plus ``MISSING`` when it is a category)."""
+        own = self.stats.categorical_missing == "category"
+        return (*feat.categories, MISSING) if own else tuple(feat.categories)
 
     @property
     def n_inputs(self) -> int:
@@ -287,7 +318,9 @@ class Encoder:
         if feat.kind == "categorical":
             codes = _codes(df, self.schema, feat)
             missing = codes < 0
-            codes[missing] = feat.categories.index(self.stats.modes[feat.name])
+            own = self.stats.categorical_missing == "category"
+            codes[missing] = len(feat.categories) if own else \
+                feat.categories.index(self.stats.modes[feat.name])
             out[:] = 0.0
             out[np.arange(len(codes)), codes] = 1.0
             return missing
@@ -296,8 +329,9 @@ class Encoder:
         if feat.kind == "binary":
             out[:, 0] = np.where(missing, self.stats.rates[feat.name], values)
         else:
-            z = (values - self.stats.means[feat.name]) / self.stats.stds[feat.name]
-            out[:, 0] = np.where(missing, 0.0, z)
+            mean, std = self.stats.means[feat.name], self.stats.stds[feat.name]
+            fill = (self.stats.fills.get(feat.name, mean) - mean) / std
+            out[:, 0] = np.where(missing, fill, (values - mean) / std)
         return missing
 
     def transform(self, df: pd.DataFrame) -> np.ndarray:
@@ -305,10 +339,25 @@ class Encoder:
         out = np.empty((len(df), self.n_inputs), dtype=np.float32)
         col = 0
         for feat in self.schema.features:
-            width = len(feat.categories) if feat.kind == "categorical" else 1
+            width = len(self._categories(feat)) if feat.kind == "categorical" else 1
             missing = self._fill(df, feat, out[:, col:col + width])
             col += width
             if self.missing_indicators and not feat.required:
                 out[:, col] = missing
                 col += 1
         return out
+
+
+def encoder_state(stats: Any, missing_indicators: bool) -> dict[str, Any]:
+    """What ``model.pt`` stores to rebuild the study's encoder (see :func:`encoder_from_state`)."""
+    return {"statistics": stats.to_dict(), "missing_indicators": bool(missing_indicators)}
+
+
+def encoder_from_state(schema: Any, state: Mapping[str, Any]) -> Any:
+    """The study's :class:`~medfed.models.encoding.Encoder` from :func:`encoder_state` output."""
+    return Encoder(
+        schema,
+        GlobalStats.from_dict(state["statistics"]),
+        missing_indicators=bool(state["missing_indicators"]),
+    )
+

@@ -21,6 +21,7 @@ from medfed.models.encoding import (
     merge_statistics,
     site_statistics,
 )
+from medfed.models.imputation import statistics_options, wants_histograms
 from medfed.models.metrics import metric_statistics
 from medfed.models.nets import build_model, predict_output
 from medfed.models.schema import TaskSchema, task_from_dict
@@ -43,9 +44,14 @@ def study_schema(study: dict[str, Any]) -> TaskSchema:
     return task_from_dict(study["task"], source=f"task '{study['task'].get('name')}'")
 
 
-def own_statistics(train: pd.DataFrame, schema: TaskSchema, min_cell: int) -> GlobalStats:
-    """A site's own statistics in global form (per-site normalisation, local-only baseline)."""
-    return merge_statistics([site_statistics(train, schema)], min_cell=min_cell)
+def own_statistics(train: pd.DataFrame, schema: TaskSchema, min_cell: int,
+                   study: dict[str, Any] | None = None) -> GlobalStats:
+    """A site's own statistics in global form (per-site normalisation, local-only baseline),
+    imputed as ``study`` says (default: means and modes)."""
+    if study is None:
+        return merge_statistics([site_statistics(train, schema)], min_cell=min_cell)
+    return merge_statistics([site_statistics(train, schema, histograms=wants_histograms(study))],
+                            **statistics_options(study))
 
 
 def prepare_site(name: str, train_rows: pd.DataFrame, test_rows: pd.DataFrame,
@@ -53,7 +59,7 @@ def prepare_site(name: str, train_rows: pd.DataFrame, test_rows: pd.DataFrame,
     """Encode a site's rows with ``stats`` (or with its own, when normalisation is per site)."""
     prep = study["preprocessing"]
     if prep["normalisation"] == "site":
-        stats = own_statistics(train_rows, schema, int(prep["min_cell"]))
+        stats = own_statistics(train_rows, schema, int(prep["min_cell"]), study)
     encoder = Encoder(schema, stats, missing_indicators=bool(prep["missing_indicators"]))
     return PreparedSite(name, encoder.transform(train_rows), encode_target(train_rows, schema),
                         encoder.transform(test_rows), encode_target(test_rows, schema))

@@ -72,7 +72,7 @@ def _features(report: ValidationReport) -> list[str]:
     return lines
 
 
-def render_report(report: ValidationReport) -> str:
+def render_report(report: ValidationReport, verbose: bool = False) -> str:
     """The printable report: aggregates first, then one line per note, warning and error."""
     lines = [f"dataset card {report.card}: site '{report.site}', task '{report.task}'"]
     lines += [f"  file      {name}" for name in report.files]
@@ -83,12 +83,13 @@ def render_report(report: ValidationReport) -> str:
     lines += _target(report, report.target) + [""] + _features(report)
     lines += [f"note: {m}" for m in report.notes] + [f"warning: {m}" for m in report.warnings]
     lines += [f"error: {m}" for m in report.errors]
+    lines += [f"ignored: {', '.join(report.ignored)}"] if verbose and report.ignored else []
     verdict = "usable" if report.usable else f"NOT usable ({len(report.errors)} problem(s))"
     return "\n".join([*lines, f"result: {verdict}"])
 
 
 def check_dataset(card_path: str | Path, task: str | None = None, *,
-                  min_cohort: int | None = None) -> tuple[int, str]:
+                  min_cohort: int | None = None, verbose: bool = False) -> tuple[int, str]:
     """Validate a dataset card and its data; return ``(exit status, printable report)``.
 
     ``task`` (a task name or schema path) must agree with the card's task when given;
@@ -103,7 +104,7 @@ def check_dataset(card_path: str | Path, task: str | None = None, *,
         first = (str(exc).splitlines() or [""])[0]
         return EXIT_CARD, (f"error: {card_path}: unexpected problem while reading the data "
                            f"({type(exc).__name__}: {first}); please report it")
-    return (EXIT_OK if data.report.usable else EXIT_UNUSABLE), render_report(data.report)
+    return (EXIT_OK if data.report.usable else EXIT_UNUSABLE), render_report(data.report, verbose)
 
 
 def _positive(text: str) -> int:
@@ -126,6 +127,7 @@ def _parser() -> argparse.ArgumentParser:
                                                       "card's task)")
     check.add_argument("--min-cohort", type=_positive, metavar="N",
                        help="fewest valid training rows accepted (default: the card's, else 20)")
+    check.add_argument("--verbose", action="store_true", help="list every ignored column")
     return parser
 
 
@@ -135,6 +137,7 @@ def node_main(argv: list[str]) -> int:
         args = _parser().parse_args(argv)
     except SystemExit as exc:  # argparse has printed the usage or the help
         return exc.code if isinstance(exc.code, int) else EXIT_CARD
-    status, text = check_dataset(args.dataset, args.task, min_cohort=args.min_cohort)
+    status, text = check_dataset(args.dataset, args.task, min_cohort=args.min_cohort,
+                                 verbose=args.verbose)
     print(text, file=sys.stderr if status == EXIT_CARD else sys.stdout)
     return status

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from medfed.models.ingest.cardkeys import EVALUATE_ADVICE
 from medfed.models.ingest.cardspec import CardError, DatasetCard, canonical_code, load_card
 from medfed.models.ingest.conversion import convert_table
 from medfed.models.ingest.tables import read_table
@@ -177,6 +179,28 @@ def read_card_data(card: DatasetCard, schema: TaskSchema, *,
         report.add("warning", f"{card.test or card.train}: the test split is empty, so this "
                               "site reports no test metrics")
     _feature_summary(pd.concat([train, test], ignore_index=True), schema, report)
+    errors = len(report.errors)
     _target_summary(train, test, schema, report)
     _cohort(report, min_cohort or card.min_cohort or DEFAULT_MIN_COHORT)
+    training_problems(card, report, errors)
     return CardData(card.name, train, test, report)
+
+
+def training_problems(card: Any, report: ValidationReport, first: int) -> None:
+    """Reword the errors from ``report.errors[first:]`` (why the training split cannot train).
+
+    For a ``role: train`` card each gets the advice to use ``role: evaluate``; an evaluation-only
+    site never trains, so for it they become one note each (the site stays usable).
+    """
+    problems = report.errors[first:]
+    del report.errors[first:]
+    for message in problems:
+        if card.role == "evaluate":
+            report.add(
+                "note",
+                f"{message.split(';')[0]}; fine for an evaluation-only site "
+                "(role: evaluate), which does not train",
+            )
+        else:
+            report.add("error", message + EVALUATE_ADVICE)
+

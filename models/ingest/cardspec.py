@@ -17,6 +17,10 @@ schema's, which column is the target, and what to do with rows that cannot be re
     target: {column: num, map: {0: 0, 1: 1, 2: 1, 3: 1, 4: 1}}
     on_invalid_row: drop                             # or fail
     min_cohort: 20                                   # optional: fewest training rows accepted
+    column_missing: {chol: [0], thal: ["?", "-9"]}   # per export column: its not-measured codes
+    derive: {prior_visits: "n_out + n_emerg + n_in"} # a feature computed from export columns
+    drop: [free_text_notes]                          # export columns left out on purpose
+    role: train                                      # or evaluate: test metrics only, no training
 
 An empty cell is always missing; ``csv.missing`` lists the other missing-value markers, and only
 those: a value such as ``None`` that is a real category stays a category. Codes are compared as
@@ -28,7 +32,6 @@ Unknown keys are errors.
 from __future__ import annotations
 
 import codecs
-import math
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -38,17 +41,18 @@ from typing import Any, Literal
 
 import yaml
 
+from medfed.models.ingest.cardkeys import DerivedColumn, card_extensions
+from medfed.models.ingest.cardvalues import CardError, canonical_code
+from medfed.models.ingest.cardvalues import keys as _keys
+from medfed.models.ingest.cardvalues import names as _names
+from medfed.models.ingest.cardvalues import text as _text
+
 _CARD_KEYS = {"name", "task", "train", "test", "split", "csv", "columns", "rename", "values",
-              "units", "target", "on_invalid_row", "min_cohort"}
+              "units", "target", "on_invalid_row", "min_cohort", "column_missing", "derive",
+              "drop", "role"}
 _SPLIT_KEYS = {"test_fraction", "seed", "stratify"}
 _CSV_KEYS = {"header", "delimiter", "missing", "encoding"}
 _TARGET_KEYS = {"column", "map"}
-_NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
-_INTEGER = re.compile(r"^[+-]?\d+$")
-
-
-class CardError(ValueError):
-    """A card or its data file cannot be used; the one-line message names the file."""
 
 
 class _CardLoader(yaml.SafeLoader):
@@ -63,32 +67,6 @@ _CardLoader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
 _CardLoader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^[-+]?[0-9]+$"),
                                   list("-+0123456789"))
-
-
-def canonical_code(value: Any) -> str | None:
-    """A cell or a YAML code as comparable text; ``None`` for an empty or NaN cell.
-
-    Integral numbers lose their decimals (``1.0`` and ``"1.0"`` become ``"1"``), other numbers take
-    their shortest form, booleans become ``"true"``/``"false"``, text is stripped.
-    """
-    if value is None:
-        return None
-    if hasattr(value, "item") and not isinstance(value, str | bytes):
-        value = value.item()
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if math.isnan(value):
-            return None
-        return str(int(value)) if value.is_integer() and abs(value) < 1e15 else repr(value)
-    text = str(value).strip()
-    if _INTEGER.match(text):
-        return str(int(text))
-    if _NUMBER.match(text):
-        return canonical_code(float(text))
-    return text
 
 
 @dataclass(frozen=True)
@@ -136,25 +114,11 @@ class DatasetCard:
     target: TargetSpec = TargetSpec()
     on_invalid_row: Literal["drop", "fail"] = "drop"
     min_cohort: int | None = None
-
-
-def _keys(where: str, raw: Any, allowed: set[str]) -> dict[str, Any]:
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise CardError(f"{where} must be a mapping, got {type(raw).__name__}")
-    unknown = sorted(str(k) for k in set(raw) - allowed)
-    if unknown:
-        raise CardError(f"{where}: unknown key(s) {unknown}; allowed: {sorted(allowed)}")
-    return raw
-
-
-def _text(where: str, value: Any, *, empty: bool = False) -> str:
-    if isinstance(value, bool) or not isinstance(value, str | int | float):
-        raise CardError(f"{where} must be text, got {value!r}")
-    if not empty and not str(value).strip():
-        raise CardError(f"{where} must not be empty")
-    return str(value)
+    column_missing: Mapping[str, frozenset[str]] = field(
+        default_factory=lambda: MappingProxyType({}))
+    derive: Mapping[str, DerivedColumn] = field(default_factory=lambda: MappingProxyType({}))
+    drop: tuple[str, ...] = ()
+    role: Literal["train", "evaluate"] = "train"
 
 
 def _code_map(where: str, raw: Any) -> Mapping[str, str]:
@@ -218,18 +182,6 @@ def _target(where: str, raw: Any) -> TargetSpec:
     return TargetSpec(None if column is None else _text(f"{where}.column", column),
                       MappingProxyType({}) if mapping is None else _code_map(f"{where}.map",
                                                                              mapping))
-
-
-def _names(where: str, raw: Any) -> tuple[str, ...] | None:
-    if raw is None:
-        return None
-    if not isinstance(raw, list) or not raw:
-        raise CardError(f"{where} must be a non-empty list of column names")
-    names = tuple(_text(f"{where} entry", n).strip() for n in raw)
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise CardError(f"{where} names column(s) {dupes} more than once")
-    return names
 
 
 def _text_map(where: str, raw: Any) -> Mapping[str, str]:
@@ -307,4 +259,4 @@ def load_card(path: str | Path) -> DatasetCard:
             f"{where}: values.{k}", v) for k, v in values.items()}),
         units=_text_map(f"{where}: units", raw.get("units")),
         target=_target(f"{where}: target", raw.get("target")), on_invalid_row=on_invalid,
-        min_cohort=_min_cohort(where, raw.get("min_cohort")))
+        min_cohort=_min_cohort(where, raw.get("min_cohort")), **card_extensions(where, raw))

@@ -10,11 +10,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from medfed.models.ingest.cardspec import DatasetCard, canonical_code
+from medfed.models.ingest.cardspec import DatasetCard
+from medfed.models.ingest.derived_columns import PREFIX, column_markers, derived_inputs
 from medfed.models.ingest.tables import RawTable
 from medfed.models.ingest.units import Converter, converter
 from medfed.models.ingest.validation import ValidationReport
 from medfed.models.schema import TaskSchema
+
+_SHOWN = 5
 
 
 @dataclass(frozen=True)
@@ -27,9 +30,8 @@ class ColumnPlan:
 
 
 def markers(card: DatasetCard) -> frozenset[str]:
-    """The card's missing-value markers, as written and as canonical codes."""
-    written = set(card.csv.missing)
-    return frozenset(written | {canonical_code(m) or "" for m in written}) - {""}
+    """The card's file-wide missing-value markers (a column's own: ``column_markers``)."""
+    return column_markers(card, None)
 
 
 def _resolve(card: DatasetCard, table: RawTable, schema: TaskSchema, key: str, section: str,
@@ -83,12 +85,23 @@ def _feature_columns(card: DatasetCard, table: RawTable, schema: TaskSchema,
             report.add("note", f"{table.path}: the optional feature '{feat.name}' is absent "
                                "and treated as missing")
         found[feat.name] = local[0] if local else None
-    used = {*found.values(), target}
-    for column in renamed:
-        if column not in used:
-            report.add("warning", f"{table.path}: column '{column}' is not part of task "
-                                  f"'{schema.name}' and is ignored")
+    used = {*found.values(), target, *derived_inputs(card)}
+    unused = [c for c in renamed if c not in used and not c.startswith(PREFIX)]
+    ignored_columns(table, unused, report)
     return found
+
+
+def ignored_columns(table: RawTable, ignored: list[str], report: ValidationReport) -> None:
+    """One summary note for the export's columns the task does not use (the full list goes to
+    ``report.ignored``, printed by ``node check --verbose``)."""
+    if not ignored:
+        return
+    report.ignored.extend(c for c in ignored if c not in report.ignored)
+    shown = ", ".join(ignored[:_SHOWN])
+    more = ", ... (list with --verbose)" if len(ignored) > _SHOWN else ""
+    plural = "column" if len(ignored) == 1 else "columns"
+    report.add("warning", f"{table.path}: ignored {len(ignored)} {plural} the task does not use: "
+                       f"{shown}{more}")
 
 
 def plan_columns(card: DatasetCard, table: RawTable, schema: TaskSchema,
@@ -98,13 +111,20 @@ def plan_columns(card: DatasetCard, table: RawTable, schema: TaskSchema,
     errors = len(report.errors)
     names = {*schema.feature_names, schema.target.name}
     for key, name in card.rename.items():
-        if key not in local:
+        if key not in local and key not in card.drop:
             report.add("error", f"{card.path}: rename names column '{key}', which {table.path} "
                                 f"does not have (columns: {', '.join(local)})")
         if name not in names:
             report.add("error", f"{card.path}: rename maps '{key}' to '{name}', which is not a "
                                 f"feature of task '{schema.name}'")
     renamed = {c: card.rename.get(c, c) for c in local}
+    for feature in card.derive:
+        if feature not in schema.feature_names:
+            report.add("error", f"{card.path}: derive defines '{feature}', which is not a "
+                                f"feature of task '{schema.name}' (features: "
+                                f"{', '.join(schema.feature_names)})")
+        if PREFIX + feature in renamed:
+            renamed[PREFIX + feature] = feature
     target = _target_column(card, table, schema, renamed, report)
     found = _feature_columns(card, table, schema, renamed, target, report)
     found[schema.target.name] = target

@@ -17,7 +17,8 @@ import pandas as pd
 from pandas.api import types as ptypes
 
 from medfed.models.ingest.cardspec import DatasetCard, canonical_code
-from medfed.models.ingest.columns import ColumnPlan, markers, plan_columns
+from medfed.models.ingest.columns import ColumnPlan, plan_columns
+from medfed.models.ingest.derived_columns import column_markers, prepare_table
 from medfed.models.ingest.tables import RawTable
 from medfed.models.ingest.units import Converter
 from medfed.models.ingest.validation import RowFlags, ValidationReport, record_duplicates
@@ -182,7 +183,7 @@ def _feature(table: RawTable, feat: Feature, column: ColumnPlan, flags: RowFlags
         return pd.Series([None] * flags.n, dtype=object)
     if absent:
         return pd.Series(np.full(flags.n, np.nan))
-    values = cells(table.frame[column.local], markers(card), column.codes)
+    values = cells(table.frame[column.local], column_markers(card, column.local), column.codes)
     if feat.kind == "categorical":
         return pd.Series(_categorical(values, feat, column, flags), dtype=object)
     if feat.kind == "binary":
@@ -197,10 +198,14 @@ def convert_table(table: RawTable, card: DatasetCard, schema: TaskSchema,
     Counts, row numbers and one message per problem go to ``report``: warnings when the card
     drops invalid rows, errors when it fails on them.
     """
+    errors = len(report.errors)
+    table, problems = prepare_table(table, card, report)
     plan = plan_columns(card, table, schema, report)
-    if plan is None:
+    if plan is None or len(report.errors) > errors:
         return None
     flags = RowFlags(table)
+    for problem in problems:
+        flags.flag("text in a numeric column", problem.column, problem.mask, problem.detail)
     width = len(table.frame.columns)
     flags.flag("wrong number of fields", None, np.isin(table.rows, list(table.widths)),
                f"a number of fields other than the {width} columns expected (a stray "
@@ -208,8 +213,8 @@ def convert_table(table: RawTable, card: DatasetCard, schema: TaskSchema,
     data = {feat.name: _feature(table, feat, plan[feat.name], flags, card, report)
             for feat in schema.features}
     target = plan[schema.target.name]
-    y = _target(cells(table.frame[target.local], markers(card), target.codes), schema, target,
-                flags)
+    y = _target(cells(table.frame[target.local], column_markers(card, target.local),
+                      target.codes), schema, target, flags)
     invalid = flags.invalid()
     drop = card.on_invalid_row == "drop"
     flags.record(report, drop)

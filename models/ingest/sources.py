@@ -36,6 +36,7 @@ class SiteData:
     train: pd.DataFrame
     test: pd.DataFrame
     test_oracle: np.ndarray | None = None
+    role: str = "train"  # or "evaluate": a card's evaluation-only site (never trains)
 
 
 MAX_NODES = 10_000
@@ -93,7 +94,7 @@ def _card_site(schema: TaskSchema, federation: Mapping[str, Any], index: int) ->
         extra = f" (and {more} more problem(s))" if more else ""
         raise DataConfigError(f"{data.report.errors[0]}{extra}; run `medfed node check "
                               f"--dataset {path}` for the full report")
-    return SiteData(data.name, data.train, data.test)
+    return SiteData(data.name, data.train, data.test, role=card.role)
 
 
 def load_site(schema: TaskSchema, federation: Mapping[str, Any], index: int,

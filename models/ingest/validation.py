@@ -45,6 +45,7 @@ class ValidationReport:
     dropped_rows: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
     missing: dict[str, float] = field(default_factory=dict)
     absent: list[str] = field(default_factory=list)
+    ignored: list[str] = field(default_factory=list)  # export columns the task does not use
     out_of_range: dict[str, int] = field(default_factory=dict)
     classes: dict[str, dict[str, int]] = field(default_factory=dict)
     target_range: dict[str, float] = field(default_factory=dict)

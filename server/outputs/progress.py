@@ -51,7 +51,8 @@ class ProgressObserver:
         for column in ["evaluated on", "rows"] + metrics:
             table.add_column(column, justify="left" if column == "evaluated on" else "right")
         for h in summary["hospitals"]:
-            table.add_row(h["name"], str(h["n_test"]),
+            table.add_row(h["name"] + (" (evaluation only)" if h.get("role") == "evaluate" else ""),
+                          str(h["n_test"]),
                           *(_fmt(h["metrics"].get(m)) for m in metrics))
         total = sum(h["n_test"] for h in summary["hospitals"])
         table.add_row("[bold]all hospitals", str(total),

@@ -65,7 +65,8 @@ def report_markdown(summary: dict[str, Any], study: dict[str, Any]) -> str:
         "## Per hospital",
         "",
         _table(["hospital", "train rows", "test rows"] + metrics,
-               [[h["name"], h["n_train"], h["n_test"]] + [h["metrics"].get(m) for m in metrics]
+               [[h["name"] + (" (evaluation only)" if h.get("role") == "evaluate" else ""),
+                 h["n_train"], h["n_test"]] + [h["metrics"].get(m) for m in metrics]
                 for h in summary["hospitals"]]),
     ]
     if "baselines" in summary:
@@ -78,6 +79,7 @@ def report_markdown(summary: dict[str, Any], study: dict[str, Any]) -> str:
                     + [base["local"]["mean"].get(m) for m in metrics])
         parts += ["", "## Federated vs pooled vs local-only (equal SGD steps, all test rows)", "",
                   _table(["training"] + metrics, rows)]
+        parts += [f"- not run: {arm}: {why}" for arm, why in base.get("not_run", {}).items()]
     if summary.get("failures"):
         parts += ["", "## Failures", ""]
         parts += [f"- round {r}: {name}: {why}" for r, names in summary["failures"].items()

@@ -26,6 +26,9 @@ from typing import Any
 import torch
 import yaml
 
+from medfed.models.encoding import encoder_state
+from medfed.server.study.loop import GLOBAL, StudyResult
+from medfed.models.encoding import encoder_state
 from medfed.server.study.loop import GLOBAL, StudyResult
 
 
@@ -103,7 +106,8 @@ def _privacy_spent(result: StudyResult, name: str) -> dict[str, Any]:
 def summary(result: StudyResult) -> dict[str, Any]:
     """The content of ``summary.json``."""
     final = result.final
-    hospitals = [{"name": h["name"], "n_train": h["n_train"], "n_test": h["n_test"],
+    hospitals = [{"name": h["name"], "role": h.get("role", "train"), "n_train": h["n_train"],
+                  "n_test": h["n_test"],
                   "metrics": final.hospital_metrics.get(h["name"], {}),
                   **_privacy_spent(result, h["name"])}
                  for h in result.hospitals.values()]
@@ -146,7 +150,9 @@ def write_run(result: StudyResult) -> Path:
     _atomic_write(out / "summary.json", json.dumps(data, indent=2).encode())
     buffer = io.BytesIO()
     torch.save({"state_dict": result.final_state, "task": result.schema.name,
-                "statistics": result.statistics.to_dict()}, buffer)
+                "statistics": result.statistics.to_dict(), "encoder": encoder_state(
+                    result.statistics, result.study["preprocessing"]["missing_indicators"])},
+               buffer)
     _atomic_write(out / "model.pt", buffer.getvalue())
     from medfed.server.outputs.report import plot_convergence, plot_epsilon, report_markdown
 

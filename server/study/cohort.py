@@ -49,7 +49,7 @@ def site_of(reply: Message) -> tuple[dict[str, Any], dict[str, Any]]:
     site = reply.content.config_records["site"]
     counts = reply.content.metric_records["counts"]
     entry = {"name": str(site["name"]), "n_train": int(scalar(counts["num-examples"])),
-             "n_test": int(scalar(counts["num-test"]))}
+             "n_test": int(scalar(counts["num-test"])), "role": str(site.get("role", "train"))}
     return entry, json.loads(str(site["statistics-json"]))
 
 

@@ -25,10 +25,12 @@ from medfed.infra.polling import send_and_receive
 from medfed.infra.records import scalar
 from medfed.models.encoding import GlobalStats, merge_statistics
 from medfed.models.flat import pack, unpack
+from medfed.models.imputation import statistics_options
 from medfed.models.ingest.sources import federation_size
 from medfed.models.metrics import metrics_from_statistics
 from medfed.models.pipeline import n_inputs, new_model, study_schema
 from medfed.models.schema import TaskSchema
+from medfed.server.study import roles
 from medfed.server.study.cohort import Cohort, query, site_of
 from medfed.strategies.central_dp import central_dp_report, wrap_central_dp
 from medfed.strategies.registry import build_strategy
@@ -113,7 +115,7 @@ def federated_statistics(grid: Grid, study: dict[str, Any], node_ids: list[int],
     timeout = float(study["timeout"])
     record = ConfigRecord({"config-json": json.dumps(study)})
     hospitals: dict[int, dict[str, Any]] = {}
-    summaries = []
+    summaries: dict[int, dict[str, Any]] = {}
     for reply in sorted(query(grid, node_ids, "stats", record, timeout),
                         key=lambda reply: reply.metadata.src_node_id):
         if reply.has_error():
@@ -126,10 +128,13 @@ def federated_statistics(grid: Grid, study: dict[str, Any], node_ids: list[int],
                 f"claims to be {entry['name']} like node {twin}; left out")
             continue
         hospitals[reply.metadata.src_node_id] = entry
-        summaries.append(summary)
+        summaries[reply.metadata.src_node_id] = summary
     _enough(study, hospitals, failures, "sent its statistics")
+    if (problem := roles.training_problem(study, hospitals, failures)) is not None:
+        raise StudyError(f"the study cannot start: {problem}")
     hospitals = dict(sorted(hospitals.items(), key=lambda item: item[1]["name"]))
-    stats = fixed or merge_statistics(summaries, min_cell=int(study["preprocessing"]["min_cell"]))
+    stats = fixed or merge_statistics([summaries[nid] for nid in roles.trainers(hospitals)],
+                                      **statistics_options(study))
     prepared = query(grid, hospitals, "prepare",
                      ConfigRecord({"statistics-json": json.dumps(stats.to_dict())}), timeout)
     answered = set()
@@ -264,6 +269,7 @@ class StudyRun:
         self.screening = ScreeningConfig.from_study(study)
         self.secure = bool(study.get("secure_aggregation"))
         self.view: Any = None
+        self.ready: list[int] = []
         self.stopped = ""
 
     def _restore(self, saved: dict[str, Any]) -> None:
@@ -284,6 +290,8 @@ class StudyRun:
         t0, bytes0 = time.perf_counter(), _wire_total(grid)
         rounds.append(RoundRecord(server_round))
         self.view, reason = self.cohort.ready(rounds[-1].failures)
+        self.view, self.ready, reason = roles.training_view(grid, study, hospitals, self.view,
+                                                            reason)
         if self.view is None:
             self.stopped = f"round {server_round}: {reason}; the study stopped there"
             rounds.pop()  # the round that could not start is not part of the study
@@ -297,9 +305,14 @@ class StudyRun:
                                                      study, hospitals)
         else:
             replies = send_and_receive(grid, messages, float(study["timeout"]))
-        self.cohort.missing(messages, replies, rounds[-1].failures)
-        self.cohort.lost_state(replies)
-        record_evaluation(rounds[-2], replies, self.schema, hospitals)
+        evaluating, evaluated = roles.evaluate_only(
+            grid, self.arrays, roles.evaluators({n: hospitals[n] for n in self.ready}),
+            server_round, study)
+        self.cohort.missing(messages + evaluating, replies + evaluated, rounds[-1].failures)
+        self.cohort.lost_state(replies + evaluated)
+        record_evaluation(rounds[-2], replies + evaluated, self.schema, hospitals)
+        rounds[-1].failures.update({_hospital(hospitals, r): r.error.reason or ""
+                                    for r in evaluated if r.has_error()})
         record_training(rounds[-1], replies, hospitals)
         if not self.secure:
             declared = {node_id: int(h["n_train"]) for node_id, h in hospitals.items()}
@@ -394,10 +407,11 @@ def round_config(study: dict[str, Any], hospitals: dict[int, dict[str, Any]]) ->
     from medfed.models.privacy import default_delta
 
     fraction = float(study["strategy"].get("fraction_train", 1.0))
-    cohort = max(int(len(hospitals) * fraction), int(study["strategy"]["min_nodes"]))
+    training = [hospitals[node_id] for node_id in roles.trainers(hospitals)]
+    cohort = max(int(len(training) * fraction), int(study["strategy"]["min_nodes"]))
     delta = study["privacy"].get("delta")
     if delta is None:
-        delta = default_delta(min(h["n_train"] for h in hospitals.values()))
+        delta = default_delta(min(h["n_train"] for h in training))
     return ConfigRecord({"cohort-size": cohort, "dp-delta": float(delta)})
 
 

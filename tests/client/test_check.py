@@ -117,7 +117,7 @@ def test_unknown_extra_column_is_a_warning(site: Site,
     table = [r + [("ward" if i == 0 else "B")] for i, r in enumerate(rows())]
     code, out = check(capsys, site(csv_text(table)))
     assert code == 0
-    assert "data.csv" in line_with(out, "warning:", "column 'ward'", "ignored")
+    assert "data.csv" in line_with(out, "warning:", "ignored 1 column the task does not use: ward")
 
 
 def test_text_in_a_numeric_column(site: Site, capsys: pytest.CaptureFixture[str]) -> None:

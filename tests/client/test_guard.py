@@ -58,7 +58,7 @@ def test_a_study_sends_only_aggregates(task: str, tmp_path) -> None:
             assert {k: tuple(a.shape) for k, a in arrays.items()} == shapes
         for name, record in content.config_records.items():
             assert request.metadata.message_type == "query.stats" and name == "site"
-            assert set(record) == {"name", "statistics-json"}
+            assert set(record) == {"name", "statistics-json", "role"}
             stats = json.loads(str(record["statistics-json"]))
             assert _numbers_only(stats)
             for feature in stats["categorical"].values():
