@@ -21,8 +21,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-OUTCOMES = {"trained": "accepted", "rejected": "rejected", "refused": "refused",
-            "missed": "missed"}
+OUTCOMES = {"trained": "accepted", "rejected": "rejected", "refused": "refused", "missed": "missed"}
 
 
 class MetricsError(RuntimeError):
@@ -34,23 +33,38 @@ class StudyMetrics:
 
     def __init__(self, port: int) -> None:
         self.registry = CollectorRegistry()
-        self.rounds = Gauge("medfed_rounds_completed", "Rounds finished so far",
-                            registry=self.registry)
-        self.duration = Histogram("medfed_round_duration_seconds", "Wall time of a round",
-                                  buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
-                                  registry=self.registry)
-        self.nodes = Gauge("medfed_nodes_connected", "Nodes connected to the grid",
-                           registry=self.registry)
-        self.updates = Counter("medfed_updates", "Updates per site and outcome",
-                               ["site", "outcome"], registry=self.registry)
-        self.epsilon = Gauge("medfed_epsilon", "A site's DP epsilon after its last round",
-                             ["site"], registry=self.registry)
+        self.rounds = Gauge(
+            "medfed_rounds_completed", "Rounds finished so far", registry=self.registry
+        )
+        self.duration = Histogram(
+            "medfed_round_duration_seconds",
+            "Wall time of a round",
+            buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600),
+            registry=self.registry,
+        )
+        self.nodes = Gauge(
+            "medfed_nodes_connected", "Nodes connected to the grid", registry=self.registry
+        )
+        self.updates = Counter(
+            "medfed_updates",
+            "Updates per site and outcome",
+            ["site", "outcome"],
+            registry=self.registry,
+        )
+        self.epsilon = Gauge(
+            "medfed_epsilon",
+            "A site's DP epsilon after its last round",
+            ["site"],
+            registry=self.registry,
+        )
         self._seen: set[int] = set()
         try:
             self._server, _ = start_http_server(port, addr="127.0.0.1", registry=self.registry)
         except OSError as exc:
-            raise MetricsError(f"metrics_port={port}: cannot listen on 127.0.0.1:{port} "
-                               f"({exc.strerror}); choose a free port") from None
+            raise MetricsError(
+                f"metrics_port={port}: cannot listen on 127.0.0.1:{port} "
+                f"({exc.strerror}); choose a free port"
+            ) from None
 
     def observe(self, entry: dict[str, Any], nodes: int | None) -> None:
         """Count one round of the status history (each round once, however often it is seen)."""

@@ -37,22 +37,32 @@ _LIVE: dict[str, StatusTracker] = {}  # study_id -> tracker, so the final write 
 
 
 def _finite(values: dict[str, Any]) -> dict[str, float]:
-    return {k: float(v) for k, v in values.items()
-            if isinstance(v, int | float) and math.isfinite(v)}
+    return {
+        k: float(v) for k, v in values.items() if isinstance(v, int | float) and math.isfinite(v)
+    }
 
 
 def round_entry(record: Any) -> dict[str, Any]:
     """The history entry of one :class:`~medfed.server.study.RoundRecord`."""
     participation: dict[str, list[str]] = {name: ["trained", ""] for name in record.train}
-    for state, reasons in (("missed", record.failures), ("refused", record.refusals),
-                           ("rejected", record.rejected)):
+    for state, reasons in (
+        ("missed", record.failures),
+        ("refused", record.refusals),
+        ("rejected", record.rejected),
+    ):
         participation.update({name: [state, str(reason)] for name, reason in reasons.items()})
-    return {"round": record.server_round, "seconds": round(float(record.seconds), 4),
-            "participation": dict(sorted(participation.items())),
-            "epsilon": {n: float(t["epsilon"]) for n, t in sorted(record.train.items())
-                        if t.get("epsilon") is not None},
-            "global": _finite(record.global_metrics),
-            "hospitals": {n: _finite(m) for n, m in sorted(record.hospital_metrics.items())}}
+    return {
+        "round": record.server_round,
+        "seconds": round(float(record.seconds), 4),
+        "participation": dict(sorted(participation.items())),
+        "epsilon": {
+            n: float(t["epsilon"])
+            for n, t in sorted(record.train.items())
+            if t.get("epsilon") is not None
+        },
+        "global": _finite(record.global_metrics),
+        "hospitals": {n: _finite(m) for n, m in sorted(record.hospital_metrics.items())},
+    }
 
 
 def budgets(study: dict[str, Any], sites: list[str]) -> dict[str, float | None]:
@@ -69,8 +79,11 @@ def budgets(study: dict[str, Any], sites: list[str]) -> dict[str, float | None]:
     found: dict[str, float | None] = {}
     for site in sites:
         merged = {**policy, **(overrides.get(site) or {})}
-        limits = [float(v) for v in (merged.get("max_epsilon_per_study"),
-                                     merged.get("max_epsilon_total")) if v is not None]
+        limits = [
+            float(v)
+            for v in (merged.get("max_epsilon_per_study"), merged.get("max_epsilon_total"))
+            if v is not None
+        ]
         found[site] = min(limits) if limits else None
     return found
 
@@ -102,11 +115,17 @@ class StatusTracker:
         self.path = Path(out) / FILENAME if out else None
         self.settings = alert_settings(study)
         task = task_from_dict(study["task"], source="the study's task")
-        self.head = {"study_id": study.get("study_id"), "task": task.name,
-                     "strategy": study["strategy"]["name"], "engine": study["engine"]["name"],
-                     "privacy": study["privacy"]["name"], "rounds": int(study["rounds"]),
-                     "primary_metric": task.primary_metric,
-                     "higher_is_better": task.higher_is_better, "started": _now()}
+        self.head = {
+            "study_id": study.get("study_id"),
+            "task": task.name,
+            "strategy": study["strategy"]["name"],
+            "engine": study["engine"]["name"],
+            "privacy": study["privacy"]["name"],
+            "rounds": int(study["rounds"]),
+            "primary_metric": task.primary_metric,
+            "higher_is_better": task.higher_is_better,
+            "started": _now(),
+        }
         self.logged: set[tuple[str, Any]] = set()
         self.metrics = None
         if live and study.get("metrics_port"):
@@ -121,9 +140,15 @@ class StatusTracker:
         """Rewrite the document from the study's round records (round 0 is not a round)."""
         history = [round_entry(r) for r in records if r.server_round > 0]
         sites = sorted({site for e in history for site in e["participation"]})
-        document = {**self.head, "status": status, "updated": _now(), "reason": reason,
-                    "round": history[-1]["round"] if history else 0,
-                    "budget": budgets(self.study, sites), "history": history}
+        document = {
+            **self.head,
+            "status": status,
+            "updated": _now(),
+            "reason": reason,
+            "round": history[-1]["round"] if history else 0,
+            "budget": budgets(self.study, sites),
+            "history": history,
+        }
         document["alerts"] = compute_alerts(document, self.settings)
         for alert in document["alerts"]:
             if (alert["kind"], alert["site"]) not in self.logged:
@@ -141,8 +166,11 @@ class StatusTracker:
         """The study ended with ``error``: ``failed`` (``stopped`` for Ctrl-C)."""
         interrupted = isinstance(error, KeyboardInterrupt)
         first = (str(error).splitlines() or [""])[0]
-        self.update(records, "stopped" if interrupted else "failed",
-                    "interrupted" if interrupted else f"{type(error).__name__}: {first}")
+        self.update(
+            records,
+            "stopped" if interrupted else "failed",
+            "interrupted" if interrupted else f"{type(error).__name__}: {first}",
+        )
         self.close()
 
     def close(self) -> None:
@@ -155,7 +183,8 @@ class StatusTracker:
 
 def write_final(result: Any) -> None:
     """The last ``status.json`` of a study whose run files are all written."""
-    tracker = _LIVE.get(str(result.study.get("study_id"))) or StatusTracker(result.study, live=False)
+    tracker = _LIVE.get(str(result.study.get("study_id")))
+    tracker = tracker or StatusTracker(result.study, live=False)
     status = "stopped" if result.stopped else "finished"
     tracker.update(result.rounds, status, result.stopped or "")
     tracker.close()
