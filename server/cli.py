@@ -27,6 +27,8 @@ commands:
                          what each ledger already spent counts against the budget)
   synth export --task NAME --hospitals N DIR
                          write synthetic hospitals as CSV files plus dataset cards
+  dashboard [--runs DIR] [--coordinator DIR] [--node DIR] [--port P] [--host 127.0.0.1]
+                         a read-only web dashboard of studies and of a hospital node
   checkpoint-key FILE    create a Fernet key for encrypted checkpoints (checkpoint.key_file=FILE)
 
 deployment (coordinator):
@@ -35,7 +37,7 @@ deployment (coordinator):
   coordinator add-node DIR NAME node.pub
                          register a hospital's node key (now if the SuperLink runs, else at start)
   coordinator start DIR  run the SuperLink (TLS, node keys, state database); Ctrl-C stops it
-  run --superlink HOST:PORT --ca ca.crt [--resume RUN_DIR] [overrides]
+  run --superlink HOST:PORT --ca ca.crt [--resume RUN_DIR] [--metrics-port P] [overrides]
                          run a study on the federation (on the coordinator's machine: the run
                          directory is written there)
   status DIR | status --superlink HOST:PORT --ca ca.crt
@@ -203,6 +205,10 @@ def main(argv: list[str] | None = None) -> None:
         from medfed.models.export import synth_main
 
         raise SystemExit(synth_main(rest))
+    elif command == "dashboard":
+        from medfed.server.dashboard.cli import dashboard_main
+
+        raise SystemExit(dashboard_main(rest))
     elif command == "checkpoint-key":
         _checkpoint_key(rest)
     else:
