@@ -34,11 +34,13 @@ def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
 
 
 def line_chart(series: list[Series], *, rounds: int, y_label: str,
-               limits: list[tuple[str, float]] | None = None, bold: str | None = None) -> str:
+               limits: list[tuple[str, float]] | None = None, bold: str | None = None,
+               colors: list[str] | None = None) -> str:
     """An SVG chart of ``series`` (label, [(round, value)]) over rounds 1..``rounds``.
 
     ``limits`` are dashed horizontal lines (e.g. privacy budgets); the series labelled ``bold``
-    is drawn thicker (the global metric among the hospitals').
+    is drawn thicker (the global metric among the hospitals'); ``colors`` overrides the palette
+    per series (so a hospital has one colour on every chart).
     """
     values = [y for _, pts in series for _, y in pts] + [v for _, v in limits or []]
     if not values:
@@ -67,12 +69,13 @@ def line_chart(series: list[Series], *, rounds: int, y_label: str,
     for index, (label, points) in enumerate(series):
         coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in points)
         width = 3 if label == bold else 1.5
+        stroke = colors[index] if colors else color(index)
         parts.append(f'<polyline data-series="{escape(label)}" fill="none" '
-                     f'stroke="{color(index)}" stroke-width="{width}" points="{coords}">'
+                     f'stroke="{stroke}" stroke-width="{width}" points="{coords}">'
                      f"<title>{escape(label)}</title></polyline>")
     for label, value in limits or []:
         parts.append(f'<line class="limit" x1="{PAD_L}" x2="{WIDTH - PAD_R}" y1="{sy(value):.1f}"'
                      f' y2="{sy(value):.1f}"><title>{escape(label)}: {value:g}</title></line>')
-    parts.append(f'<text x="{PAD_L}" y="{HEIGHT - 10}" text-anchor="end" class="axis">round'
-                 "</text></svg>")
+    parts.append(f'<text x="{WIDTH - PAD_R}" y="{HEIGHT - 22}" text-anchor="end" class="axis">'
+                 "round</text></svg>")
     return "".join(parts)

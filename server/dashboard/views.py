@@ -10,6 +10,11 @@ GLOBAL = "all hospitals"
 STATES = ("trained", "missed", "refused", "rejected")
 
 
+def site_colors(run: dict[str, Any]) -> dict[str, str]:
+    """One colour per hospital (and the global line) on every chart of the page."""
+    return {name: color(i) for i, name in enumerate([GLOBAL, *run["sites"]])}
+
+
 def _metric_chart(run: dict[str, Any], rounds: int) -> tuple[str, list[tuple[str, str]]]:
     metric, history = run.get("primary_metric"), run.get("history") or []
     series = [(GLOBAL, [(e["round"], e["global"][metric]) for e in history
@@ -18,8 +23,10 @@ def _metric_chart(run: dict[str, Any], rounds: int) -> tuple[str, list[tuple[str
                        if metric in e.get("hospitals", {}).get(site, {})])
                for site in run["sites"]]
     series = [(label, points) for label, points in series if points]
-    chart = line_chart(series, rounds=rounds, y_label=str(metric), bold=GLOBAL)
-    return chart, [(label, color(i)) for i, (label, _) in enumerate(series)]
+    colors = site_colors(run)
+    chart = line_chart(series, rounds=rounds, y_label=str(metric), bold=GLOBAL,
+                       colors=[colors[label] for label, _ in series])
+    return chart, [(label, colors[label]) for label, _ in series]
 
 
 def _latest(run: dict[str, Any]) -> tuple[int | None, list[tuple[str, dict[str, float]]]]:
@@ -56,7 +63,10 @@ def _epsilon(run: dict[str, Any], rounds: int) -> tuple[str, list[dict[str, Any]
     rows = [{"site": site, "epsilon": value, "budget": budgets.get(site),
              "used": 100 * value / budgets[site] if budgets.get(site) else None}
             for site, value in sorted(latest.items())]
-    return line_chart(series, rounds=rounds, y_label="epsilon", limits=limits), rows
+    colors = site_colors(run)
+    chart = line_chart(series, rounds=rounds, y_label="epsilon", limits=limits,
+                       colors=[colors.get(site, "#444") for site, _ in series])
+    return chart, rows
 
 
 def study_view(run: dict[str, Any]) -> dict[str, Any]:
