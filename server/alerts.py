@@ -15,6 +15,7 @@ The same list goes to ``status.json``, the dashboard and the log (one warning pe
 
 from __future__ import annotations
 
+import socket
 from typing import Any
 
 DEFAULTS: dict[str, Any] = {"missed_rounds": 3, "worse_rounds": 3, "budget_fraction": 0.8}
@@ -50,7 +51,20 @@ def config_error(study: dict[str, Any]) -> str | None:
         not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535
     ):
         return f"metrics_port must be a TCP port between 1 and 65535 (or null), got {port!r}"
+    if port is not None and not _free(port):
+        return f"metrics_port={port}: 127.0.0.1:{port} is already in use; choose a free port"
     return None
+
+
+def _free(port: int) -> bool:
+    """Whether 127.0.0.1:``port`` can be listened on now (checked before the study starts)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the exporter does
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def _missed(history: list[dict[str, Any]], limit: int) -> list[dict[str, Any]]:
