@@ -78,7 +78,8 @@ def dashboard_main(argv: list[str]) -> int:
 
     host, port = sock.getsockname()[:2]
     print(f"medfed dashboard: http://{host}:{port}/ (read-only; Ctrl-C stops it)", flush=True)
-    config = uvicorn.Config(create_app(roots, node), log_level="warning", access_log=False)
+    config = uvicorn.Config(create_app(roots, node), log_level="warning", access_log=False,
+                            timeout_graceful_shutdown=2)  # open polling pages do not hold it
     try:
         uvicorn.Server(config).run(sockets=[sock])
     except KeyboardInterrupt:
