@@ -6,6 +6,7 @@ are written only at the end. The document::
     {"status": "running" | "finished" | "stopped" | "failed", "round": 3, "rounds": 15,
      "study_id", "task", "strategy", "engine", "privacy", "primary_metric", "higher_is_better",
      "started", "updated" (ISO times), "reason" (why it stopped or failed),
+     "timeout" (seconds a round may take: a reader can tell a study whose process died),
      "budget": {site: epsilon budget or null},
      "history": [{"round": 1, "seconds": 0.4,
                   "participation": {site: [state, reason]},   # trained|missed|refused|rejected
@@ -125,6 +126,7 @@ class StatusTracker:
             "primary_metric": task.primary_metric,
             "higher_is_better": task.higher_is_better,
             "started": _now(),
+            "timeout": float(study["timeout"]),
         }
         self.logged: set[tuple[str, Any]] = set()
         self.metrics = None

@@ -11,6 +11,7 @@ import csv
 import hashlib
 import json
 import math
+import time
 from pathlib import Path
 from typing import Any
 
@@ -153,10 +154,26 @@ def load_run(folder: Path) -> dict[str, Any]:
     sites = sorted({s for e in history for s in [*e["participation"], *e.get("hospitals", {})]})
     epsilons = [v for e in history for v in (e.get("epsilon") or {}).values()]
     return {**status, "id": run_id(folder), "path": str(folder), "name": folder.name,
+            "silent": _silence(folder / "status.json", status),
             "sites": sites, "headline": scored[-1]["global"][metric] if scored else None,
             "epsilon": max(epsilons) if epsilons else None,
             "cross_site": _table(folder / "cross_site.csv"), "benefit": _benefit(summary),
             "files": _files(folder)}
+
+
+def _silence(path: Path, status: dict[str, Any]) -> str:
+    """A sentence when a ``running`` study has not written for longer than a round may take."""
+    if status.get("status") != "running":
+        return ""
+    try:
+        age = time.time() - path.stat().st_mtime
+    except OSError:
+        return ""
+    allowed = float(status.get("timeout") or 600) + 60
+    if age <= allowed:
+        return ""
+    return (f"no update for {age / 60:.0f} min although a round may take at most "
+            f"{allowed - 60:.0f} s: the study's process may have ended")
 
 
 def linked_file(folder: Path, name: str) -> Path | None:

@@ -126,3 +126,17 @@ def test_dashboard_option_errors_are_one_line_and_exit_2(tmp_path):
     assert busy.returncode == 2 and busy.stderr.startswith(
         f"medfed: error: --host 127.0.0.1 --port {port}: cannot listen there")
     assert len(busy.stderr.splitlines()) == 1
+
+
+def test_a_running_study_that_stopped_writing_is_flagged(finished_run, tmp_path):
+    import os
+
+    run = tmp_path / "killed"
+    shutil.copytree(finished_run, run)
+    status = json.loads((run / "status.json").read_text())
+    (run / "status.json").write_text(json.dumps({**status, "status": "running", "timeout": 5}))
+    assert load_run(run)["silent"] == ""
+    old = (run / "status.json").stat().st_mtime - 600
+    os.utime(run / "status.json", (old, old))
+    assert load_run(run)["silent"] == ("no update for 10 min although a round may take at most "
+                                       "5 s: the study's process may have ended")
