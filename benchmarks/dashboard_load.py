@@ -31,8 +31,15 @@ from _common import log, medfed_command
 from medfed.server.dashboard.synthetic import write_synthetic_run
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def free_port() -> int:
@@ -56,9 +63,12 @@ def wait_up(url: str, process: subprocess.Popen, timeout: float = 60) -> None:
 
 def load_ms(page, url: str) -> float:
     page.goto(url, wait_until="load")
-    return float(page.evaluate(
-        "() => { const t = performance.getEntriesByType('navigation')[0];"
-        " return t.loadEventEnd - t.startTime; }"))
+    return float(
+        page.evaluate(
+            "() => { const t = performance.getEntriesByType('navigation')[0];"
+            " return t.loadEventEnd - t.startTime; }"
+        )
+    )
 
 
 def measure(args: argparse.Namespace, root: Path) -> dict[str, object]:
@@ -66,9 +76,12 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, object]:
 
     run = write_synthetic_run(root / "runs" / "synthetic", args.rounds, args.hospitals)
     port = free_port()
-    server = subprocess.Popen([*medfed_command(), "dashboard", "--runs", str(run.parent),
-                               "--port", str(port)], stdout=subprocess.DEVNULL,
-                              stdin=subprocess.DEVNULL, start_new_session=True)
+    server = subprocess.Popen(
+        [*medfed_command(), "dashboard", "--runs", str(run.parent), "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         wait_up(base + "/", server)
@@ -83,19 +96,26 @@ def measure(args: argparse.Namespace, root: Path) -> dict[str, object]:
             for repeat in range(args.repeats):
                 for name, url in pages.items():
                     times[name].append(load_ms(page, url))
-                log(f"repeat {repeat + 1}: " + ", ".join(f"{n} {t[-1]:.0f} ms"
-                                                        for n, t in times.items()))
+                log(
+                    f"repeat {repeat + 1}: "
+                    + ", ".join(f"{n} {t[-1]:.0f} ms" for n, t in times.items())
+                )
             cells = page.locator("#participation td:not(.head)").count()
             browser.close()
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         server.wait(timeout=10)
     study_ms = statistics.median(times["study"])
-    return {"benchmark": "dashboard_load", "rounds": args.rounds, "hospitals": args.hospitals,
-            "repeats": args.repeats, "participation_cells": cells,
-            "median_ms": {name: round(statistics.median(t), 1) for name, t in times.items()},
-            "all_ms": {name: [round(x, 1) for x in t] for name, t in times.items()},
-            "ratio_to_target": round(study_ms / 1000.0, 3)}
+    return {
+        "benchmark": "dashboard_load",
+        "rounds": args.rounds,
+        "hospitals": args.hospitals,
+        "repeats": args.repeats,
+        "participation_cells": cells,
+        "median_ms": {name: round(statistics.median(t), 1) for name, t in times.items()},
+        "all_ms": {name: [round(x, 1) for x in t] for name, t in times.items()},
+        "ratio_to_target": round(study_ms / 1000.0, 3),
+    }
 
 
 def main() -> int:

@@ -27,11 +27,16 @@ def write_check_summary(card: str | Path, status: int, report: str) -> Path | No
     """Write the summary of one check; return its path (``None`` if the folder is read-only)."""
     path = summary_path(card)
     lines = report.splitlines()
-    verdict = next((line for line in reversed(lines) if line.startswith("result:")), lines[-1]
-                   if lines else "")
-    data = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "card": str(Path(card).resolve()), "exit_status": status, "result": verdict,
-            "report": report}
+    verdict = next(
+        (line for line in reversed(lines) if line.startswith("result:")), lines[-1] if lines else ""
+    )
+    data = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "card": str(Path(card).resolve()),
+        "exit_status": status,
+        "result": verdict,
+        "report": report,
+    }
     tmp = path.with_name(f".{path.name}.tmp")
     try:
         tmp.write_text(json.dumps(data, indent=1))

@@ -12,19 +12,40 @@ DEFAULT_PORT = 8050
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="medfed dashboard", description="A read-only web dashboard of studies (run "
-        "directories) and of a hospital node (its ledgers, audit log and checks).")
-    parser.add_argument("--runs", action="append", default=[], metavar="DIR",
-                        help="a folder of run directories (repeatable; default: ./outputs and "
-                             "./multirun when nothing else is given)")
-    parser.add_argument("--coordinator", metavar="DIR",
-                        help="a coordinator folder: its run directories are listed too")
-    parser.add_argument("--node", metavar="DIR",
-                        help="a hospital's folder (dataset card, policy, ledgers): the node view")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT, metavar="P",
-                        help=f"port (default {DEFAULT_PORT}; 0: any free port)")
-    parser.add_argument("--host", default="127.0.0.1",
-                        help="address to listen on (default 127.0.0.1: this machine only)")
+        prog="medfed dashboard",
+        description="A read-only web dashboard of studies (run "
+        "directories) and of a hospital node (its ledgers, audit log and checks).",
+    )
+    parser.add_argument(
+        "--runs",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a folder of run directories (repeatable; default: ./outputs and "
+        "./multirun when nothing else is given)",
+    )
+    parser.add_argument(
+        "--coordinator",
+        metavar="DIR",
+        help="a coordinator folder: its run directories are listed too",
+    )
+    parser.add_argument(
+        "--node",
+        metavar="DIR",
+        help="a hospital's folder (dataset card, policy, ledgers): the node view",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        metavar="P",
+        help=f"port (default {DEFAULT_PORT}; 0: any free port)",
+    )
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only)",
+    )
     return parser
 
 
@@ -40,8 +61,10 @@ def _folders(args: argparse.Namespace) -> tuple[list[Path], Path | None]:
     if not named and not args.node:
         roots = [Path(d).resolve() for d in ("outputs", "multirun") if Path(d).is_dir()]
         if not roots:
-            raise ValueError("no ./outputs folder here; give --runs DIR (a folder of run "
-                             "directories) or --node DIR")
+            raise ValueError(
+                "no ./outputs folder here; give --runs DIR (a folder of run "
+                "directories) or --node DIR"
+            )
     return roots, Path(args.node).expanduser().resolve() if args.node else None
 
 
@@ -55,8 +78,10 @@ def _bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
-        raise ValueError(f"--host {host} --port {port}: cannot listen there ({exc.strerror}); "
-                         "choose another port") from None
+        raise ValueError(
+            f"--host {host} --port {port}: cannot listen there ({exc.strerror}); "
+            "choose another port"
+        ) from None
     return sock
 
 
@@ -78,8 +103,9 @@ def dashboard_main(argv: list[str]) -> int:
 
     host, port = sock.getsockname()[:2]
     print(f"medfed dashboard: http://{host}:{port}/ (read-only; Ctrl-C stops it)", flush=True)
-    config = uvicorn.Config(create_app(roots, node), log_level="warning", access_log=False,
-                            timeout_graceful_shutdown=2)  # open polling pages do not hold it
+    config = uvicorn.Config(
+        create_app(roots, node), log_level="warning", access_log=False, timeout_graceful_shutdown=2
+    )  # open polling pages do not hold it
     try:
         uvicorn.Server(config).run(sockets=[sock])
     except KeyboardInterrupt:

@@ -86,11 +86,17 @@ def _ledger_cached(path: str, _mtime: float, _size: int) -> dict[str, Any]:
     problem = problem or _links(file, entries)
     by_study = _spends(entries)
     every = [e for rows in by_study.values() for e in rows]
-    return {"name": file.name.removesuffix(LEDGER_SUFFIX), "path": path, "problem": problem,
-            "entries": entries[-SHOWN:][::-1], "count": len(entries),
-            "studies": {s: {"epsilon": _epsilon(rows), "rounds": len(rows)}
-                        for s, rows in by_study.items()},
-            "total": _epsilon(every) if every else 0.0}
+    return {
+        "name": file.name.removesuffix(LEDGER_SUFFIX),
+        "path": path,
+        "problem": problem,
+        "entries": entries[-SHOWN:][::-1],
+        "count": len(entries),
+        "studies": {
+            s: {"epsilon": _epsilon(rows), "rounds": len(rows)} for s, rows in by_study.items()
+        },
+        "total": _epsilon(every) if every else 0.0,
+    }
 
 
 def read_ledger(path: Path) -> dict[str, Any]:
@@ -141,11 +147,20 @@ def load_node(root: Path) -> dict[str, Any]:
     for ledger in ledgers:
         ledger["budget"] = limit
         ledger["remaining"] = None if limit is None else max(float(limit) - ledger["total"], 0.0)
-    audit = [row for p in files if "audit" in p.name and p.suffix == ".jsonl"
-             for row in _jsonl(p)]
-    approvals = [d for p in files if "approval" in str(p.relative_to(root)).lower()
-                 and p.suffix in (".json", ".yaml", ".yml") if (d := _document(p))]
+    audit = [row for p in files if "audit" in p.name and p.suffix == ".jsonl" for row in _jsonl(p)]
+    approvals = [
+        d
+        for p in files
+        if "approval" in str(p.relative_to(root)).lower() and p.suffix in (".json", ".yaml", ".yml")
+        if (d := _document(p))
+    ]
     checks = [d for p in files if p.name.endswith(CHECK_SUFFIX) if (d := _document(p))]
-    return {"path": str(root), "ledgers": ledgers, "policy": policy, "audit": audit,
-            "audit_columns": list(dict.fromkeys(k for row in audit for k in row))[:8],
-            "approvals": approvals, "checks": checks}
+    return {
+        "path": str(root),
+        "ledgers": ledgers,
+        "policy": policy,
+        "audit": audit,
+        "audit_columns": list(dict.fromkeys(k for row in audit for k in row))[:8],
+        "approvals": approvals,
+        "checks": checks,
+    }

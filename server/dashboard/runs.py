@@ -16,9 +16,19 @@ from pathlib import Path
 from typing import Any
 
 GLOBAL = "all hospitals"  # the all-hospitals row of metrics.csv (medfed.server.study.GLOBAL)
-LINKED = ("report.md", "summary.json", "metrics.csv", "config.yaml", "status.json",
-          "convergence.png", "epsilon.png", "cross_site.csv", "cross_site.png",
-          "model_card.md", "model_card.json")
+LINKED = (
+    "report.md",
+    "summary.json",
+    "metrics.csv",
+    "config.yaml",
+    "status.json",
+    "convergence.png",
+    "epsilon.png",
+    "cross_site.csv",
+    "cross_site.png",
+    "model_card.md",
+    "model_card.json",
+)
 MAX_DEPTH = 4
 
 
@@ -36,8 +46,9 @@ def find_runs(roots: list[Path]) -> dict[str, Path]:
             found[run_id(folder)] = folder
             return
         if depth < MAX_DEPTH:
-            for child in sorted(p for p in folder.iterdir() if p.is_dir()
-                                and not p.name.startswith(".")):
+            for child in sorted(
+                p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")
+            ):
                 walk(child, depth + 1)
 
     for root in roots:
@@ -71,9 +82,17 @@ def history_from_files(summary: dict[str, Any], metrics_csv: Path) -> list[dict[
     except OSError:
         rows = []
     for row in rows:
-        entry = rounds.setdefault(int(row["round"]), {
-            "round": int(row["round"]), "seconds": _number(row.get("seconds")) or 0.0,
-            "participation": {}, "epsilon": {}, "global": {}, "hospitals": {}})
+        entry = rounds.setdefault(
+            int(row["round"]),
+            {
+                "round": int(row["round"]),
+                "seconds": _number(row.get("seconds")) or 0.0,
+                "participation": {},
+                "epsilon": {},
+                "global": {},
+                "hospitals": {},
+            },
+        )
         values = {m: v for m in names if (v := _number(row.get(m))) is not None}
         if row["hospital"] == GLOBAL:
             entry["global"] = values
@@ -83,24 +102,32 @@ def history_from_files(summary: dict[str, Any], metrics_csv: Path) -> list[dict[
             entry["participation"][row["hospital"]] = ["trained", ""]
         if (epsilon := _number(row.get("epsilon"))) is not None:
             entry["epsilon"][row["hospital"]] = epsilon
-    for state, key in (("missed", "failures"), ("refused", "refusals"),
-                       ("rejected", "rejected")):
+    for state, key in (("missed", "failures"), ("refused", "refusals"), ("rejected", "rejected")):
         for round_, reasons in (summary.get(key) or {}).items():
             if int(round_) in rounds:
                 rounds[int(round_)]["participation"].update(
-                    {name: [state, str(why)] for name, why in reasons.items()})
+                    {name: [state, str(why)] for name, why in reasons.items()}
+                )
     return [rounds[r] for r in sorted(rounds) if r > 0]
 
 
 def _from_summary(summary: dict[str, Any], folder: Path) -> dict[str, Any]:
-    return {"status": "stopped" if summary.get("stopped") else "finished",
-            "reason": summary.get("stopped") or "", "study_id": summary.get("study_id"),
-            "task": summary.get("task"), "strategy": summary.get("strategy"),
-            "engine": summary.get("engine"), "privacy": summary.get("privacy"),
-            "rounds": summary.get("rounds"), "primary_metric": summary.get("primary_metric"),
-            "higher_is_better": summary.get("primary_metric") not in ("mae", "rmse", "loss"),
-            "history": history_from_files(summary, folder / "metrics.csv"), "budget": {},
-            "alerts": [], "updated": None}
+    return {
+        "status": "stopped" if summary.get("stopped") else "finished",
+        "reason": summary.get("stopped") or "",
+        "study_id": summary.get("study_id"),
+        "task": summary.get("task"),
+        "strategy": summary.get("strategy"),
+        "engine": summary.get("engine"),
+        "privacy": summary.get("privacy"),
+        "rounds": summary.get("rounds"),
+        "primary_metric": summary.get("primary_metric"),
+        "higher_is_better": summary.get("primary_metric") not in ("mae", "rmse", "loss"),
+        "history": history_from_files(summary, folder / "metrics.csv"),
+        "budget": {},
+        "alerts": [],
+        "updated": None,
+    }
 
 
 def _table(path: Path) -> dict[str, Any] | None:
@@ -111,8 +138,15 @@ def _table(path: Path) -> dict[str, Any] | None:
         return None
     if not rows:
         return None
-    shown = [[f"{n:.4f}" if (n := _number(c)) is not None and c.strip() != "" and
-              not c.strip().isdigit() else c for c in row] for row in rows[1:]]
+    shown = [
+        [
+            f"{n:.4f}"
+            if (n := _number(c)) is not None and c.strip() != "" and not c.strip().isdigit()
+            else c
+            for c in row
+        ]
+        for row in rows[1:]
+    ]
     return {"header": rows[0], "rows": shown}
 
 
@@ -120,8 +154,10 @@ def _benefit(summary: dict[str, Any] | None) -> dict[str, Any] | None:
     """The per-hospital benefit table of ``summary.json`` (key ``benefit``) when present."""
     data = (summary or {}).get("benefit")
     if isinstance(data, dict):
-        data = [{"hospital": name, **(v if isinstance(v, dict) else {"value": v})}
-                for name, v in data.items()]
+        data = [
+            {"hospital": name, **(v if isinstance(v, dict) else {"value": v})}
+            for name, v in data.items()
+        ]
     if not isinstance(data, list) or not data or not all(isinstance(r, dict) for r in data):
         return None
     header = list(dict.fromkeys(k for row in data for k in row))
@@ -131,8 +167,11 @@ def _benefit(summary: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def _files(folder: Path) -> list[str]:
     found = [name for name in LINKED if (folder / name).is_file()]
-    found += [str(p.relative_to(folder)) for p in sorted(folder.glob("*/model_card.*"))
-              if p.suffix in (".md", ".json")]
+    found += [
+        str(p.relative_to(folder))
+        for p in sorted(folder.glob("*/model_card.*"))
+        if p.suffix in (".md", ".json")
+    ]
     return found
 
 
@@ -146,19 +185,29 @@ def load_run(folder: Path) -> dict[str, Any]:
     summary = _json(folder / "summary.json")
     status = _json(folder / "status.json")
     if status is None:
-        status = _from_summary(summary, folder) if summary else {
-            "status": "unknown", "history": [], "budget": {}, "alerts": []}
+        status = (
+            _from_summary(summary, folder)
+            if summary
+            else {"status": "unknown", "history": [], "budget": {}, "alerts": []}
+        )
     history = status.get("history") or []
     metric = status.get("primary_metric")
     scored = [e for e in history if metric in (e.get("global") or {})]
     sites = sorted({s for e in history for s in [*e["participation"], *e.get("hospitals", {})]})
     epsilons = [v for e in history for v in (e.get("epsilon") or {}).values()]
-    return {**status, "id": run_id(folder), "path": str(folder), "name": folder.name,
-            "silent": _silence(folder / "status.json", status),
-            "sites": sites, "headline": scored[-1]["global"][metric] if scored else None,
-            "epsilon": max(epsilons) if epsilons else None,
-            "cross_site": _table(folder / "cross_site.csv"), "benefit": _benefit(summary),
-            "files": _files(folder)}
+    return {
+        **status,
+        "id": run_id(folder),
+        "path": str(folder),
+        "name": folder.name,
+        "silent": _silence(folder / "status.json", status),
+        "sites": sites,
+        "headline": scored[-1]["global"][metric] if scored else None,
+        "epsilon": max(epsilons) if epsilons else None,
+        "cross_site": _table(folder / "cross_site.csv"),
+        "benefit": _benefit(summary),
+        "files": _files(folder),
+    }
 
 
 def _silence(path: Path, status: dict[str, Any]) -> str:
@@ -172,8 +221,10 @@ def _silence(path: Path, status: dict[str, Any]) -> str:
     allowed = float(status.get("timeout") or 600) + 60
     if age <= allowed:
         return ""
-    return (f"no update for {age / 60:.0f} min although a round may take at most "
-            f"{allowed - 60:.0f} s: the study's process may have ended")
+    return (
+        f"no update for {age / 60:.0f} min although a round may take at most "
+        f"{allowed - 60:.0f} s: the study's process may have ended"
+    )
 
 
 def linked_file(folder: Path, name: str) -> Path | None:

@@ -17,15 +17,32 @@ def site_colors(run: dict[str, Any]) -> dict[str, str]:
 
 def _metric_chart(run: dict[str, Any], rounds: int) -> tuple[str, list[tuple[str, str]]]:
     metric, history = run.get("primary_metric"), run.get("history") or []
-    series = [(GLOBAL, [(e["round"], e["global"][metric]) for e in history
-                        if metric in e.get("global", {})])]
-    series += [(site, [(e["round"], e["hospitals"][site][metric]) for e in history
-                       if metric in e.get("hospitals", {}).get(site, {})])
-               for site in run["sites"]]
+    series = [
+        (
+            GLOBAL,
+            [(e["round"], e["global"][metric]) for e in history if metric in e.get("global", {})],
+        )
+    ]
+    series += [
+        (
+            site,
+            [
+                (e["round"], e["hospitals"][site][metric])
+                for e in history
+                if metric in e.get("hospitals", {}).get(site, {})
+            ],
+        )
+        for site in run["sites"]
+    ]
     series = [(label, points) for label, points in series if points]
     colors = site_colors(run)
-    chart = line_chart(series, rounds=rounds, y_label=str(metric), bold=GLOBAL,
-                       colors=[colors[label] for label, _ in series])
+    chart = line_chart(
+        series,
+        rounds=rounds,
+        y_label=str(metric),
+        bold=GLOBAL,
+        colors=[colors[label] for label, _ in series],
+    )
     return chart, [(label, colors[label]) for label, _ in series]
 
 
@@ -57,15 +74,28 @@ def _epsilon(run: dict[str, Any], rounds: int) -> tuple[str, list[dict[str, Any]
         latest.update(entry.get("epsilon") or {})
     if not latest:
         return "", []
-    series = [(site, [(e["round"], e["epsilon"][site]) for e in history
-                      if site in e.get("epsilon", {})]) for site in sorted(latest)]
+    series = [
+        (site, [(e["round"], e["epsilon"][site]) for e in history if site in e.get("epsilon", {})])
+        for site in sorted(latest)
+    ]
     limits = sorted({("budget", float(b)) for b in budgets.values() if b})
-    rows = [{"site": site, "epsilon": value, "budget": budgets.get(site),
-             "used": 100 * value / budgets[site] if budgets.get(site) else None}
-            for site, value in sorted(latest.items())]
+    rows = [
+        {
+            "site": site,
+            "epsilon": value,
+            "budget": budgets.get(site),
+            "used": 100 * value / budgets[site] if budgets.get(site) else None,
+        }
+        for site, value in sorted(latest.items())
+    ]
     colors = site_colors(run)
-    chart = line_chart(series, rounds=rounds, y_label="epsilon", limits=limits,
-                       colors=[colors.get(site, "#444") for site, _ in series])
+    chart = line_chart(
+        series,
+        rounds=rounds,
+        y_label="epsilon",
+        limits=limits,
+        colors=[colors.get(site, "#444") for site, _ in series],
+    )
     return chart, rows
 
 
@@ -78,7 +108,15 @@ def study_view(run: dict[str, Any]) -> dict[str, Any]:
     names = list(dict.fromkeys(m for _, values in latest for m in values))
     epsilon_chart, epsilon_rows = _epsilon(run, rounds)
     done = int(run.get("round") or (history[-1]["round"] if history else 0))
-    return {"percent": round(100 * done / max(rounds, 1)), "metric_chart": metric_chart,
-            "metric_legend": legend, "latest_round": latest_round, "latest": latest,
-            "metric_names": names, "round_numbers": [e["round"] for e in history],
-            "grid": _grid(run), "epsilon_chart": epsilon_chart, "epsilon_rows": epsilon_rows}
+    return {
+        "percent": round(100 * done / max(rounds, 1)),
+        "metric_chart": metric_chart,
+        "metric_legend": legend,
+        "latest_round": latest_round,
+        "latest": latest,
+        "metric_names": names,
+        "round_numbers": [e["round"] for e in history],
+        "grid": _grid(run),
+        "epsilon_chart": epsilon_chart,
+        "epsilon_rows": epsilon_rows,
+    }

@@ -20,8 +20,12 @@ from medfed.server.dashboard.views import study_view
 
 HERE = Path(__file__).parent
 CSP = "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:"
-TEXT = {".md": "text/plain; charset=utf-8", ".csv": "text/plain; charset=utf-8",
-        ".yaml": "text/plain; charset=utf-8", ".json": "application/json"}
+TEXT = {
+    ".md": "text/plain; charset=utf-8",
+    ".csv": "text/plain; charset=utf-8",
+    ".yaml": "text/plain; charset=utf-8",
+    ".json": "application/json",
+}
 
 
 def _sorted_runs(roots: list[Path]) -> list[dict[str, Any]]:
@@ -33,8 +37,9 @@ def create_app(roots: list[Path], node: Path | None = None) -> FastAPI:
     """The dashboard over the run directories under ``roots`` and the hospital folder ``node``."""
     app = FastAPI(title="medfed dashboard", docs_url=None, redoc_url=None, openapi_url=None)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
-    env = Environment(loader=FileSystemLoader(HERE / "templates"),
-                      autoescape=select_autoescape(["html"]))
+    env = Environment(
+        loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(["html"])
+    )
 
     def page(name: str, **values: Any) -> HTMLResponse:
         html = env.get_template(name).render(has_node=node is not None, roots=roots, **values)
@@ -69,8 +74,9 @@ def create_app(roots: list[Path], node: Path | None = None) -> FastAPI:
         path = linked_file(run_at(run_id), name)
         if path is None:
             raise HTTPException(404, f"{name} is not a file the dashboard shows")
-        return FileResponse(path, media_type=TEXT.get(path.suffix),
-                            headers={"Content-Security-Policy": CSP})
+        return FileResponse(
+            path, media_type=TEXT.get(path.suffix), headers={"Content-Security-Policy": CSP}
+        )
 
     @app.get("/api/studies")
     def api_studies() -> JSONResponse:

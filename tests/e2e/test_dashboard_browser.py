@@ -26,16 +26,30 @@ import pytest
 from medfed.client.ledger import Ledger
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 MEDFED = Path(sys.executable).with_name("medfed")
-SMALL = ["federation.hospitals=3", "federation.min_size=60", "federation.max_size=120",
-         "quiet=true"]
+SMALL = [
+    "federation.hospitals=3",
+    "federation.min_size=60",
+    "federation.max_size=120",
+    "quiet=true",
+]
 DP_ROUNDS, LIVE_ROUNDS = 5, 200
 
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not Path(CHROMIUM).exists(),
-                                 reason=f"{CHROMIUM} is missing (apt-get install -y chromium)")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} is missing (apt-get install -y chromium)"
+    ),
+]
 
 
 def _stop(process: subprocess.Popen) -> None:
@@ -51,9 +65,15 @@ def _stop(process: subprocess.Popen) -> None:
 
 
 def _medfed(*args: str, cwd: Path) -> subprocess.Popen:
-    return subprocess.Popen([str(MEDFED), *args], cwd=cwd, stdin=subprocess.DEVNULL,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+    return subprocess.Popen(
+        [str(MEDFED), *args],
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
 
 
 def _free_port() -> int:
@@ -69,16 +89,30 @@ def files(tmp_path_factory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("dashboard")
     runs, node = root / "runs", root / "node"
-    dp = _medfed("simulate", f"rounds={DP_ROUNDS}", "privacy=dpsgd", *SMALL,
-                 "policy.hospitals={hospital-1: {max_epsilon_total: 5.0}}",
-                 f"output_dir={runs / 'dp-study'}", cwd=root)
+    dp = _medfed(
+        "simulate",
+        f"rounds={DP_ROUNDS}",
+        "privacy=dpsgd",
+        *SMALL,
+        "policy.hospitals={hospital-1: {max_epsilon_total: 5.0}}",
+        f"output_dir={runs / 'dp-study'}",
+        cwd=root,
+    )
     write_synthetic_run(runs / "big-study", 100, 20)
     node.mkdir()
-    subprocess.run([str(MEDFED), "synth", "export", "--task", "diagnosis", "--hospitals", "1",
-                    str(node)], check=True, capture_output=True, stdin=subprocess.DEVNULL)
+    subprocess.run(
+        [str(MEDFED), "synth", "export", "--task", "diagnosis", "--hospitals", "1", str(node)],
+        check=True,
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+    )
     [card] = node.glob("*.yaml")
-    subprocess.run([str(MEDFED), "node", "check", "--dataset", str(card)], check=True,
-                   capture_output=True, stdin=subprocess.DEVNULL)
+    subprocess.run(
+        [str(MEDFED), "node", "check", "--dataset", str(card)],
+        check=True,
+        capture_output=True,
+        stdin=subprocess.DEVNULL,
+    )
     (node / "policy.yaml").write_text("max_epsilon_total: 8.0\nmax_epsilon_per_study: 6.0\n")
     assert dp.wait(timeout=300) == 0, dp.stderr.read() if dp.stderr else ""
     for suffix in ("", ".head"):
@@ -89,8 +123,16 @@ def files(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def dashboard(files) -> str:
     port = _free_port()
-    server = _medfed("dashboard", "--runs", str(files["runs"]), "--node", str(files["node"]),
-                     "--port", str(port), cwd=files["root"])
+    server = _medfed(
+        "dashboard",
+        "--runs",
+        str(files["runs"]),
+        "--node",
+        str(files["node"]),
+        "--port",
+        str(port),
+        cwd=files["root"],
+    )
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):
         try:
@@ -164,11 +206,14 @@ def test_the_study_page_shows_the_numbers_of_the_run_files(dashboard, files, pag
         cells = page.locator(f'#epsilon tr[data-site="{hospital["name"]}"] td')
         assert cells.nth(1).inner_text() == f"{hospital['epsilon']:.3f}"
         rows = page.locator(f'#participation tr[data-site="{hospital["name"]}"]')
-        trained = sum(e["participation"].get(hospital["name"], [""])[0] == "trained"
-                      for e in status["history"])
+        trained = sum(
+            e["participation"].get(hospital["name"], [""])[0] == "trained"
+            for e in status["history"]
+        )
         assert rows.locator(".n-trained").inner_text() == str(trained)
         assert _text(page, f'#metrics tr[data-site="{hospital["name"]}"] td:nth-child(2)') == (
-            f"{hospital['metrics']['accuracy']:.4f}")
+            f"{hospital['metrics']['accuracy']:.4f}"
+        )
     refused = page.locator('#participation tr[data-site="hospital-1"] td.refused').first
     assert "refused by the node's policy" in refused.get_attribute("title")
     assert summary["refusals"], "the fixture study should contain a refusal"
@@ -179,14 +224,14 @@ def test_the_study_page_shows_the_numbers_of_the_run_files(dashboard, files, pag
     assert (out / "report.md").read_text().splitlines()[0] in page.content()
 
 
-def test_a_study_of_100_rounds_and_20_hospitals_with_its_tables(dashboard, files, page,
-                                                               tmp_path):
+def test_a_study_of_100_rounds_and_20_hospitals_with_its_tables(dashboard, files, page, tmp_path):
     out = files["runs"] / "big-study"
     status = json.loads((out / "status.json").read_text())
     page.goto(f"{dashboard}/study/{_run_id(dashboard, 'big-study')}")
     assert page.locator("#participation td:not(.head)").count() == 100 * 20
     assert page.locator("#participation td.rejected").count() == sum(
-        state == "rejected" for e in status["history"] for state, _ in e["participation"].values())
+        state == "rejected" for e in status["history"] for state, _ in e["participation"].values()
+    )
     assert page.locator("#alerts li").count() == len(status["alerts"]) > 0
     with (out / "cross_site.csv").open() as handle:
         matrix = list(csv.reader(handle))
@@ -195,12 +240,12 @@ def test_a_study_of_100_rounds_and_20_hospitals_with_its_tables(dashboard, files
     assert shown.nth(5).inner_text() == f"{float(matrix[1][5]):.4f}"
     benefit = json.loads((out / "summary.json").read_text())["benefit"]
     assert page.locator("#benefit tr").nth(20).locator("td").nth(1).inner_text() == (
-        f"{benefit[19]['federated']:.4f}")
+        f"{benefit[19]['federated']:.4f}"
+    )
     page.screenshot(path=tmp_path / "big-study.png", full_page=True)
 
 
-def test_the_node_view_shows_the_ledger_budget_and_last_check(dashboard, files, page,
-                                                              tmp_path):
+def test_the_node_view_shows_the_ledger_budget_and_last_check(dashboard, files, page, tmp_path):
     spend = Ledger(files["node"] / "hospital-0.ledger.jsonl").spent()
     page.goto(dashboard + "/node")
     ledger = page.locator('.ledger[data-ledger="hospital-0"]')
@@ -216,8 +261,9 @@ def test_the_node_view_shows_the_ledger_budget_and_last_check(dashboard, files, 
 
 def test_the_study_page_updates_while_the_study_runs(dashboard, files, page, tmp_path):
     out = files["runs"] / "live-study"
-    study = _medfed("simulate", f"rounds={LIVE_ROUNDS}", *SMALL, f"output_dir={out}",
-                    cwd=files["root"])
+    study = _medfed(
+        "simulate", f"rounds={LIVE_ROUNDS}", *SMALL, f"output_dir={out}", cwd=files["root"]
+    )
     try:
         while not (out / "status.json").exists():
             assert study.poll() is None, study.stderr.read() if study.stderr else ""
@@ -226,11 +272,13 @@ def test_the_study_page_updates_while_the_study_runs(dashboard, files, page, tmp
         first = int(_text(page, "#round"))
         assert _text(page, "#status") == "running" and first < LIVE_ROUNDS
         page.evaluate("window.notReloaded = true")
-        page.wait_for_function(f"Number(document.querySelector('#round').textContent) > {first}",
-                               timeout=60_000)
+        page.wait_for_function(
+            f"Number(document.querySelector('#round').textContent) > {first}", timeout=60_000
+        )
         page.screenshot(path=tmp_path / "live.png", full_page=True)
-        page.wait_for_function("document.querySelector('#status').textContent === 'finished'",
-                               timeout=180_000)
+        page.wait_for_function(
+            "document.querySelector('#status').textContent === 'finished'", timeout=180_000
+        )
         assert page.evaluate("window.notReloaded") is True
         assert _text(page, "#round") == str(LIVE_ROUNDS)
         assert study.wait(timeout=60) == 0

@@ -80,7 +80,8 @@ def test_a_run_without_status_json_reads_the_same_from_its_final_files(finished_
     live, legacy = load_run(finished_run), load_run(old)
     assert legacy["status"] == live["status"] == "finished"
     assert [legacy[k] for k in ("sites", "task", "rounds")] == [
-        live[k] for k in ("sites", "task", "rounds")]
+        live[k] for k in ("sites", "task", "rounds")
+    ]
     assert legacy["headline"] == pytest.approx(live["headline"])
     assert legacy["epsilon"] == pytest.approx(live["epsilon"]) and live["epsilon"] > 0
     for a, b in zip(live["history"], legacy["history"], strict=True):
@@ -102,29 +103,37 @@ def test_only_linked_files_are_served(finished_run):
 def test_ticks_and_a_chart_by_hand():
     assert nice_ticks(0.0, 1.0) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
     assert nice_ticks(0.62, 0.78) == [0.65, 0.7, 0.75]
-    svg = line_chart([("a<b", [(1, 0.0), (3, 1.0)])], rounds=3, y_label="m",
-                     limits=[("budget", 0.5)])
+    svg = line_chart(
+        [("a<b", [(1, 0.0), (3, 1.0)])], rounds=3, y_label="m", limits=[("budget", 0.5)]
+    )
     assert 'data-series="a&lt;b"' in svg and "<title>budget: 0.5</title>" in svg
     assert line_chart([], rounds=3, y_label="m") == '<p class="empty">no values yet</p>'
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(MEDFED), "dashboard", *args], capture_output=True, text=True,
-                          timeout=60, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [str(MEDFED), "dashboard", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def test_dashboard_option_errors_are_one_line_and_exit_2(tmp_path):
     missing = _cli("--runs", str(tmp_path / "nope"))
     assert missing.returncode == 2
-    assert missing.stderr == (f"medfed: error: --runs {tmp_path / 'nope'}: no such folder; "
-                              "give an existing directory\n")
+    assert missing.stderr == (
+        f"medfed: error: --runs {tmp_path / 'nope'}: no such folder; give an existing directory\n"
+    )
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         busy = _cli("--runs", str(tmp_path), "--port", str(port))
     assert busy.returncode == 2 and busy.stderr.startswith(
-        f"medfed: error: --host 127.0.0.1 --port {port}: cannot listen there")
+        f"medfed: error: --host 127.0.0.1 --port {port}: cannot listen there"
+    )
     assert len(busy.stderr.splitlines()) == 1
 
 
@@ -138,5 +147,22 @@ def test_a_running_study_that_stopped_writing_is_flagged(finished_run, tmp_path)
     assert load_run(run)["silent"] == ""
     old = (run / "status.json").stat().st_mtime - 600
     os.utime(run / "status.json", (old, old))
-    assert load_run(run)["silent"] == ("no update for 10 min although a round may take at most "
-                                       "5 s: the study's process may have ended")
+    assert load_run(run)["silent"] == (
+        "no update for 10 min although a round may take at most "
+        "5 s: the study's process may have ended"
+    )
+
+
+def test_audit_log_and_approvals_are_shown_when_the_folder_holds_them(tmp_path):
+    rows = [
+        {"seq": 0, "event": "approval", "manifest": "ab12cd34"},
+        {"seq": 1, "event": "round", "study": "s1", "round": 1},
+    ]
+    (tmp_path / "hospital-a.audit.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "approvals").mkdir()
+    (tmp_path / "approvals" / "ab12cd34.json").write_text(json.dumps({"manifest": "ab12cd34"}))
+    node = load_node(tmp_path)
+    assert [row["seq"] for row in node["audit"]] == [1, 0]  # newest first
+    assert node["audit_columns"] == ["seq", "event", "study", "round", "manifest"]
+    assert node["approvals"] == [{"file": "ab12cd34.json", "manifest": "ab12cd34"}]
+    assert node["ledgers"] == [] and node["checks"] == []

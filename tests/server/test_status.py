@@ -15,26 +15,44 @@ from medfed.server.status import budgets, round_entry
 from medfed.server.study import RoundRecord
 
 
-def _entry(round_: int, states: dict[str, str], accuracy: float | None = None,
-           epsilon: dict[str, float] | None = None) -> dict:
-    return {"round": round_, "seconds": 0.5,
-            "participation": {site: [state, "" if state == "trained" else "why"]
-                              for site, state in states.items()},
-            "epsilon": epsilon or {}, "global": {} if accuracy is None else
-            {"accuracy": accuracy}, "hospitals": {}}
+def _entry(
+    round_: int,
+    states: dict[str, str],
+    accuracy: float | None = None,
+    epsilon: dict[str, float] | None = None,
+) -> dict:
+    return {
+        "round": round_,
+        "seconds": 0.5,
+        "participation": {
+            site: [state, "" if state == "trained" else "why"] for site, state in states.items()
+        },
+        "epsilon": epsilon or {},
+        "global": {} if accuracy is None else {"accuracy": accuracy},
+        "hospitals": {},
+    }
 
 
 def _status(history: list[dict], status: str = "running", **extra) -> dict:
-    return {"status": status, "round": history[-1]["round"] if history else 0, "rounds": 10,
-            "primary_metric": "accuracy", "higher_is_better": True, "history": history,
-            "budget": {}, **extra}
+    return {
+        "status": status,
+        "round": history[-1]["round"] if history else 0,
+        "rounds": 10,
+        "primary_metric": "accuracy",
+        "higher_is_better": True,
+        "history": history,
+        "budget": {},
+        **extra,
+    }
 
 
 def test_a_hospital_that_missed_three_rounds_in_a_row_raises_one_alert():
-    history = [_entry(1, {"a": "trained", "b": "missed"}),
-               _entry(2, {"a": "missed", "b": "trained"}),
-               _entry(3, {"a": "refused", "b": "missed"}),
-               _entry(4, {"a": "rejected", "b": "missed"})]
+    history = [
+        _entry(1, {"a": "trained", "b": "missed"}),
+        _entry(2, {"a": "missed", "b": "trained"}),
+        _entry(3, {"a": "refused", "b": "missed"}),
+        _entry(4, {"a": "rejected", "b": "missed"}),
+    ]
     alerts = compute_alerts(_status(history), DEFAULTS)
     assert [(a["kind"], a["site"], a["round"]) for a in alerts] == [("missed", "a", 4)]
     assert "rounds 2-4" in alerts[0]["message"]
@@ -47,13 +65,16 @@ def test_rounds_a_hospital_was_not_asked_to_join_do_not_count_as_missed():
     assert [a["site"] for a in compute_alerts(_status(history), DEFAULTS)] == ["a"]
 
 
-@pytest.mark.parametrize(("values", "higher", "alert"), [
-    ([0.70, 0.68, 0.66, 0.65], True, True),   # three drops in a row
-    ([0.70, 0.68, 0.69, 0.65], True, False),  # one recovery breaks the streak
-    ([0.70, 0.68, 0.66], True, False),        # only two steps so far
-    ([1.0, 1.2, 1.3, 1.4], False, True),      # an error metric (mae) that rises
-    ([1.4, 1.3, 1.2, 1.0], False, False),
-])
+@pytest.mark.parametrize(
+    ("values", "higher", "alert"),
+    [
+        ([0.70, 0.68, 0.66, 0.65], True, True),  # three drops in a row
+        ([0.70, 0.68, 0.69, 0.65], True, False),  # one recovery breaks the streak
+        ([0.70, 0.68, 0.66], True, False),  # only two steps so far
+        ([1.0, 1.2, 1.3, 1.4], False, True),  # an error metric (mae) that rises
+        ([1.4, 1.3, 1.2, 1.0], False, False),
+    ],
+)
 def test_a_metric_worse_three_rounds_in_a_row(values, higher, alert):
     history = [_entry(r + 1, {}, accuracy=v) for r, v in enumerate(values)]
     status = {**_status(history), "higher_is_better": higher}
@@ -69,19 +90,24 @@ def test_a_site_at_80_percent_of_its_budget():
 
 def test_a_stopped_study_is_an_alert_with_its_reason():
     history = [_entry(1, {"a": "refused"})]
-    alerts = compute_alerts(_status(history, "stopped", reason="round 1: no hospital trained"),
-                            {**DEFAULTS, "missed_rounds": 5})
+    alerts = compute_alerts(
+        _status(history, "stopped", reason="round 1: no hospital trained"),
+        {**DEFAULTS, "missed_rounds": 5},
+    )
     assert [a["kind"] for a in alerts] == ["stopped"]
     assert alerts[0]["message"].endswith("round 1: no hospital trained")
 
 
-@pytest.mark.parametrize(("setting", "message"), [
-    ({"alerts": {"missed_rounds": 0}}, "alerts.missed_rounds must be a whole number"),
-    ({"alerts": {"worse_rounds": 2.5}}, "alerts.worse_rounds must be a whole number"),
-    ({"alerts": {"budget_fraction": 1.5}}, "alerts.budget_fraction must be a number in (0, 1]"),
-    ({"alerts": {"missed": 3}}, "alerts.missed is not a setting"),
-    ({"metrics_port": 70000}, "metrics_port must be a TCP port"),
-])
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ({"alerts": {"missed_rounds": 0}}, "alerts.missed_rounds must be a whole number"),
+        ({"alerts": {"worse_rounds": 2.5}}, "alerts.worse_rounds must be a whole number"),
+        ({"alerts": {"budget_fraction": 1.5}}, "alerts.budget_fraction must be a number in (0, 1]"),
+        ({"alerts": {"missed": 3}}, "alerts.missed is not a setting"),
+        ({"metrics_port": 70000}, "metrics_port must be a TCP port"),
+    ],
+)
 def test_bad_alert_settings_are_named(setting, message):
     assert config_error(setting).startswith(message)
     assert config_error({"alerts": dict(DEFAULTS), "metrics_port": None}) is None
@@ -93,21 +119,35 @@ def test_a_metrics_port_in_use_is_a_configuration_error():
         taken.listen()
         port = taken.getsockname()[1]
         assert config_error({"metrics_port": port}) == (
-            f"metrics_port={port}: 127.0.0.1:{port} is already in use; choose a free port")
+            f"metrics_port={port}: 127.0.0.1:{port} is already in use; choose a free port"
+        )
 
 
 def test_round_entry_states_and_budgets_from_the_policy():
-    record = RoundRecord(3, train={"a": {"loss": 0.1, "steps": 4.0, "epsilon": 1.5}},
-                         failures={"b": "timed out"}, refusals={"c": "refused by the policy"},
-                         rejected={"d": "norm 50 > 10 x median"}, seconds=1.23456)
+    record = RoundRecord(
+        3,
+        train={"a": {"loss": 0.1, "steps": 4.0, "epsilon": 1.5}},
+        failures={"b": "timed out"},
+        refusals={"c": "refused by the policy"},
+        rejected={"d": "norm 50 > 10 x median"},
+        seconds=1.23456,
+    )
     entry = round_entry(record)
-    assert entry["participation"] == {"a": ["trained", ""], "b": ["missed", "timed out"],
-                                      "c": ["refused", "refused by the policy"],
-                                      "d": ["rejected", "norm 50 > 10 x median"]}
+    assert entry["participation"] == {
+        "a": ["trained", ""],
+        "b": ["missed", "timed out"],
+        "c": ["refused", "refused by the policy"],
+        "d": ["rejected", "norm 50 > 10 x median"],
+    }
     assert entry["epsilon"] == {"a": 1.5} and entry["seconds"] == 1.2346
-    study = {"privacy": {"name": "dpsgd"}, "policy": {
-        "max_epsilon_per_study": 10.0, "max_epsilon_total": None,
-        "hospitals": {"b": {"max_epsilon_total": 2.0}}}}
+    study = {
+        "privacy": {"name": "dpsgd"},
+        "policy": {
+            "max_epsilon_per_study": 10.0,
+            "max_epsilon_total": None,
+            "hospitals": {"b": {"max_epsilon_total": 2.0}},
+        },
+    }
     assert budgets(study, ["a", "b"]) == {"a": 10.0, "b": 2.0}
     assert budgets({**study, "privacy": {"name": "none"}}, ["a"]) == {}
 
@@ -134,8 +174,9 @@ def test_the_exporter_counts_each_round_once_and_frees_its_port():
     assert config_error({"metrics_port": port}) is None
 
 
-def test_a_study_writes_status_json_every_round_and_finished_last(small_study, tmp_path,
-                                                                  monkeypatch):
+def test_a_study_writes_status_json_every_round_and_finished_last(
+    small_study, tmp_path, monkeypatch
+):
     from medfed.server import status
     from medfed.server.simulation import run_simulated_study
 
@@ -151,17 +192,24 @@ def test_a_study_writes_status_json_every_round_and_finished_last(small_study, t
     out = tmp_path / "run"
     run_simulated_study(small_study("rounds=3", f"output_dir={out}"))
     assert [(d["status"], d["round"]) for d in seen] == [
-        ("running", 0), ("running", 1), ("running", 2), ("running", 3), ("finished", 3)]
+        ("running", 0),
+        ("running", 1),
+        ("running", 2),
+        ("running", 3),
+        ("finished", 3),
+    ]
     final = json.loads((out / "status.json").read_text())
     summary = json.loads((out / "summary.json").read_text())
     assert final == seen[-1] and final["study_id"] == summary["study_id"]
     assert final["history"][-1]["global"]["accuracy"] == pytest.approx(
-        summary["global"]["accuracy"])
+        summary["global"]["accuracy"]
+    )
     assert not list(out.glob(".*.tmp"))
 
 
-def test_a_study_that_fails_before_round_1_is_failed_in_status_json(small_study, tmp_path,
-                                                                    run_inprocess):
+def test_a_study_that_fails_before_round_1_is_failed_in_status_json(
+    small_study, tmp_path, run_inprocess
+):
     from medfed.server.study import StudyError
 
     out = tmp_path / "run"
