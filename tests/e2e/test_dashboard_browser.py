@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from urllib.parse import urlparse
@@ -54,12 +57,14 @@ pytestmark = [
 
 def _stop(process: subprocess.Popen) -> None:
     """End a process group this test started, by its id (SIGKILL if SIGTERM is not enough)."""
-    for signal_name in ("-TERM", "-KILL"):
+    for signal_number in (signal.SIGTERM, signal.SIGKILL):
         if process.poll() is not None:
             return
-        subprocess.run(["kill", signal_name, f"-{process.pid}"], check=False)
         try:
+            os.killpg(process.pid, signal_number)
             process.wait(timeout=10)
+        except ProcessLookupError:
+            return
         except subprocess.TimeoutExpired:
             continue
 
@@ -117,7 +122,16 @@ def files(tmp_path_factory) -> dict[str, Path]:
     assert dp.wait(timeout=300) == 0, dp.stderr.read() if dp.stderr else ""
     for suffix in ("", ".head"):
         shutil.copy(runs / "dp-study" / "ledgers" / f"hospital-0.ledger.jsonl{suffix}", node)
-    return {"root": root, "runs": runs, "node": node, "card": card}
+    return {"root": root, "runs": runs, "node": node, "card": card, "before": _snapshot(root)}
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """Size and mtime of every file under ``root`` but the live study's and lock files."""
+    return {
+        str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in root.rglob("*")
+        if p.is_file() and "live-study" not in p.parts and not p.name.endswith(".lock")
+    }
 
 
 @pytest.fixture(scope="module")
@@ -284,3 +298,13 @@ def test_the_study_page_updates_while_the_study_runs(dashboard, files, page, tmp
         assert study.wait(timeout=60) == 0
     finally:
         _stop(study)
+
+
+def test_the_dashboard_changed_no_file(dashboard, files):
+    """Read-only: after every page above, each fixture file is as it was (the live study aside)."""
+    assert _snapshot(files["root"]) == files["before"]
+    for method in ("POST", "PUT", "DELETE"):
+        request = urllib.request.Request(dashboard + "/", method=method)
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=5)
+        assert refused.value.code == 405

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -69,7 +71,7 @@ def test_metrics_are_served_while_the_study_runs_and_alerts_reach_the_log(tmp_pa
         _, stderr = study.communicate(timeout=300)
     finally:
         if study.poll() is None:
-            subprocess.run(["kill", "-KILL", f"-{study.pid}"], check=False)
+            os.killpg(study.pid, signal.SIGKILL)
             study.wait(timeout=10)
     assert study.returncode == 0, stderr
     assert _value(scraped, "medfed_nodes_connected") == 3
