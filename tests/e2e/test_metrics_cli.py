@@ -87,6 +87,7 @@ def test_metrics_are_served_while_the_study_runs_and_alerts_reach_the_log(tmp_pa
     assert len(alerts) == len(set(alerts))  # each alert is logged once, not every round
 
 
+@pytest.mark.slow
 def test_medfed_run_checks_the_metrics_port_before_contacting_anyone(tmp_path):
     done = subprocess.run(
         [

@@ -120,6 +120,7 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.mark.slow
 def test_dashboard_option_errors_are_one_line_and_exit_2(tmp_path):
     missing = _cli("--runs", str(tmp_path / "nope"))
     assert missing.returncode == 2
