@@ -92,7 +92,7 @@ def budgets(study: dict[str, Any], sites: list[str]) -> dict[str, float | None]:
 def _write(path: Path, document: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(document, indent=1, allow_nan=False))
+    tmp.write_text(json.dumps(document, separators=(",", ":"), allow_nan=False))
     os.replace(tmp, path)
 
 
