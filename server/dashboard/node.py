@@ -141,11 +141,12 @@ def _document(path: Path) -> dict[str, Any] | None:
 def load_node(root: Path) -> dict[str, Any]:
     """What the node view shows about the hospital folder ``root`` (see the module docstring)."""
     files = _walk(root)
-    ledgers = [read_ledger(p) for p in files if p.name.endswith(LEDGER_SUFFIX)]
+    ledgers = [dict(read_ledger(p)) for p in files if p.name.endswith(LEDGER_SUFFIX)]
     policy = _policy(files)
     limit = (policy or {}).get("max_epsilon_total")
     for ledger in ledgers:
         ledger["budget"] = limit
+        ledger["per_study"] = (policy or {}).get("max_epsilon_per_study") or None
         ledger["remaining"] = None if limit is None else max(float(limit) - ledger["total"], 0.0)
     audit = [row for p in files if "audit" in p.name and p.suffix == ".jsonl" for row in _jsonl(p)]
     approvals = [
