@@ -43,6 +43,8 @@ COMMANDS: dict[str, dict[str, Command] | Command] = {
                    "run a study on a deployed federation (at the coordinator)"),
     "status": Command("medfed.server.deploy.flwr_cli:status_main",
                       "connected hospitals and studies of a deployed federation"),
+    "dashboard": Command("medfed.server.dashboard.cli:dashboard_main",
+                         "a read-only web dashboard of studies and of a hospital node"),
     "coordinator": {
         "init": Command("medfed.server.deploy.coordinator:coordinator_main",
                         "create the CA, the SuperLink's TLS certificate and coordinator.yaml",

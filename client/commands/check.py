@@ -13,6 +13,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from medfed.client.commands.check_summary import write_check_summary
 from medfed.models.ingest.cards import (
     CardError,
     DatasetCard,
@@ -139,5 +140,6 @@ def node_main(argv: list[str]) -> int:
         return exc.code if isinstance(exc.code, int) else EXIT_CARD
     status, text = check_dataset(args.dataset, args.task, min_cohort=args.min_cohort,
                                  verbose=args.verbose)
+    write_check_summary(args.dataset, status, text)  # <card>.check.json for the node view
     print(text, file=sys.stderr if status == EXIT_CARD else sys.stdout)
     return status

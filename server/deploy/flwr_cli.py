@@ -158,11 +158,15 @@ def run_main(argv: list[str]) -> int:
     _connection_args(parser, required=True)
     parser.add_argument("--resume", metavar="RUN_DIR",
                         help="continue that run's study from its checkpoint (resume=RUN_DIR)")
+    parser.add_argument("--metrics-port", type=int, metavar="P", help="serve Prometheus metrics "
+                        "on 127.0.0.1:P while the study runs (metrics_port=P)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for medfed simulate")
     try:
         args = parser.parse_intermixed_args(argv)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 2
+    if args.metrics_port is not None:  # checked with the other settings (medfed.server.monitor.alerts)
+        args.overrides.append(f"metrics_port={args.metrics_port}")
     study = _study(args)
     try:
         with tempfile.TemporaryDirectory(prefix="medfed-run-") as work:

@@ -159,4 +159,7 @@ def write_run(result: StudyResult) -> Path:
     plot_convergence(rows, result.schema.primary_metric, out / "convergence.png")
     plot_epsilon(rows, out / "epsilon.png")
     _atomic_write(out / "report.md", report_markdown(data, result.study).encode())
+    from medfed.server.monitor.status import write_final
+
+    write_final(result)  # status.json says finished only once every file above is written
     return out

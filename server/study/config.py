@@ -229,6 +229,10 @@ def validate_study(study: dict[str, Any]) -> None:
     if targets and study["engine"]["name"] != "inprocess":
         raise ConfigError("attack.hospitals needs engine=inprocess (malicious hospitals are a "
                           "simulation of the in-process engine)")
+    from medfed.server.monitor.alerts import config_error as alerts_error  # alerts.*, metrics_port
+
+    if error := alerts_error(study):
+        raise ConfigError(error)
     if study.get("secure_aggregation"):
         from medfed.strategies.secagg import config_error
 

@@ -30,6 +30,7 @@ from medfed.models.ingest.sources import federation_size
 from medfed.models.metrics import metrics_from_statistics
 from medfed.models.pipeline import n_inputs, new_model, study_schema
 from medfed.models.schema import TaskSchema
+from medfed.server.monitor.status import StatusTracker, fail_study
 from medfed.server.study import roles
 from medfed.server.study.cohort import Cohort, query, site_of
 from medfed.strategies.central_dp import central_dp_report, wrap_central_dp
@@ -211,11 +212,18 @@ def run_study(grid: Grid, study: dict[str, Any], observer: Observer | None = Non
     With ``study["resume"]`` set, the study continues from that run directory's checkpoint.
     """
     started = time.perf_counter()
-    run = StudyRun(grid, study, observer)
+    try:
+        run = StudyRun(grid, study, observer)
+    except BaseException as error:
+        fail_study(study, [], error)  # status.json: round 0 failed
+        raise
     try:
         for server_round in range(run.first_round, int(study["rounds"]) + 1):
             if not run.train_round(server_round):
                 break
+    except BaseException as error:
+        fail_study(study, run.rounds, error)  # status.json: failed (or stopped on Ctrl-C)
+        raise
     finally:
         run.flush()  # the last checkpoint reaches the disk even when a round failed
     return run.finish(time.perf_counter() - started)
@@ -240,6 +248,7 @@ class StudyRun:
         if saved is not None:
             study["study_id"] = _check_resumable(study, json.loads(saved["study"]))
         study.setdefault("study_id", f"{study['task']['name']}-{uuid.uuid4().hex[:12]}")
+        self.status = StatusTracker(study, grid)  # status.json, alerts, Prometheus exporter
         random.seed(int(study["seed"]))
         torch.manual_seed(int(study["seed"]))
         self.schema = study_schema(study)
@@ -333,6 +342,7 @@ class StudyRun:
                             f"refused, {len(last.failures)} failed, {len(last.rejected)} "
                             "rejected); the study stopped there")
         self._checkpoint(server_round)
+        self.status.update(rounds, "stopped" if self.stopped else "running", self.stopped)
         if self.observer:
             self.observer.on_round(server_round - 1, rounds[-2])
         return not self.stopped
