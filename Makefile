@@ -25,10 +25,11 @@ demo: $(STAMP)
 
 ## The whole test suite (unit, property, end-to-end on every engine).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 -m "not serial"
+	$(BIN)/python -m pytest -q -m serial
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -n 2 -m "not slow"
 
 ## What CI checks before the tests: lint, formatting, types (zero errors) and the import contracts.
 PACKAGES := infra server client strategies models

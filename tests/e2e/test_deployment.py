@@ -26,7 +26,7 @@ from medfed.infra.launch import supernode_command
 from medfed.infra.loopback import MEDFED, LoopbackFederation
 from medfed.infra.processes import alive, descendants, free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 HOSPITALS = ("hospital-0", "hospital-1", "hospital-2")
 DP_ROUNDS = 3

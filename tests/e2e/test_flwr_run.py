@@ -22,7 +22,7 @@ import pytest
 from medfed.infra.processes import alive as _alive
 from medfed.infra.processes import free_port as _free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 PROJECT = Path(__file__).resolve().parents[2]
 FLWR = Path(sys.executable).with_name("flwr")

@@ -33,7 +33,7 @@ import pytest
 from medfed.infra.launch import WORKER_READY as READY
 from medfed.infra.processes import alive, descendants, flower_env, free_port
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 CARDS = {"hospital-a": "data/hospital-0.yaml", "hospital-b": "data/hospital-1.yaml",

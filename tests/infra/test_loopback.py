@@ -11,7 +11,7 @@ import pytest
 from medfed.infra.loopback import LoopbackFederation
 from medfed.infra.processes import alive, descendants
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 
 def test_sigterm_inside_the_federation_stops_every_process_it_started(tmp_path):
