@@ -49,7 +49,8 @@ def site_of(reply: Message) -> tuple[dict[str, Any], dict[str, Any]]:
     counts = reply.content.metric_records["counts"]
     entry = {"name": str(site["name"]), "n_train": int(counts["num-examples"]),
              "n_test": int(counts["num-test"])}
-    return entry, json.loads(str(site["statistics-json"]))
+    entry["statistics"] = json.loads(str(site["statistics-json"]))  # for the model card
+    return entry, entry["statistics"]
 
 
 class CohortView:
