@@ -156,8 +156,10 @@ def _check_files(path: Path, manifest: dict[str, Any]) -> tuple[str, ...]:
         if sha256(_read(path, name)) != listed[name]:
             raise BundleError(f"{path / name}: its SHA-256 does not match the signed manifest; "
                               "the file was changed after signing: do not use this model")
-    if set(CONTENT) - set(listed):
-        raise BundleError(f"{path}: the manifest does not list {sorted(set(CONTENT) - set(listed))}")
+    unlisted = sorted(set(CONTENT) - set(listed))
+    if unlisted:
+        raise BundleError(f"{path}: the signed manifest does not list {unlisted}; not a bundle "
+                          "medfed wrote")
     return tuple(sorted(listed))
 
 

@@ -17,6 +17,7 @@ schema's, which column is the target, and what to do with rows that cannot be re
     target: {column: num, map: {0: 0, 1: 1, 2: 1, 3: 1, 4: 1}}
     on_invalid_row: drop                             # or fail
     min_cohort: 20                                   # optional: fewest training rows accepted
+    id_column: patient_id                            # optional: names rows in predictions
 
 An empty cell is always missing; ``csv.missing`` lists the other missing-value markers, and only
 those: a value such as ``None`` that is a real category stays a category. Codes are compared as
@@ -39,7 +40,7 @@ from typing import Any, Literal
 import yaml
 
 _CARD_KEYS = {"name", "task", "train", "test", "split", "csv", "columns", "rename", "values",
-              "units", "target", "on_invalid_row", "min_cohort"}
+              "units", "target", "on_invalid_row", "min_cohort", "id_column"}
 _SPLIT_KEYS = {"test_fraction", "seed", "stratify"}
 _CSV_KEYS = {"header", "delimiter", "missing", "encoding"}
 _TARGET_KEYS = {"column", "map"}
@@ -136,6 +137,7 @@ class DatasetCard:
     target: TargetSpec = TargetSpec()
     on_invalid_row: Literal["drop", "fail"] = "drop"
     min_cohort: int | None = None
+    id_column: str | None = None  # written beside each prediction by `medfed predict`
 
 
 def _keys(where: str, raw: Any, allowed: set[str]) -> dict[str, Any]:
@@ -307,4 +309,6 @@ def load_card(path: str | Path) -> DatasetCard:
             f"{where}: values.{k}", v) for k, v in values.items()}),
         units=_text_map(f"{where}: units", raw.get("units")),
         target=_target(f"{where}: target", raw.get("target")), on_invalid_row=on_invalid,
-        min_cohort=_min_cohort(where, raw.get("min_cohort")))
+        min_cohort=_min_cohort(where, raw.get("min_cohort")),
+        id_column=None if raw.get("id_column") is None else _text(f"{where}: id_column",
+                                                                  raw["id_column"]))

@@ -25,6 +25,10 @@ from medfed.models.nets import build_model
 from medfed.models.schema import TaskSchema, task_from_dict
 
 
+class ScorerError(ValueError):
+    """The bundle verified, but cannot score as asked (site, threshold); one line."""
+
+
 @dataclass
 class Scorer:
     """A bundle's model and encoder, ready to score frames (see :meth:`score`)."""
@@ -75,11 +79,11 @@ def _site_statistics(prep: dict[str, Any], site: str | None, path: Path) -> dict
         return prep["statistics"]
     sites = sorted(prep["site_statistics"])
     if site is None:
-        raise BundleError(f"{path} was trained with per-site normalisation "
+        raise ScorerError(f"{path} was trained with per-site normalisation "
                           "(preprocessing.normalisation=site), so rows must be normalised with "
                           f"their own site's statistics: pass --site NAME (one of {sites})")
     if site not in prep["site_statistics"]:
-        raise BundleError(f"site '{site}' did not take part in the study behind {path}, so the "
+        raise ScorerError(f"site '{site}' did not take part in the study behind {path}, so the "
                           f"bundle has no statistics to normalise its rows as in training "
                           f"(sites: {sites}); pass --site with one of them")
     return prep["site_statistics"][site]
@@ -89,10 +93,10 @@ def _threshold(prep: dict[str, Any], schema: TaskSchema, given: float | None) ->
     if given is None:
         return float(prep["threshold"]["value"]), str(prep["threshold"]["source"])
     if schema.target.kind != "binary":
-        raise BundleError(f"--threshold applies to a yes/no target; task '{schema.name}' "
+        raise ScorerError(f"--threshold applies to a yes/no target; task '{schema.name}' "
                           f"predicts {schema.target.kind} '{schema.target.name}'")
     if not 0.0 < given < 1.0:
-        raise BundleError(f"--threshold must be a probability between 0 and 1, got {given:g}")
+        raise ScorerError(f"--threshold must be a probability between 0 and 1, got {given:g}")
     return float(given), "given with --threshold"
 
 
@@ -106,7 +110,9 @@ def load_scorer(path: str | Path, *, key: str | Path | None = None, site: str | 
     Raises
     ------
     BundleError
-        When the bundle does not verify, or the site or threshold cannot be used (one line).
+        When the bundle does not verify (one line).
+    ScorerError
+        When the site or the threshold cannot be used (one line).
     """
     verified = verify_bundle(path, key)
     folder = verified.path

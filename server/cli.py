@@ -28,6 +28,11 @@ commands:
   synth export --task NAME --hospitals N DIR
                          write synthetic hospitals as CSV files plus dataset cards
   checkpoint-key FILE    create a Fernet key for encrypted checkpoints (checkpoint.key_file=FILE)
+  model verify BUNDLE [--key signing.pub] | model export --format onnx BUNDLE OUT.onnx
+                         check a study's signed model bundle (RUN_DIR/model); export it to ONNX
+  predict --model BUNDLE --dataset CARD|FILE --out predictions.csv [--threshold T]
+                         score new rows with a verified bundle (rows that cannot be scored are
+                         listed with their reason in <out>.unscorable.csv)
 
 deployment (coordinator):
   coordinator init DIR [--host NAME_OR_IP ...] [--port P]
@@ -203,6 +208,14 @@ def main(argv: list[str] | None = None) -> None:
         from medfed.models.export import synth_main
 
         raise SystemExit(synth_main(rest))
+    elif command == "model":
+        from medfed.client.model_cli import model_main
+
+        raise SystemExit(model_main(rest))
+    elif command == "predict":
+        from medfed.client.predict import predict_main
+
+        raise SystemExit(predict_main(rest))
     elif command == "checkpoint-key":
         _checkpoint_key(rest)
     else:
