@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 PRIVATE_NAME, PUBLIC_NAME = "signing.key", "signing.pub"
+SIGNING_KEY_ENV = "MEDFED_SIGNING_KEY"  # the ServerApp signs bundles with the key it names
 
 
 class SigningKeyError(ValueError):

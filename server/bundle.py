@@ -31,10 +31,9 @@ from medfed.models.model_card import (
     class_balance,
     privacy_guarantee,
 )
-from medfed.models.signing import load_private, new_key
+from medfed.models.signing import SIGNING_KEY_ENV, load_private, new_key
 from medfed.server.study import GLOBAL, StudyResult
 
-SIGNING_KEY_ENV = "MEDFED_SIGNING_KEY"
 BUNDLE_DIR = "model"
 DEFAULT_THRESHOLD = 0.5
 NO_VALIDATION = "0.5 by default: the study had no validation split to choose one on"
