@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterator
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -54,54 +55,66 @@ def _parquet_chunks(path: Path, chunk_rows: int) -> Iterator[RawTable]:
         raise CardError(f"{path} is not a readable Parquet file ({first})") from None
 
 
-def _records(path: Path, spec: CsvSpec) -> Iterator[tuple[int, list[str]]]:
-    """Non-blank CSV records with their row numbers, decoded as the card says, lazily."""
+def _batches(path: Path, spec: CsvSpec, chunk_rows: int
+             ) -> Iterator[tuple[np.ndarray, list[list[str]]]]:
+    """Non-blank CSV records with their row numbers (blank records count as rows, as in a
+    sheet), ``chunk_rows`` records at a time, decoded as the card says."""
     encoding = "utf-8-sig" if spec.encoding.lower().replace("_", "-") in ("utf-8", "utf8") \
         else spec.encoding
     row = 0
     try:
         with path.open(encoding=encoding, newline="") as handle:
-            for record in csv.reader(handle, delimiter=spec.delimiter):
-                row += 1
-                if "".join(record).strip():
-                    yield row, record
+            reader = csv.reader(handle, delimiter=spec.delimiter)
+            while batch := list(islice(reader, chunk_rows)):
+                keep = [i for i, record in enumerate(batch) if "".join(record).strip()]
+                yield np.asarray(keep, dtype=np.int64) + row + 1, [batch[i] for i in keep]
+                row += len(batch)
     except UnicodeDecodeError:
-        raise CardError(f"{path} after row {row}: bytes that are not valid {spec.encoding} (the "
+        raise CardError(f"{path}: bytes after row {row} are not valid {spec.encoding} (the "
                         f"file is probably latin-1 or cp1252); re-export it as {spec.encoding} "
                         "or set csv.encoding: cp1252 in the card") from None
     except csv.Error as exc:
-        raise CardError(f"{path} row {row + 1}: the CSV cannot be parsed ({exc})") from None
+        raise CardError(f"{path} after row {row}: the CSV cannot be parsed ({exc})") from None
 
 
-def _table(path: Path, names: tuple[str, ...], body: list[tuple[int, list[str]]]) -> RawTable:
-    width = len(names)
-    body = [(row, cells if len(cells) <= width else _trim(cells, width)) for row, cells in body]
-    widths = {row: len(cells) for row, cells in body if len(cells) != width}
-    cells = [rec if len(rec) == width else (rec + [""] * width)[:width] for _, rec in body]
-    frame = pd.DataFrame(cells, columns=list(names), dtype=object)
-    return RawTable(path, frame, np.array([row for row, _ in body], dtype=np.int64),
-                    widths=widths)
+def _table(path: Path, names: tuple[str, ...], rows: np.ndarray,
+           records: list[list[str]]) -> RawTable:
+    """The chunk as :func:`~medfed.models.tables.read_table` builds a file: records longer
+    than the header lose trailing empty fields, the rest are padded or cut to its width, and
+    ``widths`` keeps the field count of every record that did not fit."""
+    width, widths = len(names), {}
+    for i, record in enumerate(records):
+        if len(record) != width:
+            cells = record if len(record) <= width else _trim(record, width)
+            if len(cells) != width:
+                widths[int(rows[i])] = len(cells)
+            records[i] = (cells + [""] * width)[:width]
+    frame = pd.DataFrame(records, columns=list(names), dtype=object)
+    return RawTable(path, frame, rows, widths=widths)
 
 
 def _csv_chunks(path: Path, spec: CsvSpec, columns: tuple[str, ...] | None,
                 chunk_rows: int) -> Iterator[RawTable]:
-    records = _records(path, spec)
-    first = next(records, None)
+    batches = _batches(path, spec, chunk_rows)
+    first = next(batches, None)
+    while first is not None and not len(first[0]):
+        first = next(batches, None)
     if first is None:
         raise CardError(f"{path} is empty: it has no rows")
-    _check_delimiter(path, *first, spec.delimiter, None if columns is None else len(columns))
-    names = _header(path, *first) if spec.header else (columns or ())
-    body: list[tuple[int, list[str]]] = [] if spec.header else [first]
-    seen = False
-    for record in records:
-        body.append(record)
-        if len(body) >= chunk_rows:
+    rows, records = first
+    _check_delimiter(path, int(rows[0]), records[0], spec.delimiter,
+                     None if columns is None else len(columns))
+    names = _header(path, int(rows[0]), records[0]) if spec.header else (columns or ())
+    if spec.header:
+        rows, records = rows[1:], records[1:]
+    seen = len(rows) > 0
+    if seen:
+        yield _table(path, names, rows, records)
+    for rows, records in batches:
+        if len(rows):
             seen = True
-            yield _table(path, names, body)
-            body = []
-    if body:
-        yield _table(path, names, body)
-    elif not seen:
+            yield _table(path, names, rows, records)
+    if not seen:
         raise CardError(f"{path} has a header row but no data rows")
 
 

@@ -102,7 +102,7 @@ def scoring_chunks(card: DatasetCard, schema: TaskSchema,
         table.frame[STUB] = stub
         report = ValidationReport(card=str(card.path), site=card.name, task=schema.name,
                                   target=schema.target.name)
-        frame = convert_table(table, scoring, schema, report)
+        frame = convert_table(table, scoring, schema, report, duplicates=False)
         if frame is None:
             raise CardError(report.errors[0])
         bad, reasons = _reasons(report, table.rows)

@@ -1,0 +1,106 @@
+"""``medfed predict`` throughput: 1 million rows, wall seconds and peak memory (issue 14).
+
+Targets: under 30 s and under 1 GB peak RSS on a 2-core machine. Setup (not timed): a 2-round
+diagnosis study gives the bundle; the export is 1,000,000 rows drawn with replacement from four
+synthetic hospitals' CSV files (numbers jittered, 2 % of the cells blank, no target column). Two
+arms, interleaved, each a whole ``medfed predict`` process: ``rows`` scores the million rows,
+``startup`` scores 10 rows (imports, bundle verification, writing: the fixed cost). The
+process's own peak RSS comes from ``os.wait4``. Prints one JSON object; progress on stderr.
+
+    .venv/bin/python benchmarks/predict_throughput.py [--repeats 5] [--rows 1000000] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from _common import ENV, log, machine, median, medfed_command, wait_for_idle
+
+TARGET_SECONDS, TARGET_MB = 30.0, 1024.0
+
+
+def _export(folder: Path, rows: int, seed: int = 0) -> Path:
+    """``rows`` rows like the synthetic hospitals' exports, written as one CSV file."""
+    from medfed.models.export import export_synthetic
+
+    cards = export_synthetic("diagnosis", 4, folder / "cards", seed=seed)
+    pool = pd.concat([pd.read_csv(c.parent / f"{c.stem}-train.csv") for c in cards])
+    pool = pool.drop(columns=["cad"]).reset_index(drop=True)
+    rng = np.random.default_rng(seed)
+    frame = pool.iloc[rng.integers(0, len(pool), rows)].reset_index(drop=True)
+    for column in ("resting_bp", "cholesterol", "max_heart_rate"):
+        frame[column] = frame[column] + rng.integers(-3, 4, rows)
+    blank = rng.random(frame.shape) < 0.02
+    out = folder / f"rows-{rows}.csv"
+    frame.astype(object).mask(blank).to_csv(out, index=False, float_format="%.1f")
+    return out
+
+
+def _bundle(folder: Path, env: dict[str, str]) -> Path:
+    run = folder / "run"
+    subprocess.run([*medfed_command(), "simulate", "rounds=2", "quiet=true",
+                    f"output_dir={run}"], env=env, check=True, capture_output=True, cwd=folder)
+    return run / "model"
+
+
+def _predict(bundle: Path, data: Path, out: Path, env: dict[str, str]) -> tuple[float, float]:
+    """Wall seconds and the process's peak RSS (MB) of one ``medfed predict``."""
+    out.unlink(missing_ok=True)
+    out.with_name(f"{out.stem}.unscorable.csv").unlink(missing_ok=True)
+    started = time.perf_counter()
+    child = subprocess.Popen([*medfed_command(), "predict", "--model", str(bundle), "--dataset",
+                              str(data), "--out", str(out)], env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(child.pid, 0)
+    wall = time.perf_counter() - started
+    if status != 0:
+        raise RuntimeError(f"medfed predict failed: {child.stderr.read().decode()[-500:]}")
+    return wall, usage.ru_maxrss / 1024.0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--quick", action="store_true", help="2 repeats of 100,000 rows")
+    args = parser.parse_args()
+    repeats, rows = (2, 100_000) if args.quick else (args.repeats, args.rows)
+    env = dict(os.environ, **ENV)
+    with tempfile.TemporaryDirectory(prefix="medfed-predict-bench-") as tmp:
+        folder = Path(tmp)
+        log("setup: a 2-round study and the export ...")
+        bundle, data = _bundle(folder, env), _export(folder, rows)
+        small = folder / "small.csv"
+        pd.read_csv(data, nrows=10).to_csv(small, index=False)
+        arms: dict[str, list[tuple[float, float]]] = {"rows": [], "startup": []}
+        for i in range(repeats + 1):  # the first round warms the page cache: not recorded
+            wait_for_idle(0.6, 60.0)
+            for arm, source in (("rows", data), ("startup", small)):
+                sample = _predict(bundle, source, folder / f"{arm}.csv", env)
+                log(f"run {i} {arm}: {sample[0]:.2f} s, {sample[1]:.0f} MB")
+                if i:
+                    arms[arm].append(sample)
+    seconds = median([s for s, _ in arms["rows"]])
+    peak = max(mb for _, mb in arms["rows"])
+    print(json.dumps({
+        "rows": rows, "repeats": repeats, "seconds": seconds,
+        "seconds_runs": [round(s, 3) for s, _ in arms["rows"]],
+        "startup_seconds": median([s for s, _ in arms["startup"]]),
+        "rows_per_second": round(rows / seconds),
+        "peak_rss_mb": round(peak, 1),
+        "ratio_seconds_to_target": round(seconds / TARGET_SECONDS, 3),
+        "ratio_rss_to_target": round(peak / TARGET_MB, 3),
+        "targets": {"seconds": TARGET_SECONDS, "peak_rss_mb": TARGET_MB},
+        "machine": machine()}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
