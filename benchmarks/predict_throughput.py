@@ -22,25 +22,28 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from _common import ENV, log, machine, median, medfed_command, wait_for_idle
+from _common import ENV, log, machine, medfed_command, median, wait_for_idle
 
 TARGET_SECONDS, TARGET_MB = 30.0, 1024.0
 
 
-def _export(folder: Path, rows: int, seed: int = 0) -> Path:
-    """``rows`` rows like the synthetic hospitals' exports, written as one CSV file."""
+def _export(folder: Path, rows: int, seed: int = 0, chunk: int = 100_000) -> Path:
+    """``rows`` rows like the synthetic hospitals' exports, written as one CSV file (in chunks,
+    so the set-up stays small in memory)."""
     from medfed.models.export import export_synthetic
 
     cards = export_synthetic("diagnosis", 4, folder / "cards", seed=seed)
     pool = pd.concat([pd.read_csv(c.parent / f"{c.stem}-train.csv") for c in cards])
     pool = pool.drop(columns=["cad"]).reset_index(drop=True)
     rng = np.random.default_rng(seed)
-    frame = pool.iloc[rng.integers(0, len(pool), rows)].reset_index(drop=True)
-    for column in ("resting_bp", "cholesterol", "max_heart_rate"):
-        frame[column] = frame[column] + rng.integers(-3, 4, rows)
-    blank = rng.random(frame.shape) < 0.02
     out = folder / f"rows-{rows}.csv"
-    frame.astype(object).mask(blank).to_csv(out, index=False, float_format="%.1f")
+    for start in range(0, rows, chunk):
+        n = min(chunk, rows - start)
+        frame = pool.iloc[rng.integers(0, len(pool), n)].reset_index(drop=True)
+        for column in ("resting_bp", "cholesterol", "max_heart_rate"):
+            frame[column] = frame[column] + rng.integers(-3, 4, n)
+        frame = frame.astype(object).mask(rng.random(frame.shape) < 0.02)
+        frame.to_csv(out, mode="a", header=start == 0, index=False, float_format="%.1f")
     return out
 
 
