@@ -49,8 +49,13 @@ def _export(folder: Path, rows: int, seed: int = 0, chunk: int = 100_000) -> Pat
 
 def _bundle(folder: Path, env: dict[str, str]) -> Path:
     run = folder / "run"
-    subprocess.run([*medfed_command(), "simulate", "rounds=2", "quiet=true",
-                    f"output_dir={run}"], env=env, check=True, capture_output=True, cwd=folder)
+    subprocess.run(
+        [*medfed_command(), "simulate", "rounds=2", "quiet=true", f"output_dir={run}"],
+        env=env,
+        check=True,
+        capture_output=True,
+        cwd=folder,
+    )
     return run / "model"
 
 
@@ -59,9 +64,21 @@ def _predict(bundle: Path, data: Path, out: Path, env: dict[str, str]) -> tuple[
     out.unlink(missing_ok=True)
     out.with_name(f"{out.stem}.unscorable.csv").unlink(missing_ok=True)
     started = time.perf_counter()
-    child = subprocess.Popen([*medfed_command(), "predict", "--model", str(bundle), "--dataset",
-                              str(data), "--out", str(out)], env=env, stdout=subprocess.DEVNULL,
-                             stderr=subprocess.PIPE)
+    child = subprocess.Popen(
+        [
+            *medfed_command(),
+            "predict",
+            "--model",
+            str(bundle),
+            "--dataset",
+            str(data),
+            "--out",
+            str(out),
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     _, status, usage = os.wait4(child.pid, 0)
     wall = time.perf_counter() - started
     if status != 0:
@@ -93,16 +110,24 @@ def main() -> None:
                     arms[arm].append(sample)
     seconds = median([s for s, _ in arms["rows"]])
     peak = max(mb for _, mb in arms["rows"])
-    print(json.dumps({
-        "rows": rows, "repeats": repeats, "seconds": seconds,
-        "seconds_runs": [round(s, 3) for s, _ in arms["rows"]],
-        "startup_seconds": median([s for s, _ in arms["startup"]]),
-        "rows_per_second": round(rows / seconds),
-        "peak_rss_mb": round(peak, 1),
-        "ratio_seconds_to_target": round(seconds / TARGET_SECONDS, 3),
-        "ratio_rss_to_target": round(peak / TARGET_MB, 3),
-        "targets": {"seconds": TARGET_SECONDS, "peak_rss_mb": TARGET_MB},
-        "machine": machine()}, indent=2))
+    print(
+        json.dumps(
+            {
+                "rows": rows,
+                "repeats": repeats,
+                "seconds": seconds,
+                "seconds_runs": [round(s, 3) for s, _ in arms["rows"]],
+                "startup_seconds": median([s for s, _ in arms["startup"]]),
+                "rows_per_second": round(rows / seconds),
+                "peak_rss_mb": round(peak, 1),
+                "ratio_seconds_to_target": round(seconds / TARGET_SECONDS, 3),
+                "ratio_rss_to_target": round(peak / TARGET_MB, 3),
+                "targets": {"seconds": TARGET_SECONDS, "peak_rss_mb": TARGET_MB},
+                "machine": machine(),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

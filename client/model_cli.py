@@ -42,8 +42,7 @@ def _export(args: argparse.Namespace) -> int:
     except ImportError:
         return _error("ONNX export needs the onnx extra: pip install 'medfed[onnx]'", 2)
     if args.out.exists():
-        return _error(f"{args.out} exists already; choose another file (nothing is "
-                      "overwritten)", 2)
+        return _error(f"{args.out} exists already; choose another file (nothing is overwritten)", 2)
     try:
         scorer = load_scorer(args.bundle, key=args.key, site=args.site)
     except BundleError as exc:
@@ -53,8 +52,10 @@ def _export(args: argparse.Namespace) -> int:
     from medfed.models.onnx_export import export_onnx
 
     export_onnx(scorer, args.out)
-    print(f"wrote {args.out}: {scorer.schema.name} model of {args.bundle} with its "
-          "normalisation, input 'features' (column names in the metadata 'input_columns')")
+    print(
+        f"wrote {args.out}: {scorer.schema.name} model of {args.bundle} with its "
+        "normalisation, input 'features' (column names in the metadata 'input_columns')"
+    )
     return 0
 
 

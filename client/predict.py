@@ -49,16 +49,19 @@ def dataset_card(dataset: Path, scorer: Scorer, id_column: str | None) -> Datase
         card = load_card(dataset)
         declared = card_schema(card).name
         if declared != schema.name:
-            raise CardError(f"{dataset} describes data for task '{declared}', but the model "
-                            f"predicts task '{schema.name}'; score it with a card written for "
-                            f"'{schema.name}'")
+            raise CardError(
+                f"{dataset} describes data for task '{declared}', but the model "
+                f"predicts task '{schema.name}'; score it with a card written for "
+                f"'{schema.name}'"
+            )
     else:
         card = DatasetCard(path=dataset, name=dataset.stem, task=schema.name, train=dataset)
     return card if id_column is None else DatasetCard(**{**card.__dict__, "id_column": id_column})
 
 
-def _write_chunk(scorer: Scorer, chunk: Chunk, out: TextIO, bad: TextIO, first: bool,
-                 id_name: str) -> None:
+def _write_chunk(
+    scorer: Scorer, chunk: Chunk, out: TextIO, bad: TextIO, first: bool, id_name: str
+) -> None:
     columns = scorer.score(chunk.frame)
     table = pd.DataFrame({id_name: chunk.rows if chunk.ids is None else chunk.ids, **columns})
     table.to_csv(out, header=first, index=False, float_format=FLOAT_FORMAT, lineterminator="\n")
@@ -69,8 +72,9 @@ def _counts(reasons: dict[str, int]) -> str:
     return ", ".join(f"{reason} {n}" for reason, n in sorted(reasons.items()))
 
 
-def predict(scorer: Scorer, card: DatasetCard, out: Path, chunk_rows: int = CHUNK_ROWS
-            ) -> tuple[int, dict[str, int]]:
+def predict(
+    scorer: Scorer, card: DatasetCard, out: Path, chunk_rows: int = CHUNK_ROWS
+) -> tuple[int, dict[str, int]]:
     """Score the card's file into ``out`` (and :func:`unscorable_path`); rows scored and the
     unscorable rows per reason."""
     id_name = card.id_column or "row"
@@ -122,8 +126,9 @@ def predict_main(argv: list[str]) -> int:
     targets = (args.out, unscorable_path(args.out))
     if any(t.exists() for t in targets):
         existing = next(t for t in targets if t.exists())
-        return _refuse(f"{existing} exists already; choose another --out (nothing is "
-                       "overwritten)", 2)
+        return _refuse(
+            f"{existing} exists already; choose another --out (nothing is overwritten)", 2
+        )
     site = args.site
     if site is None and args.dataset.suffix.lower() in (".yaml", ".yml"):
         site = _card_site(args.dataset)
@@ -138,8 +143,12 @@ def predict_main(argv: list[str]) -> int:
         scored, reasons = predict(scorer, card, args.out, args.chunk_rows)
     except CardError as exc:
         return _refuse(str(exc), 2)
-    listed = f"; {sum(reasons.values())} row(s) could not be scored ({_counts(reasons)}), " \
-             f"listed in {targets[1]}" if reasons else "; every row was scored"
+    listed = (
+        f"; {sum(reasons.values())} row(s) could not be scored ({_counts(reasons)}), "
+        f"listed in {targets[1]}"
+        if reasons
+        else "; every row was scored"
+    )
     print(f"scored {scored} rows of {card.train} into {args.out}{listed}")
     return 0
 

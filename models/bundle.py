@@ -64,11 +64,16 @@ class Verified:
 
     def line(self) -> str:
         """The one line ``medfed model verify`` prints."""
-        how = ("checked against the key given" if self.pinned else
-               "checked against the key inside the bundle; pass --key coordinator.pub to check "
-               "who signed it")
-        return (f"OK: {self.path} verifies: {len(self.files)} files match the signed manifest, "
-                f"signed by the {self.signer_kind} key {self.signer} ({how})")
+        how = (
+            "checked against the key given"
+            if self.pinned
+            else "checked against the key inside the bundle; pass --key coordinator.pub to check "
+            "who signed it"
+        )
+        return (
+            f"OK: {self.path} verifies: {len(self.files)} files match the signed manifest, "
+            f"signed by the {self.signer_kind} key {self.signer} ({how})"
+        )
 
 
 def sha256(data: bytes) -> str:
@@ -76,8 +81,9 @@ def sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def write_bundle(folder: Path, files: dict[str, bytes], key: Ed25519PrivateKey,
-                 signer_kind: str) -> Path:
+def write_bundle(
+    folder: Path, files: dict[str, bytes], key: Ed25519PrivateKey, signer_kind: str
+) -> Path:
     """Write the bundle ``files`` (name -> bytes, the names of :data:`CONTENT`) into ``folder``.
 
     The manifest lists the SHA-256 of every file and of ``signer.pub``; it is signed with
@@ -89,9 +95,11 @@ def write_bundle(folder: Path, files: dict[str, bytes], key: Ed25519PrivateKey,
     if missing:
         raise ValueError(f"a model bundle needs the files {missing}")
     content = {**files, SIGNER: public_pem(key)}
-    manifest = {"format": FORMAT, "signer": {"kind": signer_kind,
-                                             "fingerprint": fingerprint(content[SIGNER])},
-                "files": {name: sha256(data) for name, data in sorted(content.items())}}
+    manifest = {
+        "format": FORMAT,
+        "signer": {"kind": signer_kind, "fingerprint": fingerprint(content[SIGNER])},
+        "files": {name: sha256(data) for name, data in sorted(content.items())},
+    }
     manifest_bytes = json.dumps(manifest, indent=2, sort_keys=True).encode()
     content[MANIFEST], content[SIGNATURE] = manifest_bytes, sign(key, manifest_bytes)
     tmp = folder.with_name(f".{folder.name}.tmp")
@@ -112,8 +120,10 @@ def _read(path: Path, name: str) -> bytes:
     try:
         return (path / name).read_bytes()
     except FileNotFoundError:
-        raise BundleError(f"{path} is not a complete model bundle: {name} is missing; use the "
-                          "model/ folder of a finished study") from None
+        raise BundleError(
+            f"{path} is not a complete model bundle: {name} is missing; use the "
+            "model/ folder of a finished study"
+        ) from None
     except OSError as exc:
         raise BundleError(f"{path / name} cannot be read ({exc.strerror})") from None
 
@@ -150,16 +160,21 @@ def _check_files(path: Path, manifest: dict[str, Any]) -> tuple[str, ...]:
     present = {p.name for p in path.iterdir()} - {MANIFEST, SIGNATURE}
     extra = sorted(present - set(listed))
     if extra:
-        raise BundleError(f"{path} holds file(s) {extra} that the signed manifest does not list; "
-                          "the bundle was changed after signing: do not use it")
+        raise BundleError(
+            f"{path} holds file(s) {extra} that the signed manifest does not list; "
+            "the bundle was changed after signing: do not use it"
+        )
     for name in sorted(listed):
         if sha256(_read(path, name)) != listed[name]:
-            raise BundleError(f"{path / name}: its SHA-256 does not match the signed manifest; "
-                              "the file was changed after signing: do not use this model")
+            raise BundleError(
+                f"{path / name}: its SHA-256 does not match the signed manifest; "
+                "the file was changed after signing: do not use this model"
+            )
     unlisted = sorted(set(CONTENT) - set(listed))
     if unlisted:
-        raise BundleError(f"{path}: the signed manifest does not list {unlisted}; not a bundle "
-                          "medfed wrote")
+        raise BundleError(
+            f"{path}: the signed manifest does not list {unlisted}; not a bundle medfed wrote"
+        )
     return tuple(sorted(listed))
 
 
@@ -174,17 +189,26 @@ def verify_bundle(path: str | Path, key: str | Path | None = None) -> Verified:
     """
     folder = Path(path)
     if not folder.is_dir():
-        raise BundleError(f"{folder} is not a model bundle folder; give the model/ folder of a "
-                          "finished study's run directory")
+        raise BundleError(
+            f"{folder} is not a model bundle folder; give the model/ folder of a "
+            "finished study's run directory"
+        )
     manifest_bytes = _read(folder, MANIFEST)
     signature = _read(folder, SIGNATURE)
     public, public_bytes = _public_key(folder, None if key is None else Path(key))
     if not signature_valid(public, signature, manifest_bytes):
         source = f"the key {key}" if key is not None else f"the bundle's own {SIGNER}"
-        raise BundleError(f"{folder / SIGNATURE}: the signature of {MANIFEST} does not verify "
-                          f"with {source}; the bundle was changed after signing or signed by "
-                          "another key: do not use it")
+        raise BundleError(
+            f"{folder / SIGNATURE}: the signature of {MANIFEST} does not verify "
+            f"with {source}; the bundle was changed after signing or signed by "
+            "another key: do not use it"
+        )
     manifest = _manifest(folder, manifest_bytes)
     files = _check_files(folder, manifest)
-    return Verified(folder, fingerprint(public_bytes), str(manifest["signer"].get("kind", "?")),
-                    key is not None, files)
+    return Verified(
+        folder,
+        fingerprint(public_bytes),
+        str(manifest["signer"].get("kind", "?")),
+        key is not None,
+        files,
+    )

@@ -32,8 +32,9 @@ class ReliabilityBin:
     observed: float
 
 
-def reliability(hist_pos: Sequence[float], hist_neg: Sequence[float],
-                groups: int = 10) -> list[ReliabilityBin]:
+def reliability(
+    hist_pos: Sequence[float], hist_neg: Sequence[float], groups: int = 10
+) -> list[ReliabilityBin]:
     """Merge the fine histograms into ``groups`` equal-width bins of predicted probability."""
     pos, neg = np.asarray(hist_pos, np.float64), np.asarray(hist_neg, np.float64)
     fine = pos.size
@@ -67,8 +68,13 @@ def confidence_gap(bins: Sequence[ReliabilityBin]) -> tuple[float, float]:
     if not total:
         return math.nan, math.nan
     absolute = sum(b.count * abs(b.predicted - b.observed) for b in used) / total
-    signed = sum(b.count * math.copysign(1.0, b.predicted - 0.5) * (b.predicted - b.observed)
-                 for b in used) / total
+    signed = (
+        sum(
+            b.count * math.copysign(1.0, b.predicted - 0.5) * (b.predicted - b.observed)
+            for b in used
+        )
+        / total
+    )
     return absolute, signed
 
 
@@ -76,21 +82,28 @@ def calibration_sentence(bins: Sequence[ReliabilityBin], brier: float) -> str:
     """One sentence a clinician can read: over-, under- or well calibrated, with the numbers."""
     absolute, signed = confidence_gap(bins)
     rows = sum(b.count for b in bins)
-    numbers = (f"mean gap {absolute:.3f} between predicted and observed risk over {rows} test "
-               f"rows; Brier score {brier:.3f}")
+    numbers = (
+        f"mean gap {absolute:.3f} between predicted and observed risk over {rows} test "
+        f"rows; Brier score {brier:.3f}"
+    )
     if not math.isfinite(absolute):
         return "No test rows were scored, so calibration cannot be judged."
     if absolute < WELL_CALIBRATED:
         return f"The model is well calibrated: predicted risks match observed rates ({numbers})."
     if signed > 0:
-        return ("The model is over-confident: its risks are more extreme than the observed "
-                f"rates, so treat probabilities near 0 or 1 with caution ({numbers}).")
-    return ("The model is under-confident: the observed rates are more extreme than its "
-            f"risks, which sit too close to 50 % ({numbers}).")
+        return (
+            "The model is over-confident: its risks are more extreme than the observed "
+            f"rates, so treat probabilities near 0 or 1 with caution ({numbers})."
+        )
+    return (
+        "The model is under-confident: the observed rates are more extreme than its "
+        f"risks, which sit too close to 50 % ({numbers})."
+    )
 
 
-def f1_optimal_threshold(hist_pos: Sequence[float], hist_neg: Sequence[float]
-                         ) -> tuple[float, float]:
+def f1_optimal_threshold(
+    hist_pos: Sequence[float], hist_neg: Sequence[float]
+) -> tuple[float, float]:
     """The bin edge ``k / bins`` at which labelling "yes" from there up maximises F1, and F1.
 
     Ties go to the threshold nearest 0.5. ``(0.5, nan)`` without positives.

@@ -34,8 +34,10 @@ def _check_file(path: Path) -> None:
     if path.is_dir():
         raise CardError(f"the data file {path} is a folder; name a CSV or Parquet file")
     if not path.is_file():
-        raise CardError(f"the data file {path} does not exist; fix the path (a card's paths are "
-                        "relative to the card's folder)")
+        raise CardError(
+            f"the data file {path} does not exist; fix the path (a card's paths are "
+            "relative to the card's folder)"
+        )
 
 
 def _parquet_chunks(path: Path, chunk_rows: int) -> Iterator[RawTable]:
@@ -47,20 +49,23 @@ def _parquet_chunks(path: Path, chunk_rows: int) -> Iterator[RawTable]:
         for batch in batches:
             frame = batch.to_pandas().reset_index(drop=True)
             frame.columns = [str(c) for c in frame.columns]
-            yield RawTable(path, frame, np.arange(start + 1, start + len(frame) + 1),
-                           parquet=True)
+            yield RawTable(path, frame, np.arange(start + 1, start + len(frame) + 1), parquet=True)
             start += len(frame)
     except (OSError, ValueError) as exc:  # pyarrow's errors derive from these
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CardError(f"{path} is not a readable Parquet file ({first})") from None
 
 
-def _batches(path: Path, spec: CsvSpec, chunk_rows: int
-             ) -> Iterator[tuple[np.ndarray, list[list[str]]]]:
+def _batches(
+    path: Path, spec: CsvSpec, chunk_rows: int
+) -> Iterator[tuple[np.ndarray, list[list[str]]]]:
     """Non-blank CSV records with their row numbers (blank records count as rows, as in a
     sheet), ``chunk_rows`` records at a time, decoded as the card says."""
-    encoding = "utf-8-sig" if spec.encoding.lower().replace("_", "-") in ("utf-8", "utf8") \
+    encoding = (
+        "utf-8-sig"
+        if spec.encoding.lower().replace("_", "-") in ("utf-8", "utf8")
         else spec.encoding
+    )
     row = 0
     try:
         with path.open(encoding=encoding, newline="") as handle:
@@ -70,15 +75,18 @@ def _batches(path: Path, spec: CsvSpec, chunk_rows: int
                 yield np.asarray(keep, dtype=np.int64) + row + 1, [batch[i] for i in keep]
                 row += len(batch)
     except UnicodeDecodeError:
-        raise CardError(f"{path}: bytes after row {row} are not valid {spec.encoding} (the "
-                        f"file is probably latin-1 or cp1252); re-export it as {spec.encoding} "
-                        "or set csv.encoding: cp1252 in the card") from None
+        raise CardError(
+            f"{path}: bytes after row {row} are not valid {spec.encoding} (the "
+            f"file is probably latin-1 or cp1252); re-export it as {spec.encoding} "
+            "or set csv.encoding: cp1252 in the card"
+        ) from None
     except csv.Error as exc:
         raise CardError(f"{path} after row {row}: the CSV cannot be parsed ({exc})") from None
 
 
-def _table(path: Path, names: tuple[str, ...], rows: np.ndarray,
-           records: list[list[str]]) -> RawTable:
+def _table(
+    path: Path, names: tuple[str, ...], rows: np.ndarray, records: list[list[str]]
+) -> RawTable:
     """The chunk as :func:`~medfed.models.tables.read_table` builds a file: records longer
     than the header lose trailing empty fields, the rest are padded or cut to its width, and
     ``widths`` keeps the field count of every record that did not fit."""
@@ -93,8 +101,9 @@ def _table(path: Path, names: tuple[str, ...], rows: np.ndarray,
     return RawTable(path, frame, rows, widths=widths)
 
 
-def _csv_chunks(path: Path, spec: CsvSpec, columns: tuple[str, ...] | None,
-                chunk_rows: int) -> Iterator[RawTable]:
+def _csv_chunks(
+    path: Path, spec: CsvSpec, columns: tuple[str, ...] | None, chunk_rows: int
+) -> Iterator[RawTable]:
     batches = _batches(path, spec, chunk_rows)
     first = next(batches, None)
     while first is not None and not len(first[0]):
@@ -102,8 +111,9 @@ def _csv_chunks(path: Path, spec: CsvSpec, columns: tuple[str, ...] | None,
     if first is None:
         raise CardError(f"{path} is empty: it has no rows")
     rows, records = first
-    _check_delimiter(path, int(rows[0]), records[0], spec.delimiter,
-                     None if columns is None else len(columns))
+    _check_delimiter(
+        path, int(rows[0]), records[0], spec.delimiter, None if columns is None else len(columns)
+    )
     names = _header(path, int(rows[0]), records[0]) if spec.header else (columns or ())
     if spec.header:
         rows, records = rows[1:], records[1:]
@@ -118,8 +128,9 @@ def _csv_chunks(path: Path, spec: CsvSpec, columns: tuple[str, ...] | None,
         raise CardError(f"{path} has a header row but no data rows")
 
 
-def iter_tables(path: Path, spec: CsvSpec, columns: tuple[str, ...] | None,
-                chunk_rows: int = CHUNK_ROWS) -> Iterator[RawTable]:
+def iter_tables(
+    path: Path, spec: CsvSpec, columns: tuple[str, ...] | None, chunk_rows: int = CHUNK_ROWS
+) -> Iterator[RawTable]:
     """The file's rows as :class:`RawTable` chunks of at most ``chunk_rows`` rows.
 
     Raises

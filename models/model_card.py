@@ -16,9 +16,11 @@ import numpy as np
 
 from medfed.models.schema import TaskSchema
 
-OUT_OF_SCOPE = ("Not for populations, sites or data exports unlike the participating sites "
-                "below; not a substitute for clinical judgement; not validated as a medical "
-                "device. Rows outside the schema's valid ranges are refused, not scored.")
+OUT_OF_SCOPE = (
+    "Not for populations, sites or data exports unlike the participating sites "
+    "below; not a substitute for clinical judgement; not validated as a medical "
+    "device. Rows outside the schema's valid ranges are refused, not scored."
+)
 
 
 def suppressed(count: float, min_cell: int) -> int | str:
@@ -26,8 +28,12 @@ def suppressed(count: float, min_cell: int) -> int | str:
     return f"<{min_cell}" if 0 < count < min_cell else int(count)
 
 
-def class_balance(schema: TaskSchema, train: Mapping[str, Any] | None,
-                  test: Mapping[str, Any] | None, min_cell: int) -> dict[str, Any]:
+def class_balance(
+    schema: TaskSchema,
+    train: Mapping[str, Any] | None,
+    test: Mapping[str, Any] | None,
+    min_cell: int,
+) -> dict[str, Any]:
     """Train and test counts per class (small cells suppressed), or the mean target value."""
     target = schema.target
     labels = list(target.classes) or ["0", "1"]
@@ -39,8 +45,9 @@ def class_balance(schema: TaskSchema, train: Mapping[str, Any] | None,
             out["test_mean"] = float(test["sum_y"]) / float(test["n"])
         return out
     if train and "classes" in train:
-        out["train"] = {c: suppressed(n, min_cell) for c, n in zip(labels, train["classes"],
-                                                                   strict=False)}
+        out["train"] = {
+            c: suppressed(n, min_cell) for c, n in zip(labels, train["classes"], strict=False)
+        }
     if test and target.kind == "binary" and "tp" in test:
         counts = [test["tn"] + test["fp"], test["tp"] + test["fn"]]
         out["test"] = {c: suppressed(n, min_cell) for c, n in zip(labels, counts, strict=True)}
@@ -50,23 +57,32 @@ def class_balance(schema: TaskSchema, train: Mapping[str, Any] | None,
     return out
 
 
-def privacy_guarantee(privacy: Mapping[str, Any], spent: Mapping[str, Any],
-                      secure_aggregation: bool) -> dict[str, Any]:
+def privacy_guarantee(
+    privacy: Mapping[str, Any], spent: Mapping[str, Any], secure_aggregation: bool
+) -> dict[str, Any]:
     """One site's guarantee: mechanism and its parameters, or ``no differential privacy``."""
     name = privacy.get("name", "none")
     if name == "dpsgd":
         noise = privacy.get("noise_multiplier")
         if privacy.get("target_epsilon") is not None:
             noise = f"planned for target epsilon {privacy['target_epsilon']}"
-        out = {"mechanism": "sample-level DP-SGD (Opacus) at the site", "epsilon":
-               spent.get("epsilon"), "delta": spent.get("delta"),
-               "accountant": privacy.get("accountant"), "clip_norm": privacy.get("max_grad_norm"),
-               "noise_multiplier": noise}
+        out = {
+            "mechanism": "sample-level DP-SGD (Opacus) at the site",
+            "epsilon": spent.get("epsilon"),
+            "delta": spent.get("delta"),
+            "accountant": privacy.get("accountant"),
+            "clip_norm": privacy.get("max_grad_norm"),
+            "noise_multiplier": noise,
+        }
     elif name == "central":
-        out = {"mechanism": "client-level DP at the coordinator (whole-hospital guarantee)",
-               "epsilon": spent.get("central_epsilon"), "delta": privacy.get("delta"),
-               "accountant": "rdp (Flower)", "clip_norm": privacy.get("clipping_norm"),
-               "noise_multiplier": privacy.get("noise_multiplier")}
+        out = {
+            "mechanism": "client-level DP at the coordinator (whole-hospital guarantee)",
+            "epsilon": spent.get("central_epsilon"),
+            "delta": privacy.get("delta"),
+            "accountant": "rdp (Flower)",
+            "clip_norm": privacy.get("clipping_norm"),
+            "noise_multiplier": privacy.get("noise_multiplier"),
+        }
     else:
         out = {"mechanism": "no differential privacy"}
     out["secure_aggregation"] = bool(secure_aggregation)
@@ -80,15 +96,25 @@ def _fmt(value: Any) -> str:
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header),
-            *("| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows), ""]
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows),
+        "",
+    ]
 
 
 def _balance_text(balance: Mapping[str, Any]) -> str:
-    parts = [f"{part}: " + ", ".join(f"{k} {v}" for k, v in balance[part].items())
-             for part in ("train", "test") if part in balance]
-    parts += [f"{part.replace('_', ' ')} {_fmt(balance[part])}"
-              for part in ("train_mean", "test_mean") if part in balance]
+    parts = [
+        f"{part}: " + ", ".join(f"{k} {v}" for k, v in balance[part].items())
+        for part in ("train", "test")
+        if part in balance
+    ]
+    parts += [
+        f"{part.replace('_', ' ')} {_fmt(balance[part])}"
+        for part in ("train_mean", "test_mean")
+        if part in balance
+    ]
     return "; ".join(parts) or "n/a"
 
 
@@ -96,46 +122,78 @@ def _privacy_text(guarantee: Mapping[str, Any]) -> str:
     if guarantee["mechanism"] == "no differential privacy":
         text = "no differential privacy: the weights carry no formal privacy guarantee"
     else:
-        text = (f"{guarantee['mechanism']}: epsilon {_fmt(guarantee['epsilon'])} at delta "
-                f"{_fmt(guarantee['delta'])} ({guarantee['accountant']} accountant), clip norm "
-                f"{_fmt(guarantee['clip_norm'])}, noise multiplier "
-                f"{_fmt(guarantee['noise_multiplier'])}")
+        text = (
+            f"{guarantee['mechanism']}: epsilon {_fmt(guarantee['epsilon'])} at delta "
+            f"{_fmt(guarantee['delta'])} ({guarantee['accountant']} accountant), clip norm "
+            f"{_fmt(guarantee['clip_norm'])}, noise multiplier "
+            f"{_fmt(guarantee['noise_multiplier'])}"
+        )
     return text + ("; secure aggregation" if guarantee.get("secure_aggregation") else "")
 
 
 def card_markdown(card: Mapping[str, Any]) -> str:
     """The Markdown model card of :func:`medfed.server.bundle.model_card` output."""
     metrics = list(card["metrics"]["names"])
-    lines = [f"# Model card: {card['task']['name']}", "", "## Intended use", "",
-             card["intended_use"], "", "## Out of scope", "", card["out_of_scope"], "",
-             "## Participating sites", ""]
-    lines += _table(["site", "train rows", "test rows", "class balance or target mean",
-                     "privacy"], [[s["name"], s["n_train"], s["n_test"],
-                                   _balance_text(s["balance"]), _privacy_text(s["privacy"])]
-                                  for s in card["sites"]])
+    lines = [
+        f"# Model card: {card['task']['name']}",
+        "",
+        "## Intended use",
+        "",
+        card["intended_use"],
+        "",
+        "## Out of scope",
+        "",
+        card["out_of_scope"],
+        "",
+        "## Participating sites",
+        "",
+    ]
+    lines += _table(
+        ["site", "train rows", "test rows", "class balance or target mean", "privacy"],
+        [
+            [
+                s["name"],
+                s["n_train"],
+                s["n_test"],
+                _balance_text(s["balance"]),
+                _privacy_text(s["privacy"]),
+            ]
+            for s in card["sites"]
+        ],
+    )
     lines += ["## Metrics of the final model", ""]
-    lines += _table(["evaluated on"] + metrics,
-                    [["all test rows together"] + [card["metrics"]["global"].get(m)
-                                                   for m in metrics]]
-                    + [[s["name"]] + [s["metrics"].get(m) for m in metrics]
-                       for s in card["sites"]])
+    lines += _table(
+        ["evaluated on"] + metrics,
+        [["all test rows together"] + [card["metrics"]["global"].get(m) for m in metrics]]
+        + [[s["name"]] + [s["metrics"].get(m) for m in metrics] for s in card["sites"]],
+    )
     if card.get("benefit"):
-        lines += [f"## Benefit per hospital ({card['metrics']['primary']} on its own test rows)",
-                  ""]
-        lines += _table(["site", "federated", "local only", "benefit"],
-                        [[b["name"], b["federated"], b["local"], b["benefit"]]
-                         for b in card["benefit"]])
+        lines += [
+            f"## Benefit per hospital ({card['metrics']['primary']} on its own test rows)",
+            "",
+        ]
+        lines += _table(
+            ["site", "federated", "local only", "benefit"],
+            [[b["name"], b["federated"], b["local"], b["benefit"]] for b in card["benefit"]],
+        )
     lines += _decision_lines(card)
     training = card["training"]
-    lines += ["## Training", "",
-              f"Strategy {training['strategy']}, {training['rounds']} rounds, seed "
-              f"{training['seed']}, {training['normalisation']} normalisation, engine "
-              f"{training['engine']}. The resolved configuration is in model_card.json "
-              "(`config`).", "",
-              "Versions: " + ", ".join(f"{k} {v}" for k, v in card["versions"].items()) + ".", "",
-              f"Source: {card['source']}.", "",
-              "Every file of this bundle is listed with its SHA-256 in manifest.json, signed "
-              "with Ed25519 (manifest.sig); check it with `medfed model verify`.", ""]
+    lines += [
+        "## Training",
+        "",
+        f"Strategy {training['strategy']}, {training['rounds']} rounds, seed "
+        f"{training['seed']}, {training['normalisation']} normalisation, engine "
+        f"{training['engine']}. The resolved configuration is in model_card.json "
+        "(`config`).",
+        "",
+        "Versions: " + ", ".join(f"{k} {v}" for k, v in card["versions"].items()) + ".",
+        "",
+        f"Source: {card['source']}.",
+        "",
+        "Every file of this bundle is listed with its SHA-256 in manifest.json, signed "
+        "with Ed25519 (manifest.sig); check it with `medfed model verify`.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -143,14 +201,19 @@ def _decision_lines(card: Mapping[str, Any]) -> list[str]:
     decision = card.get("decision")
     if not decision:
         return []
-    lines = ["## Decision threshold and calibration", "",
-             f"`medfed predict` labels a row positive from probability {decision['threshold']:g} "
-             f"up ({decision['threshold_source']})."]
+    lines = [
+        "## Decision threshold and calibration",
+        "",
+        f"`medfed predict` labels a row positive from probability {decision['threshold']:g} "
+        f"up ({decision['threshold_source']}).",
+    ]
     if decision.get("f1_optimal_on_test") is not None:
         best = decision["f1_optimal_on_test"]
-        lines.append(f"On the test rows F1 would peak at threshold {best['threshold']:g} (F1 "
-                     f"{best['f1']:.3f}); that choice was made on test data, so it is not the "
-                     "default: pass `--threshold` to use it.")
+        lines.append(
+            f"On the test rows F1 would peak at threshold {best['threshold']:g} (F1 "
+            f"{best['f1']:.3f}); that choice was made on test data, so it is not the "
+            "default: pass `--threshold` to use it."
+        )
     if decision.get("calibration"):
         lines.append(decision["calibration"])
     return [*lines, ""]

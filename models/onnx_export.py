@@ -36,8 +36,11 @@ def input_columns(schema: TaskSchema) -> list[str]:
     """The columns of the graph's input, in order (``feature`` or ``feature=category``)."""
     names: list[str] = []
     for feat in schema.features:
-        names += ([f"{feat.name}={c}" for c in feat.categories] if feat.kind == "categorical"
-                  else [feat.name])
+        names += (
+            [f"{feat.name}={c}" for c in feat.categories]
+            if feat.kind == "categorical"
+            else [feat.name]
+        )
     return names
 
 
@@ -67,7 +70,7 @@ class _Preprocess(nn.Module):
         for feat in self.encoder.schema.features:
             if feat.kind == "categorical":
                 width = len(feat.categories)
-                block = torch.nan_to_num(x[:, col:col + width], nan=0.0)
+                block = torch.nan_to_num(x[:, col : col + width], nan=0.0)
                 missing = block.sum(dim=1, keepdim=True) == 0
                 default = torch.zeros(width)
                 default[feat.categories.index(stats.modes[feat.name])] = 1.0
@@ -91,8 +94,11 @@ class _Preprocess(nn.Module):
 class _Graph(nn.Module):
     def __init__(self, scorer: Scorer) -> None:
         super().__init__()
-        self.pre, self.net, self.kind = _Preprocess(scorer.encoder), scorer.model, \
-            scorer.schema.target.kind
+        self.pre, self.net, self.kind = (
+            _Preprocess(scorer.encoder),
+            scorer.model,
+            scorer.schema.target.kind,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.net(self.pre(x))
@@ -105,7 +111,8 @@ def output_name(schema: TaskSchema) -> str:
     """The graph's output name (see the module docstring)."""
     kind = schema.target.kind
     return {"binary": "probability", "multiclass": "probabilities"}.get(
-        kind, f"expected_{schema.target.name}")
+        kind, f"expected_{schema.target.name}"
+    )
 
 
 def export_onnx(scorer: Scorer, out: Path) -> Path:
@@ -117,13 +124,25 @@ def export_onnx(scorer: Scorer, out: Path) -> Path:
     buffer = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporter's deprecation and tracer notes
-        torch.onnx.export(graph, (example,), buffer, dynamo=False, opset_version=OPSET,
-                          input_names=["features"], output_names=[output_name(scorer.schema)],
-                          dynamic_axes={"features": {0: "rows"}})
+        torch.onnx.export(
+            graph,
+            (example,),
+            buffer,
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=["features"],
+            output_names=[output_name(scorer.schema)],
+            dynamic_axes={"features": {0: "rows"}},
+        )
     model = onnx.load_from_string(buffer.getvalue())
-    onnx.helper.set_model_props(model, {
-        "input_columns": json.dumps(input_columns(scorer.schema)),
-        "task": scorer.schema.name, "bundle_signer": scorer.verified.signer})
+    onnx.helper.set_model_props(
+        model,
+        {
+            "input_columns": json.dumps(input_columns(scorer.schema)),
+            "task": scorer.schema.name,
+            "bundle_signer": scorer.verified.signer,
+        },
+    )
     onnx.checker.check_model(model)
     tmp = out.with_name(f".{out.name}.part")
     tmp.write_bytes(model.SerializeToString())

@@ -47,10 +47,13 @@ def _is_target(card: DatasetCard, schema: TaskSchema, key: str) -> bool:
 def scoring_card(card: DatasetCard, schema: TaskSchema) -> DatasetCard:
     """``card`` with the target replaced by :data:`STUB` and invalid rows set aside."""
     return dataclasses.replace(
-        card, target=TargetSpec(column=STUB), on_invalid_row="drop",
+        card,
+        target=TargetSpec(column=STUB),
+        on_invalid_row="drop",
         rename={k: v for k, v in card.rename.items() if v != schema.target.name},
         values={k: v for k, v in card.values.items() if not _is_target(card, schema, k)},
-        units={k: v for k, v in card.units.items() if not _is_target(card, schema, k)})
+        units={k: v for k, v in card.units.items() if not _is_target(card, schema, k)},
+    )
 
 
 def stub_value(schema: TaskSchema, card: DatasetCard) -> str:
@@ -62,8 +65,7 @@ def stub_value(schema: TaskSchema, card: DatasetCard) -> str:
     else:
         candidates = [*target.classes, "0", "1", "false", "true"]
     skip = markers(card)
-    return next(str(c) for c in candidates if str(c) not in skip
-                and canonical_code(c) not in skip)
+    return next(str(c) for c in candidates if str(c) not in skip and canonical_code(c) not in skip)
 
 
 def _reasons(report: ValidationReport, rows: np.ndarray) -> tuple[np.ndarray, list[str]]:
@@ -80,13 +82,16 @@ def _ids(table_frame: pd.DataFrame, id_column: str | None, path: str) -> np.ndar
     if id_column is None:
         return None
     if id_column not in table_frame.columns:
-        raise CardError(f"{path}: the id column '{id_column}' is not a column of the file "
-                        f"(columns: {', '.join(map(str, table_frame.columns))}); fix id_column")
+        raise CardError(
+            f"{path}: the id column '{id_column}' is not a column of the file "
+            f"(columns: {', '.join(map(str, table_frame.columns))}); fix id_column"
+        )
     return table_frame[id_column].astype(str).str.strip().to_numpy(dtype=object)
 
 
-def scoring_chunks(card: DatasetCard, schema: TaskSchema,
-                   chunk_rows: int = CHUNK_ROWS) -> Iterator[Chunk]:
+def scoring_chunks(
+    card: DatasetCard, schema: TaskSchema, chunk_rows: int = CHUNK_ROWS
+) -> Iterator[Chunk]:
     """The card's data file (its ``train`` file) as :class:`Chunk` s ready to score.
 
     Raises
@@ -100,13 +105,18 @@ def scoring_chunks(card: DatasetCard, schema: TaskSchema,
     for table in iter_tables(card.train, card.csv, card.columns, chunk_rows):
         ids = _ids(table.frame, card.id_column, str(card.train))
         table.frame[STUB] = stub
-        report = ValidationReport(card=str(card.path), site=card.name, task=schema.name,
-                                  target=schema.target.name)
+        report = ValidationReport(
+            card=str(card.path), site=card.name, task=schema.name, target=schema.target.name
+        )
         frame = convert_table(table, scoring, schema, report, duplicates=False)
         if frame is None:
             raise CardError(report.errors[0])
         bad, reasons = _reasons(report, table.rows)
         rows = table.rows[~bad]
-        yield Chunk(frame.drop(columns=[schema.target.name]), rows,
-                    None if ids is None else ids[~bad],
-                    list(zip(table.rows[bad].tolist(), reasons, strict=True)), report)
+        yield Chunk(
+            frame.drop(columns=[schema.target.name]),
+            rows,
+            None if ids is None else ids[~bad],
+            list(zip(table.rows[bad].tolist(), reasons, strict=True)),
+            report,
+        )

@@ -56,8 +56,13 @@ class Scorer:
         with torch.no_grad():
             out = self.model(torch.from_numpy(self.encoder.transform(frame)))
             kind = self.schema.target.kind
-            out = (torch.sigmoid(out) if kind == "binary" else
-                   torch.softmax(out, dim=1) if kind == "multiclass" else torch.exp(out))
+            out = (
+                torch.sigmoid(out)
+                if kind == "binary"
+                else torch.softmax(out, dim=1)
+                if kind == "multiclass"
+                else torch.exp(out)
+            )
         return out.numpy()
 
     def score(self, frame: pd.DataFrame) -> dict[str, np.ndarray]:
@@ -68,8 +73,10 @@ class Scorer:
             return {"probability": out, "label": (out >= self.threshold).astype(np.int64)}
         if target.kind == "multiclass":
             columns = {f"p_{c}": out[:, i] for i, c in enumerate(target.classes)}
-            return {**columns, "recommended": np.asarray(target.classes, dtype=object)[
-                out.argmax(axis=1)]}
+            return {
+                **columns,
+                "recommended": np.asarray(target.classes, dtype=object)[out.argmax(axis=1)],
+            }
         return {f"expected_{target.name}": out}
 
 
@@ -79,13 +86,17 @@ def _site_statistics(prep: dict[str, Any], site: str | None, path: Path) -> dict
         return prep["statistics"]
     sites = sorted(prep["site_statistics"])
     if site is None:
-        raise ScorerError(f"{path} was trained with per-site normalisation "
-                          "(preprocessing.normalisation=site), so rows must be normalised with "
-                          f"their own site's statistics: pass --site NAME (one of {sites})")
+        raise ScorerError(
+            f"{path} was trained with per-site normalisation "
+            "(preprocessing.normalisation=site), so rows must be normalised with "
+            f"their own site's statistics: pass --site NAME (one of {sites})"
+        )
     if site not in prep["site_statistics"]:
-        raise ScorerError(f"site '{site}' did not take part in the study behind {path}, so the "
-                          f"bundle has no statistics to normalise its rows as in training "
-                          f"(sites: {sites}); pass --site with one of them")
+        raise ScorerError(
+            f"site '{site}' did not take part in the study behind {path}, so the "
+            f"bundle has no statistics to normalise its rows as in training "
+            f"(sites: {sites}); pass --site with one of them"
+        )
     return prep["site_statistics"][site]
 
 
@@ -93,15 +104,22 @@ def _threshold(prep: dict[str, Any], schema: TaskSchema, given: float | None) ->
     if given is None:
         return float(prep["threshold"]["value"]), str(prep["threshold"]["source"])
     if schema.target.kind != "binary":
-        raise ScorerError(f"--threshold applies to a yes/no target; task '{schema.name}' "
-                          f"predicts {schema.target.kind} '{schema.target.name}'")
+        raise ScorerError(
+            f"--threshold applies to a yes/no target; task '{schema.name}' "
+            f"predicts {schema.target.kind} '{schema.target.name}'"
+        )
     if not 0.0 < given < 1.0:
         raise ScorerError(f"--threshold must be a probability between 0 and 1, got {given:g}")
     return float(given), "given with --threshold"
 
 
-def load_scorer(path: str | Path, *, key: str | Path | None = None, site: str | None = None,
-                threshold: float | None = None) -> Scorer:
+def load_scorer(
+    path: str | Path,
+    *,
+    key: str | Path | None = None,
+    site: str | None = None,
+    threshold: float | None = None,
+) -> Scorer:
     """Verify the bundle at ``path`` and build its :class:`Scorer`.
 
     ``site`` selects the site's statistics under per-site normalisation (required then);
@@ -121,12 +139,21 @@ def load_scorer(path: str | Path, *, key: str | Path | None = None, site: str | 
     stats = GlobalStats.from_dict(_site_statistics(prep, site, folder))
     encoder = Encoder(schema, stats, missing_indicators=bool(prep["missing_indicators"]))
     if list(encoder.column_names) != list(prep["columns"]):
-        raise BundleError(f"{folder / PREPROCESSING}: the encoder's columns differ from the ones "
-                          "stored at training; this medfed version cannot score this bundle")
+        raise BundleError(
+            f"{folder / PREPROCESSING}: the encoder's columns differ from the ones "
+            "stored at training; this medfed version cannot score this bundle"
+        )
     model = build_model(schema, encoder.n_inputs)
     state = torch.load(io.BytesIO((folder / WEIGHTS).read_bytes()), weights_only=True)
     model.load_state_dict(state["state_dict"])
     model.eval()
     value, source = _threshold(prep, schema, threshold)
-    return Scorer(schema, encoder, model, value, source, verified,
-                  site if prep["normalisation"] == "site" else None)
+    return Scorer(
+        schema,
+        encoder,
+        model,
+        value,
+        source,
+        verified,
+        site if prep["normalisation"] == "site" else None,
+    )

@@ -32,14 +32,16 @@ def new_key() -> Ed25519PrivateKey:
 def public_pem(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
     """The public half of ``key`` as PEM bytes."""
     public = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
-    return public.public_bytes(serialization.Encoding.PEM,
-                               serialization.PublicFormat.SubjectPublicKeyInfo)
+    return public.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
 
 
 def fingerprint(public: bytes) -> str:
     """``SHA256:`` and the first 16 hex digits of the SHA-256 of the raw public key bytes."""
-    raw = load_public(public, "public key").public_bytes(serialization.Encoding.Raw,
-                                                         serialization.PublicFormat.Raw)
+    raw = load_public(public, "public key").public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    )
     return "SHA256:" + hashlib.sha256(raw).hexdigest()[:16]
 
 
@@ -55,8 +57,9 @@ def write_key_pair(folder: Path) -> tuple[Path, Path]:
     if private_path.exists():
         raise SigningKeyError(f"{private_path} exists already; a signing key is never overwritten")
     key = new_key()
-    data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    data = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
@@ -82,8 +85,9 @@ def load_public(data: bytes, where: str) -> Ed25519PublicKey:
     try:
         key = serialization.load_pem_public_key(data)
     except (ValueError, TypeError):
-        raise SigningKeyError(f"{where} is not a PEM public key (use the coordinator's "
-                        f"{PUBLIC_NAME})") from None
+        raise SigningKeyError(
+            f"{where} is not a PEM public key (use the coordinator's {PUBLIC_NAME})"
+        ) from None
     if not isinstance(key, Ed25519PublicKey):
         raise SigningKeyError(f"{where} is not an Ed25519 public key")
     return key

@@ -54,10 +54,19 @@ def source_id() -> str:
     installed Python files (``package sha256:...``)."""
     root = Path(__file__).resolve().parent.parent
     try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True,
-                                text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--", "*.py"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--", "*.py"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return f"git commit {commit}{'+dirty' if dirty else ''}"
     except (OSError, subprocess.SubprocessError):
         digest = hashlib.sha256()
@@ -70,8 +79,11 @@ def _site_statistics(result: StudyResult) -> dict[str, Any]:
     """Each site's own statistics (per-site normalisation), from its round-0 summary: the same
     values its node encoded with (``own_statistics`` of its training split)."""
     min_cell = int(result.study["preprocessing"]["min_cell"])
-    return {h["name"]: merge_statistics([h["statistics"]], min_cell=min_cell).to_dict()
-            for h in result.hospitals.values() if "statistics" in h}
+    return {
+        h["name"]: merge_statistics([h["statistics"]], min_cell=min_cell).to_dict()
+        for h in result.hospitals.values()
+        if "statistics" in h
+    }
 
 
 def _decision(result: StudyResult) -> dict[str, Any]:
@@ -94,13 +106,18 @@ def preprocessing(result: StudyResult) -> dict[str, Any]:
     indicators = bool(study["preprocessing"]["missing_indicators"])
     site = study["preprocessing"]["normalisation"] == "site"
     decision = _decision(result)
-    return {"task": study["task"], "normalisation": study["preprocessing"]["normalisation"],
-            "missing_indicators": indicators, "statistics": None if site else stats.to_dict(),
-            "site_statistics": _site_statistics(result) if site else {},
-            "columns": list(Encoder(result.schema, stats, missing_indicators=indicators)
-                            .column_names),
-            "threshold": {"value": decision.get("threshold", DEFAULT_THRESHOLD),
-                          "source": decision.get("threshold_source", "not used by this task")}}
+    return {
+        "task": study["task"],
+        "normalisation": study["preprocessing"]["normalisation"],
+        "missing_indicators": indicators,
+        "statistics": None if site else stats.to_dict(),
+        "site_statistics": _site_statistics(result) if site else {},
+        "columns": list(Encoder(result.schema, stats, missing_indicators=indicators).column_names),
+        "threshold": {
+            "value": decision.get("threshold", DEFAULT_THRESHOLD),
+            "source": decision.get("threshold_source", "not used by this task"),
+        },
+    }
 
 
 def _benefit(result: StudyResult, summary: dict[str, Any]) -> list[dict[str, Any]]:
@@ -111,8 +128,14 @@ def _benefit(result: StudyResult, summary: dict[str, Any]) -> list[dict[str, Any
         if site["name"] in local:
             fed = site["metrics"].get(primary)
             own = local[site["name"]]["own_test_rows"].get(primary)
-            rows.append({"name": site["name"], "federated": fed, "local": own,
-                         "benefit": None if fed is None or own is None else fed - own})
+            rows.append(
+                {
+                    "name": site["name"],
+                    "federated": fed,
+                    "local": own,
+                    "benefit": None if fed is None or own is None else fed - own,
+                }
+            )
     return rows
 
 
@@ -122,27 +145,55 @@ def model_card(result: StudyResult, summary: dict[str, Any], calibration: str) -
     min_cell = int(study["preprocessing"]["min_cell"])
     by_name = {h["name"]: h for h in result.hospitals.values()}
     central = {"central_epsilon": (result.central_dp or {}).get("epsilon")}
-    sites = [{"name": s["name"], "n_train": s["n_train"], "n_test": s["n_test"],
-              "balance": class_balance(schema, by_name.get(s["name"], {}).get("statistics", {})
-                                       .get("target"), result.final.statistics.get(s["name"]),
-                                       min_cell),
-              "metrics": s["metrics"],
-              "privacy": privacy_guarantee(study["privacy"], {**s, **central},
-                                           bool(study.get("secure_aggregation")))}
-             for s in summary["hospitals"]]
+    sites = [
+        {
+            "name": s["name"],
+            "n_train": s["n_train"],
+            "n_test": s["n_test"],
+            "balance": class_balance(
+                schema,
+                by_name.get(s["name"], {}).get("statistics", {}).get("target"),
+                result.final.statistics.get(s["name"]),
+                min_cell,
+            ),
+            "metrics": s["metrics"],
+            "privacy": privacy_guarantee(
+                study["privacy"], {**s, **central}, bool(study.get("secure_aggregation"))
+            ),
+        }
+        for s in summary["hospitals"]
+    ]
     decision = _decision(result)
     if calibration:
         decision["calibration"] = calibration
-    return {"task": {"name": schema.name, "target": schema.target.name,
-                     "kind": schema.target.kind},
-            "intended_use": schema.description or f"Predicts {schema.target.name}.",
-            "out_of_scope": OUT_OF_SCOPE, "sites": sites,
-            "metrics": {"names": list(schema.metrics), "primary": schema.primary_metric,
-                        "global": summary["global"]},
-            "benefit": _benefit(result, summary), "decision": decision,
-            "training": {k: summary[k] for k in ("strategy", "rounds", "seed", "engine",
-                                                 "normalisation", "privacy", "study_id")},
-            "config": study, "versions": _versions(), "source": source_id()}
+    return {
+        "task": {"name": schema.name, "target": schema.target.name, "kind": schema.target.kind},
+        "intended_use": schema.description or f"Predicts {schema.target.name}.",
+        "out_of_scope": OUT_OF_SCOPE,
+        "sites": sites,
+        "metrics": {
+            "names": list(schema.metrics),
+            "primary": schema.primary_metric,
+            "global": summary["global"],
+        },
+        "benefit": _benefit(result, summary),
+        "decision": decision,
+        "training": {
+            k: summary[k]
+            for k in (
+                "strategy",
+                "rounds",
+                "seed",
+                "engine",
+                "normalisation",
+                "privacy",
+                "study_id",
+            )
+        },
+        "config": study,
+        "versions": _versions(),
+        "source": source_id(),
+    }
 
 
 def _signing_key() -> tuple[Any, str]:
@@ -152,16 +203,19 @@ def _signing_key() -> tuple[Any, str]:
     return new_key(), "run"
 
 
-def write_model_bundle(result: StudyResult, summary: dict[str, Any], out: Path,
-                       calibration: str = "") -> Path:
+def write_model_bundle(
+    result: StudyResult, summary: dict[str, Any], out: Path, calibration: str = ""
+) -> Path:
     """Write and sign ``out/model/`` (see the module docstring); return its path."""
     buffer = io.BytesIO()
     torch.save({"state_dict": result.final_state}, buffer)
     card = model_card(result, summary, calibration)
-    files = {WEIGHTS: buffer.getvalue(),
-             PREPROCESSING: json.dumps(preprocessing(result), indent=2).encode(),
-             CARD_JSON: json.dumps(_clean(card), indent=2).encode(),
-             CARD_MD: card_markdown(card).encode()}
+    files = {
+        WEIGHTS: buffer.getvalue(),
+        PREPROCESSING: json.dumps(preprocessing(result), indent=2).encode(),
+        CARD_JSON: json.dumps(_clean(card), indent=2).encode(),
+        CARD_MD: card_markdown(card).encode(),
+    }
     key, kind = _signing_key()
     return write_bundle(out / BUNDLE_DIR, files, key, kind)
 

@@ -30,15 +30,22 @@ def calibration_report(result: StudyResult, out: Path) -> tuple[str, str]:
     brier = brier_score(stats)
     sentence = calibration_sentence(bins, brier)
     used = [b for b in bins if b.count]
-    line_chart({PERFECT: [(0.0, 0.0), (1.0, 1.0)],
-                GLOBAL: [(b.predicted, b.observed) for b in used]},
-               title="Reliability of the final model (all test rows)",
-               xlabel="predicted probability (mean per bin of 0.1)",
-               ylabel="observed share of positives", path=out / PLOT, highlight=GLOBAL)
-    rows = "\n".join(f"| {b.low:.1f}-{b.high:.1f} | {b.count} | {b.predicted:.3f} | "
-                     f"{b.observed:.3f} |" for b in used)
-    section = (f"## Calibration\n\n{sentence}\n\nBrier score {brier:.4f} (0 is perfect; "
-               f"always predicting the base rate scores its variance).\n\n"
-               "| predicted | rows | mean predicted | observed |\n|---|---|---|---|\n"
-               f"{rows}\n\n![calibration]({PLOT})\n")
+    line_chart(
+        {PERFECT: [(0.0, 0.0), (1.0, 1.0)], GLOBAL: [(b.predicted, b.observed) for b in used]},
+        title="Reliability of the final model (all test rows)",
+        xlabel="predicted probability (mean per bin of 0.1)",
+        ylabel="observed share of positives",
+        path=out / PLOT,
+        highlight=GLOBAL,
+    )
+    rows = "\n".join(
+        f"| {b.low:.1f}-{b.high:.1f} | {b.count} | {b.predicted:.3f} | {b.observed:.3f} |"
+        for b in used
+    )
+    section = (
+        f"## Calibration\n\n{sentence}\n\nBrier score {brier:.4f} (0 is perfect; "
+        f"always predicting the base rate scores its variance).\n\n"
+        "| predicted | rows | mean predicted | observed |\n|---|---|---|---|\n"
+        f"{rows}\n\n![calibration]({PLOT})\n"
+    )
     return section, sentence

@@ -35,8 +35,9 @@ def _predict(*args: object, capsys: pytest.CaptureFixture[str]) -> tuple[int, st
 
 def test_every_row_is_scored_exactly_as_training_encodes_it(study, tmp_path, capsys) -> None:
     bundle, cards = study
-    status, said = _predict("--model", bundle, "--dataset", cards[0], "--out",
-                            tmp_path / "p.csv", capsys=capsys)
+    status, said = _predict(
+        "--model", bundle, "--dataset", cards[0], "--out", tmp_path / "p.csv", capsys=capsys
+    )
     assert status == 0, said
     predictions = pd.read_csv(tmp_path / "p.csv")
     rows = read_card_data(load_card(cards[0]), load_task_of(bundle)).train
@@ -45,8 +46,9 @@ def test_every_row_is_scored_exactly_as_training_encodes_it(study, tmp_path, cap
     scorer = load_scorer(bundle)
     with torch.no_grad():
         logits = scorer.model(torch.from_numpy(scorer.encoder.transform(rows)))
-    np.testing.assert_allclose(predictions["probability"], torch.sigmoid(logits).numpy(),
-                               rtol=0, atol=1e-7)
+    np.testing.assert_allclose(
+        predictions["probability"], torch.sigmoid(logits).numpy(), rtol=0, atol=1e-7
+    )
     assert (predictions["label"] == (predictions["probability"] >= 0.5)).all()
     assert pd.read_csv(unscorable_path(tmp_path / "p.csv")).empty
 
@@ -71,17 +73,29 @@ def _damaged_export(card: Path, tmp_path: Path) -> Path:
     return path
 
 
-def test_unscorable_rows_are_listed_with_reasons_and_no_cell_value(study, tmp_path,
-                                                                   capsys) -> None:
+def test_unscorable_rows_are_listed_with_reasons_and_no_cell_value(study, tmp_path, capsys) -> None:
     bundle, cards = study
     data = _damaged_export(cards[0], tmp_path)
-    status, said = _predict("--model", bundle, "--dataset", data, "--out", tmp_path / "p.csv",
-                            "--chunk-rows", 7, capsys=capsys)
+    status, said = _predict(
+        "--model",
+        bundle,
+        "--dataset",
+        data,
+        "--out",
+        tmp_path / "p.csv",
+        "--chunk-rows",
+        7,
+        capsys=capsys,
+    )
     assert status == 0, said
     listed = list(csv.DictReader(unscorable_path(tmp_path / "p.csv").open()))
     assert {int(r["row"]): r["reason"] for r in listed} == {
-        5: "out of range", 9: "text in a numeric column", 13: "unknown category",
-        14: "out of range; unknown category", 32: "wrong number of fields"}
+        5: "out of range",
+        9: "text in a numeric column",
+        13: "unknown category",
+        14: "out of range; unknown category",
+        32: "wrong number of fields",
+    }
     scored = pd.read_csv(tmp_path / "p.csv")
     assert len(scored) == 26 and not set(scored["row"]) & {5, 9, 13, 14, 32}
     written = (tmp_path / "p.csv").read_text() + unscorable_path(tmp_path / "p.csv").read_text()
@@ -93,8 +107,17 @@ def test_unscorable_rows_are_listed_with_reasons_and_no_cell_value(study, tmp_pa
 def test_chunked_scoring_equals_scoring_in_one_piece(study, tmp_path, capsys) -> None:
     bundle, cards = study
     for name, chunk in (("one.csv", 1_000_000), ("many.csv", 13)):
-        status, said = _predict("--model", bundle, "--dataset", cards[1], "--out",
-                                tmp_path / name, "--chunk-rows", chunk, capsys=capsys)
+        status, said = _predict(
+            "--model",
+            bundle,
+            "--dataset",
+            cards[1],
+            "--out",
+            tmp_path / name,
+            "--chunk-rows",
+            chunk,
+            capsys=capsys,
+        )
         assert status == 0, said
     one, many = pd.read_csv(tmp_path / "one.csv"), pd.read_csv(tmp_path / "many.csv")
     assert one["row"].tolist() == many["row"].tolist() and len(one) > 13 * 5
@@ -108,10 +131,21 @@ def test_the_cards_id_column_names_the_rows(study, tmp_path, capsys) -> None:
     frame.insert(0, "patient_id", [f"P{i:03d}" for i in range(10)])
     frame.to_csv(tmp_path / "ids.csv", index=False)
     card = tmp_path / "ids.yaml"
-    card.write_text("name: hospital-0\ntask: diagnosis\ntrain: ids.csv\nid_column: patient_id\n"
-                    "target: {column: cad}\n")
-    status, said = _predict("--model", bundle, "--dataset", card, "--out", tmp_path / "p.csv",
-                            "--threshold", 0.2, capsys=capsys)
+    card.write_text(
+        "name: hospital-0\ntask: diagnosis\ntrain: ids.csv\nid_column: patient_id\n"
+        "target: {column: cad}\n"
+    )
+    status, said = _predict(
+        "--model",
+        bundle,
+        "--dataset",
+        card,
+        "--out",
+        tmp_path / "p.csv",
+        "--threshold",
+        0.2,
+        capsys=capsys,
+    )
     assert status == 0, said
     predictions = pd.read_csv(tmp_path / "p.csv")
     assert list(predictions.columns) == ["patient_id", "probability", "label"]
@@ -122,8 +156,9 @@ def test_the_cards_id_column_names_the_rows(study, tmp_path, capsys) -> None:
 def test_a_card_of_another_task_is_refused_in_one_line(study, tmp_path, capsys) -> None:
     bundle, _ = study
     cards = export_synthetic("pricing", 1, tmp_path / "pricing")
-    status, said = _predict("--model", bundle, "--dataset", cards[0], "--out",
-                            tmp_path / "p.csv", capsys=capsys)
+    status, said = _predict(
+        "--model", bundle, "--dataset", cards[0], "--out", tmp_path / "p.csv", capsys=capsys
+    )
     assert status == 2 and said.count("\n") == 1
     assert "describes data for task 'pricing', but the model predicts task 'diagnosis'" in said
     assert not (tmp_path / "p.csv").exists()
@@ -138,8 +173,9 @@ def test_a_tampered_bundle_scores_nothing(study, tmp_path, capsys) -> None:
     data = bytearray((copy / "preprocessing.json").read_bytes())
     data[data.index(b'"means"') + 12] ^= 0x01  # one byte of the normalisation statistics
     (copy / "preprocessing.json").write_bytes(bytes(data))
-    status, said = _predict("--model", copy, "--dataset", cards[0], "--out", tmp_path / "p.csv",
-                            capsys=capsys)
+    status, said = _predict(
+        "--model", copy, "--dataset", cards[0], "--out", tmp_path / "p.csv", capsys=capsys
+    )
     assert status == 1 and "preprocessing.json: its SHA-256 does not match" in said
     assert not list(tmp_path.glob("*.csv")) and said.count("\n") == 1
 
@@ -147,34 +183,65 @@ def test_a_tampered_bundle_scores_nothing(study, tmp_path, capsys) -> None:
 def test_existing_predictions_are_never_overwritten(study, tmp_path, capsys) -> None:
     bundle, cards = study
     (tmp_path / "p.csv").write_text("keep me")
-    status, said = _predict("--model", bundle, "--dataset", cards[0], "--out",
-                            tmp_path / "p.csv", capsys=capsys)
+    status, said = _predict(
+        "--model", bundle, "--dataset", cards[0], "--out", tmp_path / "p.csv", capsys=capsys
+    )
     assert status == 2 and "exists already" in said
     assert (tmp_path / "p.csv").read_text() == "keep me"
-    status, said = _predict("--model", bundle, "--dataset", cards[0], "--out",
-                            tmp_path / "q.csv", "--threshold", 1.5, capsys=capsys)
+    status, said = _predict(
+        "--model",
+        bundle,
+        "--dataset",
+        cards[0],
+        "--out",
+        tmp_path / "q.csv",
+        "--threshold",
+        1.5,
+        capsys=capsys,
+    )
     assert status == 2 and "--threshold must be a probability between 0 and 1" in said
 
 
-def test_per_site_normalisation_needs_the_sites_statistics(small_study, run_inprocess,
-                                                           tmp_path, capsys) -> None:
-    study = small_study("rounds=1", "preprocessing.normalisation=site",
-                        f"output_dir={tmp_path / 'run'}")
+def test_per_site_normalisation_needs_the_sites_statistics(
+    small_study, run_inprocess, tmp_path, capsys
+) -> None:
+    study = small_study(
+        "rounds=1", "preprocessing.normalisation=site", f"output_dir={tmp_path / 'run'}"
+    )
     result = run_inprocess(study)
     write_run(result)
     bundle = tmp_path / "run" / "model"
     data = tmp_path / "rows.csv"
     result_site = result.hospitals[min(result.hospitals)]["name"]
-    pd.DataFrame({"age": [50.0], "sex": ["male"], "chest_pain": ["non_anginal"],
-                  "resting_bp": [130.0], "cholesterol": [240.0],
-                  "fasting_blood_sugar_high": [0.0], "resting_ecg": ["normal"],
-                  "max_heart_rate": [150.0], "exercise_angina": [0.0],
-                  "st_depression": [1.0]}).to_csv(data, index=False)
-    status, said = _predict("--model", bundle, "--dataset", data, "--out", tmp_path / "p.csv",
-                            capsys=capsys)
+    pd.DataFrame(
+        {
+            "age": [50.0],
+            "sex": ["male"],
+            "chest_pain": ["non_anginal"],
+            "resting_bp": [130.0],
+            "cholesterol": [240.0],
+            "fasting_blood_sugar_high": [0.0],
+            "resting_ecg": ["normal"],
+            "max_heart_rate": [150.0],
+            "exercise_angina": [0.0],
+            "st_depression": [1.0],
+        }
+    ).to_csv(data, index=False)
+    status, said = _predict(
+        "--model", bundle, "--dataset", data, "--out", tmp_path / "p.csv", capsys=capsys
+    )
     assert status == 2 and "pass --site NAME" in said and said.count("\n") == 1
-    status, said = _predict("--model", bundle, "--dataset", data, "--out", tmp_path / "p.csv",
-                            "--site", result_site, capsys=capsys)
+    status, said = _predict(
+        "--model",
+        bundle,
+        "--dataset",
+        data,
+        "--out",
+        tmp_path / "p.csv",
+        "--site",
+        result_site,
+        capsys=capsys,
+    )
     assert status == 0, said
     site_stats = load_scorer(bundle, site=result_site).encoder.stats
     assert site_stats.means["age"] != result.statistics.means["age"]  # the site's own

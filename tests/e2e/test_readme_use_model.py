@@ -17,15 +17,23 @@ BIN = Path(sys.executable).parent
 
 def use_blocks() -> dict[str, str]:
     """The bash block after each ``<!-- readme-use: NAME -->`` marker of README.md, by name."""
-    found = re.findall(r"^<!-- readme-use: ([\w-]+) -->\n```bash\n(.*?)^```", README.read_text(),
-                       re.M | re.S)
+    found = re.findall(
+        r"^<!-- readme-use: ([\w-]+) -->\n```bash\n(.*?)^```", README.read_text(), re.M | re.S
+    )
     return dict(found)
 
 
 def _run(block: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    return subprocess.run(["bash", "-e", "-c", block], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600, check=False)
+    return subprocess.run(
+        ["bash", "-e", "-c", block],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
 
 
 @pytest.mark.slow

@@ -31,8 +31,12 @@ from medfed.models.signing import (
     write_key_pair,
 )
 
-FILES = {WEIGHTS: b"\x80weights" * 50, PREPROCESSING: b'{"task": {}}',
-         CARD_JSON: b'{"card": 1}', CARD_MD: b"# Model card\n"}
+FILES = {
+    WEIGHTS: b"\x80weights" * 50,
+    PREPROCESSING: b'{"task": {}}',
+    CARD_JSON: b'{"card": 1}',
+    CARD_MD: b"# Model card\n",
+}
 
 
 @pytest.fixture
@@ -58,8 +62,11 @@ def test_one_changed_byte_in_any_file_is_refused_naming_the_file(bundle, name: s
     data = bytearray((path / name).read_bytes())
     data[len(data) // 2] ^= 0x01
     (path / name).write_bytes(bytes(data))
-    with pytest.raises(BundleError, match=rf"{name}: its SHA-256 does not match the signed "
-                                          "manifest; the file was changed after signing"):
+    with pytest.raises(
+        BundleError,
+        match=rf"{name}: its SHA-256 does not match the signed "
+        "manifest; the file was changed after signing",
+    ):
         verify_bundle(path)
 
 
@@ -74,7 +81,8 @@ def test_a_manifest_rewritten_for_a_changed_file_fails_the_signature(bundle) -> 
 
 
 def test_a_bundle_re_signed_by_another_key_fails_against_the_coordinators_key(
-        bundle, tmp_path: Path) -> None:
+    bundle, tmp_path: Path
+) -> None:
     path, key = bundle
     coordinator_pub = tmp_path / "coordinator.pub"
     coordinator_pub.write_bytes(public_pem(key))

@@ -41,7 +41,8 @@ def test_brier_score_is_summed_on_the_node_and_added_across_hospitals() -> None:
     expected = (0.25 + 0.25 + 0.0625 + 0.0625) / 4
     assert brier_score(total) == pytest.approx(expected)
     assert metrics_from_statistics(load_task("diagnosis"), total)["brier"] == pytest.approx(
-        expected)
+        expected
+    )
 
 
 def test_the_f1_optimal_threshold_is_a_bin_edge_hand_computed() -> None:
@@ -68,8 +69,10 @@ def test_the_sentence_says_over_under_or_well_calibrated() -> None:
     assert "20 test rows; Brier score 0.100" in calibration_sentence(over, 0.1)
 
 
-@given(st.lists(st.integers(0, 50), min_size=100, max_size=100),
-       st.lists(st.integers(0, 50), min_size=100, max_size=100))
+@given(
+    st.lists(st.integers(0, 50), min_size=100, max_size=100),
+    st.lists(st.integers(0, 50), min_size=100, max_size=100),
+)
 def test_bins_keep_every_row_and_stay_within_their_range(pos: list[int], neg: list[int]) -> None:
     bins = reliability(pos, neg)
     assert sum(b.count for b in bins) == sum(pos) + sum(neg)

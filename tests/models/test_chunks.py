@@ -15,8 +15,9 @@ from medfed.models.chunks import iter_tables
 from medfed.models.tables import read_table
 
 CELL = st.sampled_from(["1", "2.5", "", " x ", "NA", '"a,b"', '"two\nlines"', "?"])
-LINE = st.one_of(st.lists(CELL, min_size=3, max_size=3), st.lists(CELL, min_size=1, max_size=5),
-                 st.just([]))
+LINE = st.one_of(
+    st.lists(CELL, min_size=3, max_size=3), st.lists(CELL, min_size=1, max_size=5), st.just([])
+)
 
 
 def _write(path: Path, lines: list[list[str]]) -> None:

@@ -26,8 +26,12 @@ ROWS = 1000
 def _rows(task: str, folder: Path) -> Path:
     """1,000 exported rows of ``task`` without the target, some cells blank (missing)."""
     cards = export_synthetic(task, 4, folder / "cards", seed=3)
-    frame = pd.concat([pd.read_csv(c.parent / f"{c.stem}-train.csv", dtype=str,
-                                   keep_default_na=False) for c in cards]).head(ROWS)
+    frame = pd.concat(
+        [
+            pd.read_csv(c.parent / f"{c.stem}-train.csv", dtype=str, keep_default_na=False)
+            for c in cards
+        ]
+    ).head(ROWS)
     rng = np.random.default_rng(0)
     for column in frame.columns[:-1]:
         frame.loc[rng.random(ROWS) < 0.05, column] = ""
@@ -36,21 +40,27 @@ def _rows(task: str, folder: Path) -> Path:
     return path
 
 
-@pytest.mark.parametrize("task, overrides", [
-    ("diagnosis", ["preprocessing.missing_indicators=true"]),
-    ("treatment", []),
-    ("pricing", []),
-])
-def test_onnx_matches_predict_within_1e_5(task, overrides, small_study, run_inprocess,
-                                          tmp_path, capsys) -> None:
-    study = small_study(f"task={task}", "rounds=2", *overrides,
-                        f"output_dir={tmp_path / 'run'}")
+@pytest.mark.parametrize(
+    "task, overrides",
+    [
+        ("diagnosis", ["preprocessing.missing_indicators=true"]),
+        ("treatment", []),
+        ("pricing", []),
+    ],
+)
+def test_onnx_matches_predict_within_1e_5(
+    task, overrides, small_study, run_inprocess, tmp_path, capsys
+) -> None:
+    study = small_study(f"task={task}", "rounds=2", *overrides, f"output_dir={tmp_path / 'run'}")
     write_run(run_inprocess(study))
     bundle, rows = tmp_path / "run" / "model", _rows(task, tmp_path)
-    assert predict_main(["--model", str(bundle), "--dataset", str(rows),
-                         "--out", str(tmp_path / "p.csv")]) == 0
-    assert model_main(["export", "--format", "onnx", str(bundle),
-                       str(tmp_path / "m.onnx")]) == 0
+    assert (
+        predict_main(
+            ["--model", str(bundle), "--dataset", str(rows), "--out", str(tmp_path / "p.csv")]
+        )
+        == 0
+    )
+    assert model_main(["export", "--format", "onnx", str(bundle), str(tmp_path / "m.onnx")]) == 0
     assert "wrote" in capsys.readouterr().out
     scorer = load_scorer(bundle)
     card = DatasetCard(path=rows, name="rows", task=task, train=rows)
@@ -69,8 +79,9 @@ def test_onnx_matches_predict_within_1e_5(task, overrides, small_study, run_inpr
     assert props["task"] == task
 
 
-def test_export_never_overwrites_and_refuses_a_tampered_bundle(small_study, run_inprocess,
-                                                               tmp_path, capsys) -> None:
+def test_export_never_overwrites_and_refuses_a_tampered_bundle(
+    small_study, run_inprocess, tmp_path, capsys
+) -> None:
     write_run(run_inprocess(small_study("rounds=1", f"output_dir={tmp_path / 'run'}")))
     bundle, out = tmp_path / "run" / "model", tmp_path / "m.onnx"
     out.write_text("keep")

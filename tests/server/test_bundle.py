@@ -19,8 +19,12 @@ def dp_run(small_study, run_inprocess, tmp_path_factory) -> Path:
     """A finished 2-round DP-SGD diagnosis study, signed with a coordinator key."""
     root = tmp_path_factory.mktemp("bundle")
     private, _ = write_key_pair(root)
-    study = small_study("rounds=2", "privacy=dpsgd", f"privacy.ledger_dir={root / 'ledgers'}",
-                        f"output_dir={root / 'run'}")
+    study = small_study(
+        "rounds=2",
+        "privacy=dpsgd",
+        f"privacy.ledger_dir={root / 'ledgers'}",
+        f"output_dir={root / 'run'}",
+    )
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(SIGNING_KEY_ENV, str(private))
         write_run(run_inprocess(study))
@@ -32,8 +36,7 @@ def test_the_bundle_verifies_with_the_coordinators_public_key(dp_run: Path) -> N
     assert verified.signer_kind == "coordinator" and verified.pinned
     weights = torch.load(dp_run / "run" / "model" / "weights.pt", weights_only=True)
     model_pt = torch.load(dp_run / "run" / "model.pt")
-    assert all(torch.equal(weights["state_dict"][k], v)
-               for k, v in model_pt["state_dict"].items())
+    assert all(torch.equal(weights["state_dict"][k], v) for k, v in model_pt["state_dict"].items())
 
 
 def test_the_card_carries_each_sites_privacy_spend_and_counts(dp_run: Path) -> None:
@@ -44,8 +47,10 @@ def test_the_card_carries_each_sites_privacy_spend_and_counts(dp_run: Path) -> N
         assert site["privacy"]["epsilon"] == hospital["epsilon"] > 0
         assert site["privacy"]["mechanism"].startswith("sample-level DP-SGD")
         assert (site["n_train"], site["n_test"]) == (hospital["n_train"], hospital["n_test"])
-        assert sum(v for v in site["balance"]["test"].values() if isinstance(v, int)) <= \
-            hospital["n_test"]
+        assert (
+            sum(v for v in site["balance"]["test"].values() if isinstance(v, int))
+            <= hospital["n_test"]
+        )
     assert card["training"]["rounds"] == 2 and card["config"]["seed"] == summary["seed"]
     assert set(card["versions"]) == {"medfed", "torch", "flwr", "opacus"}
     assert card["source"].startswith(("git commit ", "package sha256:"))
@@ -55,7 +60,7 @@ def test_the_card_carries_each_sites_privacy_spend_and_counts(dp_run: Path) -> N
 
 def test_the_report_has_a_reliability_diagram_and_one_calibration_sentence(dp_run) -> None:
     report = (dp_run / "run" / "report.md").read_text()
-    section = report[report.index("## Calibration"):]
+    section = report[report.index("## Calibration") :]
     verdict = section.splitlines()[2]
     assert verdict.startswith("The model is ") and verdict.count(". ") == 0
     assert "Brier score" in verdict and (dp_run / "run" / "calibration.png").stat().st_size > 0
@@ -65,10 +70,12 @@ def test_the_report_has_a_reliability_diagram_and_one_calibration_sentence(dp_ru
     assert "no validation split" in card["decision"]["threshold_source"]
 
 
-def test_a_simulated_study_signs_with_a_key_of_its_own(small_study, run_inprocess,
-                                                       tmp_path) -> None:
-    write_run(run_inprocess(small_study("rounds=1", "task=pricing",
-                                        f"output_dir={tmp_path / 'run'}")))
+def test_a_simulated_study_signs_with_a_key_of_its_own(
+    small_study, run_inprocess, tmp_path
+) -> None:
+    write_run(
+        run_inprocess(small_study("rounds=1", "task=pricing", f"output_dir={tmp_path / 'run'}"))
+    )
     verified = verify_bundle(tmp_path / "run" / "model")
     assert verified.signer_kind == "run" and not verified.pinned
     assert not list((tmp_path / "run").rglob("*.key"))  # the private half is not kept
