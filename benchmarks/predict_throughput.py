@@ -19,6 +19,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -59,31 +60,44 @@ def _bundle(folder: Path, env: dict[str, str]) -> Path:
     return run / "model"
 
 
-def _predict(bundle: Path, data: Path, out: Path, env: dict[str, str]) -> tuple[float, float]:
-    """Wall seconds and the process's peak RSS (MB) of one ``medfed predict``."""
+class Run(NamedTuple):
+    """One ``medfed predict`` process: wall seconds, CPU seconds (user + system: what the process
+    itself needed, whatever else ran on the shared machine) and peak RSS in MB."""
+
+    wall: float
+    cpu: float
+    rss_mb: float
+
+
+def _predict(bundle: Path, data: Path, out: Path, env: dict[str, str]) -> Run:
+    """Run one ``medfed predict`` of ``data`` into ``out`` and measure it."""
     out.unlink(missing_ok=True)
     out.with_name(f"{out.stem}.unscorable.csv").unlink(missing_ok=True)
+    command = [*medfed_command(), "predict", "--model", str(bundle), "--dataset", str(data),
+               "--out", str(out)]  # fmt: skip
     started = time.perf_counter()
-    child = subprocess.Popen(
-        [
-            *medfed_command(),
-            "predict",
-            "--model",
-            str(bundle),
-            "--dataset",
-            str(data),
-            "--out",
-            str(out),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     _, status, usage = os.wait4(child.pid, 0)
     wall = time.perf_counter() - started
     if status != 0:
         raise RuntimeError(f"medfed predict failed: {child.stderr.read().decode()[-500:]}")
-    return wall, usage.ru_maxrss / 1024.0
+    return Run(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024.0)
+
+
+def _summary(rows: int, repeats: int, arms: dict[str, list[Run]]) -> dict:
+    big, small = arms["rows"], arms["startup"]
+    seconds, peak = median([r.wall for r in big]), max(r.rss_mb for r in big)
+    return {"rows": rows, "repeats": repeats, "seconds": seconds,
+            "seconds_runs": [round(r.wall, 3) for r in big],
+            "cpu_seconds": median([r.cpu for r in big]),
+            "startup_seconds": median([r.wall for r in small]),
+            "startup_cpu_seconds": median([r.cpu for r in small]),
+            "rows_per_second": round(rows / seconds), "peak_rss_mb": round(peak, 1),
+            "ratio_seconds_to_target": round(seconds / TARGET_SECONDS, 3),
+            "ratio_cpu_seconds_to_target": round(median([r.cpu for r in big]) / TARGET_SECONDS, 3),
+            "ratio_rss_to_target": round(peak / TARGET_MB, 3),
+            "targets": {"seconds": TARGET_SECONDS, "peak_rss_mb": TARGET_MB},
+            "machine": machine()}  # fmt: skip
 
 
 def main() -> None:
@@ -100,34 +114,15 @@ def main() -> None:
         bundle, data = _bundle(folder, env), _export(folder, rows)
         small = folder / "small.csv"
         pd.read_csv(data, nrows=10).to_csv(small, index=False)
-        arms: dict[str, list[tuple[float, float]]] = {"rows": [], "startup": []}
+        arms: dict[str, list[Run]] = {"rows": [], "startup": []}
         for i in range(repeats + 1):  # the first round warms the page cache: not recorded
             wait_for_idle(0.6, 60.0)
             for arm, source in (("rows", data), ("startup", small)):
-                sample = _predict(bundle, source, folder / f"{arm}.csv", env)
-                log(f"run {i} {arm}: {sample[0]:.2f} s, {sample[1]:.0f} MB")
+                run = _predict(bundle, source, folder / f"{arm}.csv", env)
+                log(f"run {i} {arm}: {run.wall:.2f} s ({run.cpu:.2f} s CPU), {run.rss_mb:.0f} MB")
                 if i:
-                    arms[arm].append(sample)
-    seconds = median([s for s, _ in arms["rows"]])
-    peak = max(mb for _, mb in arms["rows"])
-    print(
-        json.dumps(
-            {
-                "rows": rows,
-                "repeats": repeats,
-                "seconds": seconds,
-                "seconds_runs": [round(s, 3) for s, _ in arms["rows"]],
-                "startup_seconds": median([s for s, _ in arms["startup"]]),
-                "rows_per_second": round(rows / seconds),
-                "peak_rss_mb": round(peak, 1),
-                "ratio_seconds_to_target": round(seconds / TARGET_SECONDS, 3),
-                "ratio_rss_to_target": round(peak / TARGET_MB, 3),
-                "targets": {"seconds": TARGET_SECONDS, "peak_rss_mb": TARGET_MB},
-                "machine": machine(),
-            },
-            indent=2,
-        )
-    )
+                    arms[arm].append(run)
+    print(json.dumps(_summary(rows, repeats, arms), indent=2))
 
 
 if __name__ == "__main__":

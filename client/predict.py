@@ -12,7 +12,8 @@ bounded memory. ``predictions.csv`` holds per scorable row its row number (or th
 ``id_column``) and the task's prediction columns (:meth:`medfed.models.scorer.Scorer.columns`);
 ``<out>.unscorable.csv`` lists every row that could not be scored with its reason, never a cell
 value. Both are written under temporary names and renamed when complete; an existing output is
-never overwritten. Everything stays on this machine.
+never overwritten. Everything stays on this machine. Exit status: 0 when rows were scored, 1
+when the bundle does not verify or no row could be scored, 2 for a usage or data-file error.
 """
 
 from __future__ import annotations
@@ -150,7 +151,7 @@ def predict_main(argv: list[str]) -> int:
         else "; every row was scored"
     )
     print(f"scored {scored} rows of {card.train} into {args.out}{listed}")
-    return 0
+    return 0 if scored else 1
 
 
 def _card_site(path: Path) -> str | None:

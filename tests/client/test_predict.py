@@ -245,3 +245,45 @@ def test_per_site_normalisation_needs_the_sites_statistics(
     assert status == 0, said
     site_stats = load_scorer(bundle, site=result_site).encoder.stats
     assert site_stats.means["age"] != result.statistics.means["age"]  # the site's own
+
+
+def test_a_coded_headerless_export_is_read_through_its_card_as_in_training(
+    study, tmp_path, capsys
+) -> None:
+    """Codes, renames, units and a target map (whose column new patients may lack) all apply."""
+    bundle, cards = study
+    frame = pd.read_csv(cards[0].parent / "hospital-0-train.csv").head(40)
+    frame["sex"] = frame["sex"].map({"female": 0, "male": 1})
+    frame["cholesterol"] = (frame["cholesterol"] / 38.67).round(4)  # mmol/L
+    frame["cad"] = frame["cad"] * 2  # local codes 0 and 2
+    frame.columns = [{"cholesterol": "chol", "cad": "num"}.get(c, c) for c in frame.columns]
+    frame.to_csv(tmp_path / "coded.data", header=False, index=False)
+    card = tmp_path / "coded.yaml"
+    card.write_text(
+        "name: coded\ntask: diagnosis\ntrain: coded.data\nsplit: {test_fraction: 0}\n"
+        f"csv: {{header: false, missing: ['']}}\ncolumns: {list(frame.columns)}\n"
+        "rename: {chol: cholesterol}\nvalues: {sex: {0: female, 1: male}}\n"
+        "units: {chol: mmol/L}\ntarget: {column: num, map: {0: 0, 2: 1}}\n"
+    )
+    status, said = _predict(
+        "--model", bundle, "--dataset", card, "--out", tmp_path / "p.csv", capsys=capsys
+    )
+    assert status == 0, said
+    rows = read_card_data(load_card(card), load_task_of(bundle)).train
+    expected = load_scorer(bundle).raw(rows)
+    predictions = pd.read_csv(tmp_path / "p.csv")
+    assert len(predictions) == len(rows) == 40
+    np.testing.assert_allclose(predictions["probability"], expected, rtol=0, atol=1e-7)
+    frame.drop(columns=["num"]).to_csv(tmp_path / "coded.data", header=False, index=False)
+    card.write_text(card.read_text().replace(", 'num']", "]"))  # new patients: no outcome yet
+    status, said = _predict(
+        "--model", bundle, "--dataset", card, "--out", tmp_path / "q.csv", capsys=capsys
+    )
+    assert status == 0, said
+    np.testing.assert_allclose(pd.read_csv(tmp_path / "q.csv")["probability"], expected, atol=1e-7)
+    card.write_text(card.read_text().replace("columns: [", "columns: ['extra', "))  # too many
+    status, said = _predict(
+        "--model", bundle, "--dataset", card, "--out", tmp_path / "r.csv", capsys=capsys
+    )
+    assert status == 1 and said.startswith("scored 0 rows")
+    assert "40 row(s) could not be scored (wrong number of fields 40)" in said
