@@ -133,68 +133,43 @@ def _privacy_text(guarantee: Mapping[str, Any]) -> str:
 
 def card_markdown(card: Mapping[str, Any]) -> str:
     """The Markdown model card of :func:`medfed.server.bundle.model_card` output."""
+    head = [f"# Model card: {card['task']['name']}", "", "## Intended use", "",
+            card["intended_use"], "", "## Out of scope", "", card["out_of_scope"], ""]  # fmt: skip
+    parts = [head, _site_lines(card), _metric_lines(card), _decision_lines(card),
+             _training_lines(card)]  # fmt: skip
+    return "\n".join(line for part in parts for line in part)
+
+
+def _site_lines(card: Mapping[str, Any]) -> list[str]:
+    rows = [[s["name"], s["n_train"], s["n_test"], _balance_text(s["balance"]),
+             _privacy_text(s["privacy"])] for s in card["sites"]]  # fmt: skip
+    header = ["site", "train rows", "test rows", "class balance or target mean", "privacy"]
+    return ["## Participating sites", "", *_table(header, rows)]
+
+
+def _metric_lines(card: Mapping[str, Any]) -> list[str]:
     metrics = list(card["metrics"]["names"])
-    lines = [
-        f"# Model card: {card['task']['name']}",
-        "",
-        "## Intended use",
-        "",
-        card["intended_use"],
-        "",
-        "## Out of scope",
-        "",
-        card["out_of_scope"],
-        "",
-        "## Participating sites",
-        "",
-    ]
-    lines += _table(
-        ["site", "train rows", "test rows", "class balance or target mean", "privacy"],
-        [
-            [
-                s["name"],
-                s["n_train"],
-                s["n_test"],
-                _balance_text(s["balance"]),
-                _privacy_text(s["privacy"]),
-            ]
-            for s in card["sites"]
-        ],
-    )
-    lines += ["## Metrics of the final model", ""]
-    lines += _table(
-        ["evaluated on"] + metrics,
-        [["all test rows together"] + [card["metrics"]["global"].get(m) for m in metrics]]
-        + [[s["name"]] + [s["metrics"].get(m) for m in metrics] for s in card["sites"]],
-    )
+    rows = [["all test rows together"] + [card["metrics"]["global"].get(m) for m in metrics]]
+    rows += [[s["name"]] + [s["metrics"].get(m) for m in metrics] for s in card["sites"]]
+    lines = ["## Metrics of the final model", "", *_table(["evaluated on", *metrics], rows)]
     if card.get("benefit"):
-        lines += [
-            f"## Benefit per hospital ({card['metrics']['primary']} on its own test rows)",
-            "",
-        ]
-        lines += _table(
-            ["site", "federated", "local only", "benefit"],
-            [[b["name"], b["federated"], b["local"], b["benefit"]] for b in card["benefit"]],
-        )
-    lines += _decision_lines(card)
+        primary = card["metrics"]["primary"]
+        rows = [[b["name"], b["federated"], b["local"], b["benefit"]] for b in card["benefit"]]
+        lines += [f"## Benefit per hospital ({primary} on its own test rows)", "",
+                  *_table(["site", "federated", "local only", "benefit"], rows)]  # fmt: skip
+    return lines
+
+
+def _training_lines(card: Mapping[str, Any]) -> list[str]:
     training = card["training"]
-    lines += [
-        "## Training",
-        "",
-        f"Strategy {training['strategy']}, {training['rounds']} rounds, seed "
-        f"{training['seed']}, {training['normalisation']} normalisation, engine "
-        f"{training['engine']}. The resolved configuration is in model_card.json "
-        "(`config`).",
-        "",
-        "Versions: " + ", ".join(f"{k} {v}" for k, v in card["versions"].items()) + ".",
-        "",
-        f"Source: {card['source']}.",
-        "",
-        "Every file of this bundle is listed with its SHA-256 in manifest.json, signed "
-        "with Ed25519 (manifest.sig); check it with `medfed model verify`.",
-        "",
-    ]
-    return "\n".join(lines)
+    versions = ", ".join(f"{k} {v}" for k, v in card["versions"].items())
+    return ["## Training", "",
+            f"Strategy {training['strategy']}, {training['rounds']} rounds, seed "
+            f"{training['seed']}, {training['normalisation']} normalisation, engine "
+            f"{training['engine']}. The resolved configuration is in model_card.json (`config`).",
+            "", f"Versions: {versions}.", "", f"Source: {card['source']}.", "",
+            "Every file of this bundle is listed with its SHA-256 in manifest.json, signed with "
+            "Ed25519 (manifest.sig); check it with `medfed model verify`.", ""]  # fmt: skip
 
 
 def _decision_lines(card: Mapping[str, Any]) -> list[str]:

@@ -139,61 +139,43 @@ def _benefit(result: StudyResult, summary: dict[str, Any]) -> list[dict[str, Any
     return rows
 
 
-def model_card(result: StudyResult, summary: dict[str, Any], calibration: str) -> dict[str, Any]:
-    """The model card (JSON form; :func:`card_markdown` renders it)."""
+def _sites(result: StudyResult, summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each site's counts, class balance (small cells suppressed), metrics and privacy."""
     study, schema = result.study, result.schema
     min_cell = int(study["preprocessing"]["min_cell"])
     by_name = {h["name"]: h for h in result.hospitals.values()}
     central = {"central_epsilon": (result.central_dp or {}).get("epsilon")}
-    sites = [
-        {
-            "name": s["name"],
-            "n_train": s["n_train"],
-            "n_test": s["n_test"],
-            "balance": class_balance(
-                schema,
-                by_name.get(s["name"], {}).get("statistics", {}).get("target"),
-                result.final.statistics.get(s["name"]),
-                min_cell,
-            ),
-            "metrics": s["metrics"],
-            "privacy": privacy_guarantee(
-                study["privacy"], {**s, **central}, bool(study.get("secure_aggregation"))
-            ),
-        }
-        for s in summary["hospitals"]
-    ]
+    secure = bool(study.get("secure_aggregation"))
+    sites = []
+    for site in summary["hospitals"]:
+        train = by_name.get(site["name"], {}).get("statistics", {}).get("target")
+        test = result.final.statistics.get(site["name"])
+        sites.append({"name": site["name"], "n_train": site["n_train"], "n_test": site["n_test"],
+                      "balance": class_balance(schema, train, test, min_cell),
+                      "metrics": site["metrics"],
+                      "privacy": privacy_guarantee(study["privacy"], {**site, **central},
+                                                   secure)})  # fmt: skip
+    return sites
+
+
+TRAINING_KEYS = ("strategy", "rounds", "seed", "engine", "normalisation", "privacy", "study_id")
+
+
+def model_card(result: StudyResult, summary: dict[str, Any], calibration: str) -> dict[str, Any]:
+    """The model card (JSON form; :func:`card_markdown` renders it)."""
+    schema = result.schema
     decision = _decision(result)
     if calibration:
         decision["calibration"] = calibration
-    return {
-        "task": {"name": schema.name, "target": schema.target.name, "kind": schema.target.kind},
-        "intended_use": schema.description or f"Predicts {schema.target.name}.",
-        "out_of_scope": OUT_OF_SCOPE,
-        "sites": sites,
-        "metrics": {
-            "names": list(schema.metrics),
-            "primary": schema.primary_metric,
-            "global": summary["global"],
-        },
-        "benefit": _benefit(result, summary),
-        "decision": decision,
-        "training": {
-            k: summary[k]
-            for k in (
-                "strategy",
-                "rounds",
-                "seed",
-                "engine",
-                "normalisation",
-                "privacy",
-                "study_id",
-            )
-        },
-        "config": study,
-        "versions": _versions(),
-        "source": source_id(),
-    }
+    metrics = {"names": list(schema.metrics), "primary": schema.primary_metric,
+               "global": summary["global"]}  # fmt: skip
+    return {"task": {"name": schema.name, "target": schema.target.name,
+                     "kind": schema.target.kind},
+            "intended_use": schema.description or f"Predicts {schema.target.name}.",
+            "out_of_scope": OUT_OF_SCOPE, "sites": _sites(result, summary), "metrics": metrics,
+            "benefit": _benefit(result, summary), "decision": decision,
+            "training": {k: summary[k] for k in TRAINING_KEYS}, "config": result.study,
+            "versions": _versions(), "source": source_id()}  # fmt: skip
 
 
 def _signing_key() -> tuple[Any, str]:
