@@ -100,6 +100,13 @@ def predict(
     return scored, reasons
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive number of rows, got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medfed predict", description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, type=Path, help="the bundle (RUN_DIR/model)")
@@ -109,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--key", type=Path, help="the coordinator's signing.pub to verify with")
     parser.add_argument("--site", help="site statistics to use (per-site normalisation)")
     parser.add_argument("--id-column", help="column naming each row (default: the card's)")
-    parser.add_argument("--chunk-rows", type=int, default=CHUNK_ROWS, help=argparse.SUPPRESS)
+    parser.add_argument("--chunk-rows", type=_positive, default=CHUNK_ROWS, help=argparse.SUPPRESS)
     return parser
 
 

@@ -67,8 +67,8 @@ class Verified:
         how = (
             "checked against the key given"
             if self.pinned
-            else "checked against the key inside the bundle; pass --key coordinator.pub to check "
-            "who signed it"
+            else "checked against the key inside the bundle; pass --key with the coordinator's "
+            "signing.pub to check who signed it"
         )
         return (
             f"OK: {self.path} verifies: {len(self.files)} files match the signed manifest, "
