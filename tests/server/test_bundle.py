@@ -80,3 +80,20 @@ def test_a_simulated_study_signs_with_a_key_of_its_own(
     assert verified.signer_kind == "run" and not verified.pinned
     assert not list((tmp_path / "run").rglob("*.key"))  # the private half is not kept
     assert not (tmp_path / "run" / "calibration.png").exists()  # yes/no models only
+
+
+def test_the_same_seed_gives_the_same_bundle_content(small_study, run_inprocess, tmp_path):
+    """What a bundle scores with depends on the study alone, not on the run (nor its key): the
+    basis of parity between engines (a deployed run compares the same two files)."""
+    contents = []
+    for name in ("a", "b"):
+        write_run(run_inprocess(small_study("rounds=1", f"output_dir={tmp_path / name}")))
+        model = tmp_path / name / "model"
+        weights = torch.load(model / "weights.pt", weights_only=True)["state_dict"]
+        contents.append((weights, json.loads((model / "preprocessing.json").read_text())))
+    (weights_a, prep_a), (weights_b, prep_b) = contents
+    assert prep_a == prep_b
+    assert weights_a.keys() == weights_b.keys()
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+    signers = {(tmp_path / n / "model" / "signer.pub").read_bytes() for n in ("a", "b")}
+    assert len(signers) == 2  # each simulated run signs with a key of its own
