@@ -164,7 +164,6 @@ def _binary_metrics(s: Mapping[str, Any]) -> dict[str, float]:
             "auroc": auroc_from_histograms(s["hist_pos"], s["hist_neg"]),
             "sensitivity": _ratio(s["tp"], s["tp"] + s["fn"]),
             "specificity": _ratio(s["tn"], s["tn"] + s["fp"]),
-            "brier": _ratio(s["brier_sum"], s["n"]) if "brier_sum" in s else math.nan,
             "loss": _ratio(s["loss_sum"], s["n"])}
 
 
