@@ -287,3 +287,17 @@ def test_a_coded_headerless_export_is_read_through_its_card_as_in_training(
     )
     assert status == 1 and said.startswith("scored 0 rows")
     assert "40 row(s) could not be scored (wrong number of fields 40)" in said
+
+
+def test_a_parquet_export_is_scored_with_row_numbers_from_one(study, tmp_path, capsys) -> None:
+    bundle, cards = study
+    frame = pd.read_csv(cards[0].parent / "hospital-0-train.csv").drop(columns=["cad"]).head(20)
+    frame.loc[3, "age"] = 500.0
+    frame.to_parquet(tmp_path / "rows.parquet")
+    status, said = _predict(
+        "--model", bundle, "--dataset", tmp_path / "rows.parquet", "--out", tmp_path / "p.csv",
+        "--chunk-rows", 6, capsys=capsys,
+    )  # fmt: skip
+    assert status == 0, said
+    assert pd.read_csv(tmp_path / "p.csv")["row"].tolist() == [1, 2, 3, *range(5, 21)]
+    assert unscorable_path(tmp_path / "p.csv").read_text() == "row,reason\n4,out of range\n"
