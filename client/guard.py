@@ -33,7 +33,7 @@ from flwr.common import bytes_to_ndarray
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 
 EVAL_STATISTICS = frozenset({
-    "n", "tp", "fp", "tn", "fn", "hist_pos", "hist_neg", "loss_sum",  # binary
+    "n", "tp", "fp", "tn", "fn", "hist_pos", "hist_neg", "loss_sum", "brier_sum",  # binary
     "confusion", "top2_hits",  # multiclass
     "sum_abs_err", "sum_sq_err", "sum_y", "sum_y2", "sum_pred",  # continuous
 })

@@ -6,7 +6,8 @@ imports no medfed package):
 
 - the coordinator's and the researcher's commands live in :mod:`medfed.server`
   (``simulate``, ``tasks``, ``checkpoint-key``, ``coordinator ...``, ``run``, ``status``);
-- a hospital's commands live in :mod:`medfed.client` (``node ...``, ``privacy plan``);
+- a hospital's commands live in :mod:`medfed.client` (``node ...``, ``privacy plan``,
+  ``predict``, ``model verify|export``);
 - ``synth export`` (built-in synthetic hospitals as files) lives with the data, in
   :mod:`medfed.models.ingest`.
 
@@ -45,6 +46,16 @@ COMMANDS: dict[str, dict[str, Command] | Command] = {
                       "connected hospitals and studies of a deployed federation"),
     "dashboard": Command("medfed.server.dashboard.cli:dashboard_main",
                          "a read-only web dashboard of studies and of a hospital node"),
+    "predict": Command("medfed.client.commands.predict:predict_main",
+                       "score a hospital's rows with a verified model bundle"),
+    "model": {
+        "verify": Command("medfed.client.commands.model:model_main",
+                          "check a model bundle's signature and every file's hash",
+                          with_name=True),
+        "export": Command("medfed.client.commands.model:model_main",
+                          "export a model bundle to ONNX (with its preprocessing)",
+                          with_name=True),
+    },
     "coordinator": {
         "init": Command("medfed.server.deploy.coordinator:coordinator_main",
                         "create the CA, the SuperLink's TLS certificate and coordinator.yaml",

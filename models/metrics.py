@@ -50,7 +50,8 @@ def _binary(y: np.ndarray, logits: np.ndarray, n_bins: int) -> Statistics:
             "tn": float(np.sum(~predicted & ~positive)), "fn": float(np.sum(~predicted & positive)),
             "hist_pos": np.bincount(bins[positive], minlength=n_bins).astype(np.int64).tolist(),
             "hist_neg": np.bincount(bins[~positive], minlength=n_bins).astype(np.int64).tolist(),
-            "loss_sum": float(bce_with_logits(logits, positive.astype(np.float64)).sum())}
+            "loss_sum": float(bce_with_logits(logits, positive.astype(np.float64)).sum()),
+            "brier_sum": float(np.square(prob - positive).sum())}
 
 
 def _multiclass(y: np.ndarray, logits: np.ndarray) -> Statistics:

@@ -21,6 +21,7 @@ schema's, which column is the target, and what to do with rows that cannot be re
     derive: {prior_visits: "n_out + n_emerg + n_in"} # a feature computed from export columns
     drop: [free_text_notes]                          # export columns left out on purpose
     role: train                                      # or evaluate: test metrics only, no training
+    id_column: patient_id                            # optional: names rows in predictions
 
 An empty cell is always missing; ``csv.missing`` lists the other missing-value markers, and only
 those: a value such as ``None`` that is a real category stays a category. Codes are compared as
@@ -49,7 +50,7 @@ from medfed.models.ingest.cardvalues import text as _text
 
 _CARD_KEYS = {"name", "task", "train", "test", "split", "csv", "columns", "rename", "values",
               "units", "target", "on_invalid_row", "min_cohort", "column_missing", "derive",
-              "drop", "role"}
+              "drop", "role", "id_column"}
 _SPLIT_KEYS = {"test_fraction", "seed", "stratify"}
 _CSV_KEYS = {"header", "delimiter", "missing", "encoding"}
 _TARGET_KEYS = {"column", "map"}
@@ -119,6 +120,7 @@ class DatasetCard:
     derive: Mapping[str, DerivedColumn] = field(default_factory=lambda: MappingProxyType({}))
     drop: tuple[str, ...] = ()
     role: Literal["train", "evaluate"] = "train"
+    id_column: str | None = None  # written beside each prediction by `medfed predict`
 
 
 def _code_map(where: str, raw: Any) -> Mapping[str, str]:
@@ -259,4 +261,6 @@ def load_card(path: str | Path) -> DatasetCard:
             f"{where}: values.{k}", v) for k, v in values.items()}),
         units=_text_map(f"{where}: units", raw.get("units")),
         target=_target(f"{where}: target", raw.get("target")), on_invalid_row=on_invalid,
-        min_cohort=_min_cohort(where, raw.get("min_cohort")), **card_extensions(where, raw))
+        min_cohort=_min_cohort(where, raw.get("min_cohort")), **card_extensions(where, raw),
+        id_column=None if raw.get("id_column") is None else _text(f"{where}: id_column",
+                                                                  raw["id_column"]))

@@ -192,11 +192,12 @@ def _feature(table: RawTable, feat: Feature, column: ColumnPlan, flags: RowFlags
 
 
 def convert_table(table: RawTable, card: DatasetCard, schema: TaskSchema,
-                  report: ValidationReport) -> pd.DataFrame | None:
+                  report: ValidationReport, *, duplicates: bool = True) -> pd.DataFrame | None:
     """The file's valid rows in the data conventions (``None`` when its columns do not fit).
 
     Counts, row numbers and one message per problem go to ``report``: warnings when the card
-    drops invalid rows, errors when it fails on them.
+    drops invalid rows, errors when it fails on them. ``duplicates=False`` skips the warning
+    about repeated rows (scoring: the same patient may be scored twice).
     """
     errors = len(report.errors)
     table, problems = prepare_table(table, card, report)
@@ -218,7 +219,8 @@ def convert_table(table: RawTable, card: DatasetCard, schema: TaskSchema,
     invalid = flags.invalid()
     drop = card.on_invalid_row == "drop"
     flags.record(report, drop)
-    record_duplicates(table, report)
+    if duplicates:
+        record_duplicates(table, report)
     report.rows_read += flags.n
     frame = pd.DataFrame(data)
     frame[schema.target.name] = y if schema.target.kind == "continuous" else \

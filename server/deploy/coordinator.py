@@ -15,7 +15,9 @@ restarts; a database that was deleted has every key registered again.
 (:func:`medfed.infra.launch.superlink_command`, the fast setup's environment unless
 ``--flower-defaults``), with ``FLWR_HOME=DIR/flwr`` (the ServerApp writes run directories from
 inside it, on this machine), prints the address hospitals need and stops cleanly on Ctrl-C or
-SIGTERM.
+SIGTERM. ``init`` also writes the coordinator's Ed25519 ``signing.key``/``signing.pub``:
+``start`` hands the key to the ServerApp, which signs every study's model bundle with it
+(:mod:`.bundle`); hospitals check bundles with ``signing.pub``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import yaml
 from medfed.infra.keys import DeployError, load_ssh_key
 from medfed.infra.launch import superlink_command, superlink_env
 from medfed.infra.processes import run_child
+from medfed.models.release.signing import SIGNING_KEY_ENV, write_key_pair
 from medfed.server.deploy.certs import LOOPBACK, create_tls
 from medfed.server.deploy.connection import (
     CONFIG,
@@ -70,6 +73,7 @@ def init(folder: Path, hosts: list[str], port: int, listen: str | None) -> dict[
     config = {"listen": listen or ("0.0.0.0" if public else "127.0.0.1"), "port": port,
               "address": address_of((public or hosts)[0], port), "hosts": hosts,
               "ca": "ca.crt", "cert": "server.crt", "key": "server.key", "database": "state.db",
+              "signing_key": write_key_pair(folder)[0].name,  # signs every study's model bundle
               "nodes": {}}
     save_config(folder, config)
     return config
@@ -172,8 +176,10 @@ def start(folder: Path, fast: bool = True) -> int:
               flush=True)
 
     try:
-        status = run_child(coordinator_superlink(folder, config),
-                           superlink_env((folder / "flwr").resolve(), fast), started)
+        env = superlink_env((folder / "flwr").resolve(), fast)
+        if config.get("signing_key"):  # the ServerApp signs each study's model/ with it
+            env[SIGNING_KEY_ENV] = str((folder / config["signing_key"]).resolve())
+        status = run_child(coordinator_superlink(folder, config), env, started)
     finally:
         (folder / "superlink.pid").unlink(missing_ok=True)
     if status != 0:
@@ -216,7 +222,9 @@ def coordinator_main(argv: list[str]) -> int:
         if args.command == "init":
             config = init(folder, args.host, args.port, args.listen)
             print(f"coordinator folder {folder}: hospitals dial {config['address']} and trust "
-                  f"{folder / 'ca.crt'}\nnext: medfed coordinator start {folder}")
+                  f"{folder / 'ca.crt'}; model bundles are signed with {folder / 'signing.key'} "
+                  f"(hospitals verify them with {folder / 'signing.pub'})\n"
+                  f"next: medfed coordinator start {folder}")
         elif args.command == "add-node":
             print(add_node(folder, args.name, args.public_key))
         else:

@@ -6,6 +6,8 @@
 ``summary.json``        final global and per-hospital metrics, baselines, timings, bytes
 ``model.pt``            the final global weights (``torch.load`` -> ``state_dict``)
 ``convergence.png``     the primary metric per round, global and per hospital
+``calibration.png``     the reliability diagram of a yes/no model (:mod:`.calibration`)
+``model/``              the signed model bundle with its model card (:mod:`.bundle`)
 ``report.md``           a short human-readable report
 ======================  ==============================================================
 
@@ -154,11 +156,15 @@ def write_run(result: StudyResult) -> Path:
                     result.statistics, result.study["preprocessing"]["missing_indicators"])},
                buffer)
     _atomic_write(out / "model.pt", buffer.getvalue())
+    from medfed.server.outputs.bundle import write_model_bundle
+    from medfed.server.outputs.calibration import calibration_report
     from medfed.server.outputs.report import plot_convergence, plot_epsilon, report_markdown
 
     plot_convergence(rows, result.schema.primary_metric, out / "convergence.png")
     plot_epsilon(rows, out / "epsilon.png")
-    _atomic_write(out / "report.md", report_markdown(data, result.study).encode())
+    calibration, verdict = calibration_report(result, out)
+    write_model_bundle(result, data, out, verdict)  # model/: signed bundle with its model card
+    _atomic_write(out / "report.md", (report_markdown(data, result.study) + calibration).encode())
     from medfed.server.monitor.status import write_final
 
     write_final(result)  # status.json says finished only once every file above is written

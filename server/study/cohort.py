@@ -48,9 +48,13 @@ def site_of(reply: Message) -> tuple[dict[str, Any], dict[str, Any]]:
     """A ``query.stats`` reply's hospital entry (name, sizes) and its statistics summary."""
     site = reply.content.config_records["site"]
     counts = reply.content.metric_records["counts"]
-    entry = {"name": str(site["name"]), "n_train": int(scalar(counts["num-examples"])),
-             "n_test": int(scalar(counts["num-test"])), "role": str(site.get("role", "train"))}
-    return entry, json.loads(str(site["statistics-json"]))
+    statistics: dict[str, Any] = json.loads(str(site["statistics-json"]))
+    entry: dict[str, Any] = {
+        "name": str(site["name"]), "n_train": int(scalar(counts["num-examples"])),
+        "n_test": int(scalar(counts["num-test"])), "role": str(site.get("role", "train")),
+        "statistics": statistics,  # for the model card
+    }
+    return entry, statistics
 
 
 class CohortView:

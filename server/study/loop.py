@@ -67,6 +67,7 @@ class RoundRecord:
     rejected: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     wire_bytes: int | None = None
+    statistics: dict[str, dict[str, Any]] = field(default_factory=dict)  # summed, per hospital
 
 
 @dataclass
@@ -180,9 +181,11 @@ def record_evaluation(record: RoundRecord, replies: list[Message], schema: TaskS
         if evaluation:
             record.hospital_metrics[_hospital(hospitals, reply)] = metrics_from_statistics(
                 schema, evaluation)
+            record.statistics[_hospital(hospitals, reply)] = dict(evaluation)
             add_into(total, MetricRecord(evaluation))
     if total:
         record.global_metrics = metrics_from_statistics(schema, total)
+        record.statistics[GLOBAL] = dict(total)
 
 
 def record_training(record: RoundRecord, replies: list[Message],

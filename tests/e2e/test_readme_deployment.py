@@ -228,6 +228,15 @@ def test_the_study_ran_on_three_hospitals(readme_run):
     print(f"README blocks, seconds per step: {readme_run.seconds}; round seconds {seconds}")
 
 
+def test_the_deployed_bundle_is_signed_by_the_coordinators_key(readme_run):
+    from medfed.models.release.bundle import verify_bundle
+
+    coordinator = readme_run.root / "coordinator"
+    verified = verify_bundle(coordinator / "runs" / "first" / "model",
+                             coordinator / "coord" / "signing.pub")
+    assert verified.signer_kind == "coordinator" and verified.pinned
+
+
 def test_status_lists_the_three_hospitals_online(readme_run):
     out = readme_run.study["coordinator"]
     nodes = out[out.index("nodes:"):out.index("studies:")]
