@@ -76,17 +76,30 @@ def _run_single(study: dict[str, Any]) -> None:
 
     if not study.get("output_dir"):
         study["output_dir"] = str(default_output_dir(study))
+        _check_output_dir(study)
     _run(study)
+
+
+def _check_output_dir(study: dict[str, Any]) -> None:
+    from medfed.server.study.config import ConfigError, check_output_dir
+
+    try:
+        check_output_dir(study)
+    except ConfigError as exc:
+        _fail(str(exc), 2)
 
 
 def _run(study: dict[str, Any]) -> None:
     """Run a validated study; a failure ends in one sentence (a traceback with verbose=true)."""
+    from medfed.infra.files import WriteError
     from medfed.server.simulation.run import run_simulated_study
 
     try:
         run_simulated_study(study)
     except KeyboardInterrupt:
         _fail("interrupted; the run directory holds only what was finished", 130)
+    except WriteError as exc:  # disk full, read-only, no permission: the path and the cause
+        _fail(str(exc), 1)
     except Exception as exc:  # a failed study ends in one sentence, not a traceback
         if study.get("verbose"):
             raise
@@ -115,6 +128,7 @@ def _simulate_job(cfg: Any) -> None:
         study["output_dir"] = hydra_cfg.runtime.output_dir
     elif str(hydra_cfg.mode) == "RunMode.MULTIRUN":  # one folder per job of a sweep
         study["output_dir"] = str(Path(study["output_dir"]) / str(hydra_cfg.sweep.subdir))
+    _check_output_dir(study)
     _run(study)
 
 

@@ -68,6 +68,7 @@ def _study(args: argparse.Namespace) -> dict[str, Any]:
     from medfed.server.study.config import (
         ConfigError,
         NothingToResume,
+        check_output_dir,
         check_unfinished,
         compose_study,
         validate_study,
@@ -105,6 +106,11 @@ def _study(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(2)
     study["output_dir"] = str(Path(study.get("output_dir") or default_output_dir(study))
                               .expanduser().resolve())
+    try:
+        check_output_dir(study)
+    except ConfigError as exc:
+        print(f"medfed: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     return study
 
 
@@ -134,11 +140,17 @@ def submit(connection: Connection, study: dict[str, Any], work: Path) -> int:
                            capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
         print(f"medfed: run {run_id or '(not started)'} stopped", file=sys.stderr)
         return 130
+    from medfed.server.study.runstate import run_state
+
     summary = Path(study["output_dir"]) / "summary.json"
-    if child.returncode != 0 or not summary.exists():
+    state = run_state(study["output_dir"])
+    if state is None or state[0] == "interrupted":
         raise DeployError(f"run {run_id or '(not started)'} ended without {summary} (flwr "
                           f"status {child.returncode}); Flower's log above says why")
     print(f"run directory: {study['output_dir']}")
+    if state[0] != "finished":
+        print(f"medfed: the study {state[0]}: {state[1]}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -35,15 +35,29 @@ class NothingToResume(ConfigError):
 
 
 def check_unfinished(run_dir: Path) -> None:
-    """Raise :class:`NothingToResume` when ``run_dir/summary.json`` records a study that ran to
-    its end. A study that stopped early (``stopped``: too few hospitals...) may be resumed."""
-    try:
-        summary = json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        return  # no summary: the study was interrupted; its checkpoint says where
-    if isinstance(summary, dict) and not summary.get("stopped"):
-        raise NothingToResume(f"{run_dir} already finished all {summary.get('rounds')} rounds; "
+    """Raise :class:`NothingToResume` when ``run_dir/summary.json`` records ``status: finished``.
+    A study that stopped early, failed or was interrupted (no summary) may be resumed."""
+    from medfed.server.study.runstate import run_state
+
+    state = run_state(run_dir)
+    if state is not None and state[0] == "finished":
+        try:
+            rounds = json.loads((run_dir / "summary.json").read_text()).get("rounds")
+        except (OSError, ValueError, AttributeError):
+            rounds = "its"
+        raise NothingToResume(f"{run_dir} already finished all {rounds} rounds; "
                               "nothing to resume (the run directory is unchanged)")
+
+
+def check_output_dir(study: dict[str, Any]) -> None:
+    """Raise :class:`ConfigError` when ``output_dir`` holds a run that this study would write
+    over (see :func:`medfed.server.study.runstate.refuse_existing_run`)."""
+    from medfed.server.study.runstate import RunDirectoryTaken, refuse_existing_run
+
+    try:
+        refuse_existing_run(study)
+    except RunDirectoryTaken as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def config_dir() -> Path:
@@ -79,6 +93,7 @@ def compose_study(overrides: list[str]) -> dict[str, Any]:
     if study.get("resume"):
         study = resumed_study(study, overrides)
     validate_study(study)
+    check_output_dir(study)
     return study
 
 
