@@ -22,6 +22,7 @@ from medfed.client.policy import check_round, policy_for_site
 from medfed.models.encoding import GlobalStats
 from medfed.models.pipeline import PreparedSite, local_training
 from medfed.models.schema import TaskSchema
+from medfed.models.settings import privacy_errors
 from medfed.models.training import loss_function
 
 REFUSED = "refused by the node's policy"
@@ -82,6 +83,8 @@ def train_round(model: torch.nn.Module, site: PreparedSite, schema: TaskSchema,
     """
     priv = study["privacy"]
     dp = priv["name"] == "dpsgd"
+    if error := privacy_errors(priv):  # the coordinator's own check, in case it was skipped
+        raise NodeRefusal(f"settings: {error}")
     policy = policy_for_site(study.get("policy"), site.name)
     common = {"task": schema.name, "dp": dp, "cohort_size": cohort_size,
               "secure_aggregation": bool(study.get("secure_aggregation", False))}

@@ -18,7 +18,7 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
-from medfed.models.ingest.sources import DataConfigError, federation_size
+from medfed.models.ingest.sources import MAX_NODES, DataConfigError, federation_size
 from medfed.models.schema import SchemaError, task_from_dict
 from medfed.strategies.central_dp import check_central
 from medfed.strategies.registry import StrategyConfigError, build_strategy
@@ -81,6 +81,8 @@ def compose_study(overrides: list[str]) -> dict[str, Any]:
     ConfigError
         For an unknown group option or key, or an invalid value.
     """
+    if error := added_keys(overrides):
+        raise ConfigError(error)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
@@ -93,8 +95,37 @@ def compose_study(overrides: list[str]) -> dict[str, Any]:
     if study.get("resume"):
         study = resumed_study(study, overrides)
     validate_study(study)
+    check_study_sites(study)
     check_output_dir(study)
     return study
+
+
+def check_study_sites(study: dict[str, Any]) -> None:
+    """Read every dataset card of a ``federation=sites`` study now, before round 1 (see
+    :mod:`medfed.server.study.sites`); :class:`ConfigError` for the first that cannot run."""
+    from medfed.server.study.sites import check_sites
+
+    if error := check_sites(study):
+        raise ConfigError(error)
+
+
+def added_keys(overrides: list[str]) -> str | None:
+    """``+key=value`` adding a setting medfed does not have (a typo Hydra would accept).
+
+    Adding a config group (``+experiment=x``) and per-hospital policy overrides
+    (``+policy.hospitals.NAME.KEY=v``, the section is empty by default) stay allowed.
+    """
+    groups = {p.name for p in config_dir().iterdir() if p.is_dir()}
+    for override in overrides:
+        if not override.startswith("+"):
+            continue
+        key = override.lstrip("+").split("=", 1)[0]
+        if key in groups or key.startswith("hydra") or key.startswith("policy.hospitals"):
+            continue
+        return (f"{override} adds a setting medfed does not have ({key}); check the spelling "
+                "and drop the + to change an existing one (`medfed simulate --cfg job` lists "
+                "every setting)")
+    return None
 
 
 # What a resumed study may change: how it runs, never what it computes.
@@ -136,7 +167,7 @@ def resumed_study(study: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 def absolute_paths(study: dict[str, Any]) -> dict[str, Any]:
     """Make dataset-card paths absolute, so nodes started from another folder find them."""
     cards = study["federation"].get("cards")
-    if cards:
+    if cards and isinstance(cards, list):
         study["federation"]["cards"] = [str(Path(c).expanduser().resolve()) for c in cards]
     return study
 
@@ -203,8 +234,25 @@ def _check_federation(federation: dict[str, Any]) -> None:
                               f"{size!r}")
 
 
+def _check_shared(study: dict[str, Any], n_nodes: int | None) -> None:
+    """The checks the node runs too (:mod:`medfed.models.settings`)."""
+    from medfed.models import settings
+
+    deployed = study["federation"].get("name") == "nodes"  # each node brings its own policy
+    for error in (settings.list_errors(study), settings.privacy_errors(study["privacy"]),
+                  None if deployed else settings.policy_errors(study.get("policy"),
+                                                               study["privacy"], n_nodes),
+                  settings.robust_strategy_errors(study["strategy"], n_nodes)):
+        if error:
+            raise ConfigError(error)
+
+
 def validate_study(study: dict[str, Any]) -> None:
     """Check a study config; raise :class:`ConfigError` naming the first bad setting."""
+    from medfed.models.settings import list_errors
+
+    if error := list_errors(study):
+        raise ConfigError(error)
     for key in ("rounds", "train.batch_size", "evaluate.every", "evaluate.auroc_bins",
                 "threads", "preprocessing.min_cell"):
         _positive(study, key, integer=True)
@@ -231,6 +279,8 @@ def validate_study(study: dict[str, Any]) -> None:
     try:
         task_from_dict(study["task"], source=f"task '{study['task'].get('name')}'")
         n_nodes = federation_size(study["federation"])
+        known = None if n_nodes == MAX_NODES else n_nodes
+        _check_shared(study, known)
         build_strategy(study["strategy"], n_nodes)
         check_central(study, n_nodes)
         from medfed.server.study.adversary import attack_targets
