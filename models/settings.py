@@ -61,31 +61,36 @@ def privacy_errors(privacy: Mapping[str, Any]) -> str | None:
     return next((c for c in checks if c), None)
 
 
-def _caps(policy: Policy, where: str, privacy: Mapping[str, Any]) -> str | None:
-    """A DP setting of the study that ``policy`` refuses in every round, naming the cap."""
+def _named(where: str, key: str) -> str:
+    """``policy.max_epsilon_total``, or ``max_epsilon_total in node-policy.yaml`` for a file."""
+    return f"{key} in {where}" if where.endswith((".yaml", ".yml")) else f"{where}.{key}"
+
+
+def cap_error(policy: Policy, where: str, privacy: Mapping[str, Any]) -> str | None:
+    """A DP setting of the study that ``policy`` refuses in every round, naming the cap
+    (``where``: the policy's section, ``policy.hospitals.site-b``, or its file)."""
     target, clip = privacy.get("target_epsilon"), privacy.get("max_grad_norm")
     for cap in ("max_epsilon_per_study", "max_epsilon_total"):
         limit = getattr(policy, cap)
         if target is not None and limit is not None and target > limit:
             return (
                 f"privacy.target_epsilon={target:g} is above the node policy's cap "
-                f"{where}.{cap}={limit:g}: every round would be refused; lower the target"
+                f"{_named(where, cap)}={limit:g}: every round would be refused; lower the target"
             )
     if policy.max_grad_norm_limit is not None and clip > policy.max_grad_norm_limit:
         return (
             f"privacy.max_grad_norm={clip:g} is above the node policy's cap "
-            f"{where}.max_grad_norm_limit={policy.max_grad_norm_limit:g}"
+            f"{_named(where, 'max_grad_norm_limit')}={policy.max_grad_norm_limit:g}"
         )
     noise, delta = privacy.get("noise_multiplier"), privacy.get("delta")
     if target is None and noise is not None and noise < policy.min_noise_multiplier:
         return (
             f"privacy.noise_multiplier={noise:g} is below the node policy's floor "
-            f"{where}.min_noise_multiplier={policy.min_noise_multiplier:g}"
+            f"{_named(where, 'min_noise_multiplier')}={policy.min_noise_multiplier:g}"
         )
     if delta is not None and policy.delta is not None and delta > policy.delta:
-        return (
-            f"privacy.delta={delta:g} is above the node policy's cap {where}.delta={policy.delta:g}"
-        )
+        cap = _named(where, "delta")
+        return f"privacy.delta={delta:g} is above the node policy's cap {cap}={policy.delta:g}"
     return None
 
 
@@ -113,7 +118,7 @@ def policy_errors(
                 f"{where}.min_cohort={policy.min_cohort} but the federation has "
                 f"{n_hospitals} hospital(s): every round would be refused"
             )
-        if privacy.get("name") == "dpsgd" and (error := _caps(policy, where, privacy)):
+        if privacy.get("name") == "dpsgd" and (error := cap_error(policy, where, privacy)):
             return error
     return None
 

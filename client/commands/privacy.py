@@ -22,6 +22,10 @@ from medfed.client.policy import PolicyError, load_policy
 EXIT_OK, EXIT_ERROR, EXIT_TAMPERED = 0, 1, 2
 
 
+class PlanSettingError(ValueError):
+    """A setting of ``privacy plan`` that cannot work (exit 2); one sentence naming it."""
+
+
 def _ledger_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medfed node ledger",
@@ -156,8 +160,8 @@ def _hospitals(args: argparse.Namespace) -> tuple[list[str], list[int], list[lis
         try:
             card = load_card(path)
             data = read_card_data(card, card_schema(card))
-        except CardError as exc:
-            raise ValueError(str(exc)) from None
+        except CardError as exc:  # a card that cannot be read is a usage error (exit 2)
+            raise PlanSettingError(str(exc)) from None
         if not data.report.usable:
             raise ValueError(f"{path}: {data.report.errors[0]}; run `medfed node check "
                              f"--dataset {path}`")
@@ -168,10 +172,31 @@ def _hospitals(args: argparse.Namespace) -> tuple[list[str], list[int], list[lis
     return names, sizes, spent
 
 
+def _check_settings(args: argparse.Namespace) -> None:
+    """The DP settings, with the functions the coordinator and the node use
+    (:mod:`medfed.models.settings`), and the target against the policy's caps."""
+    from medfed.models import settings
+
+    privacy = {"name": "dpsgd", "noise_multiplier": args.noise_multiplier,
+               "target_epsilon": args.target_epsilon, "max_grad_norm": 1.0,
+               "delta": args.delta, "accountant": args.accountant}
+    error = (settings.privacy_errors(privacy)
+             or settings.positive("--budget", args.budget, allow_none=True))
+    if error is None and args.policy is not None:
+        error = settings.cap_error(load_policy(args.policy), str(args.policy), privacy)
+    if error:
+        for setting, flag in (("privacy.target_epsilon", "--target-epsilon"),
+                              ("privacy.noise_multiplier", "--noise-multiplier"),
+                              ("privacy.delta", "--delta")):
+            error = error.replace(setting, flag)
+        raise PlanSettingError(error)
+
+
 def plan(args: argparse.Namespace) -> dict[str, Any]:
     """The plan as data: settings and one row per hospital."""
     from medfed.models import privacy
 
+    _check_settings(args)
     names, sizes, spent = _hospitals(args)
     if not sizes or min(sizes) < 1 or args.batch_size < 1 or args.rounds < 1:
         raise ValueError("--sizes must list positive row counts; --batch-size and --rounds "
@@ -228,15 +253,22 @@ def _print_plan(result: dict[str, Any]) -> None:
 
 
 def plan_main(argv: list[str] | None = None) -> int:
-    """``medfed privacy plan``: 0 on success, 1 on bad arguments."""
-    args = _plan_parser().parse_args(argv)
+    """``medfed privacy plan``: 0 on success, 2 on a setting that cannot work, 1 when the
+    data or a ledger cannot be read."""
+    try:
+        args = _plan_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse printed the usage or the help
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         with warnings.catch_warnings():
             # Opacus notes when a tighter RDP bound needs more orders; the bound stays valid.
             warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
             result = plan(args)
-    except (ValueError, PolicyError, OSError, LedgerTampered) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (PlanSettingError, PolicyError) as error:
+        print(f"medfed: error: {error}", file=sys.stderr)
+        return EXIT_TAMPERED  # 2: a usage or configuration error
+    except (ValueError, OSError, LedgerTampered) as error:
+        print(f"medfed: error: {error}", file=sys.stderr)
         return EXIT_ERROR
     if args.json:
         print(json.dumps(result, indent=2, default=lambda v: None if math.isnan(v) else v))

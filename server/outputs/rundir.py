@@ -117,6 +117,8 @@ def summary(result: StudyResult) -> dict[str, Any]:
         "wall_seconds": round(result.wall_seconds, 3),
         "global": final.global_metrics, "global_mean_over_hospitals": mean,
         "hospitals": hospitals,
+        "sites": [h["name"] for h in hospitals],
+        "missing_sites": study["federation"].get("missing_sites") or [],
         "normalisation": study["preprocessing"]["normalisation"],
         "total_train_steps": result.total_train_steps,
         "failures": {str(r.server_round): r.failures for r in result.rounds if r.failures},
