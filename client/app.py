@@ -51,7 +51,8 @@ def stats(msg: Message, context: Context) -> Message:
     context.state.config_records[node.STUDY_STATE] = ConfigRecord({"config-json": config_json})
     return Message(RecordDict({
         "site": ConfigRecord({"name": name, "statistics-json": json.dumps(statistics)}),
-        "counts": MetricRecord({"num-examples": n_train, "num-test": n_test}),
+        "counts": MetricRecord({"num-examples": n_train, "num-test": n_test,
+                                "min-cohort": node.declared_min_cohort(config_json, name)}),
     }), reply_to=msg)
 
 

@@ -93,6 +93,14 @@ def site_summary(config_json: str, index: int) -> tuple[str, int, int, dict[str,
     return site.name, len(site.train), len(site.test), stats
 
 
+def declared_min_cohort(config_json: str, site_name: str) -> int:
+    """The ``min_cohort`` of this hospital's policy, sent in round 0 so the coordinator skips
+    rounds with fewer accepted updates (:mod:`medfed.strategies.cohort_gate`)."""
+    from medfed.client.policy import policy_for_site
+
+    return policy_for_site(json.loads(config_json).get("policy"), site_name).min_cohort
+
+
 @lru_cache(maxsize=16)
 def study_parts(config_json: str, statistics_json: str) -> tuple[dict[str, Any], TaskSchema,
                                                                  GlobalStats]:

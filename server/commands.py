@@ -95,7 +95,7 @@ def _run(study: dict[str, Any]) -> None:
     from medfed.server.simulation.run import run_simulated_study
 
     try:
-        run_simulated_study(study)
+        result = run_simulated_study(study)
     except KeyboardInterrupt:
         _fail("interrupted; the run directory holds only what was finished", 130)
     except WriteError as exc:  # disk full, read-only, no permission: the path and the cause
@@ -106,6 +106,9 @@ def _run(study: dict[str, Any]) -> None:
         first = (str(exc).splitlines() or [""])[0]
         _fail(f"the study failed: {type(exc).__name__}: {first} (verbose=true shows the "
               "traceback)", 1)
+    if result.stopped:  # the run directory is written, with status: stopped and the reason
+        print(f"medfed: the study stopped: {result.stopped}", file=sys.stderr)
+        raise SystemExit(1)
 
 
 def _simulate_job(cfg: Any) -> None:

@@ -127,6 +127,7 @@ def summary(result: StudyResult) -> dict[str, Any]:
         "stopped": result.stopped or None,
         "refusals": {str(r.server_round): r.refusals for r in result.rounds if r.refusals},
         "rejected": {str(r.server_round): r.rejected for r in result.rounds if r.rejected},
+        "skipped": {str(r.server_round): r.skipped for r in result.rounds if r.skipped},
         "privacy": study["privacy"]["name"], "study_id": study.get("study_id"),
         "wire_bytes": result.wire_bytes,
     }

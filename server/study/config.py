@@ -257,6 +257,7 @@ def validate_study(study: dict[str, Any]) -> None:
                 "threads", "preprocessing.min_cell"):
         _positive(study, key, integer=True)
     _positive(study, "train.local_steps", integer=True, allow_none=True)
+    _positive(study, "stop_after_skipped", integer=True, allow_none=True)
     _positive(study, "train.local_epochs", integer=True)
     _positive(study, "train.lr")
     _positive(study, "timeout")
