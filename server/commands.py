@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+SEARCHPATH = "hydra.searchpath="  # the user's config folders: composed like the shipped ones
+
 
 def _fail(message: str, status: int) -> None:
     print(f"medfed: error: {message}", file=sys.stderr)
@@ -27,8 +29,8 @@ def _prevalidate(args: list[str]) -> list[dict[str, Any]]:
         expand_sweeps,
     )
 
-    overrides = [a for a in args if not a.startswith("-") and not a.startswith("hydra.")
-                 and not a.startswith("hydra/")]
+    overrides = [a for a in args if not a.startswith("-") and (
+        a.startswith(SEARCHPATH) or not a.startswith(("hydra.", "hydra/")))]
     try:
         combos = expand_sweeps(overrides)
     except Exception as exc:
@@ -59,7 +61,9 @@ def simulate_main(argv: list[str]) -> int:
     sweep = "-m" in argv or "--multirun" in argv
     if not passthrough:
         studies = _prevalidate(argv)
-        if not sweep and not any(a.startswith(("hydra.", "hydra/", "-")) for a in argv):
+        hydra_args = [a for a in argv if a.startswith(("hydra.", "hydra/", "-"))
+                      and not a.startswith(SEARCHPATH)]
+        if not sweep and not hydra_args:
             _run_single(studies[0])  # one run: composed once, no Hydra job machinery
             return 0
     for arg in list(argv):

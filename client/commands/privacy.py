@@ -159,6 +159,11 @@ def _hospitals(args: argparse.Namespace) -> tuple[list[str], list[int], list[lis
     for path in (p.strip() for p in str(args.cards).split(",") if p.strip()):
         try:
             card = load_card(path)
+            from dataclasses import replace
+
+            from medfed.models.searchpath import find_task
+
+            card = replace(card, task=find_task(card.task, getattr(args, "search", [])))
             data = read_card_data(card, card_schema(card))
         except CardError as exc:  # a card that cannot be read is a usage error (exit 2)
             raise PlanSettingError(str(exc)) from None
@@ -256,9 +261,16 @@ def plan_main(argv: list[str] | None = None) -> int:
     """``medfed privacy plan``: 0 on success, 2 on a setting that cannot work, 1 when the
     data or a ledger cannot be read."""
     try:
+        from medfed.models.searchpath import SearchPathError, split
+
+        search, argv = split(list(argv or []))  # hydra.searchpath=[file://DIR]: custom tasks
         args = _plan_parser().parse_args(argv)
+        args.search = search
     except SystemExit as exc:  # argparse printed the usage or the help
         return exc.code if isinstance(exc.code, int) else 2
+    except SearchPathError as exc:
+        print(f"medfed: error: {exc}", file=sys.stderr)
+        return 2
     try:
         with warnings.catch_warnings():
             # Opacus notes when a tighter RDP bound needs more orders; the bound stays valid.

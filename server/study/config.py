@@ -145,7 +145,7 @@ def resumed_study(study: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     check_unfinished(run_dir)
     for override in overrides:
         key = override.lstrip("+~").split("=", 1)[0].split(".", 1)[0].split("/", 1)[0]
-        if key not in RESUME_MAY_CHANGE:
+        if key not in RESUME_MAY_CHANGE and not override.startswith("hydra.searchpath="):
             raise ConfigError(f"resume={run_dir} continues the study configured in that run "
                               f"directory; drop the override {override} (a resumed study may "
                               f"only change {', '.join(RESUME_MAY_CHANGE[1:])})")
