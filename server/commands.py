@@ -143,6 +143,12 @@ def tasks_main(argv: list[str]) -> int:
     """``medfed tasks``: one line per shipped task schema."""
     from medfed.models.schema import available_tasks, load_task
 
+    if argv:
+        help_asked = argv[0] in ("-h", "--help")
+        print("usage: medfed tasks\n\nList the shipped task schemas (name, target kind, "
+              "features, description).", file=sys.stdout if help_asked else sys.stderr)
+        return 0 if help_asked else 2
+
     for name in available_tasks():
         task = load_task(name)
         print(f"{name:12s} {task.target.kind:11s} {len(task.features):2d} features  "
@@ -154,6 +160,10 @@ def checkpoint_key_main(args: list[str]) -> int:
     """``medfed checkpoint-key FILE``."""
     from medfed.server.study.checkpoint import CheckpointError, new_key
 
+    if args and args[0] in ("-h", "--help"):
+        print("usage: medfed checkpoint-key FILE\n\nCreate a Fernet key for encrypted "
+              "checkpoints (checkpoint.key_file=FILE); refuses to replace an existing file.")
+        return 0
     if len(args) != 1 or args[0].startswith("-"):
         _fail("usage: medfed checkpoint-key FILE", 2)
     try:
