@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from medfed.client.ledger import ledger_path
+from medfed.client.ledger_binding import binding_path
 from medfed.client.policy import load_policy
 from medfed.models.encoding import GlobalStats, site_statistics, suppress_small_cells
 from medfed.models.ingest.sources import SiteData, load_site
@@ -70,7 +71,8 @@ def local_study(config_json: str, node_config: Mapping[str, Any]) -> str:
     study["federation"] = {"name": "sites", "cards": [str(dataset)], "min_cohort": None}
     study["policy"] = yaml.safe_load(policy.read_text()) or {}
     study["privacy"].update(secure_rng=True, ledger_dir=str(ledger_dir) if ledger_dir else None,
-                            ledger_file=None if ledger_dir else str(ledger_path(str(dataset))))
+                            ledger_file=None if ledger_dir else str(ledger_path(str(dataset))),
+                            ledger_binding=str(binding_path(str(dataset))))
     return json.dumps(study)
 
 

@@ -7,9 +7,9 @@ SuperNode that proves it holds the private key.
 
 ``node start`` checks the dataset card first (the same checks as ``medfed node check``) and the
 policy file, then runs the node's SuperNode over TLS (the coordinator's CA certificate) with the
-node key: by default the fast setup of :mod:`medfed.client.supernode.launcher` (short polls, a long-lived
-ClientApp worker started and stopped with the SuperNode), with ``--flower-defaults`` Flower's
-plain ``flower-supernode``. The dataset card, the policy and the ledger folder go into the
+node key: by default the fast setup of :mod:`medfed.client.supernode.launcher` (short polls, a
+long-lived ClientApp worker started and stopped with the SuperNode), with ``--flower-defaults``
+Flower's plain ``flower-supernode``. The dataset card, the policy and the ledger folder go into the
 SuperNode's own ``--node-config``: the ClientApp takes them from there, never from the study
 the server sends (:func:`medfed.client.node.local_study`). Flower's files live in
 ``<key folder>/flwr`` (its ``FLWR_HOME``). Ctrl-C (or SIGTERM) stops the SuperNode and its worker
@@ -65,7 +65,23 @@ def preflight(args: argparse.Namespace) -> dict[str, str]:
         ledger_dir = Path(args.ledger_dir).expanduser().resolve()
         ledger_dir.mkdir(parents=True, exist_ok=True)
         config["ledger-dir"] = str(ledger_dir)
+    _bind_ledger(dataset, config.get("ledger-dir"), bool(getattr(args, "new_ledger", False)))
     return config
+
+
+def _bind_ledger(dataset: Path, ledger_dir: str | None, new_ledger: bool) -> None:
+    """The ledger this node will use is the one its data spent from before, or ``--new-ledger``
+    (:mod:`medfed.client.ledger_binding`)."""
+    from medfed.client.ledger import SUFFIX, ledger_path
+    from medfed.client.ledger_binding import LedgerBindingError, bind
+    from medfed.models.ingest.cardspec import load_card
+
+    ledger = (Path(ledger_dir) / f"{load_card(dataset).name}{SUFFIX}" if ledger_dir
+              else ledger_path(dataset))
+    try:
+        bind(dataset, ledger, new_ledger=new_ledger)
+    except LedgerBindingError as exc:
+        raise DeployError(str(exc)) from None
 
 
 def held_for(flower_defaults: bool) -> float:
@@ -125,6 +141,9 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--key", required=True, metavar="KEY", help="the node's private key")
     start.add_argument("--ledger-dir", metavar="D", help="privacy ledgers go here as "
                        "<site>.ledger.jsonl (default: <card>.ledger.jsonl beside the card)")
+    start.add_argument("--new-ledger", action="store_true",
+                       help="start a new privacy ledger although this dataset spent budget "
+                       "before and its ledger is missing (logged)")
     start.add_argument("--port", type=int, default=0,
                        help="local Runtime API port, one per node on a host (default: a free one)")
     start.add_argument("--flower-defaults", action="store_true",

@@ -26,6 +26,22 @@ class PlanSettingError(ValueError):
     """A setting of ``privacy plan`` that cannot work (exit 2); one sentence naming it."""
 
 
+class LedgerMissing(RuntimeError):
+    """The ledger to read does not exist (never read as zero spent)."""
+
+
+def _missing(dataset: str | Path, ledger: Path) -> str:
+    """Why there is nothing to read at ``ledger``, naming the binding's ledger when known."""
+    from medfed.client.ledger_binding import missing_ledger_error
+
+    card = Path(dataset)
+    if card.suffix in (".yaml", ".yml") and card.is_file():
+        if error := missing_ledger_error(card, ledger):
+            return error
+    return (f"no privacy ledger at {ledger}; a dataset that never trained with DP has none, "
+            "otherwise give the ledger's path (--dataset PATH.ledger.jsonl)")
+
+
 def _ledger_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medfed node ledger",
@@ -77,12 +93,14 @@ def ledger_main(argv: list[str] | None = None) -> int:
     try:
         key = args.key_file.read_bytes().strip() if args.key_file else None
         ledger = Ledger(ledger_path(args.dataset), key=key)
+        if not ledger.path.exists():  # never "0 spent": say what is missing
+            raise LedgerMissing(_missing(args.dataset, ledger.path))
         report = _ledger_report(ledger, args)
     except LedgerTampered as error:
         print(f"TAMPERED: {error} This node refuses to train on this dataset until the ledger "
               "is restored.", file=sys.stderr)
         return EXIT_TAMPERED
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, LedgerMissing) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_ERROR
     if args.json:
@@ -171,6 +189,11 @@ def _hospitals(args: argparse.Namespace) -> tuple[list[str], list[int], list[lis
             raise ValueError(f"{path}: {data.report.errors[0]}; run `medfed node check "
                              f"--dataset {path}`")
         ledger = Ledger(ledger_path(path))
+        if not ledger.path.exists():
+            from medfed.client.ledger_binding import missing_ledger_error
+
+            if error := missing_ledger_error(path, ledger.path):
+                raise ValueError(error)
         names.append(data.name)
         sizes.append(len(data.train))
         spent.append(ledger.history() if ledger.path.exists() else [])

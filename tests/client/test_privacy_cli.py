@@ -78,9 +78,10 @@ def test_ledger_report_exits_non_zero_when_tampered(tmp_path, capsys):
     assert "TAMPERED" in capsys.readouterr().err
 
 
-def test_a_dataset_without_a_ledger_has_spent_nothing(tmp_path, capsys):
-    assert ledger_main(["--dataset", str(tmp_path / "new.csv")]) == EXIT_OK
-    assert "no privacy spend recorded" in capsys.readouterr().out
+def test_a_missing_ledger_is_an_error_not_zero_spent(tmp_path, capsys):
+    assert ledger_main(["--dataset", str(tmp_path / "new.csv")]) == 1
+    assert capsys.readouterr().err.startswith(
+        f"error: no privacy ledger at {tmp_path / 'new.csv.ledger.jsonl'}")
 
 
 def test_plan_from_cards_reads_sizes_and_counts_what_the_ledgers_already_spent(tmp_path, capsys):
