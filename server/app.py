@@ -15,9 +15,9 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from medfed.server.outputs.rundir import default_output_dir, write_run
-from medfed.server.study.runstate import clear_for_overwrite, record_failure
 from medfed.server.study.config import compose_study, validate_study
 from medfed.server.study.loop import Observer, StudyResult, run_study
+from medfed.server.study.runstate import clear_for_overwrite, record_failure
 
 
 def study_from_run_config(run_config: dict[str, Any]) -> dict[str, Any]:

@@ -8,11 +8,16 @@ The ``medfed`` dispatcher (:mod:`medfed.infra.cli`) calls the ``*_main`` functio
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Any
 
 SEARCHPATH = "hydra.searchpath="  # the user's config folders: composed like the shipped ones
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _fail(message: str, status: int) -> None:
@@ -98,6 +103,7 @@ def _run(study: dict[str, Any]) -> None:
     from medfed.infra.files import WriteError
     from medfed.server.simulation.run import run_simulated_study
 
+    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM ends the study as Ctrl-C does
     try:
         result = run_simulated_study(study)
     except KeyboardInterrupt:

@@ -30,6 +30,9 @@ from medfed.infra.processes import flower_env, free_port, run_child
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 HELD = "Failed to activate SuperNode"
 """What Flower's SuperNode logs when the SuperLink still counts its key as online."""
+NOT_REGISTERED = "The provided public key is not valid"
+"""What it logs when the coordinator's SuperLink never registered its key
+(:data:`medfed.infra.superlink.NOT_REGISTERED`)."""
 HELD_RETRY = 1.0  # seconds between two starts while the SuperLink holds the key (a start
 # costs 2-5 s of Python and Flower start-up, so the node is back a few seconds after the
 # SuperLink lets the old session go)
@@ -107,7 +110,13 @@ def start_node(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + hold
     while True:
         seen: set[str] = set()
-        status = run_child(command, flower_env(key.parent / "flwr"), watch=[HELD], seen=seen)
+        status = run_child(command, flower_env(key.parent / "flwr"),
+                           watch=[HELD, NOT_REGISTERED], seen=seen)
+        if NOT_REGISTERED in seen:
+            raise DeployError(f"key not registered at the coordinator: {args.superlink} does "
+                              f"not know the public key of {key}; send "
+                              f"{key.with_suffix('.pub')} to the coordinator, who registers it "
+                              "with `medfed coordinator add-node DIR NAME node.pub`")
         if status == EXIT_OK or HELD not in seen or time.monotonic() > deadline:
             break
         print(f"medfed node: the coordinator still holds this node's previous connection (for "

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -154,6 +155,11 @@ def submit(connection: Connection, study: dict[str, Any], work: Path) -> int:
     return 0
 
 
+def _interrupt(signum: int, _frame: object) -> None:
+    """SIGTERM as Ctrl-C: the study is stopped with ``flwr stop`` (:func:`submit`)."""
+    raise KeyboardInterrupt
+
+
 def _connection_args(parser: argparse.ArgumentParser, *, required: bool) -> None:
     parser.add_argument("--superlink", required=required, metavar="HOST:PORT",
                         help="the SuperLink (on the coordinator: 127.0.0.1:PORT)")
@@ -176,6 +182,7 @@ def run_main(argv: list[str]) -> int:
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 2
     study = _study(args)
+    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops the study as Ctrl-C does
     try:
         with tempfile.TemporaryDirectory(prefix="medfed-run-") as work:
             connection = Connection(args.superlink, Path(args.ca).expanduser(),
