@@ -106,7 +106,7 @@ def install() -> None:
     def get_middleware() -> tuple[Middleware, ...]:
         return (Middleware(LoopbackOnly), *original())
 
-    extensions.get_middleware = get_middleware  # type: ignore[assignment]
+    extensions.get_middleware = get_middleware
     _activation_names_unregistered_keys()
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 from medfed.models.policy_spec import Policy, PolicyError, policy_for_site
 
@@ -20,7 +20,7 @@ LIST_SETTINGS = ("federation.cards", "federation.sizes", "attack.hospitals", "po
 """Settings that hold a list (``federation.cards=[a.yaml,b.yaml]``), never a single string."""
 
 
-def _number(value: Any) -> bool:
+def _number(value: Any) -> TypeGuard[float]:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
@@ -77,7 +77,8 @@ def cap_error(policy: Policy, where: str, privacy: Mapping[str, Any]) -> str | N
                 f"privacy.target_epsilon={target:g} is above the node policy's cap "
                 f"{_named(where, cap)}={limit:g}: every round would be refused; lower the target"
             )
-    if policy.max_grad_norm_limit is not None and clip > policy.max_grad_norm_limit:
+    limit_clip = policy.max_grad_norm_limit
+    if limit_clip is not None and _number(clip) and clip > limit_clip:
         return (
             f"privacy.max_grad_norm={clip:g} is above the node policy's cap "
             f"{_named(where, 'max_grad_norm_limit')}={policy.max_grad_norm_limit:g}"
@@ -130,7 +131,7 @@ def list_errors(study: Mapping[str, Any]) -> str | None:
         for part in dotted.split("."):
             value = value.get(part) if isinstance(value, Mapping) else None
         if value is not None and (
-            isinstance(value, str | bytes) or not isinstance(value, Sequence)
+            isinstance(value, str) or not isinstance(value, Sequence)
         ):
             return (
                 f"{dotted} must be a list, got {value!r}; write it in brackets: {dotted}=[{value}]"
