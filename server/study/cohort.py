@@ -49,7 +49,7 @@ def site_of(reply: Message) -> tuple[dict[str, Any], dict[str, Any]]:
     counts = reply.content.metric_records["counts"]
     entry = {"name": str(site["name"]), "n_train": int(counts["num-examples"]),
              "n_test": int(counts["num-test"]),
-             "min_cohort": int(counts.get("min-cohort", 1))}  # the node's policy, a count
+             "min_cohort": int(counts.get("min-cohort", 1))}  # type: ignore[arg-type]
     return entry, json.loads(str(site["statistics-json"]))
 
 
