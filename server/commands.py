@@ -100,11 +100,12 @@ def _check_output_dir(study: dict[str, Any]) -> None:
 
 def _run(study: dict[str, Any]) -> None:
     """Run a validated study; a failure ends in one sentence (a traceback with verbose=true)."""
-    from medfed.infra.files import WriteError
+    from medfed.infra.files import WriteError, make_folder
     from medfed.server.simulation.run import run_simulated_study
 
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM ends the study as Ctrl-C does
     try:
+        make_folder(study["output_dir"])  # a folder we cannot write ends before round 0
         result = run_simulated_study(study)
     except KeyboardInterrupt:
         _fail("interrupted; the run directory holds only what was finished", 130)
