@@ -73,9 +73,11 @@ def missing_ledger_error(card: str | Path, ledger: Path) -> str | None:
     record = _spent_elsewhere(Path(card), ledger)
     if record is None:
         return None
-    return (f"{card}: this dataset spent privacy budget before (ledger {record['ledger']}), but "
-            f"there is no ledger at {ledger}; point the node at that ledger (--ledger-dir) or "
-            "start a new one explicitly with `medfed node start --new-ledger`")
+    return (
+        f"{card}: this dataset spent privacy budget before (ledger {record['ledger']}), but "
+        f"there is no ledger at {ledger}; point the node at that ledger (--ledger-dir) or "
+        "start a new one explicitly with `medfed node start --new-ledger`"
+    )
 
 
 def bind(card: str | Path, ledger: Path, *, new_ledger: bool = False) -> None:
@@ -91,15 +93,22 @@ def bind(card: str | Path, ledger: Path, *, new_ledger: bool = False) -> None:
     error = missing_ledger_error(card, ledger)
     if error and not new_ledger:
         raise LedgerBindingError(error)
-    record = {"fingerprint": fingerprint(card), "ledger": str(ledger),
-              "spent": ledger.exists() and ledger.stat().st_size > 0}
+    record = {
+        "fingerprint": fingerprint(card),
+        "ledger": str(ledger),
+        "spent": ledger.exists() and ledger.stat().st_size > 0,
+    }
     if error:
         old = read_binding(card) or {}
-        record["new_ledger"] = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                                "previous_ledger": old.get("ledger")}
-        print(f"medfed: --new-ledger: starting a new privacy ledger at {ledger}; the spend "
-              f"recorded in {old.get('ledger')} no longer counts against this node's budget",
-              file=sys.stderr)
+        record["new_ledger"] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "previous_ledger": old.get("ledger"),
+        }
+        print(
+            f"medfed: --new-ledger: starting a new privacy ledger at {ledger}; the spend "
+            f"recorded in {old.get('ledger')} no longer counts against this node's budget",
+            file=sys.stderr,
+        )
     atomic_write(binding_path(card), json.dumps(record, indent=2))
 
 

@@ -25,13 +25,16 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 Scope = MutableMapping[str, Any]
-ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]],
-                   Awaitable[None]]
+ASGIApp = Callable[
+    [Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]
+]
 
 LOCAL_ONLY = ("/v1/control", "/v1/runtime", "/docs", "/openapi.json")
 """Path prefixes only a caller on the coordinator's own machine may reach."""
-REFUSAL = ("the SuperLink's Control and Runtime APIs answer the coordinator's own machine only; "
-           "run medfed run / medfed status there (--superlink 127.0.0.1:PORT)")
+REFUSAL = (
+    "the SuperLink's Control and Runtime APIs answer the coordinator's own machine only; "
+    "run medfed run / medfed status there (--superlink 127.0.0.1:PORT)"
+)
 
 
 def is_loopback(host: str | None) -> bool:
@@ -63,9 +66,16 @@ class LoopbackOnly:
             peer = (scope.get("client") or (None, None))[0]
             if not is_loopback(peer) and (self.listen is None or peer != self.listen):
                 body = json.dumps({"detail": REFUSAL}).encode()
-                await send({"type": "http.response.start", "status": 403,
-                            "headers": [(b"content-type", b"application/json"),
-                                        (b"content-length", str(len(body)).encode())]})
+                await send(
+                    {
+                        "type": "http.response.start",
+                        "status": 403,
+                        "headers": [
+                            (b"content-type", b"application/json"),
+                            (b"content-length", str(len(body)).encode()),
+                        ],
+                    }
+                )
                 await send({"type": "http.response.body", "body": body})
                 return
         await self.app(scope, receive, send)
@@ -88,8 +98,9 @@ def _activation_names_unregistered_keys() -> None:
 
     def activate_node(request: Any, state: Any) -> Any:
         if state.get_node_id_by_public_key(request.public_key) is None:
-            raise FlowerError(ApiErrorCode.PUBLIC_KEY_NOT_VALID,
-                              "activation with a key that was never registered")
+            raise FlowerError(
+                ApiErrorCode.PUBLIC_KEY_NOT_VALID, "activation with a key that was never registered"
+            )
         return original(request=request, state=state)
 
     fleet_handlers.activate_node = activate_node

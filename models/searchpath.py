@@ -31,10 +31,12 @@ def parse(value: str) -> list[Path]:
         item = item.strip().strip("'\"")
         if not item.startswith("file://"):
             continue
-        folder = Path(item[len("file://"):]).expanduser()
+        folder = Path(item[len("file://") :]).expanduser()
         if not folder.is_dir():
-            raise SearchPathError(f"hydra.searchpath: {folder} is not a folder; give "
-                                  "hydra.searchpath=[file:///path/to/conf]")
+            raise SearchPathError(
+                f"hydra.searchpath: {folder} is not a folder; give "
+                "hydra.searchpath=[file:///path/to/conf]"
+            )
         folders.append(folder.resolve())
     return folders
 
@@ -45,7 +47,7 @@ def split(args: Sequence[str]) -> tuple[list[Path], list[str]]:
     rest = []
     for arg in args:
         if arg.startswith(KEY):
-            folders += parse(arg[len(KEY):])
+            folders += parse(arg[len(KEY) :])
         else:
             rest.append(arg)
     return folders, rest

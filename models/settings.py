@@ -130,9 +130,7 @@ def list_errors(study: Mapping[str, Any]) -> str | None:
         value: Any = study
         for part in dotted.split("."):
             value = value.get(part) if isinstance(value, Mapping) else None
-        if value is not None and (
-            isinstance(value, str) or not isinstance(value, Sequence)
-        ):
+        if value is not None and (isinstance(value, str) or not isinstance(value, Sequence)):
             return (
                 f"{dotted} must be a list, got {value!r}; write it in brackets: {dotted}=[{value}]"
             )

@@ -52,13 +52,17 @@ class CohortGate:
             self.skipped_in_a_row = 0
             return ""
         self.skipped_in_a_row += 1
-        return (f"round {server_round} skipped: {accepted} update(s) accepted, {self.needed} "
-                f"needed (strategy.min_nodes={self.min_nodes}, largest min_cohort a hospital "
-                f"declared={self.min_cohort}); the global model is unchanged")
+        return (
+            f"round {server_round} skipped: {accepted} update(s) accepted, {self.needed} "
+            f"needed (strategy.min_nodes={self.min_nodes}, largest min_cohort a hospital "
+            f"declared={self.min_cohort}); the global model is unchanged"
+        )
 
     def stop_reason(self, skipped: str) -> str:
         """Why the study stops after ``skipped``, or ``""`` while it may go on."""
         if self.skipped_in_a_row < self.stop_after_skipped:
             return ""
-        return (f"{self.skipped_in_a_row} rounds in a row skipped (stop_after_skipped="
-                f"{self.stop_after_skipped}); last: {skipped}; the study stopped there")
+        return (
+            f"{self.skipped_in_a_row} rounds in a row skipped (stop_after_skipped="
+            f"{self.stop_after_skipped}); last: {skipped}; the study stopped there"
+        )

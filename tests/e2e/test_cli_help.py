@@ -20,15 +20,18 @@ from medfed.infra.cli import COMMANDS, Command, resolve, run_command
 MEDFED = str(Path(sys.executable).with_name("medfed"))
 README = Path(__file__).resolve().parents[2] / "README.md"
 GROUPS = [name for name, entry in COMMANDS.items() if isinstance(entry, dict)]
-LEAVES = [[name] if isinstance(entry, Command) else [name, sub]
-          for name, entry in COMMANDS.items()
-          for sub in ([None] if isinstance(entry, Command) else list(entry))]
+LEAVES = [
+    [name] if isinstance(entry, Command) else [name, sub]
+    for name, entry in COMMANDS.items()
+    for sub in ([None] if isinstance(entry, Command) else list(entry))
+]
 
 
 def _medfed(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
-    return subprocess.run([MEDFED, *args], env=env, capture_output=True, text=True, timeout=120,
-                          check=False)
+    return subprocess.run(
+        [MEDFED, *args], env=env, capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 def test_medfed_help_lists_every_command_with_one_line() -> None:
@@ -36,11 +39,19 @@ def test_medfed_help_lists_every_command_with_one_line() -> None:
 
     assert done.returncode == 0
     for words in LEAVES:
-        line = next((s for s in done.stdout.splitlines() if s.split()[:len(words)] == words
-                     and len(s.split()) > len(words)), None)
+        line = next(
+            (
+                s
+                for s in done.stdout.splitlines()
+                if s.split()[: len(words)] == words and len(s.split()) > len(words)
+            ),
+            None,
+        )
         assert line is not None, f"medfed --help does not list {' '.join(words)}"
-    assert "exit codes: 0 success, 1 a study or check failed, 2 a usage or configuration " \
-           "error" in done.stdout
+    assert (
+        "exit codes: 0 success, 1 a study or check failed, 2 a usage or configuration "
+        "error" in done.stdout
+    )
 
 
 @pytest.mark.parametrize("group", GROUPS)
@@ -52,8 +63,11 @@ def test_each_group_help_lists_all_its_subcommands(group: str, capsys) -> None:
     assert run_command([group]) == 2  # a group alone is a usage error (and shows the help)
 
 
-@pytest.mark.parametrize("words", [w for w in LEAVES if w != ["simulate"]],
-                         ids=[" ".join(w) for w in LEAVES if w != ["simulate"]])
+@pytest.mark.parametrize(
+    "words",
+    [w for w in LEAVES if w != ["simulate"]],
+    ids=[" ".join(w) for w in LEAVES if w != ["simulate"]],
+)
 def test_every_command_answers_help_with_exit_0(words: list[str], capsys) -> None:
     try:
         code = run_command([*words, "--help"])
@@ -82,8 +96,9 @@ def _readme_commands() -> list[list[str]]:
     code = re.findall(r"```.*?\n(.*?)```", text, flags=re.S) + re.findall(r"`([^`\n]+)`", text)
     found = []
     for chunk in code:
-        for match in re.finditer(r"(?:^|[\s;&|(])medfed ((?:[a-z][a-z-]*)(?: [a-z][a-z-]*)?)",
-                                 chunk):
+        for match in re.finditer(
+            r"(?:^|[\s;&|(])medfed ((?:[a-z][a-z-]*)(?: [a-z][a-z-]*)?)", chunk
+        ):
             found.append(match.group(1).split())
     return found
 
@@ -95,13 +110,14 @@ def test_every_command_the_readme_names_exists() -> None:
         head = COMMANDS.get(words[0])
         assert head is not None, f"README names `medfed {words[0]}`, which does not exist"
         if isinstance(head, dict):
-            assert len(words) > 1 and words[1] in head, \
+            assert len(words) > 1 and words[1] in head, (
                 f"README names `medfed {' '.join(words)}`, which does not exist"
+            )
             assert not isinstance(resolve(words), int)
 
 
 def test_the_readme_documents_the_exit_codes() -> None:
     text = README.read_text()
-    section = text[text.index("## Exit codes"):]
+    section = text[text.index("## Exit codes") :]
     for code in ("`0`", "`1`", "`2`"):
         assert code in section.split("\n## ")[0]

@@ -30,16 +30,21 @@ MEDFED = str(Path(sys.executable).with_name("medfed"))
 def _public_ip() -> str | None:
     """A non-loopback IPv4 address of this machine (None when it has none)."""
     try:
-        names = subprocess.run(["hostname", "-I"], capture_output=True, text=True, timeout=10,
-                               check=False).stdout.split()
+        names = subprocess.run(
+            ["hostname", "-I"], capture_output=True, text=True, timeout=10, check=False
+        ).stdout.split()
     except OSError:
         return None
     return next((ip for ip in names if "." in ip and not is_loopback(ip)), None)
 
 
 PUBLIC = _public_ip()
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(
-    PUBLIC is None, reason="this machine has no non-loopback IPv4 address to test from")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        PUBLIC is None, reason="this machine has no non-loopback IPv4 address to test from"
+    ),
+]
 
 
 def _answers(host: str, port: int) -> bool:
@@ -57,14 +62,27 @@ class _Coordinator:
         self.children: list[subprocess.Popen] = []
 
     def medfed(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-        return subprocess.run([MEDFED, *args], cwd=self.work, env=self.env, text=True,
-                              capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        return subprocess.run(
+            [MEDFED, *args],
+            cwd=self.work,
+            env=self.env,
+            text=True,
+            capture_output=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
 
     def spawn(self, name: str, *args: str) -> subprocess.Popen:
         log = (self.work / f"{name}.log").open("wb")
-        child = subprocess.Popen([MEDFED, *args], cwd=self.work, env=self.env, stdout=log,
-                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                 start_new_session=True)
+        child = subprocess.Popen(
+            [MEDFED, *args],
+            cwd=self.work,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         self.children.append(child)
         return child
 
@@ -86,8 +104,9 @@ class _Coordinator:
 def coordinator(tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("exposure")
     coord = _Coordinator(work)
-    init = coord.medfed("coordinator", "init", "coord", "--host", str(PUBLIC), "--port",
-                        str(coord.port))
+    init = coord.medfed(
+        "coordinator", "init", "coord", "--host", str(PUBLIC), "--port", str(coord.port)
+    )
     assert init.returncode == 0, init.stderr
     superlink = coord.spawn("coordinator", "coordinator", "start", "coord")
     deadline = time.monotonic() + 90
@@ -124,9 +143,21 @@ def test_a_never_registered_key_is_told_at_once(coordinator) -> None:
     (coord.work / "policy.yaml").write_text("max_epsilon_total: 10\n")
     started = time.monotonic()
 
-    node = coord.medfed("node", "start", "--dataset", "cards/hospital-0.yaml", "--policy",
-                        "policy.yaml", "--superlink", f"{PUBLIC}:{coord.port}", "--ca",
-                        "coord/ca.crt", "--key", "stranger/node.key", timeout=60)
+    node = coord.medfed(
+        "node",
+        "start",
+        "--dataset",
+        "cards/hospital-0.yaml",
+        "--policy",
+        "policy.yaml",
+        "--superlink",
+        f"{PUBLIC}:{coord.port}",
+        "--ca",
+        "coord/ca.crt",
+        "--key",
+        "stranger/node.key",
+        timeout=60,
+    )
 
     assert node.returncode == 1
     assert "medfed: error: key not registered at the coordinator" in node.stderr
@@ -136,8 +167,17 @@ def test_a_never_registered_key_is_told_at_once(coordinator) -> None:
 
 def test_sigterm_stops_a_run_and_stopping_the_coordinator_stops_what_it_started(coordinator):
     coord, superlink = coordinator
-    run = coord.spawn("run", "run", "--superlink", f"127.0.0.1:{coord.port}", "--ca",
-                      "coord/ca.crt", "rounds=2", "timeout=300", "output_dir=runs/waiting")
+    run = coord.spawn(
+        "run",
+        "run",
+        "--superlink",
+        f"127.0.0.1:{coord.port}",
+        "--ca",
+        "coord/ca.crt",
+        "rounds=2",
+        "timeout=300",
+        "output_dir=runs/waiting",
+    )
     deadline = time.monotonic() + 90
     while "Successfully started run" not in coord.log("run"):  # it waits for hospitals
         assert run.poll() is None and time.monotonic() < deadline, coord.log("run")

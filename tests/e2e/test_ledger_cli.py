@@ -23,25 +23,52 @@ MEDFED = str(Path(sys.executable).with_name("medfed"))
 
 
 def _medfed(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
-    return subprocess.run([MEDFED, *args], cwd=cwd, env=env, capture_output=True, text=True,
-                          timeout=300, check=False, stdin=subprocess.DEVNULL)
+    env = {
+        **os.environ,
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    }
+    return subprocess.run(
+        [MEDFED, *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 @pytest.mark.slow
 def test_node_ledger_prints_what_the_policy_check_computed(tmp_path: Path) -> None:
     ledgers = tmp_path / "ledgers"
-    common = ["federation.hospitals=2", "federation.min_size=60", "federation.max_size=80",
-              "privacy=dpsgd", "privacy.noise_multiplier=1.5", "rounds=2", "quiet=true",
-              f"privacy.ledger_dir={ledgers}"]
+    common = [
+        "federation.hospitals=2",
+        "federation.min_size=60",
+        "federation.max_size=80",
+        "privacy=dpsgd",
+        "privacy.noise_multiplier=1.5",
+        "rounds=2",
+        "quiet=true",
+        f"privacy.ledger_dir={ledgers}",
+    ]
     for study in ("a", "b", "c"):
         done = _medfed("simulate", *common, f"output_dir={tmp_path / study}", cwd=tmp_path)
         assert done.returncode == 0, done.stderr
     last = json.loads((tmp_path / "c" / "summary.json").read_text())["hospitals"][0]
 
-    shown = _medfed("node", "ledger", "--dataset", str(ledgers / f"{last['name']}.ledger.jsonl"),
-                    "--delta", repr(last["delta"]), "--json", cwd=tmp_path)
+    shown = _medfed(
+        "node",
+        "ledger",
+        "--dataset",
+        str(ledgers / f"{last['name']}.ledger.jsonl"),
+        "--delta",
+        repr(last["delta"]),
+        "--json",
+        cwd=tmp_path,
+    )
 
     assert shown.returncode == 0, shown.stderr
     report = json.loads(shown.stdout)
@@ -53,13 +80,21 @@ def test_node_ledger_prints_what_the_policy_check_computed(tmp_path: Path) -> No
 
 @pytest.fixture
 def node_files(tmp_path: Path) -> dict[str, Path]:
-    assert _medfed("synth", "export", "--hospitals", "1", str(tmp_path / "data"),
-                   cwd=tmp_path).returncode == 0
+    assert (
+        _medfed(
+            "synth", "export", "--hospitals", "1", str(tmp_path / "data"), cwd=tmp_path
+        ).returncode
+        == 0
+    )
     assert _medfed("coordinator", "init", str(tmp_path / "coord"), cwd=tmp_path).returncode == 0
     assert _medfed("node", "keys", str(tmp_path / "keys"), cwd=tmp_path).returncode == 0
     (tmp_path / "policy.yaml").write_text("max_epsilon_total: 5.0\n")
-    return {"card": tmp_path / "data" / "hospital-0.yaml", "ca": tmp_path / "coord" / "ca.crt",
-            "key": tmp_path / "keys" / "node.key", "policy": tmp_path / "policy.yaml"}
+    return {
+        "card": tmp_path / "data" / "hospital-0.yaml",
+        "ca": tmp_path / "coord" / "ca.crt",
+        "key": tmp_path / "keys" / "node.key",
+        "policy": tmp_path / "policy.yaml",
+    }
 
 
 def test_a_missing_ledger_is_an_error_and_a_spent_dataset_needs_its_ledger(node_files, tmp_path):
@@ -79,16 +114,28 @@ def test_a_missing_ledger_is_an_error_and_a_spent_dataset_needs_its_ledger(node_
     read = _medfed("node", "ledger", "--dataset", str(card), cwd=tmp_path)
     assert read.returncode == 1
     assert f"this dataset spent privacy budget before (ledger {ledger.path})" in read.stderr
-    start = ["node", "start", "--dataset", str(card), "--policy", str(node_files["policy"]),
-             "--superlink", "127.0.0.1:9", "--ca", str(node_files["ca"]),
-             "--key", str(node_files["key"])]
+    start = [
+        "node",
+        "start",
+        "--dataset",
+        str(card),
+        "--policy",
+        str(node_files["policy"]),
+        "--superlink",
+        "127.0.0.1:9",
+        "--ca",
+        str(node_files["ca"]),
+        "--key",
+        str(node_files["key"]),
+    ]
     refused = _medfed(*start, "--ledger-dir", str(tmp_path / "new"), cwd=tmp_path)
     assert refused.returncode == 1
     assert refused.stderr.strip().splitlines()[-1] == (
         f"medfed: error: {card}: this dataset spent privacy budget before (ledger "
         f"{ledger.path}), but there is no ledger at {tmp_path / 'new' / 'hospital-0.ledger.jsonl'}"
         "; point the node at that ledger (--ledger-dir) or start a new one explicitly with "
-        "`medfed node start --new-ledger`")
+        "`medfed node start --new-ledger`"
+    )
 
 
 def test_new_ledger_is_explicit_and_logged(node_files, tmp_path, capsys) -> None:
@@ -107,5 +154,4 @@ def test_new_ledger_is_explicit_and_logged(node_files, tmp_path, capsys) -> None
 
     assert "--new-ledger: starting a new privacy ledger at" in capsys.readouterr().err
     record = read_binding(card)
-    assert record["ledger"] == str(new) and record["new_ledger"]["previous_ledger"] == \
-        str(old.path)
+    assert record["ledger"] == str(new) and record["new_ledger"]["previous_ledger"] == str(old.path)

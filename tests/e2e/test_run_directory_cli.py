@@ -143,15 +143,25 @@ def test_a_full_disk_ends_in_one_sentence_and_leaves_what_was_written_readable(t
         assert json.loads(summary.read_text())["status"] != "finished"
 
 
-@pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs root and mount namespaces (unshare -m) "
-                    "for a read-only file system (root ignores chmod)")
+@pytest.mark.skipif(
+    not _can_mount_tmpfs(),
+    reason="needs root and mount namespaces (unshare -m) "
+    "for a read-only file system (root ignores chmod)",
+)
 def test_a_read_only_folder_ends_in_one_sentence_before_any_work(tmp_path: Path) -> None:
     disk = tmp_path / "ro"
     disk.mkdir()
-    script = f"mount -t tmpfs -o ro,size=64k tmpfs {disk} && exec \"$0\" \"$@\""
-    done = _medfed("simulate", *SMALL, f"output_dir={disk / 'run'}", cwd=tmp_path,
-                   prefix=("unshare", "-m", "sh", "-c", script))
+    script = f'mount -t tmpfs -o ro,size=64k tmpfs {disk} && exec "$0" "$@"'
+    done = _medfed(
+        "simulate",
+        *SMALL,
+        f"output_dir={disk / 'run'}",
+        cwd=tmp_path,
+        prefix=("unshare", "-m", "sh", "-c", script),
+    )
 
     assert done.returncode == 1
-    assert done.stderr == (f"medfed: error: cannot write to {disk / 'run'}: read-only file "
-                           "system (EROFS); choose a writable output_dir\n")
+    assert done.stderr == (
+        f"medfed: error: cannot write to {disk / 'run'}: read-only file "
+        "system (EROFS); choose a writable output_dir\n"
+    )

@@ -33,16 +33,19 @@ def _call(path: str, peer: str, listen: str | None = None) -> int:
     return int(sent[0]["status"])
 
 
-@pytest.mark.parametrize(("path", "peer", "status"), [
-    ("/v1/control/start-run", "192.0.2.7", 403),
-    ("/v1/runtime/pull-messages", "10.0.0.3", 403),
-    ("/docs", "192.0.2.7", 403),
-    ("/v1/control/start-run", "127.0.0.1", 200),
-    ("/v1/control/start-run", "::1", 200),
-    ("/v1/control/start-run", "::ffff:127.0.0.1", 200),
-    ("/v1/fleet/activate-node", "192.0.2.7", 200),
-    ("/health", "192.0.2.7", 200),
-])
+@pytest.mark.parametrize(
+    ("path", "peer", "status"),
+    [
+        ("/v1/control/start-run", "192.0.2.7", 403),
+        ("/v1/runtime/pull-messages", "10.0.0.3", 403),
+        ("/docs", "192.0.2.7", 403),
+        ("/v1/control/start-run", "127.0.0.1", 200),
+        ("/v1/control/start-run", "::1", 200),
+        ("/v1/control/start-run", "::ffff:127.0.0.1", 200),
+        ("/v1/fleet/activate-node", "192.0.2.7", 200),
+        ("/health", "192.0.2.7", 200),
+    ],
+)
 def test_only_local_callers_reach_control_and_runtime(path: str, peer: str, status: int) -> None:
     assert _call(path, peer) == status
 

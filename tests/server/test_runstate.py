@@ -58,7 +58,10 @@ def test_overwrite_clears_the_earlier_run_and_a_failure_is_recorded(tmp_path: Pa
 
     record_failure(study, ValueError("bad thing\nsecond line"))
     assert json.loads((tmp_path / "summary.json").read_text()) == {
-        "status": "failed", "reason": "ValueError: bad thing", "stopped": "ValueError: bad thing",
-        "study_id": "s-1"}
+        "status": "failed",
+        "reason": "ValueError: bad thing",
+        "stopped": "ValueError: bad thing",
+        "study_id": "s-1",
+    }
     record_failure(study, KeyboardInterrupt())
     assert run_state(tmp_path) == ("stopped", "interrupted (Ctrl-C or SIGTERM)")

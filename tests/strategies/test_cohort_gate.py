@@ -26,9 +26,13 @@ def test_a_round_needs_min_nodes_and_the_largest_declared_min_cohort() -> None:
     assert gate.admit(1, _replies(3, 1)) == ""
     assert gate.admit(2, _replies(2, 2)) == (
         "round 2 skipped: 2 update(s) accepted, 3 needed (strategy.min_nodes=2, largest "
-        "min_cohort a hospital declared=3); the global model is unchanged")
-    assert CohortGate(min_nodes=2, min_cohort=1).admit(1, _replies(1, 3)).startswith(
-        "round 1 skipped: 1 update(s) accepted, 2 needed")
+        "min_cohort a hospital declared=3); the global model is unchanged"
+    )
+    assert (
+        CohortGate(min_nodes=2, min_cohort=1)
+        .admit(1, _replies(1, 3))
+        .startswith("round 1 skipped: 1 update(s) accepted, 2 needed")
+    )
 
 
 def test_the_study_stops_after_stop_after_skipped_rounds_in_a_row() -> None:
@@ -40,8 +44,8 @@ def test_the_study_stops_after_stop_after_skipped_rounds_in_a_row() -> None:
     gate.admit(3, _replies(0, 2))
     last = gate.admit(4, _replies(1, 1))
     assert gate.stop_reason(last) == (
-        f"2 rounds in a row skipped (stop_after_skipped=2); last: {last}; the study stopped "
-        "there")
+        f"2 rounds in a row skipped (stop_after_skipped=2); last: {last}; the study stopped there"
+    )
 
 
 def test_a_resumed_study_carries_its_skipped_rounds_over() -> None:
