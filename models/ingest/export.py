@@ -1,9 +1,10 @@
 """``medfed synth export``: the built-in synthetic hospitals as CSV files plus dataset cards.
 
 The example card set for "bring your hospital's data": each hospital gets ``<name>-train.csv``,
-``<name>-test.csv`` (see :func:`medfed.models.ingest.synthetic.export_csv`) and a card ``<name>.yaml``
-that ``medfed node check`` accepts and ``medfed simulate federation=sites
-federation.cards=[...]`` runs. The sites are drawn as the default ``federation=synthetic`` draws
+``<name>-test.csv`` (see :func:`medfed.models.ingest.synthetic.export_csv`) and a card
+``<name>.yaml`` that ``medfed node check`` accepts and ``medfed simulate federation=sites
+federation.cards=[...]`` runs; files of an earlier export are replaced only with ``--force``.
+The sites are drawn as the default ``federation=synthetic`` draws
 them (``conf/federation/synthetic.yaml``), for the given number of hospitals and seed.
 """
 
