@@ -54,7 +54,8 @@ def stats(msg: Message, context: Context) -> Message:
     return Message(RecordDict({
         "site": ConfigRecord({"name": name, "statistics-json": json.dumps(statistics),
                               "role": role}),
-        "counts": MetricRecord({"num-examples": n_train, "num-test": n_test}),
+        "counts": MetricRecord({"num-examples": n_train, "num-test": n_test,
+                                "min-cohort": node.declared_min_cohort(config_json, name)}),
     }), reply_to=msg)
 
 

@@ -39,7 +39,7 @@ EVAL_STATISTICS = frozenset({
 })
 ALLOWED_METRICS = frozenset(
     {"num-examples", "num-test", "train-loss-sum", "train-examples", "train-steps",
-     "epsilon", "delta", "refused"}
+     "epsilon", "delta", "refused", "min-cohort"}
     | {f"eval-{key}" for key in EVAL_STATISTICS})
 _ROUND0_SITE_KEYS = frozenset({"name", "statistics-json", "role"})  # role: train | evaluate
 SECAGG_REPLIES: dict[str, dict[str, type]] = {  # stage -> key -> type of the value (or items)

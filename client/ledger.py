@@ -70,6 +70,15 @@ class Spend:
     open_reservations: int = 0
 
 
+def spent_epsilon(history: list[tuple[float, float, int]], delta: float,
+                  accountant: str) -> float:
+    """Epsilon of a spend history at ``delta``: the one function ``medfed node ledger`` and the
+    node's policy check (:mod:`medfed.client.privacy_round`) both use, so they agree."""
+    from medfed.models.privacy import epsilon_from_history
+
+    return epsilon_from_history(history, delta, accountant) if history else 0.0
+
+
 def ledger_path(dataset: str | Path) -> Path:
     """The ledger of a dataset (card or data file): ``<dataset>.ledger.jsonl`` next to it.
 
@@ -270,8 +279,6 @@ class Ledger:
         ``delta`` defaults to the largest delta recorded (per study: that study's), and
         ``accountant`` to the last one recorded. ``study`` limits ``studies`` to one study.
         """
-        from medfed.models.privacy import epsilon_from_history
-
         entries = self.verify()
         released = {e["ref"] for e in entries if e["status"] == "released"}
         closed = {e["ref"] for e in entries if e["ref"] is not None}
@@ -283,7 +290,7 @@ class Ledger:
         def epsilon(rows: list[dict[str, Any]]) -> float:
             at = delta or max(r["delta"] for r in rows)
             hist = [(r["noise_multiplier"], r["sample_rate"], r["steps"]) for r in rows]
-            return epsilon_from_history(hist, at, acct)
+            return spent_epsilon(hist, at, acct)
 
         names = sorted({e["study"] for e in spends if study is None or e["study"] == study})
         by_study = {name: [e for e in spends if e["study"] == name] for name in names}

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from medfed.client.ledger import ledger_path
+from medfed.client.ledger_binding import binding_path
 from medfed.client.policy import load_policy
 from medfed.models.encoding import GlobalStats, site_statistics, suppress_small_cells
 from medfed.models.imputation import wants_histograms
@@ -71,7 +72,8 @@ def local_study(config_json: str, node_config: Mapping[str, Any]) -> str:
     study["federation"] = {"name": "sites", "cards": [str(dataset)], "min_cohort": None}
     study["policy"] = yaml.safe_load(policy.read_text()) or {}
     study["privacy"].update(secure_rng=True, ledger_dir=str(ledger_dir) if ledger_dir else None,
-                            ledger_file=None if ledger_dir else str(ledger_path(str(dataset))))
+                            ledger_file=None if ledger_dir else str(ledger_path(str(dataset))),
+                            ledger_binding=str(binding_path(str(dataset))))
     return json.dumps(study)
 
 
@@ -99,6 +101,14 @@ def site_summary(config_json: str, index: int) -> tuple[str, int, int, dict[str,
 def site_role(config_json: str, index: int) -> str:
     """``train``, or ``evaluate`` for an evaluation-only site (its card's ``role``)."""
     return _site(config_json, index).role
+
+
+def declared_min_cohort(config_json: str, site_name: str) -> int:
+    """The ``min_cohort`` of this hospital's policy, sent in round 0 so the coordinator skips
+    rounds with fewer accepted updates (:mod:`medfed.strategies.cohort_gate`)."""
+    from medfed.client.policy import policy_for_site
+
+    return policy_for_site(json.loads(config_json).get("policy"), site_name).min_cohort
 
 
 @lru_cache(maxsize=16)

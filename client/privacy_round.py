@@ -17,11 +17,13 @@ from typing import Any
 
 import torch
 
-from medfed.client.ledger import Ledger, LedgerTampered
+from medfed.client.ledger import Ledger, LedgerTampered, spent_epsilon
+from medfed.client.ledger_binding import mark_spent
 from medfed.client.policy import check_round, policy_for_site
 from medfed.models.encoding import GlobalStats
 from medfed.models.pipeline import PreparedSite, local_training
 from medfed.models.schema import TaskSchema
+from medfed.models.settings import privacy_errors
 from medfed.models.training import loss_function
 
 REFUSED = "refused by the node's policy"
@@ -63,10 +65,10 @@ def _mechanism(study: dict[str, Any], n: int, delta: float) -> tuple[float, floa
 
 def _projected(ledger: Ledger, study_id: str, step: tuple[float, float, int], delta: float,
                accountant: str) -> tuple[float, float]:
-    from medfed.models.privacy import epsilon_from_history
-
-    total = epsilon_from_history([*ledger.history(), step], delta, accountant)
-    own = epsilon_from_history([*ledger.history(study_id), step], delta, accountant)
+    """Epsilon after this round, in total and for this study: :func:`spent_epsilon` (what
+    ``medfed node ledger`` prints) of the ledger's history plus this round."""
+    total = spent_epsilon([*ledger.history(), step], delta, accountant)
+    own = spent_epsilon([*ledger.history(study_id), step], delta, accountant)
     return total, own
 
 
@@ -82,6 +84,8 @@ def train_round(model: torch.nn.Module, site: PreparedSite, schema: TaskSchema,
     """
     priv = study["privacy"]
     dp = priv["name"] == "dpsgd"
+    if error := privacy_errors(priv):  # the coordinator's own check, in case it was skipped
+        raise NodeRefusal(f"settings: {error}")
     policy = policy_for_site(study.get("policy"), site.name)
     common = {"task": schema.name, "dp": dp, "cohort_size": cohort_size,
               "secure_aggregation": bool(study.get("secure_aggregation", False))}
@@ -108,6 +112,7 @@ def train_round(model: torch.nn.Module, site: PreparedSite, schema: TaskSchema,
             raise NodeRefusal(str(refusal))
         entry = ledger.reserve(study["study_id"], schema.name, server_round, noise, rate, steps,
                                delta, total, accountant=str(priv["accountant"]))
+        mark_spent(priv.get("ledger_binding"))  # a deployed node: its data has now spent
     return _dp_train(model, site, schema, study, stats, ledger, entry, history,
                      seed=seed, noise=noise, steps=steps, delta=delta, proximal_mu=proximal_mu)
 

@@ -112,9 +112,10 @@ def superlink_command(port: int, database: Path | None = None, *, host: str = "1
                       tls: tuple[Path, Path, Path] | None = None,
                       node_auth: bool = False) -> list[str]:
     """``flower-superlink`` on ``host:port``; ``tls`` = (CA, certificate, key) or ``--insecure``;
-    ``node_auth`` admits registered node keys only."""
-    command = [str(BIN / "flower-superlink"), "--host", host, "--port", str(port),
-               "--disable-runtime-dependency-installation"]
+    ``node_auth`` admits registered node keys only. It runs through
+    :mod:`medfed.infra.superlink`: its Control and Runtime APIs answer loopback callers only."""
+    command = [sys.executable, "-m", "medfed.infra.superlink", "--host", host, "--port",
+               str(port), "--disable-runtime-dependency-installation"]
     if database is not None:
         command += ["--database", str(database)]
     if tls is None:

@@ -7,6 +7,7 @@ worker) and both must stop them by process id, never by name: what is here is sh
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -87,10 +88,12 @@ def run_child(command: list[str], env: Mapping[str, str],
                                                       else set()), daemon=True)
         relay.start()
     stopping: list[int] = []
+    started_by_child: list[int] = []  # what the child started: stopped with it (proctree)
 
     def forward(signum: int, _frame: object) -> None:
         stopping.append(signum)
         if child.poll() is None:
+            started_by_child.extend(descendants(child.pid))
             child.send_signal(signal.SIGINT if signum == signal.SIGINT else signal.SIGTERM)
 
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
@@ -105,6 +108,7 @@ def run_child(command: list[str], env: Mapping[str, str],
             except subprocess.TimeoutExpired:
                 child.kill()
                 child.wait()
+            stop_pids(started_by_child)
             return EXIT_OK
         return int(child.returncode)
     except BaseException:
@@ -160,6 +164,29 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def stop_pids(pids: Sequence[int], grace: float = 10.0) -> list[int]:
+    """SIGTERM each of ``pids`` still running, SIGKILL what is left after ``grace`` s; return
+    those that had to be stopped.
+
+    For what a child started (:func:`descendants`, listed before the child stops): Flower's
+    SuperLink starts ``flower-superexec`` detached (its own session, out of the SuperLink's
+    process group), and that one ``flwr-serverapp`` per study; both outlived a stopped
+    SuperLink, retrying for about 90 s.
+    """
+    running = [pid for pid in dict.fromkeys(pids) if alive(pid)]
+    for pid in running:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(alive(pid) for pid in running):
+        time.sleep(0.1)
+    for pid in running:
+        if alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    return running
 
 
 

@@ -17,6 +17,7 @@ from flwr.serverapp import Grid, ServerApp
 from medfed.server.outputs.rundir import default_output_dir, write_run
 from medfed.server.study.config import compose_study, validate_study
 from medfed.server.study.loop import Observer, StudyResult, run_study
+from medfed.server.study.runstate import clear_for_overwrite, record_failure
 
 
 def study_from_run_config(run_config: dict[str, Any]) -> dict[str, Any]:
@@ -53,12 +54,17 @@ def build_server_app(study: dict[str, Any] | None = None,
         if current is None:  # under `flwr run`: Flower's runtime, not a medfed engine
             current = study_from_run_config(dict(context.run_config))
             current["engine"] = {"name": "flwr-run"}
-        result = run_study(grid, current, observer)
-        if current.get("compare"):
-            from medfed.server.study.baselines import run_baselines
+        clear_for_overwrite(current)
+        try:
+            result = run_study(grid, current, observer)
+            if current.get("compare"):
+                from medfed.server.study.baselines import run_baselines
 
-            result.baselines = run_baselines(result)
-        write_run(result)
+                result.baselines = run_baselines(result)
+            write_run(result)
+        except BaseException as exc:  # the run directory says it failed (never "finished")
+            record_failure(current, exc)
+            raise
         results.append(result)
 
     server_app.results = results  # type: ignore[attr-defined]

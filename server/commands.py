@@ -8,9 +8,16 @@ The ``medfed`` dispatcher (:mod:`medfed.infra.cli`) calls the ``*_main`` functio
 
 from __future__ import annotations
 
+import signal
 import sys
 from pathlib import Path
 from typing import Any
+
+SEARCHPATH = "hydra.searchpath="  # the user's config folders: composed like the shipped ones
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _fail(message: str, status: int) -> None:
@@ -27,8 +34,8 @@ def _prevalidate(args: list[str]) -> list[dict[str, Any]]:
         expand_sweeps,
     )
 
-    overrides = [a for a in args if not a.startswith("-") and not a.startswith("hydra.")
-                 and not a.startswith("hydra/")]
+    overrides = [a for a in args if not a.startswith("-") and (
+        a.startswith(SEARCHPATH) or not a.startswith(("hydra.", "hydra/")))]
     try:
         combos = expand_sweeps(overrides)
     except Exception as exc:
@@ -59,7 +66,9 @@ def simulate_main(argv: list[str]) -> int:
     sweep = "-m" in argv or "--multirun" in argv
     if not passthrough:
         studies = _prevalidate(argv)
-        if not sweep and not any(a.startswith(("hydra.", "hydra/", "-")) for a in argv):
+        hydra_args = [a for a in argv if a.startswith(("hydra.", "hydra/", "-"))
+                      and not a.startswith(SEARCHPATH)]
+        if not sweep and not hydra_args:
             _run_single(studies[0])  # one run: composed once, no Hydra job machinery
             return 0
     for arg in list(argv):
@@ -76,23 +85,41 @@ def _run_single(study: dict[str, Any]) -> None:
 
     if not study.get("output_dir"):
         study["output_dir"] = str(default_output_dir(study))
+        _check_output_dir(study)
     _run(study)
+
+
+def _check_output_dir(study: dict[str, Any]) -> None:
+    from medfed.server.study.config import ConfigError, check_output_dir
+
+    try:
+        check_output_dir(study)
+    except ConfigError as exc:
+        _fail(str(exc), 2)
 
 
 def _run(study: dict[str, Any]) -> None:
     """Run a validated study; a failure ends in one sentence (a traceback with verbose=true)."""
+    from medfed.infra.files import WriteError, make_folder
     from medfed.server.simulation.run import run_simulated_study
 
+    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM ends the study as Ctrl-C does
     try:
-        run_simulated_study(study)
+        make_folder(study["output_dir"])  # a folder we cannot write ends before round 0
+        result = run_simulated_study(study)
     except KeyboardInterrupt:
         _fail("interrupted; the run directory holds only what was finished", 130)
+    except WriteError as exc:  # disk full, read-only, no permission: the path and the cause
+        _fail(str(exc), 1)
     except Exception as exc:  # a failed study ends in one sentence, not a traceback
         if study.get("verbose"):
             raise
         first = (str(exc).splitlines() or [""])[0]
         _fail(f"the study failed: {type(exc).__name__}: {first} (verbose=true shows the "
               "traceback)", 1)
+    if result.stopped:  # the run directory is written, with status: stopped and the reason
+        print(f"medfed: the study stopped: {result.stopped}", file=sys.stderr)
+        raise SystemExit(1)
 
 
 def _simulate_job(cfg: Any) -> None:
@@ -115,12 +142,19 @@ def _simulate_job(cfg: Any) -> None:
         study["output_dir"] = hydra_cfg.runtime.output_dir
     elif str(hydra_cfg.mode) == "RunMode.MULTIRUN":  # one folder per job of a sweep
         study["output_dir"] = str(Path(study["output_dir"]) / str(hydra_cfg.sweep.subdir))
+    _check_output_dir(study)
     _run(study)
 
 
 def tasks_main(argv: list[str]) -> int:
     """``medfed tasks``: one line per shipped task schema."""
     from medfed.models.schema import available_tasks, load_task
+
+    if argv:
+        help_asked = argv[0] in ("-h", "--help")
+        print("usage: medfed tasks\n\nList the shipped task schemas (name, target kind, "
+              "features, description).", file=sys.stdout if help_asked else sys.stderr)
+        return 0 if help_asked else 2
 
     for name in available_tasks():
         task = load_task(name)
@@ -133,6 +167,10 @@ def checkpoint_key_main(args: list[str]) -> int:
     """``medfed checkpoint-key FILE``."""
     from medfed.server.study.checkpoint import CheckpointError, new_key
 
+    if args and args[0] in ("-h", "--help"):
+        print("usage: medfed checkpoint-key FILE\n\nCreate a Fernet key for encrypted "
+              "checkpoints (checkpoint.key_file=FILE); refuses to replace an existing file.")
+        return 0
     if len(args) != 1 or args[0].startswith("-"):
         _fail("usage: medfed checkpoint-key FILE", 2)
     try:

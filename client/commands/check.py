@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from medfed.client.commands.check_summary import write_check_summary
+from medfed.models import searchpath
 from medfed.models.ingest.cards import (
     CardError,
     DatasetCard,
@@ -23,16 +26,17 @@ from medfed.models.ingest.cards import (
     read_card_data,
 )
 from medfed.models.schema import SchemaError, TaskSchema, load_task
+from medfed.models.searchpath import find_task
 
 EXIT_OK, EXIT_UNUSABLE, EXIT_CARD = 0, 1, 2
 
 
-def _schema(card: DatasetCard, task: str | None) -> TaskSchema:
-    declared = card_schema(card)
+def _schema(card: DatasetCard, task: str | None, search: Sequence[Path] = ()) -> TaskSchema:
+    declared = card_schema(replace(card, task=find_task(card.task, search)))
     if task is None:
         return declared
     try:
-        wanted = load_task(task)
+        wanted = load_task(find_task(task, search))
     except SchemaError as exc:
         raise CardError(f"--task {task}: {exc}") from None
     if wanted.name != declared.name:
@@ -90,7 +94,8 @@ def render_report(report: ValidationReport, verbose: bool = False) -> str:
 
 
 def check_dataset(card_path: str | Path, task: str | None = None, *,
-                  min_cohort: int | None = None, verbose: bool = False) -> tuple[int, str]:
+                  min_cohort: int | None = None, verbose: bool = False,
+                  search: Sequence[Path] = ()) -> tuple[int, str]:
     """Validate a dataset card and its data; return ``(exit status, printable report)``.
 
     ``task`` (a task name or schema path) must agree with the card's task when given;
@@ -98,7 +103,7 @@ def check_dataset(card_path: str | Path, task: str | None = None, *,
     """
     try:
         card = load_card(card_path)
-        data = read_card_data(card, _schema(card, task), min_cohort=min_cohort)
+        data = read_card_data(card, _schema(card, task, search), min_cohort=min_cohort)
     except (CardError, SchemaError) as exc:
         return EXIT_CARD, f"error: {exc}"
     except Exception as exc:  # noqa: BLE001 - the node must never print a traceback
@@ -135,11 +140,15 @@ def _parser() -> argparse.ArgumentParser:
 def node_main(argv: list[str]) -> int:
     """``medfed node ...``: parse ``argv`` (the words after ``node``) and run the command."""
     try:
+        search, argv = searchpath.split(argv)  # hydra.searchpath=[file://DIR]: custom tasks
         args = _parser().parse_args(argv)
+    except searchpath.SearchPathError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CARD
     except SystemExit as exc:  # argparse has printed the usage or the help
         return exc.code if isinstance(exc.code, int) else EXIT_CARD
     status, text = check_dataset(args.dataset, args.task, min_cohort=args.min_cohort,
-                                 verbose=args.verbose)
+                                 verbose=args.verbose, search=search)
     write_check_summary(args.dataset, status, text)  # <card>.check.json for the node view
     print(text, file=sys.stderr if status == EXIT_CARD else sys.stdout)
     return status

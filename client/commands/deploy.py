@@ -8,9 +8,8 @@ SuperNode that proves it holds the private key.
 ``node start`` checks the dataset card first (the same checks as ``medfed node check``) and the
 policy file, then runs the node's SuperNode over TLS (the coordinator's CA certificate) with the
 node key: by default the fast setup of :mod:`medfed.client.supernode.launcher` (short polls, a
-long-lived
-ClientApp worker started and stopped with the SuperNode), with ``--flower-defaults`` Flower's
-plain ``flower-supernode``. The dataset card, the policy and the ledger folder go into the
+long-lived ClientApp worker started and stopped with the SuperNode), with ``--flower-defaults``
+Flower's plain ``flower-supernode``. The dataset card, the policy and the ledger folder go into the
 SuperNode's own ``--node-config``: the ClientApp takes them from there, never from the study
 the server sends (:func:`medfed.client.node.local_study`). Flower's files live in
 ``<key folder>/flwr`` (its ``FLWR_HOME``). Ctrl-C (or SIGTERM) stops the SuperNode and its worker
@@ -31,6 +30,9 @@ from medfed.infra.processes import flower_env, free_port, run_child
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 HELD = "Failed to activate SuperNode"
 """What Flower's SuperNode logs when the SuperLink still counts its key as online."""
+NOT_REGISTERED = "The provided public key is not valid"
+"""What it logs when the coordinator's SuperLink never registered its key
+(:data:`medfed.infra.superlink.NOT_REGISTERED`)."""
 HELD_RETRY = 1.0  # seconds between two starts while the SuperLink holds the key (a start
 # costs 2-5 s of Python and Flower start-up, so the node is back a few seconds after the
 # SuperLink lets the old session go)
@@ -66,7 +68,23 @@ def preflight(args: argparse.Namespace) -> dict[str, str]:
         ledger_dir = Path(args.ledger_dir).expanduser().resolve()
         ledger_dir.mkdir(parents=True, exist_ok=True)
         config["ledger-dir"] = str(ledger_dir)
+    _bind_ledger(dataset, config.get("ledger-dir"), bool(getattr(args, "new_ledger", False)))
     return config
+
+
+def _bind_ledger(dataset: Path, ledger_dir: str | None, new_ledger: bool) -> None:
+    """The ledger this node will use is the one its data spent from before, or ``--new-ledger``
+    (:mod:`medfed.client.ledger_binding`)."""
+    from medfed.client.ledger import SUFFIX, ledger_path
+    from medfed.client.ledger_binding import LedgerBindingError, bind
+    from medfed.models.ingest.cardspec import load_card
+
+    ledger = (Path(ledger_dir) / f"{load_card(dataset).name}{SUFFIX}" if ledger_dir
+              else ledger_path(dataset))
+    try:
+        bind(dataset, ledger, new_ledger=new_ledger)
+    except LedgerBindingError as exc:
+        raise DeployError(str(exc)) from None
 
 
 def held_for(flower_defaults: bool) -> float:
@@ -92,7 +110,13 @@ def start_node(args: argparse.Namespace) -> int:
     deadline = time.monotonic() + hold
     while True:
         seen: set[str] = set()
-        status = run_child(command, flower_env(key.parent / "flwr"), watch=[HELD], seen=seen)
+        status = run_child(command, flower_env(key.parent / "flwr"),
+                           watch=[HELD, NOT_REGISTERED], seen=seen)
+        if NOT_REGISTERED in seen:
+            raise DeployError(f"key not registered at the coordinator: {args.superlink} does "
+                              f"not know the public key of {key}; send "
+                              f"{key.with_suffix('.pub')} to the coordinator, who registers it "
+                              "with `medfed coordinator add-node DIR NAME node.pub`")
         if status == EXIT_OK or HELD not in seen or time.monotonic() > deadline:
             break
         print(f"medfed node: the coordinator still holds this node's previous connection (for "
@@ -126,6 +150,9 @@ def _parser() -> argparse.ArgumentParser:
     start.add_argument("--key", required=True, metavar="KEY", help="the node's private key")
     start.add_argument("--ledger-dir", metavar="D", help="privacy ledgers go here as "
                        "<site>.ledger.jsonl (default: <card>.ledger.jsonl beside the card)")
+    start.add_argument("--new-ledger", action="store_true",
+                       help="start a new privacy ledger although this dataset spent budget "
+                       "before and its ledger is missing (logged)")
     start.add_argument("--port", type=int, default=0,
                        help="local Runtime API port, one per node on a host (default: a free one)")
     start.add_argument("--flower-defaults", action="store_true",

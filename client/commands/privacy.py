@@ -22,6 +22,26 @@ from medfed.client.policy import PolicyError, load_policy
 EXIT_OK, EXIT_ERROR, EXIT_TAMPERED = 0, 1, 2
 
 
+class PlanSettingError(ValueError):
+    """A setting of ``privacy plan`` that cannot work (exit 2); one sentence naming it."""
+
+
+class LedgerMissing(RuntimeError):
+    """The ledger to read does not exist (never read as zero spent)."""
+
+
+def _missing(dataset: str | Path, ledger: Path) -> str:
+    """Why there is nothing to read at ``ledger``, naming the binding's ledger when known."""
+    from medfed.client.ledger_binding import missing_ledger_error
+
+    card = Path(dataset)
+    if card.suffix in (".yaml", ".yml") and card.is_file():
+        if error := missing_ledger_error(card, ledger):
+            return error
+    return (f"no privacy ledger at {ledger}; a dataset that never trained with DP has none, "
+            "otherwise give the ledger's path (--dataset PATH.ledger.jsonl)")
+
+
 def _ledger_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="medfed node ledger",
@@ -73,12 +93,14 @@ def ledger_main(argv: list[str] | None = None) -> int:
     try:
         key = args.key_file.read_bytes().strip() if args.key_file else None
         ledger = Ledger(ledger_path(args.dataset), key=key)
+        if not ledger.path.exists():  # never "0 spent": say what is missing
+            raise LedgerMissing(_missing(args.dataset, ledger.path))
         report = _ledger_report(ledger, args)
     except LedgerTampered as error:
         print(f"TAMPERED: {error} This node refuses to train on this dataset until the ledger "
               "is restored.", file=sys.stderr)
         return EXIT_TAMPERED
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, LedgerMissing) as error:
         print(f"error: {error}", file=sys.stderr)
         return EXIT_ERROR
     if args.json:
@@ -155,23 +177,54 @@ def _hospitals(args: argparse.Namespace) -> tuple[list[str], list[int], list[lis
     for path in (p.strip() for p in str(args.cards).split(",") if p.strip()):
         try:
             card = load_card(path)
+            from dataclasses import replace
+
+            from medfed.models.searchpath import find_task
+
+            card = replace(card, task=find_task(card.task, getattr(args, "search", [])))
             data = read_card_data(card, card_schema(card))
-        except CardError as exc:
-            raise ValueError(str(exc)) from None
+        except CardError as exc:  # a card that cannot be read is a usage error (exit 2)
+            raise PlanSettingError(str(exc)) from None
         if not data.report.usable:
             raise ValueError(f"{path}: {data.report.errors[0]}; run `medfed node check "
                              f"--dataset {path}`")
         ledger = Ledger(ledger_path(path))
+        if not ledger.path.exists():
+            from medfed.client.ledger_binding import missing_ledger_error
+
+            if error := missing_ledger_error(path, ledger.path):
+                raise ValueError(error)
         names.append(data.name)
         sizes.append(len(data.train))
         spent.append(ledger.history() if ledger.path.exists() else [])
     return names, sizes, spent
 
 
+def _check_settings(args: argparse.Namespace) -> None:
+    """The DP settings, with the functions the coordinator and the node use
+    (:mod:`medfed.models.settings`), and the target against the policy's caps."""
+    from medfed.models import settings
+
+    privacy = {"name": "dpsgd", "noise_multiplier": args.noise_multiplier,
+               "target_epsilon": args.target_epsilon, "max_grad_norm": 1.0,
+               "delta": args.delta, "accountant": args.accountant}
+    error = (settings.privacy_errors(privacy)
+             or settings.positive("--budget", args.budget, allow_none=True))
+    if error is None and args.policy is not None:
+        error = settings.cap_error(load_policy(args.policy), str(args.policy), privacy)
+    if error:
+        for setting, flag in (("privacy.target_epsilon", "--target-epsilon"),
+                              ("privacy.noise_multiplier", "--noise-multiplier"),
+                              ("privacy.delta", "--delta")):
+            error = error.replace(setting, flag)
+        raise PlanSettingError(error)
+
+
 def plan(args: argparse.Namespace) -> dict[str, Any]:
     """The plan as data: settings and one row per hospital."""
     from medfed.models import privacy
 
+    _check_settings(args)
     names, sizes, spent = _hospitals(args)
     if not sizes or min(sizes) < 1 or args.batch_size < 1 or args.rounds < 1:
         raise ValueError("--sizes must list positive row counts; --batch-size and --rounds "
@@ -228,15 +281,29 @@ def _print_plan(result: dict[str, Any]) -> None:
 
 
 def plan_main(argv: list[str] | None = None) -> int:
-    """``medfed privacy plan``: 0 on success, 1 on bad arguments."""
-    args = _plan_parser().parse_args(argv)
+    """``medfed privacy plan``: 0 on success, 2 on a setting that cannot work, 1 when the
+    data or a ledger cannot be read."""
+    try:
+        from medfed.models.searchpath import SearchPathError, split
+
+        search, argv = split(list(argv or []))  # hydra.searchpath=[file://DIR]: custom tasks
+        args = _plan_parser().parse_args(argv)
+        args.search = search
+    except SystemExit as exc:  # argparse printed the usage or the help
+        return exc.code if isinstance(exc.code, int) else 2
+    except SearchPathError as exc:
+        print(f"medfed: error: {exc}", file=sys.stderr)
+        return 2
     try:
         with warnings.catch_warnings():
             # Opacus notes when a tighter RDP bound needs more orders; the bound stays valid.
             warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
             result = plan(args)
-    except (ValueError, PolicyError, OSError, LedgerTampered) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (PlanSettingError, PolicyError) as error:
+        print(f"medfed: error: {error}", file=sys.stderr)
+        return EXIT_TAMPERED  # 2: a usage or configuration error
+    except (ValueError, OSError, LedgerTampered) as error:
+        print(f"medfed: error: {error}", file=sys.stderr)
         return EXIT_ERROR
     if args.json:
         print(json.dumps(result, indent=2, default=lambda v: None if math.isnan(v) else v))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import signal
 import subprocess
 import sys
 import tempfile
@@ -68,6 +69,7 @@ def _study(args: argparse.Namespace) -> dict[str, Any]:
     from medfed.server.study.config import (
         ConfigError,
         NothingToResume,
+        check_output_dir,
         check_unfinished,
         compose_study,
         validate_study,
@@ -105,6 +107,11 @@ def _study(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(2)
     study["output_dir"] = str(Path(study.get("output_dir") or default_output_dir(study))
                               .expanduser().resolve())
+    try:
+        check_output_dir(study)
+    except ConfigError as exc:
+        print(f"medfed: error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
     return study
 
 
@@ -134,12 +141,23 @@ def submit(connection: Connection, study: dict[str, Any], work: Path) -> int:
                            capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
         print(f"medfed: run {run_id or '(not started)'} stopped", file=sys.stderr)
         return 130
+    from medfed.server.study.runstate import run_state
+
     summary = Path(study["output_dir"]) / "summary.json"
-    if child.returncode != 0 or not summary.exists():
+    state = run_state(study["output_dir"])
+    if state is None or state[0] == "interrupted":
         raise DeployError(f"run {run_id or '(not started)'} ended without {summary} (flwr "
                           f"status {child.returncode}); Flower's log above says why")
     print(f"run directory: {study['output_dir']}")
+    if state[0] != "finished":
+        print(f"medfed: the study {state[0]}: {state[1]}", file=sys.stderr)
+        return 1
     return 0
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    """SIGTERM as Ctrl-C: the study is stopped with ``flwr stop`` (:func:`submit`)."""
+    raise KeyboardInterrupt
 
 
 def _connection_args(parser: argparse.ArgumentParser, *, required: bool) -> None:
@@ -168,6 +186,7 @@ def run_main(argv: list[str]) -> int:
     if args.metrics_port is not None:  # checked with the other settings (medfed.server.monitor.alerts)
         args.overrides.append(f"metrics_port={args.metrics_port}")
     study = _study(args)
+    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops the study as Ctrl-C does
     try:
         with tempfile.TemporaryDirectory(prefix="medfed-run-") as work:
             connection = Connection(args.superlink, Path(args.ca).expanduser(),

@@ -22,9 +22,9 @@ from typing import Any
 
 import torch
 
-from medfed.models.release.bundle import CARD_JSON, CARD_MD, PREPROCESSING, WEIGHTS, write_bundle
 from medfed.models.calibration import brier_score, f1_optimal_threshold
 from medfed.models.encoding import Encoder, merge_statistics
+from medfed.models.release.bundle import CARD_JSON, CARD_MD, PREPROCESSING, WEIGHTS, write_bundle
 from medfed.models.release.model_card import (
     OUT_OF_SCOPE,
     card_markdown,

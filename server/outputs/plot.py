@@ -9,7 +9,6 @@ keeping their interior pixels exactly in the series colour (the tests look for t
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
@@ -145,9 +144,9 @@ class _Canvas:
 
     def save(self, path: Path) -> None:
         """Average 2 x 2 blocks down to the final size; write to a temporary name, then rename."""
-        tmp = path.with_name(f".{path.name}.tmp")
-        self.image.reduce(_SS).save(tmp, format="PNG")
-        os.replace(tmp, path)
+        from medfed.infra.files import atomic_write
+
+        atomic_write(path, lambda handle: self.image.reduce(_SS).save(handle, format="PNG"))
 
 
 class _Style(NamedTuple):

@@ -11,7 +11,11 @@
 ``report.md``           a short human-readable report
 ======================  ==============================================================
 
-Files are written to a temporary name and renamed, so a crash never leaves half a file.
+Files are written to a temporary name and renamed (:func:`medfed.infra.files.atomic_write`), so a
+crash never leaves half a file. ``summary.json`` is written last but one and says how the study
+ended: ``status`` is ``finished``, ``stopped`` (it could not go on: ``reason`` says why) or
+``failed`` (an error: ``reason``); a run directory without it was interrupted. ``resume=`` trusts
+that field (:mod:`medfed.server.study.runstate`).
 """
 
 from __future__ import annotations
@@ -20,7 +24,6 @@ import csv
 import io
 import json
 import math
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -28,8 +31,7 @@ from typing import Any
 import torch
 import yaml
 
-from medfed.models.encoding import encoder_state
-from medfed.server.study.loop import GLOBAL, StudyResult
+from medfed.infra.files import atomic_write, make_folder
 from medfed.models.encoding import encoder_state
 from medfed.server.study.loop import GLOBAL, StudyResult
 
@@ -38,12 +40,6 @@ def default_output_dir(study: dict[str, Any]) -> Path:
     """``outputs/<timestamp>-<task>-<strategy>`` under the working directory."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Path("outputs") / f"{stamp}-{study['task']['name']}-{study['strategy']['name']}"
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _clean(value: Any) -> Any:
@@ -125,12 +121,17 @@ def summary(result: StudyResult) -> dict[str, Any]:
         "wall_seconds": round(result.wall_seconds, 3),
         "global": final.global_metrics, "global_mean_over_hospitals": mean,
         "hospitals": hospitals,
+        "sites": [h["name"] for h in hospitals],
+        "missing_sites": study["federation"].get("missing_sites") or [],
         "normalisation": study["preprocessing"]["normalisation"],
         "total_train_steps": result.total_train_steps,
         "failures": {str(r.server_round): r.failures for r in result.rounds if r.failures},
+        "status": "stopped" if result.stopped else "finished",
+        "reason": result.stopped or None,
         "stopped": result.stopped or None,
         "refusals": {str(r.server_round): r.refusals for r in result.rounds if r.refusals},
         "rejected": {str(r.server_round): r.rejected for r in result.rounds if r.rejected},
+        "skipped": {str(r.server_round): r.skipped for r in result.rounds if r.skipped},
         "privacy": study["privacy"]["name"], "study_id": study.get("study_id"),
         "wire_bytes": result.wire_bytes,
     }
@@ -142,20 +143,21 @@ def summary(result: StudyResult) -> dict[str, Any]:
 
 
 def write_run(result: StudyResult) -> Path:
-    """Write the run directory of ``result`` (see the module docstring) and return its path."""
-    out = Path(result.study["output_dir"])
-    out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / "config.yaml", yaml.safe_dump(result.study, sort_keys=False).encode())
+    """Write the run directory of ``result`` (see the module docstring) and return its path.
+
+    ``summary.json`` comes last: a run directory whose summary says ``finished`` is complete.
+    """
+    out = make_folder(result.study["output_dir"])
+    atomic_write(out / "config.yaml", yaml.safe_dump(result.study, sort_keys=False).encode())
     rows = metric_rows(result)
-    _atomic_write(out / "metrics.csv", _csv_bytes(rows))
+    atomic_write(out / "metrics.csv", _csv_bytes(rows))
     data = summary(result)
-    _atomic_write(out / "summary.json", json.dumps(data, indent=2).encode())
     buffer = io.BytesIO()
     torch.save({"state_dict": result.final_state, "task": result.schema.name,
                 "statistics": result.statistics.to_dict(), "encoder": encoder_state(
                     result.statistics, result.study["preprocessing"]["missing_indicators"])},
                buffer)
-    _atomic_write(out / "model.pt", buffer.getvalue())
+    atomic_write(out / "model.pt", buffer.getvalue())
     from medfed.server.outputs.bundle import write_model_bundle
     from medfed.server.outputs.calibration import calibration_report
     from medfed.server.outputs.report import plot_convergence, plot_epsilon, report_markdown
@@ -164,7 +166,8 @@ def write_run(result: StudyResult) -> Path:
     plot_epsilon(rows, out / "epsilon.png")
     calibration, verdict = calibration_report(result, out)
     write_model_bundle(result, data, out, verdict)  # model/: signed bundle with its model card
-    _atomic_write(out / "report.md", (report_markdown(data, result.study) + calibration).encode())
+    atomic_write(out / "report.md", (report_markdown(data, result.study) + calibration).encode())
+    atomic_write(out / "summary.json", json.dumps(data, indent=2).encode())
     from medfed.server.monitor.status import write_final
 
     write_final(result)  # status.json says finished only once every file above is written

@@ -141,12 +141,9 @@ def save(path: Path, payload: dict[str, Any], key: bytes | None) -> None:
         body, mode = Fernet(key).encrypt(plain), b"F"
     else:
         body, mode = plain, b"P"
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as handle:
-        handle.write(MAGIC + mode + digest + body)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    from medfed.infra.files import atomic_write
+
+    atomic_write(path, MAGIC + mode + digest + body)
 
 
 class Writer:
@@ -232,8 +229,7 @@ def write_config(study: dict[str, Any]) -> None:
 
     if not study.get("output_dir"):
         return
-    out = Path(study["output_dir"])
-    out.mkdir(parents=True, exist_ok=True)
-    tmp = out / ".config.yaml.tmp"
-    tmp.write_text(yaml.safe_dump(study, sort_keys=False))
-    os.replace(tmp, out / "config.yaml")
+    from medfed.infra.files import atomic_write, make_folder
+
+    out = make_folder(study["output_dir"])
+    atomic_write(out / "config.yaml", yaml.safe_dump(study, sort_keys=False))

@@ -52,6 +52,7 @@ def site_of(reply: Message) -> tuple[dict[str, Any], dict[str, Any]]:
     entry: dict[str, Any] = {
         "name": str(site["name"]), "n_train": int(scalar(counts["num-examples"])),
         "n_test": int(scalar(counts["num-test"])), "role": str(site.get("role", "train")),
+        "min_cohort": int(scalar(counts.get("min-cohort", 1))),
         "statistics": statistics,  # for the model card
     }
     return entry, statistics

@@ -19,7 +19,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from medfed.models.imputation import check_preprocessing
-from medfed.models.ingest.sources import DataConfigError, federation_size
+from medfed.models.ingest.sources import MAX_NODES, DataConfigError, federation_size
 from medfed.models.schema import SchemaError, task_from_dict
 from medfed.strategies.central_dp import check_central
 from medfed.strategies.registry import StrategyConfigError, build_strategy
@@ -36,15 +36,29 @@ class NothingToResume(ConfigError):
 
 
 def check_unfinished(run_dir: Path) -> None:
-    """Raise :class:`NothingToResume` when ``run_dir/summary.json`` records a study that ran to
-    its end. A study that stopped early (``stopped``: too few hospitals...) may be resumed."""
-    try:
-        summary = json.loads((run_dir / "summary.json").read_text())
-    except (OSError, ValueError):
-        return  # no summary: the study was interrupted; its checkpoint says where
-    if isinstance(summary, dict) and not summary.get("stopped"):
-        raise NothingToResume(f"{run_dir} already finished all {summary.get('rounds')} rounds; "
+    """Raise :class:`NothingToResume` when ``run_dir/summary.json`` records ``status: finished``.
+    A study that stopped early, failed or was interrupted (no summary) may be resumed."""
+    from medfed.server.study.runstate import run_state
+
+    state = run_state(run_dir)
+    if state is not None and state[0] == "finished":
+        try:
+            rounds = json.loads((run_dir / "summary.json").read_text()).get("rounds")
+        except (OSError, ValueError, AttributeError):
+            rounds = "its"
+        raise NothingToResume(f"{run_dir} already finished all {rounds} rounds; "
                               "nothing to resume (the run directory is unchanged)")
+
+
+def check_output_dir(study: dict[str, Any]) -> None:
+    """Raise :class:`ConfigError` when ``output_dir`` holds a run that this study would write
+    over (see :func:`medfed.server.study.runstate.refuse_existing_run`)."""
+    from medfed.server.study.runstate import RunDirectoryTaken, refuse_existing_run
+
+    try:
+        refuse_existing_run(study)
+    except RunDirectoryTaken as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def config_dir() -> Path:
@@ -68,6 +82,8 @@ def compose_study(overrides: list[str]) -> dict[str, Any]:
     ConfigError
         For an unknown group option or key, or an invalid value.
     """
+    if error := added_keys(overrides):
+        raise ConfigError(error)
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
@@ -80,7 +96,37 @@ def compose_study(overrides: list[str]) -> dict[str, Any]:
     if study.get("resume"):
         study = resumed_study(study, overrides)
     validate_study(study)
+    check_study_sites(study)
+    check_output_dir(study)
     return study
+
+
+def check_study_sites(study: dict[str, Any]) -> None:
+    """Read every dataset card of a ``federation=sites`` study now, before round 1 (see
+    :mod:`medfed.server.study.sites`); :class:`ConfigError` for the first that cannot run."""
+    from medfed.server.study.sites import check_sites
+
+    if error := check_sites(study):
+        raise ConfigError(error)
+
+
+def added_keys(overrides: list[str]) -> str | None:
+    """``+key=value`` adding a setting medfed does not have (a typo Hydra would accept).
+
+    Adding a config group (``+experiment=x``) and per-hospital policy overrides
+    (``+policy.hospitals.NAME.KEY=v``, the section is empty by default) stay allowed.
+    """
+    groups = {p.name for p in config_dir().iterdir() if p.is_dir()}
+    for override in overrides:
+        if not override.startswith("+"):
+            continue
+        key = override.lstrip("+").split("=", 1)[0]
+        if key in groups or key.startswith("hydra") or key.startswith("policy.hospitals"):
+            continue
+        return (f"{override} adds a setting medfed does not have ({key}); check the spelling "
+                "and drop the + to change an existing one (`medfed simulate --cfg job` lists "
+                "every setting)")
+    return None
 
 
 # What a resumed study may change: how it runs, never what it computes.
@@ -100,7 +146,7 @@ def resumed_study(study: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     check_unfinished(run_dir)
     for override in overrides:
         key = override.lstrip("+~").split("=", 1)[0].split(".", 1)[0].split("/", 1)[0]
-        if key not in RESUME_MAY_CHANGE:
+        if key not in RESUME_MAY_CHANGE and not override.startswith("hydra.searchpath="):
             raise ConfigError(f"resume={run_dir} continues the study configured in that run "
                               f"directory; drop the override {override} (a resumed study may "
                               f"only change {', '.join(RESUME_MAY_CHANGE[1:])})")
@@ -122,7 +168,7 @@ def resumed_study(study: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 def absolute_paths(study: dict[str, Any]) -> dict[str, Any]:
     """Make dataset-card paths absolute, so nodes started from another folder find them."""
     cards = study["federation"].get("cards")
-    if cards:
+    if cards and isinstance(cards, list):
         study["federation"]["cards"] = [str(Path(c).expanduser().resolve()) for c in cards]
     return study
 
@@ -189,12 +235,30 @@ def _check_federation(federation: dict[str, Any]) -> None:
                               f"{size!r}")
 
 
+def _check_shared(study: dict[str, Any], n_nodes: int | None) -> None:
+    """The checks the node runs too (:mod:`medfed.models.settings`)."""
+    from medfed.models import settings
+
+    deployed = study["federation"].get("name") == "nodes"  # each node brings its own policy
+    for error in (settings.list_errors(study), settings.privacy_errors(study["privacy"]),
+                  None if deployed else settings.policy_errors(study.get("policy"),
+                                                               study["privacy"], n_nodes),
+                  settings.robust_strategy_errors(study["strategy"], n_nodes)):
+        if error:
+            raise ConfigError(error)
+
+
 def validate_study(study: dict[str, Any]) -> None:
     """Check a study config; raise :class:`ConfigError` naming the first bad setting."""
+    from medfed.models.settings import list_errors
+
+    if error := list_errors(study):
+        raise ConfigError(error)
     for key in ("rounds", "train.batch_size", "evaluate.every", "evaluate.auroc_bins",
                 "threads", "preprocessing.min_cell"):
         _positive(study, key, integer=True)
     _positive(study, "train.local_steps", integer=True, allow_none=True)
+    _positive(study, "stop_after_skipped", integer=True, allow_none=True)
     _positive(study, "train.local_epochs", integer=True)
     _positive(study, "train.lr")
     _positive(study, "timeout")
@@ -219,6 +283,8 @@ def validate_study(study: dict[str, Any]) -> None:
     try:
         task_from_dict(study["task"], source=f"task '{study['task'].get('name')}'")
         n_nodes = federation_size(study["federation"])
+        known = None if n_nodes == MAX_NODES else n_nodes
+        _check_shared(study, known)
         build_strategy(study["strategy"], n_nodes)
         check_central(study, n_nodes)
         from medfed.server.study.adversary import attack_targets

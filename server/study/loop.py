@@ -34,6 +34,7 @@ from medfed.server.monitor.status import StatusTracker, fail_study
 from medfed.server.study import roles
 from medfed.server.study.cohort import Cohort, query, site_of
 from medfed.strategies.central_dp import central_dp_report, wrap_central_dp
+from medfed.strategies.cohort_gate import CohortGate
 from medfed.strategies.registry import build_strategy
 from medfed.strategies.screening import ScreeningConfig, screen_replies
 from medfed.strategies.statistics import add_into
@@ -68,6 +69,7 @@ class RoundRecord:
     seconds: float = 0.0
     wire_bytes: int | None = None
     statistics: dict[str, dict[str, Any]] = field(default_factory=dict)  # summed, per hospital
+    skipped: str = ""  # why the round was not aggregated (medfed.strategies.cohort_gate)
 
 
 @dataclass
@@ -278,6 +280,7 @@ class StudyRun:
         if observer:
             observer.on_start(study, [h["name"] for h in self.hospitals.values()])
         self.train_config = round_config(study, self.hospitals)
+        self.gate = cohort_gate(study, self.hospitals, self.rounds)
         self.screening = ScreeningConfig.from_study(study)
         self.secure = bool(study.get("secure_aggregation"))
         self.view: Any = None
@@ -310,6 +313,7 @@ class StudyRun:
             return False
         messages = list(self.strategy.configure_train(server_round, self.arrays,
                                                       self.train_config, self.view))
+        aggregated = None
         if self.secure:  # SecAgg+: the server only ever holds the masked sum (nothing to screen)
             from medfed.strategies.secagg import secure_train_round
 
@@ -333,8 +337,10 @@ class StudyRun:
                 lambda reply: _hospital(hospitals, reply))
             for name in rounds[-1].rejected:
                 rounds[-1].train.pop(name, None)
+        rounds[-1].skipped = self.gate.admit(server_round, replies)
+        if not self.secure and not rounds[-1].skipped:
             aggregated, _ = self.strategy.aggregate_train(server_round, replies)
-        if aggregated is not None:
+        if aggregated is not None and not rounds[-1].skipped:
             self.arrays = keep_dtypes(aggregated, self.dtypes)
         rounds[-1].seconds = time.perf_counter() - t0
         if bytes0 is not None and (bytes1 := _wire_total(grid)) is not None:
@@ -344,6 +350,8 @@ class StudyRun:
             self.stopped = (f"round {server_round}: no hospital trained ({len(last.refusals)} "
                             f"refused, {len(last.failures)} failed, {len(last.rejected)} "
                             "rejected); the study stopped there")
+        elif rounds[-1].skipped:
+            self.stopped = self.gate.stop_reason(rounds[-1].skipped)
         self._checkpoint(server_round)
         self.status.update(rounds, "stopped" if self.stopped else "running", self.stopped)
         if self.observer:
@@ -412,6 +420,20 @@ def keep_dtypes(arrays: ArrayRecord, dtypes: dict[str, torch.dtype]) -> ArrayRec
     if all(state[key].dtype == dtype for key, dtype in dtypes.items()):
         return arrays
     return ArrayRecord({key: state[key].to(dtype) for key, dtype in dtypes.items()})
+
+
+def cohort_gate(study: dict[str, Any], hospitals: dict[int, dict[str, Any]],
+                rounds: list[RoundRecord]) -> CohortGate:
+    """The study's cohort gate: ``strategy.min_nodes``, the largest ``min_cohort`` the hospitals
+    declared in round 0, and the skipped rounds a resumed study ended with."""
+    in_a_row = 0
+    for record in reversed(rounds[1:]):
+        if not record.skipped:
+            break
+        in_a_row += 1
+    return CohortGate(int(study["strategy"]["min_nodes"]),
+                      max((int(h.get("min_cohort", 1)) for h in hospitals.values()), default=1),
+                      int(study.get("stop_after_skipped", 3)), in_a_row)
 
 
 def round_config(study: dict[str, Any], hospitals: dict[int, dict[str, Any]]) -> ConfigRecord:

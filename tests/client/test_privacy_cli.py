@@ -50,7 +50,7 @@ def test_plan_prints_a_table_and_rejects_bad_sizes(capsys):
     assert plan_main(PLAN[:-1] + ["--noise-multiplier", "1.0", "--budget", "5"]) == EXIT_OK
     out = capsys.readouterr().out
     assert "epsilon after each round" in out and "hospital-0 (120 rows) runs out first" in out
-    assert plan_main(["--sizes", "0,10", *PLAN[2:], "--noise-multiplier", "1"]) == 1
+    assert plan_main(["--sizes", "0,10", *PLAN[2:], "--noise-multiplier", "1"]) == 1  # data
     assert "--sizes must list positive row counts" in capsys.readouterr().err
 
 
@@ -78,9 +78,10 @@ def test_ledger_report_exits_non_zero_when_tampered(tmp_path, capsys):
     assert "TAMPERED" in capsys.readouterr().err
 
 
-def test_a_dataset_without_a_ledger_has_spent_nothing(tmp_path, capsys):
-    assert ledger_main(["--dataset", str(tmp_path / "new.csv")]) == EXIT_OK
-    assert "no privacy spend recorded" in capsys.readouterr().out
+def test_a_missing_ledger_is_an_error_not_zero_spent(tmp_path, capsys):
+    assert ledger_main(["--dataset", str(tmp_path / "new.csv")]) == 1
+    assert capsys.readouterr().err.startswith(
+        f"error: no privacy ledger at {tmp_path / 'new.csv.ledger.jsonl'}")
 
 
 def test_plan_from_cards_reads_sizes_and_counts_what_the_ledgers_already_spent(tmp_path, capsys):
@@ -119,6 +120,6 @@ def test_plan_from_cards_reads_sizes_and_counts_what_the_ledgers_already_spent(t
 def test_plan_from_a_missing_card_is_one_error_line(tmp_path, capsys):
     args = ["--cards", str(tmp_path / "nope.yaml"), "--batch-size", "32", "--local-steps", "10",
             "--rounds", "6", "--noise-multiplier", "1.5"]
-    assert plan_main(args) != EXIT_OK
+    assert plan_main(args) == 2  # a usage error
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "nope.yaml" in err and err.count("\n") == 1
+    assert err.startswith("medfed: error: ") and "nope.yaml" in err and err.count("\n") == 1

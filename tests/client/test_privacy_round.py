@@ -17,7 +17,7 @@ def _study(tmp_path: Path, *extra: str) -> dict:
     return compose_study(["rounds=2", "federation.hospitals=3", "federation.min_size=60",
                           "federation.max_size=120", "privacy=dpsgd",
                           "privacy.noise_multiplier=2.0", f"privacy.ledger_dir={tmp_path / 'led'}",
-                          f"output_dir={tmp_path / 'out'}", *extra])
+                          f"output_dir={tmp_path / 'out'}", "overwrite=true", *extra])
 
 
 def _run(study: dict):

@@ -209,6 +209,7 @@ def test_a_study_that_stopped_early_can_still_be_resumed(finished_run, tmp_path)
     stopped = tmp_path / "stopped"
     shutil.copytree(finished_run, stopped)
     summary = json.loads((stopped / "summary.json").read_text())
+    summary["status"] = "stopped"  # resume= trusts the status field
     summary["stopped"] = "round 2: 1 of 2 hospitals ready; the study stopped there"
     (stopped / "summary.json").write_text(json.dumps(summary))
     check_unfinished(stopped)  # no error
