@@ -19,8 +19,14 @@ import pandas as pd
 from medfed.models.cardspec import CardError, DatasetCard, canonical_code, load_card
 from medfed.models.conversion import convert_table
 from medfed.models.schema import SchemaError, TaskSchema, load_task
-from medfed.models.tables import read_table
-from medfed.models.validation import ValidationReport
+from medfed.models.tables import RawTable, TableReader
+from medfed.models.validation import (
+    ValidationReport,
+    check_lines,
+    file_done,
+    record_lines,
+    record_overlap,
+)
 
 __all__ = ["DEFAULT_MIN_COHORT", "CardData", "CardError", "DatasetCard", "ValidationReport",
            "canonical_code", "card_schema", "check_task", "load_card", "read_card_data",
@@ -80,11 +86,30 @@ def split_rows(y: np.ndarray | None, n: int, test_fraction: float,
 
 def _read(card: DatasetCard, path: Path, schema: TaskSchema, role: str,
           report: ValidationReport) -> pd.DataFrame | None:
-    table = read_table(path, card.csv, card.columns, role=role)
+    """The file's valid rows, converted chunk by chunk (None when its columns do not fit)."""
+    reader = TableReader(path, card.csv, card.columns, role=role)
     report.files.append(str(path))
-    for note in table.notes:
+    for note in reader.notes:
         report.add("note", note)
-    return convert_table(table, card, schema, report)
+    parts = []
+    for chunk in reader.chunks():
+        frame = convert_table(chunk, card, schema, report)
+        if frame is None:
+            return None
+        parts.append(frame)
+    if reader.counts.crlf:
+        report.add("note", f"{path}: read Windows (CRLF) line endings")
+    record_lines(report, path, reader.counts, reader.data_lines, card.on_invalid_row == "drop")
+    file_done(report, path)
+    if not parts:
+        return convert_table(_empty_chunk(reader), card, schema, report)
+    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+
+
+def _empty_chunk(reader: TableReader) -> RawTable:
+    """No row survived the reader (every line a bad quote): an empty table of its columns."""
+    frame = pd.DataFrame({name: pd.Series([], dtype=object) for name in reader.names})
+    return RawTable(reader.path, frame, np.zeros(0, np.int64))
 
 
 def _split(card: DatasetCard, frame: pd.DataFrame, schema: TaskSchema,
@@ -169,6 +194,9 @@ def read_card_data(card: DatasetCard, schema: TaskSchema, *,
         train, test = _split(card, frame, schema, report)
     else:
         train, report.split = frame, f"explicit test file {card.test.name}"
+        record_overlap(report, card.train, card.test)
+    report._hashes.clear()
+    check_lines(report)
     report.train_size, report.test_size = len(train), len(test)
     if not report.rows_kept:
         report.add("error", f"{card_file(report)}: no valid rows are left; see the problems above")
