@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ENV, log, machine, median, medfed_command  # noqa: E402
+from _common import ENV, log, machine, medfed_command, median  # noqa: E402
 
 _NODE = """
 import json, sys
@@ -54,48 +54,60 @@ def write_export(folder: Path, rows: int, seed: int = 0) -> Path:
     with data.open("w", encoding="utf-8", newline="") as out:
         for start in range(0, rows, 200_000):
             n = min(200_000, rows - start)
-            frame = pd.DataFrame({
-                "age": rng.integers(25, 90, n), "sex": rng.choice(["female", "male"], n),
-                "chest_pain": rng.choice(["typical_angina", "atypical_angina", "non_anginal",
-                                          "asymptomatic"], n),
-                "resting_bp": rng.integers(90, 200, n), "cholesterol": rng.integers(120, 500, n).astype(str).astype(object),
-                "fasting_blood_sugar_high": rng.integers(0, 2, n),
-                "resting_ecg": rng.choice(["normal", "st_t_abnormality", "lv_hypertrophy"], n),
-                "max_heart_rate": rng.integers(70, 210, n),
-                "exercise_angina": rng.integers(0, 2, n),
-                "st_depression": np.round(rng.uniform(0, 6, n), 1),
-                "st_slope": rng.choice(["upsloping", "flat", "downsloping", ""], n),
-                "major_vessels": rng.choice(["0", "1", "2", "3", ""], n),
-                "thal": rng.choice(["normal", "fixed_defect", "reversible_defect"], n),
-                "cad": rng.choice(["no", "yes"], n)})
+            frame = pd.DataFrame(
+                {
+                    "age": rng.integers(25, 90, n),
+                    "sex": rng.choice(["female", "male"], n),
+                    "chest_pain": rng.choice(
+                        ["typical_angina", "atypical_angina", "non_anginal", "asymptomatic"], n
+                    ),
+                    "resting_bp": rng.integers(90, 200, n),
+                    "cholesterol": rng.integers(120, 500, n).astype(str).astype(object),
+                    "fasting_blood_sugar_high": rng.integers(0, 2, n),
+                    "resting_ecg": rng.choice(["normal", "st_t_abnormality", "lv_hypertrophy"], n),
+                    "max_heart_rate": rng.integers(70, 210, n),
+                    "exercise_angina": rng.integers(0, 2, n),
+                    "st_depression": np.round(rng.uniform(0, 6, n), 1),
+                    "st_slope": rng.choice(["upsloping", "flat", "downsloping", ""], n),
+                    "major_vessels": rng.choice(["0", "1", "2", "3", ""], n),
+                    "thal": rng.choice(["normal", "fixed_defect", "reversible_defect"], n),
+                    "cad": rng.choice(["no", "yes"], n),
+                }
+            )
             frame.loc[rng.random(n) < 1e-4, "cholesterol"] = "n/a"  # a few invalid rows
             frame.to_csv(out, index=False, header=start == 0, lineterminator="\n")
     card = folder / f"export-{rows}.yaml"
-    card.write_text(f"name: big{rows}\ntask: diagnosis\ntrain: {data.name}\n"
-                    "split: {test_fraction: 0.25, seed: 1}\n", encoding="utf-8")
+    card.write_text(
+        f"name: big{rows}\ntask: diagnosis\ntrain: {data.name}\n"
+        "split: {test_fraction: 0.25, seed: 1}\n",
+        encoding="utf-8",
+    )
     return card
 
 
 def measure(command: list[str], env: dict[str, str]) -> dict[str, float]:
     """Run ``command`` niced in a fresh process; its own peak RSS (MB) and wall seconds."""
     started = time.perf_counter()
-    proc = subprocess.Popen(["nice", "-n", "10", *command], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        ["nice", "-n", "10", *command], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - started
     out, err = proc.stdout.read(), proc.stderr.read()  # type: ignore[union-attr]
     proc.stdout.close(), proc.stderr.close()  # type: ignore[func-returns-value]
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
-        raise RuntimeError(f"{command[-1][:60]} exited with {code}: {err.decode()[-800:]}"
-                           f"{out.decode()[-400:]}")
+        raise RuntimeError(
+            f"{command[-1][:60]} exited with {code}: {err.decode()[-800:]}{out.decode()[-400:]}"
+        )
     return {"peak_rss_mb": usage.ru_maxrss / 1024, "seconds": seconds}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", default="200000,1000000,2000000",
-                        help="comma-separated row counts")
+    parser.add_argument(
+        "--rows", default="200000,1000000,2000000", help="comma-separated row counts"
+    )
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     env = dict(os.environ, **ENV)
@@ -103,8 +115,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="medfed-node-memory-") as tmp:
         for rows in [int(r) for r in args.rows.split(",")]:
             card = write_export(Path(tmp), rows)
-            arms = {"check": [*medfed_command(), "node", "check", "--dataset", str(card)],
-                    "node": [sys.executable, "-c", _NODE % card]}
+            arms = {
+                "check": [*medfed_command(), "node", "check", "--dataset", str(card)],
+                "node": [sys.executable, "-c", _NODE % card],
+            }
             samples: dict[str, list[dict[str, float]]] = {arm: [] for arm in arms}
             for repeat in range(args.repeats):
                 for arm, command in arms.items():
@@ -113,14 +127,16 @@ def main() -> None:
             data = card.with_suffix(".csv").with_name(f"export-{rows}.csv")
             entry = {"rows": rows, "columns": 14, "file_mb": round(data.stat().st_size / 2**20, 1)}
             for arm, runs in samples.items():
-                entry[arm] = {"peak_rss_mb": median([r["peak_rss_mb"] for r in runs]),
-                              "seconds": median([r["seconds"] for r in runs])}
-            entry["check"]["rss_per_file_mb"] = round(entry["check"]["peak_rss_mb"]
-                                                      / entry["file_mb"], 2)
+                entry[arm] = {
+                    "peak_rss_mb": median([r["peak_rss_mb"] for r in runs]),
+                    "seconds": median([r["seconds"] for r in runs]),
+                }
+            entry["check"]["rss_per_file_mb"] = round(
+                entry["check"]["peak_rss_mb"] / entry["file_mb"], 2
+            )
             results.append(entry)
             data.unlink()
-    print(json.dumps({"machine": machine(), "repeats": args.repeats, "results": results},
-                     indent=2))
+    print(json.dumps({"machine": machine(), "repeats": args.repeats, "results": results}, indent=2))
 
 
 if __name__ == "__main__":

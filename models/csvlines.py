@@ -50,7 +50,7 @@ class LineReader:
             more = self.stream.readlines(_READ_HINT)
             if not more:
                 return None
-            self._buffer = self._buffer[self._pos:] + more
+            self._buffer = self._buffer[self._pos :] + more
             self._pos = 0
         return self._buffer[self._pos + ahead]
 
@@ -144,7 +144,7 @@ class LineReader:
 
     def _fill(self, limit: int, records: list[list[str]], numbers: list[int]) -> None:
         while len(records) < limit and self._peek(0) is not None:
-            take = self._buffer[self._pos:self._pos + min(limit - len(records), 4096)]
+            take = self._buffer[self._pos : self._pos + min(limit - len(records), 4096)]
             if not self._fast(take, records, numbers):
                 for _ in range(len(take)):
                     if len(records) >= limit or self._peek(0) is None:
