@@ -148,11 +148,15 @@ def card_file(report: ValidationReport) -> str:
     return report.files[0] if report.files else report.card
 
 
-def _feature_summary(rows: pd.DataFrame, schema: TaskSchema, report: ValidationReport) -> None:
-    if not len(rows):
+def _feature_summary(parts: tuple[pd.DataFrame, ...], schema: TaskSchema,
+                     report: ValidationReport) -> None:
+    """Missing shares over all kept rows (the parts are not concatenated: a big export's
+    frames are not copied once more)."""
+    rows = sum(len(part) for part in parts)
+    if not rows:
         return
     for feat in schema.features:
-        share = float(rows[feat.name].isna().mean())
+        share = sum(int(part[feat.name].isna().sum()) for part in parts) / rows
         report.missing[feat.name] = share
         if share == 1.0 and feat.name not in report.absent:
             level = "error" if feat.required else "warning"
@@ -192,6 +196,7 @@ def read_card_data(card: DatasetCard, schema: TaskSchema, *,
         return CardData(card.name, empty, empty.copy(), report)
     if test is None:
         train, test = _split(card, frame, schema, report)
+        frame = None  # the split copied the rows: a big export is not held twice
     else:
         train, report.split = frame, f"explicit test file {card.test.name}"
         record_overlap(report, card.train, card.test)
@@ -203,7 +208,7 @@ def read_card_data(card: DatasetCard, schema: TaskSchema, *,
     elif not len(test) and (card.test is not None or card.split.test_fraction > 0):
         report.add("warning", f"{card.test or card.train}: the test split is empty, so this "
                               "site reports no test metrics")
-    _feature_summary(pd.concat([train, test], ignore_index=True), schema, report)
+    _feature_summary((train, test), schema, report)
     _target_summary(train, test, schema, report)
     _cohort(report, min_cohort or card.min_cohort or DEFAULT_MIN_COHORT)
     return CardData(card.name, train, test, report)

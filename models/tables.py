@@ -12,6 +12,7 @@ are left to the validation.
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,6 +75,27 @@ def _trim(cells: list[str], width: int) -> list[str]:
     if len(cells) > width and not any(c.strip() for c in cells[width:]):
         return cells[:width]
     return cells
+
+
+def local_numbers(frame: pd.DataFrame, spec: CsvSpec) -> pd.DataFrame:
+    """Cells written as numbers in the card's convention (``csv.decimal``, ``csv.thousands``:
+    ``1.234,5``) rewritten as ``1234.5``; every other cell is left as it is."""
+    group = re.escape(spec.thousands)
+    digits = rf"(?:\d{{1,3}}(?:{group}\d{{3}})+|\d+)" if spec.thousands else r"\d+"
+    pattern = re.compile(rf"^\s*[+-]?{digits}(?:{re.escape(spec.decimal)}\d+)?\s*$")
+
+    def rewrite(cell: object) -> object:
+        if not isinstance(cell, str) or not pattern.match(cell):
+            return cell
+        text = cell.replace(spec.thousands, "") if spec.thousands else cell
+        return text.replace(spec.decimal, ".")
+
+    out = {}
+    for column in frame.columns:
+        codes, uniques = pd.factorize(frame[column].to_numpy(dtype=object))
+        table = np.array([rewrite(u) for u in uniques] + [None], dtype=object)
+        out[column] = table[codes]
+    return pd.DataFrame(out, columns=frame.columns)
 
 
 def _decode_error(path: Path, sniffed: Sniffed, spec: CsvSpec,
@@ -190,6 +212,8 @@ class TableReader:
             records = [cells if len(cells) == width else (cells + [""] * width)[:width]
                        for cells in records]
         frame = pd.DataFrame(records, columns=list(self.names), dtype=object)
+        if self.spec.decimal != "." or self.spec.thousands:
+            frame = local_numbers(frame, self.spec)
         self.rows += len(records)
         return RawTable(self.path, frame, np.asarray(numbers, dtype=np.int64), widths=widths)
 
