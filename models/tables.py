@@ -137,13 +137,14 @@ class TableReader:
     """
 
     def __init__(self, path: Path, spec: CsvSpec, columns: tuple[str, ...] | None,
-                 role: str = "data", chunk_rows: int = CHUNK_ROWS) -> None:
+                 role: str = "data", chunk_rows: int | None = None) -> None:
         if path.is_dir():
             raise CardError(f"the {role} file {path} is a folder; name a CSV or Parquet file")
         if not path.is_file():
             raise CardError(f"the {role} file {path} does not exist; fix the path in the card "
                             "(it is relative to the card's folder)")
-        self.path, self.spec, self.columns, self.chunk_rows = path, spec, columns, chunk_rows
+        self.path, self.spec, self.columns = path, spec, columns
+        self.chunk_rows = chunk_rows or CHUNK_ROWS
         self.parquet = path.suffix.lower() in PARQUET_SUFFIXES
         self.notes: list[str] = []
         self.header_lines = 0
