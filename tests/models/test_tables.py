@@ -86,7 +86,8 @@ def test_a_ragged_row_is_reported_with_its_line(tmp_path: Path) -> None:
     assert any("2 rows (3, 5)" in w for w in report.warnings)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(kinds=st.lists(st.sampled_from(["good", "blank", "quote", "ragged", "multi", "text"]),
                       min_size=1, max_size=40))
 def test_every_line_is_accounted_for(tmp_path: Path, kinds: list[str]) -> None:
