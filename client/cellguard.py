@@ -7,7 +7,8 @@ into its logs and ``summary.json``. :func:`withhold_cells` replaces every cell o
 data that occurs in such a text with ``<cell withheld>`` before it leaves the node.
 
 What counts as a cell: every distinct text cell of the node's data files (read exactly as a
-study reads them), except numbers (row numbers, counts and ranges are numbers too), cells shorter
+study reads them, the header's names included: a header row may really be a patient's row),
+except numbers (row numbers, counts and ranges are numbers too), cells shorter
 than :data:`MIN_LENGTH` characters, and names the card or the task schema declare (column names,
 codes, categories, missing-value markers, the site's name): those are vocabulary, not data.
 Matching is case-insensitive and on whole cells at word boundaries. The vocabulary is held as
@@ -90,6 +91,9 @@ def _file_cells(card: DatasetCard, path: Path, declared: set[str]) -> list[np.nd
     parts: list[np.ndarray] = []
     try:
         reader = TableReader(path, card.csv, card.columns)
+        header = _sensitive(np.asarray(reader.names, dtype=object), declared)
+        if header:  # when row 1 is data misread as a header, its cells are "column names"
+            parts.append(_hash(header))
         for chunk in reader.chunks():
             for column in chunk.frame.columns:
                 cells = _sensitive(pd.unique(chunk.frame[column].to_numpy(dtype=object)), declared)

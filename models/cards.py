@@ -88,6 +88,7 @@ def _read(card: DatasetCard, path: Path, schema: TaskSchema, role: str,
           report: ValidationReport) -> pd.DataFrame | None:
     """The file's valid rows, converted chunk by chunk (None when its columns do not fit)."""
     reader = TableReader(path, card.csv, card.columns, role=role)
+    _check_header(card, reader, schema)
     report.files.append(str(path))
     for note in reader.notes:
         report.add("note", note)
@@ -104,6 +105,20 @@ def _read(card: DatasetCard, path: Path, schema: TaskSchema, role: str,
     if not parts:
         return convert_table(_empty_chunk(reader), card, schema, report)
     return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+
+
+def _check_header(card: DatasetCard, reader: TableReader, schema: TaskSchema) -> None:
+    """Refuse a header none of whose names the card or task knows: most likely row 1 is data
+    (a patient's cells), which must then not be echoed as column names."""
+    if not card.csv.header or reader.parquet:
+        return
+    known = {*schema.feature_names, schema.target.name, *card.rename, *card.values, *card.units,
+             card.target.column}
+    if not known & set(reader.names):
+        raise CardError(f"{reader.path} row 1: none of the header's {len(reader.names)} names "
+                        f"is a column of task '{schema.name}' or of the card; if row 1 holds "
+                        "data, set csv.header: false and list the columns under 'columns', else "
+                        "map the names under rename")
 
 
 def _empty_chunk(reader: TableReader) -> RawTable:

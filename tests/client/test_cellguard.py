@@ -52,6 +52,7 @@ def test_the_vocabulary_holds_data_cells_not_declared_names_or_numbers(tmp_path:
     untouched = "st-olaf: column 'cholesterol' value 233 row 2: normal, male, female, no, yes"
     assert withhold_cells(untouched, cells) == (untouched, 0)
     assert withhold_cells("fixed", cells)[1] == 1  # a code the card does not map is data
+    assert withhold_cells("column 'ward'", cells)[1] == 1  # a header name might be a cell too
 
 
 def _failing_app(text: str) -> ClientApp:
@@ -92,7 +93,7 @@ def test_the_card_of_a_simulated_or_deployed_node() -> None:
 def test_checking_a_reason_is_cheap(tmp_path: Path) -> None:
     rows = [f"{40 + i % 50},male,{200 + i},normal,Patient {i:05d},no" for i in range(20_000)]
     cells = vocabulary(str(_card(tmp_path, rows)))
-    assert len(cells) == 20_000
+    assert len(cells) == 20_001  # 20,000 patients' cells and the undeclared header 'ward'
     reason = "DataConfigError: " + "data.csv column 'cholesterol', 3 rows (4, 8, 10): text " * 4
     started = time.perf_counter()
     for _ in range(100):

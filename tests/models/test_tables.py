@@ -196,3 +196,11 @@ def test_read_card_data_frames_match_a_single_chunk(tmp_path: Path, monkeypatch)
     chunked = read_card_data(load_card(card), load_task(str(tmp_path / "tiny.yaml")))
     pd.testing.assert_frame_equal(whole.train, chunked.train)
     pd.testing.assert_frame_equal(whole.test, chunked.test)
+
+
+def test_a_header_that_is_a_patient_row_is_refused_without_echoing_it(tmp_path: Path) -> None:
+    data = "63,male,Zebulon Quackenbush,no\n" + "\n".join(good(i) for i in range(5)) + "\n"
+    with pytest.raises(CardError, match=r"row 1: none of the header's 4 names .* csv.header: "
+                                        "false") as info:
+        report_of(write(tmp_path, data))
+    assert "Zebulon" not in str(info.value) and "63" not in str(info.value)
