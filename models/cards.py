@@ -84,27 +84,50 @@ def split_rows(y: np.ndarray | None, n: int, test_fraction: float,
     return np.setdiff1d(np.arange(n), test_rows), test_rows
 
 
+Columns = dict[str, np.ndarray]
+
+
 def _read(card: DatasetCard, path: Path, schema: TaskSchema, role: str,
-          report: ValidationReport) -> pd.DataFrame | None:
-    """The file's valid rows, converted chunk by chunk (None when its columns do not fit)."""
+          report: ValidationReport) -> list[Columns] | None:
+    """The file's valid rows, converted chunk by chunk, as column arrays per chunk (None when
+    its columns do not fit)."""
     reader = TableReader(path, card.csv, card.columns, role=role)
     _check_header(card, reader, schema)
     report.files.append(str(path))
     for note in reader.notes:
         report.add("note", note)
-    parts = []
+    parts: list[Columns] = []
     for chunk in reader.chunks():
         frame = convert_table(chunk, card, schema, report)
         if frame is None:
             return None
-        parts.append(frame)
+        parts.append({name: frame[name].to_numpy(copy=True) for name in frame.columns})
     if reader.counts.crlf:
         report.add("note", f"{path}: read Windows (CRLF) line endings")
     record_lines(report, path, reader.counts, reader.data_lines, card.on_invalid_row == "drop")
     file_done(report, path)
     if not parts:
-        return convert_table(_empty_chunk(reader), card, schema, report)
-    return pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]
+        frame = convert_table(_empty_chunk(reader), card, schema, report)
+        return None if frame is None else [{n: frame[n].to_numpy() for n in frame.columns}]
+    return parts
+
+
+def stack(parts: list[Columns], selections: list[np.ndarray | None]) -> list[pd.DataFrame]:
+    """One frame per selection of rows (None: all) from the chunks' columns, in order.
+
+    Built column by column, releasing each chunk's column as soon as it is copied, so a big
+    export is never held twice (``pd.concat`` and a split would hold it three times).
+    """
+    names = list(parts[0])
+    out: list[dict[str, pd.Series]] = [{} for _ in selections]
+    for name in names:
+        pieces = [part.pop(name) for part in parts]
+        whole = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
+        del pieces
+        for columns, rows in zip(out, selections, strict=True):
+            values = whole if rows is None else whole[rows]
+            columns[name] = pd.Series(values, dtype=values.dtype, copy=False)
+    return [pd.DataFrame(columns, copy=False) for columns in out]
 
 
 def _check_header(card: DatasetCard, reader: TableReader, schema: TaskSchema) -> None:
@@ -127,15 +150,17 @@ def _empty_chunk(reader: TableReader) -> RawTable:
     return RawTable(reader.path, frame, np.zeros(0, np.int64))
 
 
-def _split(card: DatasetCard, frame: pd.DataFrame, schema: TaskSchema,
+def _split(card: DatasetCard, parts: list[Columns], schema: TaskSchema,
            report: ValidationReport) -> tuple[pd.DataFrame, pd.DataFrame]:
     spec = card.split
     stratify = spec.stratify and schema.target.kind != "continuous"
-    y = frame[schema.target.name].to_numpy() if stratify else None
-    train, test = split_rows(y, len(frame), spec.test_fraction, spec.seed)
+    n = sum(len(part[schema.target.name]) for part in parts)
+    y = np.concatenate([part[schema.target.name] for part in parts]) if stratify else None
+    train, test = split_rows(y, n, spec.test_fraction, spec.seed)
     report.split = (f"{'stratified ' if stratify else ''}seeded split of {card.train.name}: "
                     f"test_fraction {spec.test_fraction:g}, seed {spec.seed}")
-    return (frame.iloc[train].reset_index(drop=True), frame.iloc[test].reset_index(drop=True))
+    train_frame, test_frame = stack(parts, [train, test])
+    return train_frame, test_frame
 
 
 def _target_summary(train: pd.DataFrame, test: pd.DataFrame, schema: TaskSchema,
@@ -204,16 +229,16 @@ def read_card_data(card: DatasetCard, schema: TaskSchema, *,
     """
     report = ValidationReport(card=str(card.path), site=card.name, task=schema.name,
                               target=schema.target.name, on_invalid_row=card.on_invalid_row)
-    frame = _read(card, card.train, schema, "train", report)
-    test = None if card.test is None else _read(card, card.test, schema, "test", report)
+    parts = _read(card, card.train, schema, "train", report)
+    tested = None if card.test is None else _read(card, card.test, schema, "test", report)
     empty = pd.DataFrame(columns=[*schema.feature_names, schema.target.name])
-    if frame is None or (card.test is not None and test is None):
+    if parts is None or (card.test is not None and tested is None):
         return CardData(card.name, empty, empty.copy(), report)
-    if test is None:
-        train, test = _split(card, frame, schema, report)
-        frame = None  # the split copied the rows: a big export is not held twice
+    if tested is None:
+        train, test = _split(card, parts, schema, report)
     else:
-        train, report.split = frame, f"explicit test file {card.test.name}"
+        (train,), (test,) = stack(parts, [None]), stack(tested, [None])
+        report.split = f"explicit test file {card.test.name}"
         record_overlap(report, card.train, card.test)
     report._hashes.clear()
     check_lines(report)
