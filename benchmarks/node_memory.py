@@ -6,7 +6,9 @@ in a fresh process started with ``nice``:
 
 * ``check``: ``medfed node check --dataset CARD`` (the command hospital IT runs first);
 * ``node``: what ``medfed node start`` does with the data when a study arrives: round 0 of the
-  ClientApp (``site_summary`` + ``prepared_site``: read, validate, split, statistics, encoding).
+  ClientApp (``site_summary`` + ``prepared_site``: read, validate, split, statistics, encoding);
+* ``guard``: the reply guard's cost when an error text must be checked: building the node's cell
+  vocabulary (``build_seconds``, once per data version) and checking one reason (``check_ms``).
 
 Peak RSS is the child's own ``ru_maxrss`` from ``os.wait4`` (not the cumulative children figure),
 seconds are wall time from outside. The arms are interleaved, each size and arm repeated
@@ -44,6 +46,22 @@ from medfed.models.encoding import merge_statistics
 merged = json.dumps(merge_statistics([stats], min_cell=5).to_dict())
 site = node.prepared_site(config, merged, 0)
 print(n_train, n_test, site.x_train.shape)
+"""
+
+
+_GUARD = """
+import json, time
+from medfed.client.cellguard import vocabulary, withhold_cells
+started = time.perf_counter()
+cells = vocabulary("%s")
+built = time.perf_counter() - started
+reason = "DataConfigError: export.csv column 'cholesterol', 3 rows (4, 8, 10): text where a " \\
+         "number is expected; fix the data or set on_invalid_row: drop in the card"
+started = time.perf_counter()
+for _ in range(1000):
+    withhold_cells(reason, cells)
+print(json.dumps({"build_seconds": built, "check_ms": (time.perf_counter() - started),
+                  "cells": len(cells)}))
 """
 
 
@@ -94,13 +112,18 @@ def measure(command: list[str], env: dict[str, str]) -> dict[str, float]:
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - started
     out, err = proc.stdout.read(), proc.stderr.read()  # type: ignore[union-attr]
+    extra = out.decode().strip().splitlines()[-1:] if b"build_seconds" in out else []
     proc.stdout.close(), proc.stderr.close()  # type: ignore[func-returns-value]
     code = os.waitstatus_to_exitcode(status)
     if code != 0:
         raise RuntimeError(
             f"{command[-1][:60]} exited with {code}: {err.decode()[-800:]}{out.decode()[-400:]}"
         )
-    return {"peak_rss_mb": usage.ru_maxrss / 1024, "seconds": seconds}
+    return {
+        "peak_rss_mb": usage.ru_maxrss / 1024,
+        "seconds": seconds,
+        **(json.loads(extra[0]) if extra else {}),
+    }
 
 
 def main() -> None:
@@ -118,6 +141,7 @@ def main() -> None:
             arms = {
                 "check": [*medfed_command(), "node", "check", "--dataset", str(card)],
                 "node": [sys.executable, "-c", _NODE % card],
+                "guard": [sys.executable, "-c", _GUARD % card],
             }
             samples: dict[str, list[dict[str, float]]] = {arm: [] for arm in arms}
             for repeat in range(args.repeats):
@@ -127,10 +151,7 @@ def main() -> None:
             data = card.with_suffix(".csv").with_name(f"export-{rows}.csv")
             entry = {"rows": rows, "columns": 14, "file_mb": round(data.stat().st_size / 2**20, 1)}
             for arm, runs in samples.items():
-                entry[arm] = {
-                    "peak_rss_mb": median([r["peak_rss_mb"] for r in runs]),
-                    "seconds": median([r["seconds"] for r in runs]),
-                }
+                entry[arm] = {key: median([r[key] for r in runs]) for key in runs[0]}
             entry["check"]["rss_per_file_mb"] = round(
                 entry["check"]["peak_rss_mb"] / entry["file_mb"], 2
             )
