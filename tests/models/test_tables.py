@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from medfed.models.cards import CardError, load_card, read_card_data
 from medfed.models.schema import load_task
-from medfed.models.validation import ValidationReport
+from medfed.models.validation import ValidationReport, check_lines
 
 HEADER = "age,sex,cholesterol,cad"
 TASK = """name: tiny
@@ -204,3 +204,12 @@ def test_a_header_that_is_a_patient_row_is_refused_without_echoing_it(tmp_path: 
                                         "false") as info:
         report_of(write(tmp_path, data))
     assert "Zebulon" not in str(info.value) and "63" not in str(info.value)
+
+
+def test_a_line_not_accounted_for_is_an_error() -> None:
+    report = ValidationReport(card="card.yaml", lines_read=10, rows_read=9, rows_kept=8,
+                              dropped={"out of range": 1}, blank_lines=0)
+    check_lines(report)
+    assert report.errors == ["card.yaml: 1 of 10 data lines are neither kept, dropped, blank nor "
+                             "part of a multi-line row; the data cannot be trusted: please "
+                             "report it"]
