@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from medfed.models.cardspec import CardError, CsvSpec
 from medfed.models.csvlines import LineCounts, LineReader
+from medfed.models.heap import fix_mmap_threshold
 from medfed.models.sniff import HEAD, Sniffed, not_csv, sniff
 
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -143,6 +144,7 @@ class TableReader:
         if not path.is_file():
             raise CardError(f"the {role} file {path} does not exist; fix the path in the card "
                             "(it is relative to the card's folder)")
+        fix_mmap_threshold()  # chunk-sized arrays must not pin the heap (see medfed.models.heap)
         self.path, self.spec, self.columns = path, spec, columns
         self.chunk_rows = chunk_rows or CHUNK_ROWS
         self.parquet = path.suffix.lower() in PARQUET_SUFFIXES
