@@ -105,7 +105,7 @@ def _read(card: DatasetCard, path: Path, schema: TaskSchema, role: str,
     if reader.counts.crlf:
         report.add("note", f"{path}: read Windows (CRLF) line endings")
     record_lines(report, path, reader.counts, reader.data_lines, card.on_invalid_row == "drop")
-    file_done(report, path)
+    file_done(report, path, role)
     if not parts:
         frame = convert_table(_empty_chunk(reader), card, schema, report)
         return None if frame is None else [{n: frame[n].to_numpy() for n in frame.columns}]

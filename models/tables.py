@@ -65,9 +65,11 @@ def _header(path: Path, row: int, record: list[str]) -> tuple[str, ...]:
         if not name:
             raise CardError(f"{path} row {row}: header column {index + 1} has no name; name it "
                             "or read the file with csv.header: false and 'columns'")
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise CardError(f"{path} row {row}: the header repeats column name(s) {dupes}")
+    repeated = [i + 1 for i, n in enumerate(names) if names.count(n) > 1]
+    if repeated:  # positions, not names: a header that is really a patient's row is data
+        raise CardError(f"{path} row {row}: the header repeats a column name (columns "
+                        f"{', '.join(map(str, repeated))}); give every column its own name, or "
+                        "set csv.header: false and list the columns if row 1 holds data")
     return names
 
 

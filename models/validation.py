@@ -233,10 +233,12 @@ def _file_hashes(report: ValidationReport, path: str) -> tuple[np.ndarray, np.nd
     return np.concatenate([h for h, _ in parts]), np.concatenate([r for _, r in parts])
 
 
-def file_done(report: ValidationReport, path: Path) -> None:
-    """Warn about rows that repeat an earlier row of ``path`` exactly (they are kept)."""
+def file_done(report: ValidationReport, path: Path, role: str = "train") -> None:
+    """Warn about rows that repeat an earlier row of ``path`` exactly (they are kept); keep the
+    file's row hashes under ``role`` for :func:`record_overlap`."""
     hashes, rows = _file_hashes(report, str(path))
-    report._hashes[str(path)] = [(hashes, rows)]
+    report._hashes.pop(str(path), None)
+    report._hashes[role] = [(hashes, rows)]
     if not len(hashes):
         return
     order = np.argsort(hashes, kind="stable")
@@ -253,17 +255,19 @@ def file_done(report: ValidationReport, path: Path) -> None:
 
 def record_overlap(report: ValidationReport, train: Path, test: Path) -> None:
     """Warn when rows of the test file also appear in the training file (same raw cells)."""
-    train_hashes, _ = _file_hashes(report, str(train))
-    test_hashes, rows = _file_hashes(report, str(test))
+    train_hashes, _ = _file_hashes(report, "train")
+    test_hashes, rows = _file_hashes(report, "test")
     if not len(train_hashes) or not len(test_hashes):
         return
     shared = np.isin(test_hashes, train_hashes)
     count = int(shared.sum())
     if not count:
         return
-    what = ("is identical to the training file" if count == len(test_hashes) == len(train_hashes)
-            else f"shares {count} of its {len(test_hashes)} rows with the training file")
-    report.add("warning", f"{test} {what} {train} (e.g. row {int(rows[shared][0])}); a test row "
+    same = count == len(test_hashes) == len(train_hashes)
+    what = "holds the same rows as" if same else \
+        f"shares {count} of its {len(test_hashes)} rows with"
+    report.add("warning", f"{test} {what} the training file {train} (e.g. row "
+                          f"{int(rows[shared][0])}); a test row "
                           "seen in training makes the test metrics look better than they are: "
                           "remove the shared rows from one of the files")
 

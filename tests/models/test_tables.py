@@ -171,7 +171,7 @@ def test_a_test_file_sharing_rows_with_the_training_file(tmp_path: Path) -> None
                for w in report.warnings)
     (tmp_path / "test.csv").write_text(train, encoding="utf-8")
     report = report_of(tmp_path / "card.yaml")
-    assert any("test.csv is identical to the training file" in w for w in report.warnings)
+    assert any("test.csv holds the same rows as the training file" in w for w in report.warnings)
 
 
 def test_chunks_merge_into_one_message_per_problem(tmp_path: Path, monkeypatch) -> None:
@@ -213,3 +213,18 @@ def test_a_line_not_accounted_for_is_an_error() -> None:
     assert report.errors == ["card.yaml: 1 of 10 data lines are neither kept, dropped, blank nor "
                              "part of a multi-line row; the data cannot be trusted: please "
                              "report it"]
+
+
+def test_a_repeated_header_name_is_named_by_position(tmp_path: Path) -> None:
+    data = "63,male,Zebulon,male\n" + "\n".join(good(i) for i in range(5)) + "\n"
+    with pytest.raises(CardError, match=r"row 1: the header repeats a column name \(columns 2, "
+                                        r"4\)") as info:
+        report_of(write(tmp_path, data))
+    assert "male" not in str(info.value).split("columns 2, 4")[0].split("data.csv")[1]
+
+
+def test_a_test_file_that_is_the_training_file(tmp_path: Path) -> None:
+    report = report_of(write(tmp_path, "\n".join([HEADER, *(good(i) for i in range(8))]) + "\n",
+                             "test: data.csv\n"))
+    assert [w for w in report.warnings if "repeat" in w] == []
+    assert any("data.csv holds the same rows as the training file" in w for w in report.warnings)
