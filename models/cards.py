@@ -16,17 +16,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from medfed.models.accounting import check_lines, record_lines
 from medfed.models.cardspec import CardError, DatasetCard, canonical_code, load_card
 from medfed.models.conversion import convert_table
 from medfed.models.schema import SchemaError, TaskSchema, load_task
 from medfed.models.tables import RawTable, TableReader
-from medfed.models.validation import (
-    ValidationReport,
-    check_lines,
-    file_done,
-    record_lines,
-    record_overlap,
-)
+from medfed.models.validation import ValidationReport, file_done, record_overlap
 
 __all__ = ["DEFAULT_MIN_COHORT", "CardData", "CardError", "DatasetCard", "ValidationReport",
            "canonical_code", "card_schema", "check_task", "load_card", "read_card_data",

@@ -20,7 +20,6 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from medfed.models.csvlines import LineCounts
 from medfed.models.tables import RawTable
 
 Level = Literal["note", "warning", "error"]
@@ -270,33 +269,3 @@ def record_overlap(report: ValidationReport, train: Path, test: Path) -> None:
                           f"{int(rows[shared][0])}); a test row "
                           "seen in training makes the test metrics look better than they are: "
                           "remove the shared rows from one of the files")
-
-
-def record_lines(report: ValidationReport, path: Path, counts: LineCounts, data_lines: int,
-                 drop: bool) -> None:
-    """Account for the lines the reader did not turn into rows (blank, continued, bad quotes)."""
-    report.lines_read += data_lines
-    report.blank_lines += counts.blank
-    report.continuation_lines += counts.continued
-    if counts.multiline:
-        rows = np.asarray(counts.multiline)
-        report.add("note", f"{path}: {len(rows)} row(s) ({row_list(rows)}) hold a line break "
-                           "inside a quoted field; each was read as one row over several lines")
-    if counts.quotes:
-        rows = np.asarray(counts.quotes)
-        report.rows_read += len(rows)
-        report.dropped[QUOTE] = report.dropped.get(QUOTE, 0) + len(rows)
-        report.dropped_rows.setdefault(QUOTE, []).extend((str(path), int(r)) for r in rows)
-        merge_problem(report, path, QUOTE, None, "a stray or unbalanced quote (the line was read "
-                      "on its own, so no later row is lost)", rows, drop, [])
-    if counts.blank:
-        report.add("note", f"{path}: skipped {counts.blank} blank line(s)")
-
-
-def check_lines(report: ValidationReport) -> None:
-    """An error when some line read is not accounted for (a bug: it must never happen)."""
-    missing = report.unaccounted()
-    if missing:
-        report.add("error", f"{report.card}: {missing} of {report.lines_read} data lines are "
-                            "neither kept, dropped, blank nor part of a multi-line row; the data "
-                            "cannot be trusted: please report it")

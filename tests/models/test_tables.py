@@ -13,9 +13,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from medfed.models.accounting import check_lines
 from medfed.models.cards import CardError, load_card, read_card_data
 from medfed.models.schema import load_task
-from medfed.models.validation import ValidationReport, check_lines
+from medfed.models.validation import ValidationReport
 
 HEADER = "age,sex,cholesterol,cad"
 TASK = """name: tiny
