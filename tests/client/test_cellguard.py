@@ -20,17 +20,24 @@ HEADER = "age,sex,cholesterol,thal,ward,cad"
 
 
 def _hashes(*cells: str) -> np.ndarray:
-    return np.sort(pd.util.hash_array(np.asarray([c.casefold() for c in cells], dtype=object),
-                                      categorize=False))
+    return np.sort(
+        pd.util.hash_array(
+            np.asarray([c.casefold() for c in cells], dtype=object), categorize=False
+        )
+    )
 
 
 def test_a_quoted_cell_is_withheld_and_the_rest_kept() -> None:
     text = f"could not convert '{NAME}' to float in column 'cholesterol', row 4"
     clean, count = withhold_cells(text, _hashes(NAME.upper(), "Ward 7B"))
-    assert (clean, count) == (f"could not convert '{WITHHELD}' to float in column "
-                              "'cholesterol', row 4", 1)
-    assert withhold_cells("row 4: ward 7b, ward 7b", _hashes("Ward 7B")) == \
-        (f"row 4: {WITHHELD}, {WITHHELD}", 2)
+    assert (clean, count) == (
+        f"could not convert '{WITHHELD}' to float in column 'cholesterol', row 4",
+        1,
+    )
+    assert withhold_cells("row 4: ward 7b, ward 7b", _hashes("Ward 7B")) == (
+        f"row 4: {WITHHELD}, {WITHHELD}",
+        2,
+    )
 
 
 def test_only_whole_cells_at_word_boundaries_count() -> None:
@@ -67,14 +74,19 @@ def _failing_app(text: str) -> ClientApp:
 
 def _query() -> Message:
     _use_identity(1, 1)
-    return Message(RecordDict({"study": ConfigRecord({"config-json": "{}"})}), dst_node_id=3,
-                   message_type="query.stats", group_id="0")
+    return Message(
+        RecordDict({"study": ConfigRecord({"config-json": "{}"})}),
+        dst_node_id=3,
+        message_type="query.stats",
+        group_id="0",
+    )
 
 
 def test_the_guard_replaces_an_exception_that_quotes_a_cell(tmp_path: Path) -> None:
     card = _card(tmp_path, [f"63,male,{NAME},normal,Ward 7B,no"])
-    context = Context(run_id=1, node_id=3, node_config={"dataset": str(card)}, state=RecordDict(),
-                      run_config={})
+    context = Context(
+        run_id=1, node_id=3, node_config={"dataset": str(card)}, state=RecordDict(), run_config={}
+    )
     with pytest.raises(CellsWithheld) as info:
         _failing_app(f"could not convert string to float: '{NAME}'")(_query(), context)
     assert NAME not in str(info.value) and info.value.__suppress_context__

@@ -36,15 +36,20 @@ def leaky_sites(folder: Path, hospitals: int = 3, failing: int | None = None) ->
             csv.writer(handle, lineterminator="\n").writerows(rows)
         if index == failing:
             text = card.read_text(encoding="utf-8")
-            card.write_text(text.replace("on_invalid_row: drop", "on_invalid_row: fail"),
-                            encoding="utf-8")
+            card.write_text(
+                text.replace("on_invalid_row: drop", "on_invalid_row: fail"), encoding="utf-8"
+            )
     return cards
 
 
 def places_holding(name: str, folders: list[Path], streams: list[str]) -> list[str]:
     """Every file under ``folders`` and every stream whose bytes contain ``name`` (any case)."""
     needle = name.lower().encode()
-    found = [str(path) for folder in folders for path in folder.rglob("*")
-             if path.is_file() and needle in path.read_bytes().lower()]
+    found = [
+        str(path)
+        for folder in folders
+        for path in folder.rglob("*")
+        if path.is_file() and needle in path.read_bytes().lower()
+    ]
     found += [f"stream {i}" for i, text in enumerate(streams) if name.casefold() in text.casefold()]
     return found

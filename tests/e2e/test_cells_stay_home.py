@@ -12,16 +12,24 @@ from pathlib import Path
 import pytest
 
 MEDFED = str(Path(sys.executable).with_name("medfed"))
-_SPEC = importlib.util.spec_from_file_location("leaky_exports",
-                                               Path(__file__).with_name("leaky_exports.py"))
+_SPEC = importlib.util.spec_from_file_location(
+    "leaky_exports", Path(__file__).with_name("leaky_exports.py")
+)
 leaky = importlib.util.module_from_spec(_SPEC)  # type: ignore[arg-type]
 _SPEC.loader.exec_module(leaky)  # type: ignore[union-attr]
 NAME, leaky_sites, places_holding = leaky.NAME, leaky.leaky_sites, leaky.places_holding
 
 
 def _medfed(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([MEDFED, *args], cwd=cwd, env=dict(os.environ), capture_output=True,
-                          text=True, timeout=600, check=False)
+    return subprocess.run(
+        [MEDFED, *args],
+        cwd=cwd,
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
 
 
 def test_node_check_shows_cells_only_when_asked(tmp_path: Path) -> None:
@@ -41,8 +49,14 @@ def test_a_simulated_study_carries_no_cell_to_the_coordinator(tmp_path: Path) ->
     cards = leaky_sites(tmp_path / "sites", hospitals=3, failing=2)
     out = tmp_path / "run"
     listed = ",".join(map(str, cards))
-    run = _medfed("simulate", "federation=sites", f"federation.cards=[{listed}]", "rounds=2",
-                  f"output_dir={out}", cwd=tmp_path)
+    run = _medfed(
+        "simulate",
+        "federation=sites",
+        f"federation.cards=[{listed}]",
+        "rounds=2",
+        f"output_dir={out}",
+        cwd=tmp_path,
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
     reason = json.dumps(summary["failures"])

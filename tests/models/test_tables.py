@@ -42,8 +42,11 @@ def write(folder: Path, data: str | bytes, card: str = "", name: str = "data.csv
     else:
         target.write_text(data, encoding="utf-8", newline="")
     path = folder / "card.yaml"
-    path.write_text(f"name: a\ntask: tiny.yaml\ntrain: {name}\nmin_cohort: 1\n"
-                    f"split: {{test_fraction: 0.25, seed: 1}}\n{card}", encoding="utf-8")
+    path.write_text(
+        f"name: a\ntask: tiny.yaml\ntrain: {name}\nmin_cohort: 1\n"
+        f"split: {{test_fraction: 0.25, seed: 1}}\n{card}",
+        encoding="utf-8",
+    )
     return path
 
 
@@ -68,13 +71,16 @@ def test_a_stray_quote_costs_its_own_line_only(tmp_path: Path) -> None:
     assert any("row 4: a stray or unbalanced quote" in w for w in report.warnings)
 
 
-def test_a_line_break_inside_quotes_is_one_row_and_blank_lines_are_counted(
-        tmp_path: Path) -> None:
+def test_a_line_break_inside_quotes_is_one_row_and_blank_lines_are_counted(tmp_path: Path) -> None:
     lines = [HEADER, good(0), "", '41,"ma', 'le",190,yes', "  ,  ,,", good(1)]
     report = report_of(write(tmp_path, "\r\n".join(lines)))
     accounted(report)
-    assert (report.lines_read, report.rows_kept, report.blank_lines,
-            report.continuation_lines) == (6, 2, 2, 1)
+    assert (report.lines_read, report.rows_kept, report.blank_lines, report.continuation_lines) == (
+        6,
+        2,
+        2,
+        1,
+    )
     assert report.dropped == {"unknown category": 1}  # "ma\nle" is no category
     assert any("(4) hold a line break" in n for n in report.notes)
 
@@ -87,13 +93,25 @@ def test_a_ragged_row_is_reported_with_its_line(tmp_path: Path) -> None:
     assert any("2 rows (3, 5)" in w for w in report.warnings)
 
 
-@settings(max_examples=40, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(kinds=st.lists(st.sampled_from(["good", "blank", "quote", "ragged", "multi", "text"]),
-                      min_size=1, max_size=40))
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    kinds=st.lists(
+        st.sampled_from(["good", "blank", "quote", "ragged", "multi", "text"]),
+        min_size=1,
+        max_size=40,
+    )
+)
 def test_every_line_is_accounted_for(tmp_path: Path, kinds: list[str]) -> None:
-    pieces = {"good": good(7), "blank": "", "quote": '1,"x,2,no', "ragged": "1,male",
-              "multi": '50,"fe\nmale",200,no', "text": "50,male,lots,no"}
+    pieces = {
+        "good": good(7),
+        "blank": "",
+        "quote": '1,"x,2,no',
+        "ragged": "1,male",
+        "multi": '50,"fe\nmale",200,no',
+        "text": "50,male,lots,no",
+    }
     body = [pieces[k] for k in kinds]
     report = report_of(write(tmp_path, "\n".join([HEADER, *body, good(3)]) + "\n"))
     accounted(report)
@@ -103,8 +121,9 @@ def test_every_line_is_accounted_for(tmp_path: Path, kinds: list[str]) -> None:
 
 @pytest.mark.parametrize("bom", [True, False])
 @pytest.mark.parametrize("codec", ["utf-16-le", "utf-16-be"])
-def test_utf16_is_read_with_or_without_a_byte_order_mark(tmp_path: Path, codec: str,
-                                                         bom: bool) -> None:
+def test_utf16_is_read_with_or_without_a_byte_order_mark(
+    tmp_path: Path, codec: str, bom: bool
+) -> None:
     text = "\n".join([HEADER, *(good(i) for i in range(6))]) + "\n"
     mark = {"utf-16-le": codecs.BOM_UTF16_LE, "utf-16-be": codecs.BOM_UTF16_BE}[codec]
     report = report_of(write(tmp_path, (mark if bom else b"") + text.encode(codec)))
@@ -129,17 +148,28 @@ def _xlsx() -> bytes:
     return data
 
 
-@pytest.mark.parametrize(("data", "name", "phrase"), [
-    (_xlsx(), "data.csv", "is an Excel workbook (.xlsx), not CSV text; export it"),
-    (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\0Zebulon" * 64, "data.csv",
-     "is an Excel 97-2003 workbook (.xls), not CSV text"),
-    (b"PAR1\x15\x04Zebulon" + b"\0" * 64, "data.csv", "is a Parquet file, not CSV text; rename"),
-    (b"age,sex\n" + b"Zebulon\x00\x01\x02\n" * 4, "data.csv", "holds binary data"),
-    (f"{HEADER}\n{good(1)}\n".encode(), "data.parquet", "not a Parquet file"),
-    (gzip.compress(b"Zebulon")[:12], "data.csv", "damaged gzip file"),
-])
-def test_a_file_that_is_not_what_the_card_says(tmp_path: Path, data: bytes, name: str,
-                                               phrase: str) -> None:
+@pytest.mark.parametrize(
+    ("data", "name", "phrase"),
+    [
+        (_xlsx(), "data.csv", "is an Excel workbook (.xlsx), not CSV text; export it"),
+        (
+            b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + b"\0Zebulon" * 64,
+            "data.csv",
+            "is an Excel 97-2003 workbook (.xls), not CSV text",
+        ),
+        (
+            b"PAR1\x15\x04Zebulon" + b"\0" * 64,
+            "data.csv",
+            "is a Parquet file, not CSV text; rename",
+        ),
+        (b"age,sex\n" + b"Zebulon\x00\x01\x02\n" * 4, "data.csv", "holds binary data"),
+        (f"{HEADER}\n{good(1)}\n".encode(), "data.parquet", "not a Parquet file"),
+        (gzip.compress(b"Zebulon")[:12], "data.csv", "damaged gzip file"),
+    ],
+)
+def test_a_file_that_is_not_what_the_card_says(
+    tmp_path: Path, data: bytes, name: str, phrase: str
+) -> None:
     with pytest.raises(CardError, match=phrase.replace("(", r"\(").replace(")", r"\)")) as info:
         report_of(write(tmp_path, data, name=name))
     assert "Zebulon" not in str(info.value) and "\\x" not in str(info.value)
@@ -147,8 +177,10 @@ def test_a_file_that_is_not_what_the_card_says(tmp_path: Path, data: bytes, name
 
 
 def test_decimal_commas_and_thousands_separators(tmp_path: Path) -> None:
-    data = 'age;sex;cholesterol;cad\n"45,5";male;1.002,5;no\n50;female;"210,25";yes\n' \
-           "51;female;210.5;yes\n"
+    data = (
+        'age;sex;cholesterol;cad\n"45,5";male;1.002,5;no\n50;female;"210,25";yes\n'
+        "51;female;210.5;yes\n"
+    )
     card = write(tmp_path, data, 'csv: {delimiter: ";", decimal: ",", thousands: "."}\n')
     card.write_text(card.read_text().replace("0.25", "0"), encoding="utf-8")
     data = read_card_data(load_card(card), load_task(str(tmp_path / "tiny.yaml")))
@@ -164,12 +196,19 @@ def test_a_bad_number_format_names_the_key(tmp_path: Path) -> None:
 
 def test_a_test_file_sharing_rows_with_the_training_file(tmp_path: Path) -> None:
     train = "\n".join([HEADER, *(good(i) for i in range(20))]) + "\n"
-    (tmp_path / "test.csv").write_text("sex,age,cholesterol,cad\n" + "\n".join(
-        f"{['female', 'male'][i % 2]},{20 + i % 60},{150 + i},{['no', 'yes'][i // 2 % 2]}"
-        for i in range(15, 25)) + "\n", encoding="utf-8")
+    (tmp_path / "test.csv").write_text(
+        "sex,age,cholesterol,cad\n"
+        + "\n".join(
+            f"{['female', 'male'][i % 2]},{20 + i % 60},{150 + i},{['no', 'yes'][i // 2 % 2]}"
+            for i in range(15, 25)
+        )
+        + "\n",
+        encoding="utf-8",
+    )
     report = report_of(write(tmp_path, train, "test: test.csv\n"))
-    assert any("test.csv shares 5 of its 10 rows with the training file" in w
-               for w in report.warnings)
+    assert any(
+        "test.csv shares 5 of its 10 rows with the training file" in w for w in report.warnings
+    )
     (tmp_path / "test.csv").write_text(train, encoding="utf-8")
     report = report_of(tmp_path / "card.yaml")
     assert any("test.csv holds the same rows as the training file" in w for w in report.warnings)
@@ -201,31 +240,48 @@ def test_read_card_data_frames_match_a_single_chunk(tmp_path: Path, monkeypatch)
 
 def test_a_header_that_is_a_patient_row_is_refused_without_echoing_it(tmp_path: Path) -> None:
     data = "63,male,Zebulon Quackenbush,no\n" + "\n".join(good(i) for i in range(5)) + "\n"
-    with pytest.raises(CardError, match=r"row 1: none of the header's 4 names .* csv.header: "
-                                        "false") as info:
+    with pytest.raises(
+        CardError,
+        match=r"row 1: none of the header's 4 names .* csv.header: "
+        "false",
+    ) as info:
         report_of(write(tmp_path, data))
     assert "Zebulon" not in str(info.value) and "63" not in str(info.value)
 
 
 def test_a_line_not_accounted_for_is_an_error() -> None:
-    report = ValidationReport(card="card.yaml", lines_read=10, rows_read=9, rows_kept=8,
-                              dropped={"out of range": 1}, blank_lines=0)
+    report = ValidationReport(
+        card="card.yaml",
+        lines_read=10,
+        rows_read=9,
+        rows_kept=8,
+        dropped={"out of range": 1},
+        blank_lines=0,
+    )
     check_lines(report)
-    assert report.errors == ["card.yaml: 1 of 10 data lines are neither kept, dropped, blank nor "
-                             "part of a multi-line row; the data cannot be trusted: please "
-                             "report it"]
+    assert report.errors == [
+        "card.yaml: 1 of 10 data lines are neither kept, dropped, blank nor "
+        "part of a multi-line row; the data cannot be trusted: please "
+        "report it"
+    ]
 
 
 def test_a_repeated_header_name_is_named_by_position(tmp_path: Path) -> None:
     data = "63,male,Zebulon,male\n" + "\n".join(good(i) for i in range(5)) + "\n"
-    with pytest.raises(CardError, match=r"row 1: the header repeats a column name \(columns 2, "
-                                        r"4\)") as info:
+    with pytest.raises(
+        CardError,
+        match=r"row 1: the header repeats a column name \(columns 2, "
+        r"4\)",
+    ) as info:
         report_of(write(tmp_path, data))
     assert "male" not in str(info.value).split("columns 2, 4")[0].split("data.csv")[1]
 
 
 def test_a_test_file_that_is_the_training_file(tmp_path: Path) -> None:
-    report = report_of(write(tmp_path, "\n".join([HEADER, *(good(i) for i in range(8))]) + "\n",
-                             "test: data.csv\n"))
+    report = report_of(
+        write(
+            tmp_path, "\n".join([HEADER, *(good(i) for i in range(8))]) + "\n", "test: data.csv\n"
+        )
+    )
     assert [w for w in report.warnings if "repeat" in w] == []
     assert any("data.csv holds the same rows as the training file" in w for w in report.warnings)
