@@ -325,3 +325,17 @@ def test_every_line_is_accounted_for_in_the_report(site: Site,
     assert "unknown category: 1, stray or unbalanced quote: 1" in out
     assert "data.csv" in line_with(out, "note:", "(6) hold a line break inside a quoted field")
     assert "data.csv" in line_with(out, "warning:", "row 23: a stray or unbalanced quote")
+
+
+def test_an_unexpected_error_text_is_shown_only_with_show_values(
+        site: Site, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("could not convert string to float: 'Zebulon Quackenbush'")
+
+    monkeypatch.setattr("medfed.client.check.read_card_data", broken)
+    card = site()
+    code, out = check(capsys, card)
+    assert code == 2 and "Zebulon" not in out
+    assert "ValueError: text withheld" in line_with(out, "error:", "unexpected problem")
+    code, out = check(capsys, card, "--show-values")
+    assert code == 2 and "'Zebulon Quackenbush'" in out
