@@ -14,31 +14,36 @@ from medfed.models.export import export_synthetic
 NAME = "Zebulon Quackenbush"
 
 
-def leaky_sites(folder: Path, hospitals: int = 3, failing: int | None = None) -> list[Path]:
-    """Synthetic diagnosis cards whose training files hold ``NAME`` in bad cells.
+def poison(card: Path, failing: bool = False) -> None:
+    """Type ``NAME`` into bad cells of the card's training file.
 
-    Each site's export gets the name typed into a numeric column (three rows), into a
-    categorical column (one row) and into an extra free-text column (every row, ignored by the
-    task). Site ``failing`` (if given) refuses invalid rows (``on_invalid_row: fail``), so its
-    node cannot take part and reports why to the coordinator.
+    Three rows get it in a numeric column, one in a categorical column, and every row in an
+    extra free-text column (ignored by the task). With ``failing`` the card refuses invalid rows
+    (``on_invalid_row: fail``), so its node cannot take part and reports why to the coordinator.
     """
+    data = card.parent / f"{card.stem}-train.csv"
+    with data.open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.reader(handle))
+    header = rows[0]
+    for row in (3, 7, 9):
+        rows[row][header.index("cholesterol")] = NAME
+    rows[11][header.index("thal")] = NAME
+    rows = [[*r, "ward" if i == 0 else f"{NAME}, bed {i}"] for i, r in enumerate(rows)]
+    with data.open("w", encoding="utf-8", newline="") as handle:
+        csv.writer(handle, lineterminator="\n").writerows(rows)
+    if failing:
+        text = card.read_text(encoding="utf-8")
+        card.write_text(
+            text.replace("on_invalid_row: drop", "on_invalid_row: fail"), encoding="utf-8"
+        )
+
+
+def leaky_sites(folder: Path, hospitals: int = 3, failing: int | None = None) -> list[Path]:
+    """Synthetic diagnosis cards whose training files hold ``NAME`` in bad cells (see
+    :func:`poison`); site ``failing`` (if given) refuses its invalid rows."""
     cards = export_synthetic("diagnosis", hospitals, folder, seed=3)
     for index, card in enumerate(cards):
-        data = folder / f"{card.stem}-train.csv"
-        with data.open(encoding="utf-8", newline="") as handle:
-            rows = list(csv.reader(handle))
-        header = rows[0]
-        for row in (3, 7, 9):
-            rows[row][header.index("cholesterol")] = NAME
-        rows[11][header.index("thal")] = NAME
-        rows = [[*r, "ward" if i == 0 else f"{NAME}, bed {i}"] for i, r in enumerate(rows)]
-        with data.open("w", encoding="utf-8", newline="") as handle:
-            csv.writer(handle, lineterminator="\n").writerows(rows)
-        if index == failing:
-            text = card.read_text(encoding="utf-8")
-            card.write_text(
-                text.replace("on_invalid_row: drop", "on_invalid_row: fail"), encoding="utf-8"
-            )
+        poison(card, failing=index == failing)
     return cards
 
 
