@@ -18,7 +18,10 @@ uniformly spread mod the modulus), with the plain array record emptied and the w
 
 Anything else (an extra record, an unknown key, a string where a number belongs, an array of
 another shape) is refused *before it is sent*: the guard raises, so the node answers with an
-error instead. It is a Flower mod on the ClientApp, so it sees the reply of every handler.
+error instead. It is a Flower mod on the ClientApp, so it sees the reply of every handler, and
+every exception a handler raises: one whose text quotes a cell of the node's data (see
+:mod:`medfed.client.cellguard`) is replaced by :class:`CellsWithheld` with those cells withheld,
+so no error reason, server log or ``summary.json`` can carry one.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ import numpy as np
 from flwr.app import Context, Message
 from flwr.common import bytes_to_ndarray
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+
+from medfed.client.cellguard import card_of, vocabulary, withhold_cells
 
 EVAL_STATISTICS = frozenset({
     "n", "tp", "fp", "tn", "fn", "hist_pos", "hist_neg", "loss_sum", "brier_sum",  # binary
@@ -166,10 +171,52 @@ def _check_masked_reply(request: Message, reply: Message) -> None:
         raise GuardViolation("the masked vector is not integer arrays of the model's shapes")
 
 
+class CellsWithheld(RuntimeError):
+    """A handler's exception whose text quoted cells of the node's data, with them withheld."""
+
+
+def _study_json(msg: Message, context: Context) -> str | None:
+    for records in (msg.content.config_records if msg.has_content() else {},
+                    context.state.config_records):
+        for name in ("study", "medfed-study"):
+            if name in records and "config-json" in records[name]:
+                return str(records[name]["config-json"])
+    return None
+
+
+def screen_exception(exc: Exception, msg: Message, context: Context) -> Exception | None:
+    """A stand-in for ``exc`` when its text quotes a cell of the node's data, else None.
+
+    The stand-in keeps the exception's type name and its text with each cell replaced (see
+    :mod:`medfed.client.cellguard`). When the check itself fails, the whole text is withheld.
+    """
+    text = str(exc)
+    try:
+        card = card_of(_study_json(msg, context), context.node_config)
+        cells = vocabulary(card) if card else None
+        if cells is None:
+            return None
+        clean, count = withhold_cells(text, cells)
+    except Exception:  # noqa: BLE001 - fail closed: nothing unchecked leaves the node
+        return CellsWithheld(f"{type(exc).__name__}: the node's error text was withheld (it "
+                             "could not be checked for cell contents); see the node's log")
+    if not count:
+        return None
+    return CellsWithheld(f"{type(exc).__name__}: {clean} ({count} cell value(s) withheld by "
+                         "the node's guard)")
+
+
 def reply_guard(msg: Message, context: Context,
                 call_next: Callable[[Message, Context], Message]) -> Message:
-    """Flower mod: run the handler, then refuse its reply if it carries more than aggregates."""
+    """Flower mod: run the handler, then refuse its reply if it carries more than aggregates;
+    an exception whose text quotes a cell of the node's data goes on with the cells withheld."""
     stage = secagg_stage(msg)
-    reply = call_next(msg, context)
+    try:
+        reply = call_next(msg, context)
+    except Exception as exc:
+        stand_in = screen_exception(exc, msg, context)
+        if stand_in is None:
+            raise
+        raise stand_in from None
     check_reply(msg, reply, stage)
     return reply

@@ -1,10 +1,12 @@
 """``medfed node check --dataset CARD [--task NAME]``: is this hospital's export usable?
 
 Reads the dataset card and its data exactly as a study would (:mod:`medfed.models.ingest.cards`) and
-prints only aggregates: rows read, kept and dropped (per reason), missingness and out-of-range
-counts per feature, class balance or target range, and the train/test sizes, then one line per
-note, warning and error. Exit status 0 when the data is usable, 1 when it is not, 2 when the card
-(or a data file as a whole) cannot be read. No input ends in a traceback.
+prints only aggregates: every data line accounted for (kept, dropped per reason, blank, inside a
+quoted field), missingness and out-of-range counts per feature, class balance or target range,
+and the train/test sizes, then one line per note, warning and error. No cell content is printed
+unless ``--show-values`` asks for a few offending cells per problem. Exit status 0 when the data
+is usable, 1 when it is not, 2 when the card (or a data file as a whole) cannot be read. No
+input ends in a traceback.
 """
 
 from __future__ import annotations
@@ -47,7 +49,10 @@ def _schema(card: DatasetCard, task: str | None, search: Sequence[Path] = ()) ->
 
 def _rows(report: ValidationReport) -> list[str]:
     verb = "dropped" if report.on_invalid_row == "drop" else "invalid"
-    lines = [f"  rows      read {report.rows_read}, kept {report.rows_kept}, "
+    lines = [f"  lines     {report.lines_read} data lines = {report.rows_kept} kept + "
+             f"{report.rows_dropped} {verb} + {report.blank_lines} blank + "
+             f"{report.continuation_lines} inside quoted fields",
+             f"  rows      read {report.rows_read}, kept {report.rows_kept}, "
              f"{verb} {report.rows_dropped}"]
     if report.dropped:
         lines.append("            " + ", ".join(f"{reason}: {n}"
@@ -77,8 +82,20 @@ def _features(report: ValidationReport) -> list[str]:
     return lines
 
 
-def render_report(report: ValidationReport, verbose: bool = False) -> str:
-    """The printable report: aggregates first, then one line per note, warning and error."""
+def _message(level: str, message: str, report: ValidationReport, show_values: bool) -> list[str]:
+    values = report.cell_values.get(message) if show_values else None
+    shown = [f"    cells: {', '.join(repr(v) for v in values)}"] if values else []
+    return [f"{level}: {message}", *shown]
+
+
+def render_report(report: ValidationReport, show_values: bool = False,
+                  verbose: bool = False) -> str:
+    """The printable report: aggregates first, then one line per note, warning and error.
+
+    Cell contents appear only with ``show_values`` (a few per problem, for the hospital's own
+    eyes): the rest of the report is aggregates, row numbers and names. ``verbose`` lists every
+    column the task does not use.
+    """
     lines = [f"dataset card {report.card}: site '{report.site}', task '{report.task}'"]
     lines += [f"  file      {name}" for name in report.files]
     lines += _rows(report)
@@ -86,20 +103,26 @@ def render_report(report: ValidationReport, verbose: bool = False) -> str:
         lines.append(f"  split     {report.split}")
         lines.append(f"            train {report.train_size} rows, test {report.test_size} rows")
     lines += _target(report, report.target) + [""] + _features(report)
-    lines += [f"note: {m}" for m in report.notes] + [f"warning: {m}" for m in report.warnings]
-    lines += [f"error: {m}" for m in report.errors]
+    for level, messages in (("note", report.notes), ("warning", report.warnings),
+                            ("error", report.errors)):
+        lines += [line for m in messages for line in _message(level, m, report, show_values)]
     lines += [f"ignored: {', '.join(report.ignored)}"] if verbose and report.ignored else []
+    if not show_values and any(report.cell_values.values()):
+        lines.append("note: cell contents are not shown; `medfed node check --show-values` "
+                     "prints a few offending cells per problem (on this machine only)")
     verdict = "usable" if report.usable else f"NOT usable ({len(report.errors)} problem(s))"
     return "\n".join([*lines, f"result: {verdict}"])
 
 
 def check_dataset(card_path: str | Path, task: str | None = None, *,
                   min_cohort: int | None = None, verbose: bool = False,
-                  search: Sequence[Path] = ()) -> tuple[int, str]:
+                  search: Sequence[Path] = (), show_values: bool = False) -> tuple[int, str]:
     """Validate a dataset card and its data; return ``(exit status, printable report)``.
 
     ``task`` (a task name or schema path) must agree with the card's task when given;
-    ``min_cohort`` overrides the card's minimum number of valid training rows (default 20).
+    ``min_cohort`` overrides the card's minimum number of valid training rows (default 20);
+    ``show_values`` adds a few offending cells per problem (never without it, not even in the
+    text of an unexpected exception).
     """
     try:
         card = load_card(card_path)
@@ -107,10 +130,12 @@ def check_dataset(card_path: str | Path, task: str | None = None, *,
     except (CardError, SchemaError) as exc:
         return EXIT_CARD, f"error: {exc}"
     except Exception as exc:  # noqa: BLE001 - the node must never print a traceback
-        first = (str(exc).splitlines() or [""])[0]
+        first = (str(exc).splitlines() or [""])[0] if show_values else "text withheld: it may " \
+            "quote a cell; --show-values prints it"
         return EXIT_CARD, (f"error: {card_path}: unexpected problem while reading the data "
                            f"({type(exc).__name__}: {first}); please report it")
-    return (EXIT_OK if data.report.usable else EXIT_UNUSABLE), render_report(data.report, verbose)
+    status = EXIT_OK if data.report.usable else EXIT_UNUSABLE
+    return status, render_report(data.report, show_values, verbose)
 
 
 def _positive(text: str) -> int:
@@ -134,6 +159,9 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--min-cohort", type=_positive, metavar="N",
                        help="fewest valid training rows accepted (default: the card's, else 20)")
     check.add_argument("--verbose", action="store_true", help="list every ignored column")
+    check.add_argument("--show-values", action="store_true",
+                       help="print a few offending cells per problem (they never leave the node; "
+                            "without this flag no cell content is printed)")
     return parser
 
 
@@ -148,7 +176,8 @@ def node_main(argv: list[str]) -> int:
     except SystemExit as exc:  # argparse has printed the usage or the help
         return exc.code if isinstance(exc.code, int) else EXIT_CARD
     status, text = check_dataset(args.dataset, args.task, min_cohort=args.min_cohort,
-                                 verbose=args.verbose, search=search)
+                                 verbose=args.verbose, search=search,
+                                 show_values=args.show_values)
     write_check_summary(args.dataset, status, text)  # <card>.check.json for the node view
     print(text, file=sys.stderr if status == EXIT_CARD else sys.stdout)
     return status

@@ -18,11 +18,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from medfed.models.ingest.accounting import check_lines, record_lines
 from medfed.models.ingest.cardkeys import EVALUATE_ADVICE
 from medfed.models.ingest.cardspec import CardError, DatasetCard, canonical_code, load_card
 from medfed.models.ingest.conversion import convert_table
-from medfed.models.ingest.tables import read_table
-from medfed.models.ingest.validation import Level, ValidationReport
+from medfed.models.ingest.tables import RawTable, TableReader
+from medfed.models.ingest.validation import Level, ValidationReport, file_done, record_overlap
 from medfed.models.schema import SchemaError, TaskSchema, load_task
 
 __all__ = ["DEFAULT_MIN_COHORT", "CardData", "CardError", "DatasetCard", "ValidationReport",
@@ -81,24 +82,83 @@ def split_rows(y: np.ndarray | None, n: int, test_fraction: float,
     return np.setdiff1d(np.arange(n), test_rows), test_rows
 
 
+Columns = dict[str, np.ndarray]
+
+
 def _read(card: DatasetCard, path: Path, schema: TaskSchema, role: str,
-          report: ValidationReport) -> pd.DataFrame | None:
-    table = read_table(path, card.csv, card.columns, role=role)
+          report: ValidationReport) -> list[Columns] | None:
+    """The file's valid rows, converted chunk by chunk, as column arrays per chunk (None when
+    its columns do not fit)."""
+    reader = TableReader(path, card.csv, card.columns, role=role)
+    _check_header(card, reader, schema)
     report.files.append(str(path))
-    for note in table.notes:
+    for note in reader.notes:
         report.add("note", note)
-    return convert_table(table, card, schema, report)
+    parts: list[Columns] = []
+    for chunk in reader.chunks():
+        frame = convert_table(chunk, card, schema, report)
+        if frame is None:
+            return None
+        parts.append({name: frame[name].to_numpy(copy=True) for name in frame.columns})
+    if reader.counts.crlf:
+        report.add("note", f"{path}: read Windows (CRLF) line endings")
+    record_lines(report, path, reader.counts, reader.data_lines, card.on_invalid_row == "drop")
+    file_done(report, path, role)
+    if not parts:
+        frame = convert_table(_empty_chunk(reader), card, schema, report)
+        return None if frame is None else [{n: frame[n].to_numpy() for n in frame.columns}]
+    return parts
 
 
-def _split(card: DatasetCard, frame: pd.DataFrame, schema: TaskSchema,
+def stack(parts: list[Columns], selections: list[np.ndarray | None]) -> list[pd.DataFrame]:
+    """One frame per selection of rows (None: all) from the chunks' columns, in order.
+
+    Built column by column, releasing each chunk's column as soon as it is copied, so a big
+    export is never held twice (``pd.concat`` and a split would hold it three times).
+    """
+    names = list(parts[0])
+    out: list[dict[str, pd.Series]] = [{} for _ in selections]
+    for name in names:
+        pieces = [part.pop(name) for part in parts]
+        whole = np.concatenate(pieces) if len(pieces) > 1 else pieces[0]
+        del pieces
+        for columns, rows in zip(out, selections, strict=True):
+            values = whole if rows is None else whole[rows]
+            columns[name] = pd.Series(values, dtype=values.dtype, copy=False)
+    return [pd.DataFrame(columns, copy=False) for columns in out]
+
+
+def _check_header(card: DatasetCard, reader: TableReader, schema: TaskSchema) -> None:
+    """Refuse a header none of whose names the card or task knows: most likely row 1 is data
+    (a patient's cells), which must then not be echoed as column names."""
+    if not card.csv.header or reader.parquet:
+        return
+    known = {*schema.feature_names, schema.target.name, *card.rename, *card.values, *card.units,
+             card.target.column}
+    if not known & set(reader.names):
+        raise CardError(f"{reader.path} row 1: none of the header's {len(reader.names)} names "
+                        f"is a column of task '{schema.name}' or of the card; if row 1 holds "
+                        "data, set csv.header: false and list the columns under 'columns', else "
+                        "map the names under rename")
+
+
+def _empty_chunk(reader: TableReader) -> RawTable:
+    """No row survived the reader (every line a bad quote): an empty table of its columns."""
+    frame = pd.DataFrame({name: pd.Series([], dtype=object) for name in reader.names})
+    return RawTable(reader.path, frame, np.zeros(0, np.int64))
+
+
+def _split(card: DatasetCard, parts: list[Columns], schema: TaskSchema,
            report: ValidationReport) -> tuple[pd.DataFrame, pd.DataFrame]:
     spec = card.split
     stratify = spec.stratify and schema.target.kind != "continuous"
-    y = frame[schema.target.name].to_numpy() if stratify else None
-    train, test = split_rows(y, len(frame), spec.test_fraction, spec.seed)
+    n = sum(len(part[schema.target.name]) for part in parts)
+    y = np.concatenate([part[schema.target.name] for part in parts]) if stratify else None
+    train, test = split_rows(y, n, spec.test_fraction, spec.seed)
     report.split = (f"{'stratified ' if stratify else ''}seeded split of {card.train.name}: "
                     f"test_fraction {spec.test_fraction:g}, seed {spec.seed}")
-    return (frame.iloc[train].reset_index(drop=True), frame.iloc[test].reset_index(drop=True))
+    train_frame, test_frame = stack(parts, [train, test])
+    return train_frame, test_frame
 
 
 def _target_summary(train: pd.DataFrame, test: pd.DataFrame, schema: TaskSchema,
@@ -126,11 +186,15 @@ def card_file(report: ValidationReport) -> str:
     return report.files[0] if report.files else report.card
 
 
-def _feature_summary(rows: pd.DataFrame, schema: TaskSchema, report: ValidationReport) -> None:
-    if not len(rows):
+def _feature_summary(parts: tuple[pd.DataFrame, ...], schema: TaskSchema,
+                     report: ValidationReport) -> None:
+    """Missing shares over all kept rows (the parts are not concatenated: a big export's
+    frames are not copied once more)."""
+    rows = sum(len(part) for part in parts)
+    if not rows:
         return
     for feat in schema.features:
-        share = float(rows[feat.name].isna().mean())
+        share = sum(int(part[feat.name].isna().sum()) for part in parts) / rows
         report.missing[feat.name] = share
         if share == 1.0 and feat.name not in report.absent:
             level: Level = "error" if feat.required else "warning"
@@ -163,22 +227,26 @@ def read_card_data(card: DatasetCard, schema: TaskSchema, *,
     """
     report = ValidationReport(card=str(card.path), site=card.name, task=schema.name,
                               target=schema.target.name, on_invalid_row=card.on_invalid_row)
-    frame = _read(card, card.train, schema, "train", report)
-    test = None if card.test is None else _read(card, card.test, schema, "test", report)
+    parts = _read(card, card.train, schema, "train", report)
+    tested = None if card.test is None else _read(card, card.test, schema, "test", report)
     empty = pd.DataFrame(columns=[*schema.feature_names, schema.target.name])
-    if frame is None or (card.test is not None and test is None):
+    if parts is None or (card.test is not None and tested is None):
         return CardData(card.name, empty, empty.copy(), report)
-    if test is None or card.test is None:  # test is read only from card.test
-        train, test = _split(card, frame, schema, report)
+    if tested is None or card.test is None:  # a test file is read only from card.test
+        train, test = _split(card, parts, schema, report)
     else:
-        train, report.split = frame, f"explicit test file {card.test.name}"
+        (train,), (test,) = stack(parts, [None]), stack(tested, [None])
+        report.split = f"explicit test file {card.test.name}"
+        record_overlap(report, card.train, card.test)
+    report._hashes.clear()
+    check_lines(report)
     report.train_size, report.test_size = len(train), len(test)
     if not report.rows_kept:
         report.add("error", f"{card_file(report)}: no valid rows are left; see the problems above")
     elif not len(test) and (card.test is not None or card.split.test_fraction > 0):
         report.add("warning", f"{card.test or card.train}: the test split is empty, so this "
                               "site reports no test metrics")
-    _feature_summary(pd.concat([train, test], ignore_index=True), schema, report)
+    _feature_summary((train, test), schema, report)
     errors = len(report.errors)
     _target_summary(train, test, schema, report)
     _cohort(report, min_cohort or card.min_cohort or DEFAULT_MIN_COHORT)

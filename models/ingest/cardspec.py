@@ -10,6 +10,7 @@ schema's, which column is the target, and what to do with rows that cannot be re
     test: null                           # an explicit test file, or null for a seeded split
     split: {test_fraction: 0.34, seed: 43, stratify: true}
     csv: {header: false, delimiter: ",", missing: ["?"], encoding: utf-8}
+                                         # also decimal: ",", thousands: "." for 1.234,5
     columns: [age, sex, cp, trestbps, chol, ...]    # names of a header-less file's columns
     rename: {trestbps: resting_bp, chol: cholesterol}
     values: {sex: {0: female, 1: male}}              # local codes -> schema categories or values
@@ -52,7 +53,7 @@ _CARD_KEYS = {"name", "task", "train", "test", "split", "csv", "columns", "renam
               "units", "target", "on_invalid_row", "min_cohort", "column_missing", "derive",
               "drop", "role", "id_column"}
 _SPLIT_KEYS = {"test_fraction", "seed", "stratify"}
-_CSV_KEYS = {"header", "delimiter", "missing", "encoding"}
+_CSV_KEYS = {"header", "delimiter", "missing", "encoding", "decimal", "thousands"}
 _TARGET_KEYS = {"column", "map"}
 
 
@@ -87,6 +88,8 @@ class CsvSpec:
     delimiter: str = ","
     missing: tuple[str, ...] = ("NA",)
     encoding: str = "utf-8"
+    decimal: str = "."  # "," for 1,5; with thousands "." also 1.234,5
+    thousands: str = ""  # "", ".", ",", " ", "'": the separator of digit groups, if any
 
 
 @dataclass(frozen=True)
@@ -174,7 +177,13 @@ def _csv(where: str, raw: Any) -> CsvSpec:
     except LookupError:
         raise CardError(f"{where}: unknown encoding {encoding!r}; use e.g. utf-8, latin-1 or "
                         "cp1252") from None
-    return CsvSpec(header, delimiter, markers, encoding)
+    decimal, thousands = raw.get("decimal", "."), raw.get("thousands", "") or ""
+    if decimal not in (".", ","):
+        raise CardError(f"{where}: decimal must be \".\" or \",\", got {decimal!r}")
+    if thousands not in ("", ".", ",", " ", "'", "\u00a0") or thousands == decimal:
+        raise CardError(f"{where}: thousands must be one of \".\" \",\" \" \" \"'\" and not "
+                        f"the decimal mark {decimal!r}, got {thousands!r}")
+    return CsvSpec(header, delimiter, markers, encoding, decimal, thousands)
 
 
 def _target(where: str, raw: Any) -> TargetSpec:

@@ -10,7 +10,7 @@ import math
 import re
 from typing import Any
 
-_NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
+NUMBER = re.compile(r"^[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?$")
 
 
 _INTEGER = re.compile(r"^[+-]?\d+$")
@@ -41,7 +41,7 @@ def canonical_code(value: Any) -> str | None:
     text = str(value).strip()
     if _INTEGER.match(text):
         return str(int(text))
-    if _NUMBER.match(text):
+    if NUMBER.match(text):
         return canonical_code(float(text))
     return text
 

@@ -125,9 +125,8 @@ def _categorical(values: Cells, feat: Feature, column: ColumnPlan, flags: RowFla
     out = per_value(values, category)
     bad = np.array([v is not None and o is None for v, o in zip(values, out, strict=True)],
                    dtype=bool)
-    shown = sorted({str(v)[:20] for v, b in zip(values, bad, strict=True) if b})[:5]
-    flags.flag("unknown category", column.local, bad,
-               f"unknown code(s) {shown} for '{feat.name}' (categories: {list(feat.categories)}); "
+    flags.flag("unknown category", column.local, bad,  # the codes: node check --show-values
+               f"unknown code(s) for '{feat.name}' (categories: {list(feat.categories)}); "
                f"map them under values.{column.local} or list them under csv.missing")
     return out
 

@@ -151,7 +151,8 @@ def test_unknown_category_code(site: Site, capsys: pytest.CaptureFixture[str]) -
     code, out = check(capsys, site(csv_text(table)))
     assert code == 0
     line = line_with(out, "data.csv row 5, column 'chest_pain'")
-    assert "unknown code(s) ['9']" in line and "values.chest_pain" in line
+    assert "unknown code(s) for 'chest_pain'" in line and "values.chest_pain" in line
+    assert "'9'" not in out
 
 
 def test_a_column_that_is_all_missing(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
@@ -311,3 +312,30 @@ def test_export_synthetic_returns_the_cards(tmp_path: Path) -> None:
     cards = export_synthetic("pricing", 2, tmp_path / "out", seed=3)
     assert cards == [tmp_path / "out" / "hospital-0.yaml", tmp_path / "out" / "hospital-1.yaml"]
     assert all(check_dataset(c)[0] == 0 for c in cards)
+
+
+def test_every_line_is_accounted_for_in_the_report(site: Site,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    table = rows()
+    table[5][6] = '"st_t_\nabnormality"'  # a line break inside quotes: one row (an unknown code)
+    text = csv_text(table).replace("\n" + ",".join(table[9]), "\n\n" + ",".join(table[9]))
+    code, out = check(capsys, site(text.replace(",".join(table[20]), '1,"2,3')))
+    assert code == 0
+    assert "lines     42 data lines = 38 kept + 2 dropped + 1 blank + 1 inside quoted fields" in out
+    assert "unknown category: 1, stray or unbalanced quote: 1" in out
+    assert "data.csv" in line_with(out, "note:", "(6) hold a line break inside a quoted field")
+    assert "data.csv" in line_with(out, "warning:", "row 23: a stray or unbalanced quote")
+
+
+def test_an_unexpected_error_text_is_shown_only_with_show_values(
+        site: Site, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*args: object, **kwargs: object) -> None:
+        raise ValueError("could not convert string to float: 'Zebulon Quackenbush'")
+
+    monkeypatch.setattr("medfed.client.commands.check.read_card_data", broken)
+    card = site()
+    code, out = check(capsys, card)
+    assert code == 2 and "Zebulon" not in out
+    assert "ValueError: text withheld" in line_with(out, "error:", "unexpected problem")
+    code, out = check(capsys, card, "--show-values")
+    assert code == 2 and "'Zebulon Quackenbush'" in out

@@ -15,9 +15,9 @@ from medfed.models.ingest.chunks import iter_tables
 from medfed.models.ingest.tables import read_table
 
 CELL = st.sampled_from(["1", "2.5", "", " x ", "NA", '"a,b"', '"two\nlines"', "?"])
-LINE = st.one_of(
-    st.lists(CELL, min_size=3, max_size=3), st.lists(CELL, min_size=1, max_size=5), st.just([])
-)
+# full-width rows and blank lines: a file whose first chunk holds no full-width row is refused as a
+# whole (the delimiter check, tests/models/test_tables.py), so it has no chunks to compare
+LINE = st.one_of(st.lists(CELL, min_size=3, max_size=3), st.just([]))
 
 
 def _write(path: Path, lines: list[list[str]]) -> None:
