@@ -27,7 +27,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from medfed.client import node, privacy_round
+from medfed.client import node, personal, privacy_round
 from medfed.client.central_dp import central_clipping_mod
 from medfed.client.guard import reply_guard
 from medfed.client.secagg import secure_aggregation_mod
@@ -75,9 +75,10 @@ def _received_model(msg: Message, context: Context):
     config_json, statistics_json = node.received_study(context)
     study, schema, stats = node.study_parts(config_json, statistics_json)
     site = node.prepared_site(config_json, statistics_json, _index(context))
-    model = pipeline.new_model(schema, stats, site.x_train.shape[1])
+    model = pipeline.new_model(schema, stats, site.x_train.shape[1], study)
     received = msg.content.array_records["arrays"].to_torch_state_dict()
     model.load_state_dict(unpack(received, model.state_dict()))
+    personal.restore_local(model, context, study)  # FedPer heads / FedBN norms stay at the node
     return study, schema, site, stats, model
 
 
@@ -95,6 +96,8 @@ def train(msg: Message, context: Context) -> Message:
         raise RuntimeError("this site is evaluation-only (role: evaluate in its dataset card): "
                            "it does not train")
     study, schema, site, stats, model = _received_model(msg, context)
+    received_global = unpack(msg.content.array_records["arrays"].to_torch_state_dict(),
+                             model.state_dict())
     config = msg.content.config_records["config"]
     server_round = int(scalar(config["server-round"]))
     metrics: dict = {"num-examples": len(site.y_train)}
@@ -106,6 +109,7 @@ def train(msg: Message, context: Context) -> Message:
         proximal_mu=float(scalar(config.get("proximal-mu", 0.0))),
         cohort_size=int(scalar(config.get("cohort-size", 0))),
         delta=float(scalar(config.get("dp-delta", 0.0)))))
+    personal.keep_local(model, context, study, received_global)
     return Message(RecordDict({"arrays": ArrayRecord(pack(model.state_dict())),
                                "metrics": MetricRecord(metrics)}), reply_to=msg)
 
@@ -117,3 +121,12 @@ def evaluate(msg: Message, context: Context) -> Message:
     metrics: dict = {"num-examples": len(site.y_test)}
     metrics.update(_evaluation(model, site, schema, study, stats))
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+@app.query("personalise")
+def personalise(msg: Message, context: Context) -> Message:
+    """After federation: personalise the final model here; only metric intervals leave."""
+    study, schema, site, stats, model = _received_model(msg, context)
+    content = personal.personalise(model, site, schema, study, stats, context,
+                                   msg.content.config_records["config"], _index(context))
+    return Message(content, reply_to=msg)

@@ -71,8 +71,14 @@ def n_inputs(schema: TaskSchema, stats: GlobalStats, study: dict[str, Any]) -> i
                    missing_indicators=bool(study["preprocessing"]["missing_indicators"])).n_inputs
 
 
-def new_model(schema: TaskSchema, stats: GlobalStats, width: int) -> torch.nn.Module:
-    """The study's model, initialised so that a continuous target starts at its global mean."""
+def new_model(schema: TaskSchema, stats: GlobalStats, width: int,
+              study: dict[str, Any] | None = None) -> torch.nn.Module:
+    """The study's model, initialised so that a continuous target starts at its global mean
+    (with local normalisation layers when the study personalises with ``fedbn``)."""
+    if study is not None and (study.get("personalise") or {}).get("method") == "fedbn":
+        from medfed.models.personal import build_norm_mlp
+
+        return build_norm_mlp(schema, width, target_offset=stats.target_offset)
     return build_model(schema, width, target_offset=stats.target_offset)
 
 

@@ -136,6 +136,8 @@ def summary(result: StudyResult) -> dict[str, Any]:
         data["central_dp"] = result.central_dp
     if result.baselines:
         data["baselines"] = result.baselines
+    if result.personalised:
+        data["personalised"] = result.personalised
     return _clean(data)
 
 
@@ -158,5 +160,8 @@ def write_run(result: StudyResult) -> Path:
 
     plot_convergence(rows, result.schema.primary_metric, out / "convergence.png")
     plot_epsilon(rows, out / "epsilon.png")
-    _atomic_write(out / "report.md", report_markdown(data, result.study).encode())
+    from medfed.server.outputs.benefit import benefit_markdown
+
+    report = report_markdown(data, result.study) + benefit_markdown(data)
+    _atomic_write(out / "report.md", report.encode())
     return out

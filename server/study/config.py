@@ -19,6 +19,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from medfed.models.imputation import check_preprocessing
+from medfed.models.personal import config_problem as personalise_problem
 from medfed.models.ingest.sources import DataConfigError, federation_size
 from medfed.models.schema import SchemaError, task_from_dict
 from medfed.strategies.central_dp import check_central
@@ -209,6 +210,8 @@ def validate_study(study: dict[str, Any]) -> None:
         raise ConfigError("preprocessing.normalisation must be global or site, got "
                           f"{study['preprocessing']['normalisation']!r}")
     if (problem := check_preprocessing(study["preprocessing"])) is not None:
+        raise ConfigError(problem)
+    if (problem := personalise_problem(study)) is not None:
         raise ConfigError(problem)
     for key in ("screening.max_norm_ratio", "screening.max_update_norm"):
         _positive(study, key, allow_none=True)

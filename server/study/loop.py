@@ -30,7 +30,7 @@ from medfed.models.ingest.sources import federation_size
 from medfed.models.metrics import metrics_from_statistics
 from medfed.models.pipeline import n_inputs, new_model, study_schema
 from medfed.models.schema import TaskSchema
-from medfed.server.study import roles
+from medfed.server.study import personalise, roles
 from medfed.server.study.cohort import Cohort, query, site_of
 from medfed.strategies.central_dp import central_dp_report, wrap_central_dp
 from medfed.strategies.registry import build_strategy
@@ -82,6 +82,7 @@ class StudyResult:
     wire_bytes: dict[str, int] = field(default_factory=dict)
     baselines: dict[str, Any] = field(default_factory=dict)
     central_dp: dict[str, Any] = field(default_factory=dict)  # client-level DP (summary.json)
+    personalised: dict[str, Any] = field(default_factory=dict)  # benefit table (personalise.*)
     stopped: str = ""
 
     @property
@@ -255,7 +256,7 @@ class StudyRun:
                                                           self.rounds[0].failures, fixed)
         self.cohort = Cohort(grid, study, self.hospitals, json.dumps(self.stats.to_dict()))
         self.layout = new_model(self.schema, self.stats,
-                                n_inputs(self.schema, self.stats, study)).state_dict()
+                                n_inputs(self.schema, self.stats, study), study).state_dict()
         initial = pack(self.layout)  # the weights travel as one flat vector per dtype
         self.dtypes = {key: tensor.dtype for key, tensor in initial.items()}
         self.arrays = ArrayRecord(initial)
@@ -357,6 +358,10 @@ class StudyRun:
                           self.study)
         if self.observer:
             self.observer.on_round(self.rounds[-1].server_round, self.rounds[-1])
+        personalised: dict[str, Any] = {}
+        if not self.stopped and personalise.wanted(self.study):
+            personalised = personalise.personalise_hospitals(
+                self.grid, self.arrays, self.hospitals, self.rounds, self.study, self.schema)
         wire = getattr(self.grid, "wire", None)
         return StudyResult(
             study=self.study, schema=self.schema, hospitals=self.hospitals,
@@ -364,7 +369,8 @@ class StudyRun:
             final_state=unpack(self.arrays.to_torch_state_dict(), self.layout),
             wall_seconds=wall_seconds,
             wire_bytes={"sent": wire.sent, "received": wire.received} if wire else {},
-            stopped=self.stopped, central_dp=central_dp_report(self.strategy))
+            stopped=self.stopped, central_dp=central_dp_report(self.strategy),
+            personalised=personalised)
 
 
 def _check_resumable(study: dict[str, Any], saved: dict[str, Any]) -> str:
