@@ -20,18 +20,38 @@ from medfed.models.metrics import metric_statistics, metrics_from_statistics
 from medfed.models.schema import TaskSchema
 
 Interval = tuple[float, float, float]  # point, lower, upper
+MODELS = ("federated", "personalised", "local")
+PAIRS = {
+    "personalised-minus-local": ("personalised", "local"),
+    "federated-minus-local": ("federated", "local"),
+    "personalised-minus-federated": ("personalised", "federated"),
+}
+BENEFIT_KEYS = frozenset(
+    {f"{name}{end}" for name in (*MODELS, *PAIRS) for end in ("", "-low", "-high")}
+    | {"n-test", "epochs"}
+)
+"""The only metrics a node's ``query.personalise`` reply may carry (the reply guard's list)."""
 
 
-def _metric(schema: TaskSchema, y: np.ndarray, output: np.ndarray, scale: float,
-            bins: int) -> float:
+def _metric(
+    schema: TaskSchema, y: np.ndarray, output: np.ndarray, scale: float, bins: int
+) -> float:
     stats = metric_statistics(schema, y, output, loss_scale=scale, bins=bins)
     return float(metrics_from_statistics(schema, stats)[schema.primary_metric])
 
 
-def paired_intervals(schema: TaskSchema, y: np.ndarray, outputs: Mapping[str, np.ndarray],
-                     pairs: Mapping[str, tuple[str, str]], *, resamples: int = 200,
-                     level: float = 0.95, seed: int = 0, loss_scale: float = 1.0,
-                     bins: int = 100) -> dict[str, Interval]:
+def paired_intervals(
+    schema: TaskSchema,
+    y: np.ndarray,
+    outputs: Mapping[str, np.ndarray],
+    pairs: Mapping[str, tuple[str, str]],
+    *,
+    resamples: int = 200,
+    level: float = 0.95,
+    seed: int = 0,
+    loss_scale: float = 1.0,
+    bins: int = 100,
+) -> dict[str, Interval]:
     """Primary metric of every model and of every paired difference, with percentile intervals.
 
     Parameters
@@ -53,8 +73,10 @@ def paired_intervals(schema: TaskSchema, y: np.ndarray, outputs: Mapping[str, np
     n = len(y)
     for _ in range(resamples):
         index = rng.integers(0, n, size=n)
-        values = {name: _metric(schema, y[index], outputs[name][index], loss_scale, bins)
-                  for name in names}
+        values = {
+            name: _metric(schema, y[index], outputs[name][index], loss_scale, bins)
+            for name in names
+        }
         for name in names:
             draws[name].append(values[name])
         for name, (a, b) in pairs.items():
@@ -63,8 +85,8 @@ def paired_intervals(schema: TaskSchema, y: np.ndarray, outputs: Mapping[str, np
     points.update({name: points[a] - points[b] for name, (a, b) in pairs.items()})
     tail = (1.0 - level) / 2.0
     result: dict[str, Interval] = {}
-    for name, values in draws.items():
-        finite = np.asarray([v for v in values if math.isfinite(v)])
+    for name, drawn in draws.items():
+        finite = np.asarray([v for v in drawn if math.isfinite(v)])
         if finite.size < 0.9 * resamples:
             result[name] = (points[name], math.nan, math.nan)
             continue
@@ -73,20 +95,41 @@ def paired_intervals(schema: TaskSchema, y: np.ndarray, outputs: Mapping[str, np
     return result
 
 
-def benefit_sentence(hospital: str, metric: str, higher_is_better: bool,
-                     difference: Interval, versus: str = "training alone") -> str:
-    """One plain sentence, e.g. ``H1: joining improved auroc by 0.04 [0.01, 0.07] over training
-    alone``; the numbers are the *gain* (sign flipped for a lower-is-better metric such as RMSE),
-    so "improved by" always means better."""
+def _num(value: float) -> str:
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.3g}"
+
+
+def benefit_sentence(
+    hospital: str,
+    metric: str,
+    higher_is_better: bool,
+    difference: Interval,
+    versus: str = "training alone",
+) -> str:
+    """One plain sentence, e.g. ``H1: joining improved auroc by 0.04 [0.01, 0.07] compared with
+    training alone.``; the numbers are the *gain* (sign flipped for a lower-is-better metric such
+    as RMSE), so "improved by" always means better; an interval holding 0 says so."""
     point, low, high = difference
     if not math.isfinite(point):
         return f"{hospital}: {metric} could not be compared with {versus}."
     if not higher_is_better:
         point, low, high = -point, -high, -low
-    interval = f" [{low:.3g}, {high:.3g}]" if math.isfinite(low) else " [interval undefined]"
-    if math.isfinite(low) and low <= 0.0 <= high:
-        verdict = "made no clear difference to"
-    else:
-        verdict = "improved" if point > 0 else "worsened"
-    return (f"{hospital}: joining {verdict} {metric} by {abs(point):.3g}{interval} over "
-            f"{versus} (95% bootstrap interval of the gain).")
+    if not math.isfinite(low):
+        return (
+            f"{hospital}: joining changed {metric} by {point:+.3g} compared with {versus} "
+            "(too few test rows for an interval)."
+        )
+    if low <= 0.0 <= high:
+        return (
+            f"{hospital}: joining made no clear difference to {metric} ({_num(point)} "
+            f"[{_num(low)}, {_num(high)}] compared with {versus}; 95% interval of the gain)."
+        )
+    if point > 0:
+        return (
+            f"{hospital}: joining improved {metric} by {_num(point)} [{_num(low)}, "
+            f"{_num(high)}] compared with {versus}."
+        )
+    return (
+        f"{hospital}: joining worsened {metric} by {_num(-point)} [{_num(-high)}, "
+        f"{_num(-low)}] compared with {versus}."
+    )

@@ -51,17 +51,22 @@ def config_problem(study: dict[str, Any]) -> str | None:
     if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 0:
         return f"personalise.epochs must be a whole number of epochs (0: none), got {epochs!r}"
     if method in ("fedper", "fedbn") and study["task"]["model"]["family"] != "mlp":
-        return (f"personalise.method={method} needs an MLP with a shared body "
-                f"(task.model.family=mlp), task '{study['task']['name']}' has "
-                f"{study['task']['model']['family']!r}")
+        return (
+            f"personalise.method={method} needs an MLP with a shared body "
+            f"(task.model.family=mlp), task '{study['task']['name']}' has "
+            f"{study['task']['model']['family']!r}"
+        )
     if method != "none" and epochs and study["privacy"]["name"] == "dpsgd":
-        return ("personalise.epochs must be 0 with privacy=dpsgd: local fine-tuning outside "
-                "DP-SGD would not be accounted in the node's privacy ledger")
+        return (
+            "personalise.epochs must be 0 with privacy=dpsgd: local fine-tuning outside "
+            "DP-SGD would not be accounted in the node's privacy ledger"
+        )
     return None
 
 
-def build_norm_mlp(schema: TaskSchema, n_inputs: int, *, target_offset: float = 0.0
-                   ) -> nn.Sequential:
+def build_norm_mlp(
+    schema: TaskSchema, n_inputs: int, *, target_offset: float = 0.0
+) -> nn.Sequential:
     """The task's MLP with a ``LayerNorm`` after every hidden ``Linear`` (for ``fedbn``).
 
     Same outputs as :func:`medfed.models.nets.build_model`; weights from torch's global generator.
@@ -90,23 +95,37 @@ def local_keys(model: nn.Module, method: str) -> list[str]:
         heads = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
         chosen = heads[-1:]
     elif method == "fedbn":
-        chosen = [name for name, module in model.named_modules()
-                  if isinstance(module, NORM_LAYERS)]
+        chosen = [name for name, module in model.named_modules() if isinstance(module, NORM_LAYERS)]
     else:
         return []
     return [key for key in model.state_dict() if key.rsplit(".", 1)[0] in chosen]
 
 
-def fine_tune(model: nn.Module, x: np.ndarray, y: np.ndarray, schema: TaskSchema,
-              study: dict[str, Any], loss_scale_stats: Any, *, epochs: int, seed: int
-              ) -> dict[str, float]:
+def fine_tune(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    schema: TaskSchema,
+    study: dict[str, Any],
+    loss_scale_stats: Any,
+    *,
+    epochs: int,
+    seed: int,
+) -> dict[str, float]:
     """``epochs`` passes of the study's optimiser over ``(x, y)``; the mean training loss."""
     if epochs < 1:
         return {"loss": math.nan, "steps": 0}
     cfg = study["train"]
     seed_torch(seed)
     loader = make_loader(x, y, batch_size=int(cfg["batch_size"]), seed=seed)
-    result = train(model, loader, loss_function(schema, loss_scale_stats), lr=float(cfg["lr"]),
-                   epochs=epochs, optimizer=str(cfg["optimizer"]),
-                   momentum=float(cfg["momentum"]), weight_decay=float(cfg["weight_decay"]))
+    result = train(
+        model,
+        loader,
+        loss_function(schema, loss_scale_stats),
+        lr=float(cfg["lr"]),
+        epochs=epochs,
+        optimizer=str(cfg["optimizer"]),
+        momentum=float(cfg["momentum"]),
+        weight_decay=float(cfg["weight_decay"]),
+    )
     return {"loss": float(result["loss"]), "steps": float(result["steps"])}

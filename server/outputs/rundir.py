@@ -28,8 +28,6 @@ import yaml
 
 from medfed.models.encoding import encoder_state
 from medfed.server.study.loop import GLOBAL, StudyResult
-from medfed.models.encoding import encoder_state
-from medfed.server.study.loop import GLOBAL, StudyResult
 
 
 def default_output_dir(study: dict[str, Any]) -> Path:

@@ -19,8 +19,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from medfed.models.imputation import check_preprocessing
-from medfed.models.personal import config_problem as personalise_problem
 from medfed.models.ingest.sources import DataConfigError, federation_size
+from medfed.models.personal import config_problem as personalise_problem
 from medfed.models.schema import SchemaError, task_from_dict
 from medfed.strategies.central_dp import check_central
 from medfed.strategies.registry import StrategyConfigError, build_strategy
