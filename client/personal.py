@@ -112,6 +112,8 @@ def model_path(study: dict[str, Any], context: Context, site_name: str) -> Path:
     dataset = context.node_config.get("dataset")
     if dataset:
         return Path(str(dataset)).resolve().parent / "personalised" / f"{study['study_id']}.pt"
+    if not study.get("output_dir"):
+        raise RuntimeError("no place to store the personalised model: output_dir is not set")
     return Path(study["output_dir"]) / "personalised" / f"{site_name}.pt"
 
 
