@@ -136,6 +136,8 @@ def summary(result: StudyResult) -> dict[str, Any]:
         data["baselines"] = result.baselines
     if result.personalised:
         data["personalised"] = result.personalised
+    if result.cross_site:
+        data["cross_site"] = result.cross_site
     return _clean(data)
 
 
@@ -158,7 +160,9 @@ def write_run(result: StudyResult) -> Path:
 
     plot_convergence(rows, result.schema.primary_metric, out / "convergence.png")
     plot_epsilon(rows, out / "epsilon.png")
-    from medfed.server.outputs.benefit import benefit_markdown
+    from medfed.server.outputs.benefit import benefit_markdown, write_cross_site
+
+    write_cross_site(result, out)
 
     report = report_markdown(data, result.study) + benefit_markdown(data)
     _atomic_write(out / "report.md", report.encode())

@@ -83,6 +83,7 @@ class StudyResult:
     baselines: dict[str, Any] = field(default_factory=dict)
     central_dp: dict[str, Any] = field(default_factory=dict)  # client-level DP (summary.json)
     personalised: dict[str, Any] = field(default_factory=dict)  # benefit table (personalise.*)
+    cross_site: dict[str, Any] = field(default_factory=dict)  # every model x site (simulation)
     stopped: str = ""
 
     @property
