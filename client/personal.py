@@ -32,6 +32,7 @@ from medfed.models.nets import predict_output
 from medfed.models.personal import fine_tune, local_keys, settings
 from medfed.models.pipeline import PreparedSite, local_training, new_model, own_statistics
 from medfed.models.schema import TaskSchema
+from medfed.models.training import seed_torch
 
 LOCAL_STATE = "medfed-local"
 
@@ -81,6 +82,7 @@ def _local_only(
     prep = study["preprocessing"]
     own = own_statistics(raw.train, schema, int(prep["min_cell"]), study)
     encoder = Encoder(schema, own, missing_indicators=bool(prep["missing_indicators"]))
+    seed_torch(int(study["seed"]) + site_index + 1)  # the initial weights too: cross_site matches
     model = new_model(schema, own, encoder.n_inputs)
     local_training(
         model,
@@ -156,7 +158,7 @@ def personalise(
     config_json, _ = node.received_study(context)
     federated = _output(model, schema, site.x_test)
     personal_model = copy.deepcopy(model)
-    fine_tune(
+    tuned = fine_tune(
         personal_model,
         site.x_train,
         site.y_train,
@@ -188,7 +190,7 @@ def personalise(
     )
     metrics: dict[str, int | float | list[int] | list[float]] = {
         "n-test": float(len(site.y_test)),
-        "epochs": float(epochs),
+        "epochs": float(tuned["epochs"]),
     }
     for name, (point, low, high) in intervals.items():
         metrics.update({name: point, f"{name}-low": low, f"{name}-high": high})

@@ -22,6 +22,7 @@ No Flower here: the node (:mod:`medfed.client.personal`) keeps the local weights
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
@@ -101,31 +102,39 @@ def local_keys(model: nn.Module, method: str) -> list[str]:
     return [key for key in model.state_dict() if key.rsplit(".", 1)[0] in chosen]
 
 
-def fine_tune(
-    model: nn.Module,
-    x: np.ndarray,
-    y: np.ndarray,
-    schema: TaskSchema,
-    study: dict[str, Any],
-    loss_scale_stats: Any,
-    *,
-    epochs: int,
-    seed: int,
-) -> dict[str, float]:
-    """``epochs`` passes of the study's optimiser over ``(x, y)``; the mean training loss."""
-    if epochs < 1:
-        return {"loss": math.nan, "steps": 0}
+def _held_out_loss(model: nn.Module, loss_fn: Any, x: np.ndarray, y: np.ndarray) -> float:
+    with torch.no_grad():
+        model.eval()
+        return float(loss_fn(model(torch.from_numpy(x)), torch.from_numpy(y)))
+
+
+def fine_tune(model: nn.Module, x: np.ndarray, y: np.ndarray, schema: TaskSchema,
+              study: dict[str, Any], loss_scale_stats: Any, *, epochs: int, seed: int,
+              validation: float = 0.2) -> dict[str, float]:
+    """Up to ``epochs`` passes of the study's optimiser over ``(x, y)``, keeping the best epoch.
+
+    A seeded ``validation`` fraction of the rows (at least one) is held out; after every epoch the
+    loss on it is compared with the best so far (epoch 0: the model as received) and ``model``
+    ends with the best weights, so fine-tuning never leaves a site with a model worse on its
+    held-out rows than the federated one (a small site with the federation's learning rate can
+    diverge otherwise). The test rows are not touched. Returns the epochs kept and that loss.
+    """
+    if epochs < 1 or len(y) < 2:
+        return {"epochs": 0, "validation_loss": math.nan}
     cfg = study["train"]
+    order = np.random.default_rng(seed).permutation(len(y))
+    n_val = max(1, int(round(validation * len(y))))
+    val, fit = order[:n_val], order[n_val:]
+    loss_fn = loss_function(schema, loss_scale_stats)
     seed_torch(seed)
-    loader = make_loader(x, y, batch_size=int(cfg["batch_size"]), seed=seed)
-    result = train(
-        model,
-        loader,
-        loss_function(schema, loss_scale_stats),
-        lr=float(cfg["lr"]),
-        epochs=epochs,
-        optimizer=str(cfg["optimizer"]),
-        momentum=float(cfg["momentum"]),
-        weight_decay=float(cfg["weight_decay"]),
-    )
-    return {"loss": float(result["loss"]), "steps": float(result["steps"])}
+    loader = make_loader(x[fit], y[fit], batch_size=int(cfg["batch_size"]), seed=seed)
+    chosen, best = 0, _held_out_loss(model, loss_fn, x[val], y[val])
+    best_state = copy.deepcopy(model.state_dict())
+    for epoch in range(1, epochs + 1):
+        train(model, loader, loss_fn, lr=float(cfg["lr"]), epochs=1,
+              optimizer=str(cfg["optimizer"]), momentum=float(cfg["momentum"]),
+              weight_decay=float(cfg["weight_decay"]))
+        if (current := _held_out_loss(model, loss_fn, x[val], y[val])) < best:
+            chosen, best, best_state = epoch, current, copy.deepcopy(model.state_dict())
+    model.load_state_dict(best_state)
+    return {"epochs": chosen, "validation_loss": best}

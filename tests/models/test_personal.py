@@ -53,18 +53,24 @@ def test_layernorm_mlp_trains_under_dp_sgd_via_opacus(small_study):
     assert any(not torch.equal(weights[k], before[k]) for k in ("1.weight", "1.bias"))
 
 
-def test_fine_tune_lowers_the_training_loss(small_study):
+def test_fine_tune_keeps_the_best_epoch_on_held_out_rows(small_study):
     study = _study(small_study)
     schema = study_schema(study)
-    torch.manual_seed(0)
-    model = build_norm_mlp(schema, 3)
     rng = np.random.default_rng(1)
     x = rng.normal(size=(120, 3)).astype(np.float32)
     y = (x[:, 0] > 0).astype(np.int64) + 2 * (x[:, 1] > 0).astype(np.int64)
-    first = fine_tune(model, x, y, schema, study, None, epochs=1, seed=0)
-    later = fine_tune(model, x, y, schema, study, None, epochs=5, seed=0)
-    assert later["loss"] < first["loss"]
-    assert fine_tune(model, x, y, schema, study, None, epochs=0, seed=0)["steps"] == 0
+    torch.manual_seed(0)
+    model = build_norm_mlp(schema, 3)
+    short = fine_tune(model, x, y, schema, study, None, epochs=1, seed=0)
+    longer = fine_tune(model, x, y, schema, study, None, epochs=5, seed=0)
+    assert short["epochs"] == 1 and longer["validation_loss"] < short["validation_loss"]
+    assert fine_tune(model, x, y, schema, study, None, epochs=0, seed=0)["epochs"] == 0
+    # A learning rate that diverges: every epoch is worse, the received weights are kept.
+    study["train"] = {**study["train"], "lr": 1e4}
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    result = fine_tune(model, x, y, schema, study, None, epochs=3, seed=0)
+    assert result["epochs"] == 0
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
 @pytest.mark.parametrize("overrides, message", [
