@@ -24,11 +24,19 @@ import time
 from typing import Any
 
 SKEW = "federation.skew={age: 1.0, sex: 1.0, prevalence: 1.0, site_effect: 1.0, missing: 0.1}"
-COMMON = ["federation.hospitals=4", "federation.min_size=120", "federation.max_size=600",
-          "quiet=true", "personalise.epochs=5", SKEW]
-TASK = {"diagnosis": ["task.model.family=mlp"],
-        "treatment": [],
-        "pricing": ["train.optimizer=adam", "train.lr=0.01"]}
+COMMON = [
+    "federation.hospitals=4",
+    "federation.min_size=120",
+    "federation.max_size=600",
+    "quiet=true",
+    "personalise.epochs=5",
+    SKEW,
+]
+TASK = {
+    "diagnosis": ["task.model.family=mlp"],
+    "treatment": [],
+    "pricing": ["train.optimizer=adam", "train.lr=0.01"],
+}
 METHODS = ("finetune", "fedper", "fedbn")
 
 
@@ -40,11 +48,21 @@ def _run(task: str, seed: int, method: str, rounds: int) -> dict[str, Any]:
     from medfed.server.study.loop import run_study
 
     with tempfile.TemporaryDirectory() as out:
-        study = compose_study([f"task={task}", f"seed={seed}", f"rounds={rounds}", *COMMON,
-                               *TASK[task], f"personalise.method={method}", f"output_dir={out}"])
+        study = compose_study(
+            [
+                f"task={task}",
+                f"seed={seed}",
+                f"rounds={rounds}",
+                *COMMON,
+                *TASK[task],
+                f"personalise.method={method}",
+                f"output_dir={out}",
+            ]
+        )
         n = federation_size(study["federation"])
-        grid = InProcessGrid(client_app, [{"partition-id": i, "num-partitions": n}
-                                          for i in range(n)], run_config={})
+        grid = InProcessGrid(
+            client_app, [{"partition-id": i, "num-partitions": n} for i in range(n)], run_config={}
+        )
         return run_study(grid, study).personalised
 
 

@@ -108,9 +108,18 @@ def _held_out_loss(model: nn.Module, loss_fn: Any, x: np.ndarray, y: np.ndarray)
         return float(loss_fn(model(torch.from_numpy(x)), torch.from_numpy(y)))
 
 
-def fine_tune(model: nn.Module, x: np.ndarray, y: np.ndarray, schema: TaskSchema,
-              study: dict[str, Any], loss_scale_stats: Any, *, epochs: int, seed: int,
-              validation: float = 0.2) -> dict[str, float]:
+def fine_tune(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    schema: TaskSchema,
+    study: dict[str, Any],
+    loss_scale_stats: Any,
+    *,
+    epochs: int,
+    seed: int,
+    validation: float = 0.2,
+) -> dict[str, float]:
     """Up to ``epochs`` passes of the study's optimiser over ``(x, y)``, keeping the best epoch.
 
     A seeded ``validation`` fraction of the rows (at least one) is held out; after every epoch the
@@ -131,9 +140,16 @@ def fine_tune(model: nn.Module, x: np.ndarray, y: np.ndarray, schema: TaskSchema
     chosen, best = 0, _held_out_loss(model, loss_fn, x[val], y[val])
     best_state = copy.deepcopy(model.state_dict())
     for epoch in range(1, epochs + 1):
-        train(model, loader, loss_fn, lr=float(cfg["lr"]), epochs=1,
-              optimizer=str(cfg["optimizer"]), momentum=float(cfg["momentum"]),
-              weight_decay=float(cfg["weight_decay"]))
+        train(
+            model,
+            loader,
+            loss_fn,
+            lr=float(cfg["lr"]),
+            epochs=1,
+            optimizer=str(cfg["optimizer"]),
+            momentum=float(cfg["momentum"]),
+            weight_decay=float(cfg["weight_decay"]),
+        )
         if (current := _held_out_loss(model, loss_fn, x[val], y[val])) < best:
             chosen, best, best_state = epoch, current, copy.deepcopy(model.state_dict())
     model.load_state_dict(best_state)

@@ -141,6 +141,18 @@ def summary(result: StudyResult) -> dict[str, Any]:
     return _clean(data)
 
 
+def site_statistics(result: StudyResult) -> dict[str, Any]:
+    """``normalisation`` and, under per-site normalisation, each site's own statistics (from
+    its round-0 aggregates), so whatever scores rows with ``model.pt`` can use the right ones
+    (:func:`medfed.models.scoring.encoder_for`)."""
+    norm = result.study["preprocessing"]["normalisation"]
+    if norm != "site":
+        return {"normalisation": norm}
+    return {"normalisation": norm, "site_statistics": {
+        h["name"]: h["site_statistics"] for h in result.hospitals.values()
+        if "site_statistics" in h}}
+
+
 def write_run(result: StudyResult) -> Path:
     """Write the run directory of ``result`` (see the module docstring) and return its path."""
     out = Path(result.study["output_dir"])
@@ -153,7 +165,8 @@ def write_run(result: StudyResult) -> Path:
     buffer = io.BytesIO()
     torch.save({"state_dict": result.final_state, "task": result.schema.name,
                 "statistics": result.statistics.to_dict(), "encoder": encoder_state(
-                    result.statistics, result.study["preprocessing"]["missing_indicators"])},
+                    result.statistics, result.study["preprocessing"]["missing_indicators"]),
+                **site_statistics(result)},
                buffer)
     _atomic_write(out / "model.pt", buffer.getvalue())
     from medfed.server.outputs.report import plot_convergence, plot_epsilon, report_markdown

@@ -135,6 +135,10 @@ def federated_statistics(grid: Grid, study: dict[str, Any], node_ids: list[int],
     if (problem := roles.training_problem(study, hospitals, failures)) is not None:
         raise StudyError(f"the study cannot start: {problem}")
     hospitals = dict(sorted(hospitals.items(), key=lambda item: item[1]["name"]))
+    if study["preprocessing"]["normalisation"] == "site":  # each site's own, for model.pt
+        for node_id, entry in hospitals.items():
+            entry["site_statistics"] = merge_statistics(
+                [summaries[node_id]], **statistics_options(study)).to_dict()
     stats = fixed or merge_statistics([summaries[nid] for nid in roles.trainers(hospitals)],
                                       **statistics_options(study))
     prepared = query(grid, hospitals, "prepare",

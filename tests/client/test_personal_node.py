@@ -32,6 +32,29 @@ def test_fedbn_norms_stay_local_and_personalised_models_are_stored(small_study, 
         # Per-site normalisation: the file carries this site's own statistics, not the global.
         assert saved["statistics"] != result.statistics.to_dict()
     assert not list(tmp_path.glob("personalised/*.partial"))
+    _model_pt_carries_each_sites_statistics(result, tmp_path)
+
+
+def _model_pt_carries_each_sites_statistics(result, tmp_path) -> None:
+    """model.pt under per-site normalisation: the server's copy of each site's statistics (from
+    its round-0 aggregates) equals what the node encoded with; scoring refuses to guess."""
+    import pytest
+
+    from medfed.models.scoring import encoder_for
+    from medfed.server.outputs.rundir import write_run
+
+    write_run(result)
+    saved = torch.load(tmp_path / "model.pt", weights_only=False)
+    assert saved["normalisation"] == "site"
+    for name, stats in saved["site_statistics"].items():
+        node_side = torch.load(tmp_path / "personalised" / f"{name}.pt", weights_only=False)
+        assert stats == node_side["statistics"]
+        assert encoder_for(saved, result.schema, name).stats.to_dict() == stats
+    with pytest.raises(ValueError, match="normalisation=site: name the site"):
+        encoder_for(saved, result.schema)
+    with pytest.raises(ValueError, match="no statistics for site 'elsewhere'"):
+        encoder_for(saved, result.schema, "elsewhere")
+    assert (tmp_path / "cross_site.csv").exists() is False  # only the ServerApp computes it
 
 
 def test_fedper_head_is_never_aggregated(small_study, run_inprocess, tmp_path):

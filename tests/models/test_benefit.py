@@ -41,9 +41,10 @@ def test_interval_is_seeded_and_narrows_with_more_rows(small_study):
 
 def test_sentence_reads_gain_for_both_metric_directions():
     improved = benefit_sentence("H1", "auroc", True, (0.04, 0.01, 0.07))
-    assert improved == "H1: joining improved auroc by 0.04 [0.01, 0.07] compared with training alone."
+    tail = " compared with training alone."
+    assert improved == "H1: joining improved auroc by 0.04 [0.01, 0.07]" + tail
     lower = benefit_sentence("H2", "rmse", False, (-1200.0, -2000.0, -300.0))  # RMSE fell
-    assert lower == "H2: joining improved rmse by 1,200 [300, 2,000] compared with training alone."
+    assert lower == "H2: joining improved rmse by 1,200 [300, 2,000]" + tail
     worse = benefit_sentence("H3", "accuracy", True, (-0.1, -0.2, -0.05))
     assert "worsened accuracy by 0.1 [0.05, 0.2]" in worse
     assert "no clear difference" in benefit_sentence("H4", "accuracy", True, (0.01, -0.02, 0.04))
