@@ -13,6 +13,7 @@ from typing import Any
 
 from flwr.serverapp import strategy as fl
 
+from medfed.strategies.fairness import MedfedQFedAvg
 from medfed.strategies.statistics import sum_metric_records
 
 STRATEGIES: dict[str, type[fl.FedAvg]] = {
@@ -25,6 +26,7 @@ STRATEGIES: dict[str, type[fl.FedAvg]] = {
     "fedmedian": fl.FedMedian,
     "trimmedmean": fl.FedTrimmedAvg,
     "krum": fl.Krum,
+    "qfedavg": MedfedQFedAvg,  # Flower's QFedAvg reading medfed's loss sums (fairness.py)
 }
 
 _HYPER_PARAMETERS: dict[str, tuple[str, ...]] = {
@@ -35,6 +37,7 @@ _HYPER_PARAMETERS: dict[str, tuple[str, ...]] = {
     "fedavgm": ("server_learning_rate", "server_momentum"),
     "trimmedmean": ("beta",),
     "krum": ("num_malicious_nodes",),
+    "qfedavg": ("q", "client_learning_rate"),
 }
 _COMMON = ("name", "fraction_train", "min_nodes")
 

@@ -8,11 +8,17 @@ import torch
 from medfed.models.benefit import BENEFIT_KEYS
 
 
-def test_fedbn_norms_stay_local_and_personalised_models_are_stored(small_study, run_inprocess,
-                                                                      tmp_path):
-    study = small_study("task=treatment", "rounds=2", "personalise.method=fedbn",
-                        "personalise.epochs=1", "preprocessing.normalisation=site",
-                        f"output_dir={tmp_path}")
+def test_fedbn_norms_stay_local_and_personalised_models_are_stored(
+    small_study, run_inprocess, tmp_path
+):
+    study = small_study(
+        "task=treatment",
+        "rounds=2",
+        "personalise.method=fedbn",
+        "personalise.epochs=1",
+        "preprocessing.normalisation=site",
+        f"output_dir={tmp_path}",
+    )
     result = run_inprocess(study)
     # Every node replied with the *received* LayerNorm values, so the aggregate never moved from
     # LayerNorm's initialisation (weight 1, bias 0): no local norm reached the server.
@@ -58,15 +64,21 @@ def _model_pt_carries_each_sites_statistics(result, tmp_path) -> None:
 
 
 def test_fedper_head_is_never_aggregated(small_study, run_inprocess, tmp_path):
-    study = small_study("task=pricing", "rounds=2", "personalise.method=fedper",
-                        "personalise.epochs=0", f"output_dir={tmp_path}")
+    study = small_study(
+        "task=pricing",
+        "rounds=2",
+        "personalise.method=fedper",
+        "personalise.epochs=0",
+        f"output_dir={tmp_path}",
+    )
     from medfed.models.pipeline import n_inputs, new_model, study_schema
 
     result = run_inprocess(study)
     schema = study_schema(study)
     torch.manual_seed(int(study["seed"]))
-    initial = new_model(schema, result.statistics, n_inputs(schema, result.statistics, study),
-                        study).state_dict()
+    initial = new_model(
+        schema, result.statistics, n_inputs(schema, result.statistics, study), study
+    ).state_dict()
     # the head: a weighted mean of identical values (float rounding only); the body learnt
     assert torch.allclose(result.final_state["2.weight"], initial["2.weight"], rtol=0, atol=1e-6)
     assert (result.final_state["0.weight"] - initial["0.weight"]).abs().max() > 1e-3

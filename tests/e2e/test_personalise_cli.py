@@ -11,8 +11,17 @@ SMALL = ["federation.hospitals=3", "federation.min_size=60", "federation.max_siz
 
 
 @pytest.mark.slow
-@pytest.mark.cli("fedper", "simulate", "task=treatment", "rounds=2", "quiet=true", *SMALL,
-                 "personalise.method=fedper", "personalise.epochs=2", "output_dir={cwd}/run")
+@pytest.mark.cli(
+    "fedper",
+    "simulate",
+    "task=treatment",
+    "rounds=2",
+    "quiet=true",
+    *SMALL,
+    "personalise.method=fedper",
+    "personalise.epochs=2",
+    "output_dir={cwd}/run",
+)
 def test_fedper_run_writes_benefit_table_cross_site_and_node_models(cli):
     run = cli["fedper"]
     done = run.wait()
@@ -30,13 +39,16 @@ def test_fedper_run_writes_benefit_table_cross_site_and_node_models(cli):
     with (out / "cross_site.csv").open() as handle:
         rows = {r["model"]: r for r in csv.DictReader(handle)}
     names = sorted(table["hospitals"])
-    assert sorted(rows) == sorted(["global", *(f"local {n}" for n in names),
-                                   *(f"personalised {n}" for n in names)])
+    assert sorted(rows) == sorted(
+        ["global", *(f"local {n}" for n in names), *(f"personalised {n}" for n in names)]
+    )
     for name in names:  # the diagonal is what the node reported on its own rows
         assert float(rows[f"personalised {name}"][name]) == pytest.approx(
-            table["hospitals"][name]["personalised"][0], abs=1e-5)
+            table["hospitals"][name]["personalised"][0], abs=1e-5
+        )
         assert float(rows[f"local {name}"][name]) == pytest.approx(
-            table["hospitals"][name]["local"][0], abs=1e-5)
+            table["hospitals"][name]["local"][0], abs=1e-5
+        )
     assert (out / "cross_site.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -44,5 +56,7 @@ def test_fedper_run_writes_benefit_table_cross_site_and_node_models(cli):
 def test_unknown_method_is_one_line_exit_2(cli):
     done = cli["bad-method"].wait()
     assert done.returncode == 2
-    assert done.stderr.strip() == ("medfed: error: personalise.method must be one of none, "
-                                   "finetune, fedper, fedbn, got 'ditto'")
+    assert done.stderr.strip() == (
+        "medfed: error: personalise.method must be one of none, "
+        "finetune, fedper, fedbn, got 'ditto'"
+    )

@@ -15,8 +15,14 @@ def test_points_are_hand_computed_and_identical_models_differ_by_exactly_zero(sm
     y = np.array([1, 0, 1, 0, 1, 0, 1, 0], dtype=np.float32)
     perfect = np.where(y > 0, 3.0, -3.0)
     half = np.array([3.0, 3.0, 3.0, 3.0, -3.0, -3.0, -3.0, -3.0])  # right on 4 of 8
-    out = paired_intervals(schema, y, {"a": perfect, "b": half, "c": perfect},
-                           {"a-b": ("a", "b"), "a-c": ("a", "c")}, resamples=100, seed=0)
+    out = paired_intervals(
+        schema,
+        y,
+        {"a": perfect, "b": half, "c": perfect},
+        {"a-b": ("a", "b"), "a-c": ("a", "c")},
+        resamples=100,
+        seed=0,
+    )
     assert out["a"][0] == 1.0 and out["b"][0] == 0.5 and out["a-b"][0] == 0.5
     assert out["a"][1] == out["a"][2] == 1.0  # every resample of a perfect model is perfect
     assert out["a-c"] == (0.0, 0.0, 0.0)
@@ -53,5 +59,7 @@ def test_sentence_reads_gain_for_both_metric_directions():
 
 def test_only_values_and_interval_ends_are_whitelisted():
     assert len(BENEFIT_KEYS) == 3 * (3 + len(PAIRS)) + 2
-    assert all(key.split("-")[0] in ("federated", "personalised", "local", "n", "epochs")
-               for key in BENEFIT_KEYS)
+    assert all(
+        key.split("-")[0] in ("federated", "personalised", "local", "n", "epochs")
+        for key in BENEFIT_KEYS
+    )

@@ -45,9 +45,20 @@ def test_layernorm_mlp_trains_under_dp_sgd_via_opacus(small_study):
     x = rng.normal(size=(64, 6)).astype(np.float32)
     y = rng.integers(0, 4, size=64)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    weights, report = dp_train(model, x, y, loss_function(schema), lr=0.1, batch_size=16,
-                               noise_multiplier=1.0, max_grad_norm=1.0, seed=1, history=[],
-                               steps=3, delta=1e-5)
+    weights, report = dp_train(
+        model,
+        x,
+        y,
+        loss_function(schema),
+        lr=0.1,
+        batch_size=16,
+        noise_multiplier=1.0,
+        max_grad_norm=1.0,
+        seed=1,
+        history=[],
+        steps=3,
+        delta=1e-5,
+    )
     assert report["steps"] == 3 and report["epsilon"] > 0
     assert set(weights) == set(before)  # plain keys, LayerNorm included, no Opacus prefix
     assert any(not torch.equal(weights[k], before[k]) for k in ("1.weight", "1.bias"))
@@ -73,11 +84,14 @@ def test_fine_tune_keeps_the_best_epoch_on_held_out_rows(small_study):
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["personalise.method=ditto"], "personalise.method must be one of"),
-    (["personalise.method=finetune", "personalise.epochs=-1"], "personalise.epochs"),
-    (["task=diagnosis", "personalise.method=fedbn"], "needs an MLP"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["personalise.method=ditto"], "personalise.method must be one of"),
+        (["personalise.method=finetune", "personalise.epochs=-1"], "personalise.epochs"),
+        (["task=diagnosis", "personalise.method=fedbn"], "needs an MLP"),
+    ],
+)
 def test_bad_settings_name_the_setting(small_study, overrides, message):
     from medfed.server.study.config import ConfigError
 
