@@ -81,6 +81,7 @@ def task_table(task: str, seeds: list[int], rounds: int) -> dict[str, Any]:
             for name, row in table["hospitals"].items():
                 cell = cells.setdefault(name, {})
                 if method == "finetune":
+                    cell.setdefault("n_test", []).append(row["n_test"])
                     cell.setdefault("global", []).append(row["federated"][0])
                     cell.setdefault("local", []).append(row["local"][0])
                 cell.setdefault(method, []).append(row["personalised"][0])
