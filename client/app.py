@@ -27,7 +27,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from medfed.client import node, personal, privacy_round
+from medfed.client import node, personal, privacy_round, scaffold
 from medfed.client.central_dp import central_clipping_mod
 from medfed.client.guard import reply_guard
 from medfed.client.secagg import secure_aggregation_mod
@@ -77,6 +77,7 @@ def _received_model(msg: Message, context: Context):
     site = node.prepared_site(config_json, statistics_json, _index(context))
     model = pipeline.new_model(schema, stats, site.x_train.shape[1], study)
     received = msg.content.array_records["arrays"].to_torch_state_dict()
+    received.pop(scaffold.KEY, None)  # SCAFFOLD's server control travels beside the weights
     model.load_state_dict(unpack(received, model.state_dict()))
     personal.restore_local(model, context, study)  # FedPer heads / FedBN norms stay at the node
     return study, schema, site, stats, model
@@ -96,8 +97,10 @@ def train(msg: Message, context: Context) -> Message:
         raise RuntimeError("this site is evaluation-only (role: evaluate in its dataset card): "
                            "it does not train")
     study, schema, site, stats, model = _received_model(msg, context)
-    received_global = unpack(msg.content.array_records["arrays"].to_torch_state_dict(),
-                             model.state_dict())
+    received = msg.content.array_records["arrays"].to_torch_state_dict()
+    received.pop(scaffold.KEY, None)
+    received_global = unpack(received, model.state_dict())  # FedPer/FedBN reply with these
+    correction = scaffold.start(msg, context, model, float(study["train"]["lr"]))
     config = msg.content.config_records["config"]
     server_round = int(scalar(config["server-round"]))
     metrics: dict = {"num-examples": len(site.y_train)}
@@ -108,9 +111,15 @@ def train(msg: Message, context: Context) -> Message:
         model, site, schema, study, stats, seed=seed, server_round=server_round,
         proximal_mu=float(scalar(config.get("proximal-mu", 0.0))),
         cohort_size=int(scalar(config.get("cohort-size", 0))),
-        delta=float(scalar(config.get("dp-delta", 0.0)))))
+        delta=float(scalar(config.get("dp-delta", 0.0))),
+        step_hook=correction.pre_step if correction else None))
+    control = (None if correction is None
+               else correction.finish(model, int(metrics["train-steps"]), context))
     personal.keep_local(model, context, study, received_global)
-    return Message(RecordDict({"arrays": ArrayRecord(pack(model.state_dict())),
+    arrays = pack(model.state_dict())
+    if control is not None:
+        arrays[scaffold.KEY] = control  # c_i+ - c_i, laid out like the weights
+    return Message(RecordDict({"arrays": ArrayRecord(arrays),
                                "metrics": MetricRecord(metrics)}), reply_to=msg)
 
 

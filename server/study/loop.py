@@ -321,6 +321,7 @@ class StudyRun:
                                     for r in evaluated if r.has_error()})
         record_training(rounds[-1], replies, hospitals)
         if not self.secure:
+            replies = getattr(self.strategy, "take_controls", list)(replies)  # SCAFFOLD's
             declared = {node_id: int(h["n_train"]) for node_id, h in hospitals.items()}
             replies, rounds[-1].rejected = screen_replies(
                 replies, self.arrays, declared, self.screening,
