@@ -24,7 +24,7 @@ class Correction:
     def __init__(
         self, model: torch.nn.Module, control: torch.Tensor, own: torch.Tensor, lr: float
     ) -> None:
-        self.params = list(model.parameters())
+        self.params: list[torch.Tensor] = list(model.parameters())
         sizes = [p.numel() for p in self.params]
         if sum(sizes) != control.numel() or len(self.params) != len(model.state_dict()):
             raise ValueError("SCAFFOLD needs a model whose state is exactly its parameters")
