@@ -43,6 +43,7 @@ ALLOWED_METRICS = frozenset(
     {"num-examples", "num-test", "train-loss-sum", "train-examples", "train-steps",
      "epsilon", "delta", "refused"}
     | {f"eval-{key}" for key in EVAL_STATISTICS}
+    | {f"val-{key}" for key in EVAL_STATISTICS}  # early stopping: validation rows (aggregates)
     | BENEFIT_KEYS)  # query.personalise: metric values and interval ends only (models.benefit)
 _ROUND0_SITE_KEYS = frozenset({"name", "statistics-json", "role"})  # role: train | evaluate
 SECAGG_REPLIES: dict[str, dict[str, type]] = {  # stage -> key -> type of the value (or items)

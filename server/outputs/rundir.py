@@ -138,6 +138,8 @@ def summary(result: StudyResult) -> dict[str, Any]:
         data["personalised"] = result.personalised
     if result.cross_site:
         data["cross_site"] = result.cross_site
+    if result.early_stopping:
+        data["early_stopping"] = result.early_stopping
     return _clean(data)
 
 

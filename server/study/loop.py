@@ -30,7 +30,7 @@ from medfed.models.ingest.sources import federation_size
 from medfed.models.metrics import metrics_from_statistics
 from medfed.models.pipeline import n_inputs, new_model, study_schema
 from medfed.models.schema import TaskSchema
-from medfed.server.study import personalise, roles
+from medfed.server.study import early, personalise, roles
 from medfed.server.study.cohort import Cohort, query, site_of
 from medfed.strategies.central_dp import central_dp_report, wrap_central_dp
 from medfed.strategies.registry import build_strategy
@@ -84,6 +84,7 @@ class StudyResult:
     central_dp: dict[str, Any] = field(default_factory=dict)  # client-level DP (summary.json)
     personalised: dict[str, Any] = field(default_factory=dict)  # benefit table (personalise.*)
     cross_site: dict[str, Any] = field(default_factory=dict)  # every model x site (simulation)
+    early_stopping: dict[str, Any] = field(default_factory=dict)  # best round by validation
     stopped: str = ""
 
     @property
@@ -277,6 +278,7 @@ class StudyRun:
         self.view: Any = None
         self.ready: list[int] = []
         self.stopped = ""
+        self.early = early.tracker(study, self.schema)
 
     def _restore(self, saved: dict[str, Any]) -> None:
         """Weights, records, strategy and random state of the checkpoint (see checkpoint.py)."""
@@ -317,6 +319,8 @@ class StudyRun:
         self.cohort.missing(messages + evaluating, replies + evaluated, rounds[-1].failures)
         self.cohort.lost_state(replies + evaluated)
         record_evaluation(rounds[-2], replies + evaluated, self.schema, hospitals)
+        if self.early is not None:  # the sent model (after the previous round) on validation
+            self.early.observe(server_round - 1, self.arrays, replies + evaluated)
         rounds[-1].failures.update({_hospital(hospitals, r): r.error.reason or ""
                                     for r in evaluated if r.has_error()})
         record_training(rounds[-1], replies, hospitals)
@@ -342,7 +346,8 @@ class StudyRun:
         self._checkpoint(server_round)
         if self.observer:
             self.observer.on_round(server_round - 1, rounds[-2])
-        return not self.stopped
+        early_stop = self.early is not None and self.early.best.should_stop()
+        return not self.stopped and not early_stop
 
     def _checkpoint(self, server_round: int) -> None:
         from medfed.server.study import checkpoint as ckpt
@@ -359,7 +364,13 @@ class StudyRun:
         self._writer.close()
 
     def finish(self, wall_seconds: float) -> StudyResult:
-        """Score the final model everywhere and return the result."""
+        """Score the final model everywhere (under early stopping: the best round's, the test
+        split once) and return the result."""
+        if self.early is not None and not self.stopped:
+            self.early.last_look(self.grid, self.arrays, self.rounds[-1].server_round,
+                                 sorted(set(self.grid.get_node_ids()) & set(self.hospitals)),
+                                 float(self.study["timeout"]))
+            self.arrays = self.early.arrays or self.arrays
         _final_evaluation(self.grid, self.arrays, self.rounds[-1], self.schema, self.hospitals,
                           self.study)
         if self.observer:
@@ -376,7 +387,8 @@ class StudyRun:
             wall_seconds=wall_seconds,
             wire_bytes={"sent": wire.sent, "received": wire.received} if wire else {},
             stopped=self.stopped, central_dp=central_dp_report(self.strategy),
-            personalised=personalised)
+            personalised=personalised,
+            early_stopping=self.early.best.summary() if self.early is not None else {})
 
 
 def _check_resumable(study: dict[str, Any], saved: dict[str, Any]) -> str:
