@@ -32,7 +32,9 @@ class EarlyStopping:
         for reply in replies:
             if reply.has_error():
                 continue
-            metrics = next(iter(reply.content.metric_records.values()), {})
+            metrics: MetricRecord = next(
+                iter(reply.content.metric_records.values()), MetricRecord()
+            )
             val = {k[4:]: v for k, v in metrics.items() if k.startswith("val-")}
             if val:
                 add_into(total, MetricRecord(val))
