@@ -16,7 +16,8 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "personalisation.p
 
 def _tolerance(task: dict, row: dict) -> float:
     """The metric's resolution on the generator's test split: one test row of accuracy (the
-    mean test size over the seeds, as the benchmark reports it); for RMSE, 1% of the better baseline."""
+    mean test size over the seeds, as the benchmark reports it); for RMSE, 1% of the better
+    baseline."""
     if task["higher_is_better"]:
         return 1.0 / row["n_test"]
     return 0.01 * min(row["global"], row["local"])

@@ -1,0 +1,1 @@
+"""The run directory: config, metrics, summary, model, plots, report, cross-site table."""
