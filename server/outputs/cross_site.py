@@ -137,7 +137,7 @@ def cross_site(result: StudyResult) -> dict[str, Any]:
         table["rows"][f"local {site.name}"] = {
             s.name: _score(model, stats, s, result) for s in sites
         }
-    for index, site in enumerate(sites):
+    for site in sites:
         if (folder / f"{site.name}.pt").exists():
             model, stats = _personal_model(result, folder / f"{site.name}.pt")
             table["rows"][f"personalised {site.name}"] = {
