@@ -27,7 +27,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from medfed.client import node, privacy_round
+from medfed.client import node, personal, privacy_round, scaffold, validation
 from medfed.client.central_dp import central_clipping_mod
 from medfed.client.guard import reply_guard
 from medfed.client.secagg import secure_aggregation_mod
@@ -75,10 +75,12 @@ def _received_model(msg: Message, context: Context):
     """The study, the encoded site, the schema, and a model holding the received weights."""
     config_json, statistics_json = node.received_study(context)
     study, schema, stats = node.study_parts(config_json, statistics_json)
-    site = node.prepared_site(config_json, statistics_json, _index(context))
-    model = pipeline.new_model(schema, stats, site.x_train.shape[1])
+    site = validation.split(config_json, statistics_json, _index(context))[0]  # early stopping
+    model = pipeline.new_model(schema, stats, site.x_train.shape[1], study)
     received = msg.content.array_records["arrays"].to_torch_state_dict()
+    received.pop(scaffold.KEY, None)  # SCAFFOLD's server control travels beside the weights
     model.load_state_dict(unpack(received, model.state_dict()))
+    personal.restore_local(model, context, study)  # FedPer heads / FedBN norms stay at the node
     return study, schema, site, stats, model
 
 
@@ -96,18 +98,31 @@ def train(msg: Message, context: Context) -> Message:
         raise RuntimeError("this site is evaluation-only (role: evaluate in its dataset card): "
                            "it does not train")
     study, schema, site, stats, model = _received_model(msg, context)
+    received = msg.content.array_records["arrays"].to_torch_state_dict()
+    received.pop(scaffold.KEY, None)
+    received_global = unpack(received, model.state_dict())  # FedPer/FedBN reply with these
+    correction = scaffold.start(msg, context, model, float(study["train"]["lr"]))
     config = msg.content.config_records["config"]
     server_round = int(scalar(config["server-round"]))
     metrics: dict = {"num-examples": len(site.y_train)}
-    if (server_round - 1) % int(study["evaluate"]["every"]) == 0:
-        metrics.update(_evaluation(model, site, schema, study, stats))
+    early = (study.get("early_stopping") or {}).get("patience") is not None
+    if (server_round - 1) % int(study["evaluate"]["every"]) == 0 and not early:
+        metrics.update(_evaluation(model, site, schema, study, stats))  # test: once if early
+    metrics.update(validation.statistics(model, context, _index(context)))
     seed = pipeline.round_seed(int(study["seed"]), _index(context), server_round)
     metrics.update(privacy_round.train_round(
         model, site, schema, study, stats, seed=seed, server_round=server_round,
         proximal_mu=float(scalar(config.get("proximal-mu", 0.0))),
         cohort_size=int(scalar(config.get("cohort-size", 0))),
-        delta=float(scalar(config.get("dp-delta", 0.0)))))
-    return Message(RecordDict({"arrays": ArrayRecord(pack(model.state_dict())),
+        delta=float(scalar(config.get("dp-delta", 0.0))),
+        step_hook=correction.pre_step if correction else None))
+    control = (None if correction is None
+               else correction.finish(model, int(metrics["train-steps"]), context))
+    personal.keep_local(model, context, study, received_global)
+    arrays = pack(model.state_dict())
+    if control is not None:
+        arrays[scaffold.KEY] = control  # c_i+ - c_i, laid out like the weights
+    return Message(RecordDict({"arrays": ArrayRecord(arrays),
                                "metrics": MetricRecord(metrics)}), reply_to=msg)
 
 
@@ -116,5 +131,17 @@ def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received global model on this site's test split."""
     study, schema, site, stats, model = _received_model(msg, context)
     metrics: dict = {"num-examples": len(site.y_test)}
+    if "validation-only" in msg.content.config_records["config"]:  # early stopping's last look
+        metrics.update(validation.statistics(model, context, _index(context)))
+        return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
     metrics.update(_evaluation(model, site, schema, study, stats))
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+@app.query("personalise")
+def personalise(msg: Message, context: Context) -> Message:
+    """After federation: personalise the final model here; only metric intervals leave."""
+    study, schema, site, stats, model = _received_model(msg, context)
+    content = personal.personalise(model, site, schema, study, stats, context,
+                                   msg.content.config_records["config"], _index(context))
+    return Message(content, reply_to=msg)

@@ -36,6 +36,7 @@ from flwr.common import bytes_to_ndarray
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 
 from medfed.client.cellguard import card_of, vocabulary, withhold_cells
+from medfed.models.benefit import BENEFIT_KEYS
 
 EVAL_STATISTICS = frozenset({
     "n", "tp", "fp", "tn", "fn", "hist_pos", "hist_neg", "loss_sum", "brier_sum",  # binary
@@ -45,7 +46,9 @@ EVAL_STATISTICS = frozenset({
 ALLOWED_METRICS = frozenset(
     {"num-examples", "num-test", "train-loss-sum", "train-examples", "train-steps",
      "epsilon", "delta", "refused", "min-cohort"}
-    | {f"eval-{key}" for key in EVAL_STATISTICS})
+    | {f"eval-{key}" for key in EVAL_STATISTICS}
+    | {f"val-{key}" for key in EVAL_STATISTICS}  # early stopping: validation rows (aggregates)
+    | BENEFIT_KEYS)  # query.personalise: metric values and interval ends only (models.benefit)
 _ROUND0_SITE_KEYS = frozenset({"name", "statistics-json", "role"})  # role: train | evaluate
 SECAGG_REPLIES: dict[str, dict[str, type]] = {  # stage -> key -> type of the value (or items)
     Stage.SETUP: {Key.PUBLIC_KEY_1: bytes, Key.PUBLIC_KEY_2: bytes},  # public keys

@@ -12,6 +12,7 @@ reservation is committed with the epsilon reached.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -74,8 +75,11 @@ def _projected(ledger: Ledger, study_id: str, step: tuple[float, float, int], de
 
 def train_round(model: torch.nn.Module, site: PreparedSite, schema: TaskSchema,
                 study: dict[str, Any], stats: GlobalStats, *, seed: int, server_round: int,
-                proximal_mu: float, cohort_size: int, delta: float) -> dict[str, float]:
+                proximal_mu: float, cohort_size: int, delta: float,
+                step_hook: Callable[[], None] | None = None) -> dict[str, float]:
     """One round of local training under the node's policy; additive train statistics.
+
+    ``step_hook`` runs before every optimiser step (SCAFFOLD's correction; privacy=none only).
 
     Raises
     ------
@@ -94,7 +98,7 @@ def train_round(model: torch.nn.Module, site: PreparedSite, schema: TaskSchema,
         if refusal is not None:
             raise NodeRefusal(str(refusal))
         return local_training(model, site.x_train, site.y_train, schema, study, stats, seed=seed,
-                              proximal_mu=proximal_mu)
+                              proximal_mu=proximal_mu, step_hook=step_hook)
     ledger = ledger_for(study, site.name)
     noise, rate, steps = _mechanism(study, len(site.y_train), delta)
     with ledger.locked():  # projection, check and reservation as one step: no double spending

@@ -7,6 +7,7 @@ they take -- never in encoding, model, loss or optimiser. No Flower here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +26,7 @@ from medfed.models.imputation import statistics_options, wants_histograms
 from medfed.models.metrics import metric_statistics
 from medfed.models.nets import build_model, predict_output
 from medfed.models.schema import TaskSchema, task_from_dict
-from medfed.models.training import loss_function, make_loader, seed_torch, train
+from medfed.models.training import loss_function, make_loader, make_optimizer, seed_torch, train
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,14 @@ def n_inputs(schema: TaskSchema, stats: GlobalStats, study: dict[str, Any]) -> i
                    missing_indicators=bool(study["preprocessing"]["missing_indicators"])).n_inputs
 
 
-def new_model(schema: TaskSchema, stats: GlobalStats, width: int) -> torch.nn.Module:
-    """The study's model, initialised so that a continuous target starts at its global mean."""
+def new_model(schema: TaskSchema, stats: GlobalStats, width: int,
+              study: dict[str, Any] | None = None) -> torch.nn.Module:
+    """The study's model, initialised so that a continuous target starts at its global mean
+    (with local normalisation layers when the study personalises with ``fedbn``)."""
+    if study is not None and (study.get("personalise") or {}).get("method") == "fedbn":
+        from medfed.models.personal import build_norm_mlp
+
+        return build_norm_mlp(schema, width, target_offset=stats.target_offset)
     return build_model(schema, width, target_offset=stats.target_offset)
 
 
@@ -92,20 +99,29 @@ def test_statistics(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, schema
 
 def local_training(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, schema: TaskSchema,
                    study: dict[str, Any], stats: GlobalStats, *, seed: int,
-                   steps: int | None = None, proximal_mu: float = 0.0) -> dict[str, float]:
+                   steps: int | None = None, proximal_mu: float = 0.0,
+                   step_hook: Callable[[], None] | None = None) -> dict[str, float]:
     """Train ``model`` on ``(x, y)`` with the study's settings; return additive statistics.
 
     ``steps`` overrides the study's ``local_steps``/``local_epochs`` (the baselines use it to do
-    exactly the federation's number of SGD steps).
+    exactly the federation's number of SGD steps). ``step_hook`` runs before every optimiser
+    step (a torch step pre-hook; SCAFFOLD's correction, :mod:`medfed.client.scaffold`).
     """
     cfg = study["train"]
     seed_torch(seed)
     loader = make_loader(x, y, batch_size=int(cfg["batch_size"]), seed=seed)
     if steps is None and cfg.get("local_steps") is not None:
         steps = int(cfg["local_steps"])
+    optimizer = None
+    if step_hook is not None:
+        optimizer = make_optimizer(model, str(cfg["optimizer"]), lr=float(cfg["lr"]),
+                                   momentum=float(cfg["momentum"]),
+                                   weight_decay=float(cfg["weight_decay"]))
+        optimizer.register_step_pre_hook(lambda *_: step_hook())
     result = train(model, loader, loss_function(schema, stats), lr=float(cfg["lr"]),
                    steps=steps, epochs=None if steps is not None else int(cfg["local_epochs"]),
                    optimizer=str(cfg["optimizer"]), momentum=float(cfg["momentum"]),
-                   weight_decay=float(cfg["weight_decay"]), proximal_mu=proximal_mu)
+                   weight_decay=float(cfg["weight_decay"]), proximal_mu=proximal_mu,
+                   optimizer_obj=optimizer)
     return {"train-loss-sum": float(result["loss"]) * float(result["examples"]),
             "train-examples": float(result["examples"]), "train-steps": float(result["steps"])}

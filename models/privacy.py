@@ -21,6 +21,7 @@ No Flower here.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 import secrets
 import warnings
@@ -223,7 +224,12 @@ def _resolve_mode(model: nn.Module, mode: str) -> str:
     if mode not in GRAD_SAMPLE_MODES:
         raise ValueError(f"grad_sample_mode must be one of {GRAD_SAMPLE_MODES}, got {mode!r}.")
     if mode == "auto":
-        return "vectorised" if dp_clip.supports(model) else "hooks"
+        if dp_clip.supports(model):
+            return "vectorised"
+        logging.getLogger(__name__).info(
+            "DP-SGD clips this model with Opacus' hooks: dp_clip covers Sequential MLPs of "
+            "Linear and element-wise layers only (e.g. not LayerNorm)")
+        return "hooks"
     if mode == "vectorised" and not dp_clip.supports(model):
         raise ValueError("grad_sample_mode='vectorised' needs an nn.Sequential of Linear and "
                          "element-wise layers; use 'auto' or 'hooks' for this model.")

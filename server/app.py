@@ -61,6 +61,10 @@ def build_server_app(study: dict[str, Any] | None = None,
                 from medfed.server.study.baselines import run_baselines
 
                 result.baselines = run_baselines(result)
+            if result.personalised:  # personalised models exist: score every model on every site
+                from medfed.server.outputs.cross_site import cross_site
+
+                result.cross_site = cross_site(result)
             write_run(result)
         except BaseException as exc:  # the run directory says it failed (never "finished")
             record_failure(current, exc)

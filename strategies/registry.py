@@ -13,6 +13,8 @@ from typing import Any
 
 from flwr.serverapp import strategy as fl
 
+from medfed.strategies.fairness import MedfedQFedAvg
+from medfed.strategies.scaffold import Scaffold
 from medfed.strategies.statistics import sum_metric_records
 
 STRATEGIES: dict[str, type[fl.FedAvg]] = {
@@ -25,6 +27,8 @@ STRATEGIES: dict[str, type[fl.FedAvg]] = {
     "fedmedian": fl.FedMedian,
     "trimmedmean": fl.FedTrimmedAvg,
     "krum": fl.Krum,
+    "qfedavg": MedfedQFedAvg,  # Flower's QFedAvg reading medfed's loss sums (fairness.py)
+    "scaffold": Scaffold,  # control variates (scaffold.py); the node corrects its steps
 }
 
 _HYPER_PARAMETERS: dict[str, tuple[str, ...]] = {
@@ -35,6 +39,7 @@ _HYPER_PARAMETERS: dict[str, tuple[str, ...]] = {
     "fedavgm": ("server_learning_rate", "server_momentum"),
     "trimmedmean": ("beta",),
     "krum": ("num_malicious_nodes",),
+    "qfedavg": ("q", "client_learning_rate"),
 }
 _COMMON = ("name", "fraction_train", "min_nodes")
 
@@ -75,6 +80,8 @@ def build_strategy(cfg: Mapping[str, Any], n_nodes: int) -> fl.Strategy:
         raise StrategyConfigError(f"strategy.min_nodes={min_nodes} must be between 1 and the "
                                   f"number of hospitals ({n_nodes})")
     params = {key: cfg[key] for key in _HYPER_PARAMETERS.get(name, ()) if key in cfg}
+    if name == "scaffold":
+        params["n_nodes"] = n_nodes
     return STRATEGIES[name](
         fraction_train=fraction, fraction_evaluate=1.0, min_train_nodes=min_nodes,
         min_evaluate_nodes=min_nodes, min_available_nodes=min_nodes,

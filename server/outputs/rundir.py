@@ -139,7 +139,25 @@ def summary(result: StudyResult) -> dict[str, Any]:
         data["central_dp"] = result.central_dp
     if result.baselines:
         data["baselines"] = result.baselines
+    if result.personalised:
+        data["personalised"] = result.personalised
+    if result.cross_site:
+        data["cross_site"] = result.cross_site
+    if result.early_stopping:
+        data["early_stopping"] = result.early_stopping
     return _clean(data)
+
+
+def site_statistics(result: StudyResult) -> dict[str, Any]:
+    """``normalisation`` and, under per-site normalisation, each site's own statistics (from
+    its round-0 aggregates), so whatever scores rows with ``model.pt`` can use the right ones
+    (:func:`medfed.models.scoring.encoder_for`)."""
+    norm = result.study["preprocessing"]["normalisation"]
+    if norm != "site":
+        return {"normalisation": norm}
+    return {"normalisation": norm, "site_statistics": {
+        h["name"]: h["site_statistics"] for h in result.hospitals.values()
+        if "site_statistics" in h}}
 
 
 def write_run(result: StudyResult) -> Path:
@@ -155,7 +173,8 @@ def write_run(result: StudyResult) -> Path:
     buffer = io.BytesIO()
     torch.save({"state_dict": result.final_state, "task": result.schema.name,
                 "statistics": result.statistics.to_dict(), "encoder": encoder_state(
-                    result.statistics, result.study["preprocessing"]["missing_indicators"])},
+                    result.statistics, result.study["preprocessing"]["missing_indicators"]),
+                **site_statistics(result)},
                buffer)
     atomic_write(out / "model.pt", buffer.getvalue())
     from medfed.server.outputs.bundle import write_model_bundle
@@ -164,9 +183,13 @@ def write_run(result: StudyResult) -> Path:
 
     plot_convergence(rows, result.schema.primary_metric, out / "convergence.png")
     plot_epsilon(rows, out / "epsilon.png")
+    from medfed.server.outputs.benefit import benefit_markdown, write_cross_site
+
+    write_cross_site(result, out)
     calibration, verdict = calibration_report(result, out)
     write_model_bundle(result, data, out, verdict)  # model/: signed bundle with its model card
-    atomic_write(out / "report.md", (report_markdown(data, result.study) + calibration).encode())
+    report = report_markdown(data, result.study) + benefit_markdown(data) + calibration
+    atomic_write(out / "report.md", report.encode())
     atomic_write(out / "summary.json", json.dumps(data, indent=2).encode())
     from medfed.server.monitor.status import write_final
 

@@ -18,11 +18,15 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
+from medfed.models.holdout import config_problem as early_stopping_problem
 from medfed.models.imputation import check_preprocessing
 from medfed.models.ingest.sources import MAX_NODES, DataConfigError, federation_size
+from medfed.models.personal import config_problem as personalise_problem
 from medfed.models.schema import SchemaError, task_from_dict
 from medfed.strategies.central_dp import check_central
+from medfed.strategies.fairness import config_problem as qfedavg_problem
 from medfed.strategies.registry import StrategyConfigError, build_strategy
+from medfed.strategies.scaffold import config_problem as scaffold_problem
 
 
 class ConfigError(ValueError):
@@ -273,6 +277,10 @@ def validate_study(study: dict[str, Any]) -> None:
         raise ConfigError("preprocessing.normalisation must be global or site, got "
                           f"{study['preprocessing']['normalisation']!r}")
     if (problem := check_preprocessing(study["preprocessing"])) is not None:
+        raise ConfigError(problem)
+    problem = (personalise_problem(study) or qfedavg_problem(study) or scaffold_problem(study)
+               or early_stopping_problem(study))
+    if problem is not None:
         raise ConfigError(problem)
     for key in ("screening.max_norm_ratio", "screening.max_update_norm"):
         _positive(study, key, allow_none=True)

@@ -31,7 +31,7 @@ from medfed.models.metrics import metrics_from_statistics
 from medfed.models.pipeline import n_inputs, new_model, study_schema
 from medfed.models.schema import TaskSchema
 from medfed.server.monitor.status import StatusTracker, fail_study
-from medfed.server.study import roles
+from medfed.server.study import early, personalise, roles
 from medfed.server.study.cohort import Cohort, query, site_of
 from medfed.strategies.central_dp import central_dp_report, wrap_central_dp
 from medfed.strategies.cohort_gate import CohortGate
@@ -86,6 +86,9 @@ class StudyResult:
     wire_bytes: dict[str, int] = field(default_factory=dict)
     baselines: dict[str, Any] = field(default_factory=dict)
     central_dp: dict[str, Any] = field(default_factory=dict)  # client-level DP (summary.json)
+    personalised: dict[str, Any] = field(default_factory=dict)  # benefit table (personalise.*)
+    cross_site: dict[str, Any] = field(default_factory=dict)  # every model x site (simulation)
+    early_stopping: dict[str, Any] = field(default_factory=dict)  # best round by validation
     stopped: str = ""
 
     @property
@@ -137,6 +140,10 @@ def federated_statistics(grid: Grid, study: dict[str, Any], node_ids: list[int],
     if (problem := roles.training_problem(study, hospitals, failures)) is not None:
         raise StudyError(f"the study cannot start: {problem}")
     hospitals = dict(sorted(hospitals.items(), key=lambda item: item[1]["name"]))
+    if study["preprocessing"]["normalisation"] == "site":  # each site's own, for model.pt
+        for node_id, entry in hospitals.items():
+            entry["site_statistics"] = merge_statistics(
+                [summaries[node_id]], **statistics_options(study)).to_dict()
     stats = fixed or merge_statistics([summaries[nid] for nid in roles.trainers(hospitals)],
                                       **statistics_options(study))
     prepared = query(grid, hospitals, "prepare",
@@ -269,7 +276,7 @@ class StudyRun:
                                                           self.rounds[0].failures, fixed)
         self.cohort = Cohort(grid, study, self.hospitals, json.dumps(self.stats.to_dict()))
         self.layout = new_model(self.schema, self.stats,
-                                n_inputs(self.schema, self.stats, study)).state_dict()
+                                n_inputs(self.schema, self.stats, study), study).state_dict()
         initial = pack(self.layout)  # the weights travel as one flat vector per dtype
         self.dtypes = {key: tensor.dtype for key, tensor in initial.items()}
         self.arrays = ArrayRecord(initial)
@@ -286,6 +293,7 @@ class StudyRun:
         self.view: Any = None
         self.ready: list[int] = []
         self.stopped = ""
+        self.early = early.tracker(study, self.schema)
 
     def _restore(self, saved: dict[str, Any]) -> None:
         """Weights, records, strategy and random state of the checkpoint (see checkpoint.py)."""
@@ -327,10 +335,13 @@ class StudyRun:
         self.cohort.missing(messages + evaluating, replies + evaluated, rounds[-1].failures)
         self.cohort.lost_state(replies + evaluated)
         record_evaluation(rounds[-2], replies + evaluated, self.schema, hospitals)
+        if self.early is not None:  # the sent model (after the previous round) on validation
+            self.early.observe(server_round - 1, self.arrays, replies + evaluated)
         rounds[-1].failures.update({_hospital(hospitals, r): r.error.reason or ""
                                     for r in evaluated if r.has_error()})
         record_training(rounds[-1], replies, hospitals)
         if not self.secure:
+            replies = getattr(self.strategy, "take_controls", list)(replies)  # SCAFFOLD's
             declared = {node_id: int(h["n_train"]) for node_id, h in hospitals.items()}
             replies, rounds[-1].rejected = screen_replies(
                 replies, self.arrays, declared, self.screening,
@@ -356,7 +367,8 @@ class StudyRun:
         self.status.update(rounds, "stopped" if self.stopped else "running", self.stopped)
         if self.observer:
             self.observer.on_round(server_round - 1, rounds[-2])
-        return not self.stopped
+        early_stop = self.early is not None and self.early.best.should_stop()
+        return not self.stopped and not early_stop
 
     def _checkpoint(self, server_round: int) -> None:
         from medfed.server.study import checkpoint as ckpt
@@ -373,11 +385,21 @@ class StudyRun:
         self._writer.close()
 
     def finish(self, wall_seconds: float) -> StudyResult:
-        """Score the final model everywhere and return the result."""
+        """Score the final model everywhere (under early stopping: the best round's, the test
+        split once) and return the result."""
+        if self.early is not None and not self.stopped:
+            self.early.last_look(self.grid, self.arrays, self.rounds[-1].server_round,
+                                 sorted(set(self.grid.get_node_ids()) & set(self.hospitals)),
+                                 float(self.study["timeout"]))
+            self.arrays = self.early.arrays or self.arrays
         _final_evaluation(self.grid, self.arrays, self.rounds[-1], self.schema, self.hospitals,
                           self.study)
         if self.observer:
             self.observer.on_round(self.rounds[-1].server_round, self.rounds[-1])
+        personalised: dict[str, Any] = {}
+        if not self.stopped and personalise.wanted(self.study):
+            personalised = personalise.personalise_hospitals(
+                self.grid, self.arrays, self.hospitals, self.rounds, self.study, self.schema)
         wire = getattr(self.grid, "wire", None)
         return StudyResult(
             study=self.study, schema=self.schema, hospitals=self.hospitals,
@@ -385,7 +407,9 @@ class StudyRun:
             final_state=unpack(self.arrays.to_torch_state_dict(), self.layout),
             wall_seconds=wall_seconds,
             wire_bytes={"sent": wire.sent, "received": wire.received} if wire else {},
-            stopped=self.stopped, central_dp=central_dp_report(self.strategy))
+            stopped=self.stopped, central_dp=central_dp_report(self.strategy),
+            personalised=personalised,
+            early_stopping=self.early.best.summary() if self.early is not None else {})
 
 
 def _check_resumable(study: dict[str, Any], saved: dict[str, Any]) -> str:

@@ -164,8 +164,9 @@ def _xlsx() -> bytes:
         ),
         (b"age,sex\n" + b"Zebulon\x00\x01\x02\n" * 4, "data.csv", "holds binary data"),
         (f"{HEADER}\n{good(1)}\n".encode(), "data.parquet", "not a Parquet file"),
-        (gzip.compress(b"Zebulon")[:12], "data.csv", "damaged gzip file"),
+        (gzip.compress(b"Zebulon", mtime=0)[:12], "data.csv", "damaged gzip file"),
     ],
+    ids=["xlsx", "xls", "parquet-named-csv", "binary", "csv-named-parquet", "damaged-gzip"],
 )
 def test_a_file_that_is_not_what_the_card_says(
     tmp_path: Path, data: bytes, name: str, phrase: str

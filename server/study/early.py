@@ -1,0 +1,77 @@
+"""Early stopping at the server: the federation's validation metric per round from the nodes'
+``val-`` statistics, the best round's weights, and the last look at the final weights
+(:mod:`medfed.models.holdout` has the rules)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+
+from medfed.infra.polling import send_and_receive
+from medfed.models.holdout import BestRound, settings
+from medfed.models.metrics import metrics_from_statistics
+from medfed.models.schema import TaskSchema
+from medfed.strategies.statistics import add_into
+
+
+class EarlyStopping:
+    """Tracks the best round and keeps its weights (only when ``early_stopping.patience``)."""
+
+    def __init__(self, study: dict[str, Any], schema: TaskSchema) -> None:
+        patience, metric, _ = settings(study)
+        self.schema = schema
+        self.best = BestRound(metric or schema.primary_metric, int(patience or 1))
+        self.arrays: ArrayRecord | None = None
+
+    def observe(self, server_round: int, arrays: ArrayRecord, replies: list[Message]) -> None:
+        """The validation metric of ``arrays`` (the model after ``server_round``) from the
+        replies' summed ``val-`` statistics; keep ``arrays`` when it is the best so far."""
+        total: dict[str, Any] = {}
+        for reply in replies:
+            if reply.has_error():
+                continue
+            metrics: MetricRecord = next(
+                iter(reply.content.metric_records.values()), MetricRecord()
+            )
+            val = {k[4:]: v for k, v in metrics.items() if k.startswith("val-")}
+            if val:
+                add_into(total, MetricRecord(val))
+        if not total:
+            return
+        value = metrics_from_statistics(self.schema, total)[self.best.metric]
+        if self.best.observe(server_round, value):
+            self.arrays = arrays
+
+    def last_look(
+        self,
+        grid: Grid,
+        arrays: ArrayRecord,
+        server_round: int,
+        node_ids: list[int],
+        timeout: float,
+    ) -> None:
+        """Validate the final weights too (they were never sent in a train message)."""
+        messages = [
+            Message(
+                RecordDict(
+                    {
+                        "arrays": arrays,
+                        "config": ConfigRecord(
+                            {"server-round": server_round, "validation-only": 1}
+                        ),
+                    }
+                ),
+                dst_node_id=node_id,
+                message_type="evaluate",
+                group_id=f"{server_round}-validation",
+            )
+            for node_id in node_ids
+        ]
+        self.observe(server_round, arrays, send_and_receive(grid, messages, timeout))
+
+
+def tracker(study: dict[str, Any], schema: TaskSchema) -> EarlyStopping | None:
+    """An :class:`EarlyStopping` when the study sets ``early_stopping.patience``."""
+    return EarlyStopping(study, schema) if settings(study)[0] is not None else None
