@@ -26,6 +26,7 @@ from medfed.models.encoding import GlobalStats, merge_statistics
 from medfed.models.flat import pack, unpack
 from medfed.models.metrics import metrics_from_statistics
 from medfed.models.pipeline import n_inputs, new_model, study_schema
+from medfed.models.privacy import planned_noise
 from medfed.models.schema import TaskSchema
 from medfed.server.cohort import Cohort, query, site_of
 from medfed.server.polling import send_and_receive
@@ -191,7 +192,7 @@ def record_training(record: RoundRecord, replies: list[Message],
             continue
         metrics = next(iter(reply.content.metric_records.values()))
         examples = max(float(metrics["train-examples"]), 1.0)
-        loss = None if "epsilon" in metrics else float(metrics["train-loss-sum"]) / examples
+        loss = float(metrics["train-loss-sum"]) / examples
         record.train[name] = {"loss": loss, "steps": float(metrics["train-steps"])}
         for key in ("epsilon", "delta"):
             if key in metrics:
@@ -255,6 +256,8 @@ class StudyRun:
         self.first_round = 1
         if saved is not None:
             self._restore(saved)
+        study["privacy"]["planned_noise_multiplier"] = planned_noise(  # config.yaml records it
+            study, {h["name"]: int(h["n_train"]) for h in self.hospitals.values()})
         ckpt.write_config(study)
         if observer:
             observer.on_start(study, [h["name"] for h in self.hospitals.values()])
