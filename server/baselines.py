@@ -49,20 +49,38 @@ def _encoders(result: StudyResult, sites: list[SiteData]) -> dict[str, Encoder]:
     missing = bool(prep["missing_indicators"])
     encoders = {}
     for site in sites:
-        stats = (own_statistics(site.train, result.schema, int(prep["min_cell"]))
-                 if prep["normalisation"] == "site" else result.statistics)
+        stats = (
+            own_statistics(site.train, result.schema, int(prep["min_cell"]))
+            if prep["normalisation"] == "site"
+            else result.statistics
+        )
         encoders[site.name] = Encoder(result.schema, stats, missing_indicators=missing)
     return encoders
 
 
-def _score(model, encoders: dict[str, Encoder], stats: GlobalStats, sites: list[SiteData],
-           result: StudyResult) -> dict[str, Any]:
+def _score(
+    model,
+    encoders: dict[str, Encoder],
+    stats: GlobalStats,
+    sites: list[SiteData],
+    result: StudyResult,
+) -> dict[str, Any]:
     schema, bins = result.schema, int(result.study["evaluate"]["auroc_bins"])
-    per_site = {site.name: test_statistics(model, encoders[site.name].transform(site.test),
-                                           encode_target(site.test, schema), schema, stats, bins)
-                for site in sites}
-    return {"global": metrics_from_statistics(schema, sum_statistics(list(per_site.values()))),
-            "hospitals": {n: metrics_from_statistics(schema, s) for n, s in per_site.items()}}
+    per_site = {
+        site.name: test_statistics(
+            model,
+            encoders[site.name].transform(site.test),
+            encode_target(site.test, schema),
+            schema,
+            stats,
+            bins,
+        )
+        for site in sites
+    }
+    return {
+        "global": metrics_from_statistics(schema, sum_statistics(list(per_site.values()))),
+        "hospitals": {n: metrics_from_statistics(schema, s) for n, s in per_site.items()},
+    }
 
 
 def _dp_budget(result: StudyResult) -> tuple[float, float] | None:
@@ -77,8 +95,16 @@ def _dp_budget(result: StudyResult) -> tuple[float, float] | None:
     return float(epsilon), float(privacy.get("delta") or max(t["delta"] for t in spent))
 
 
-def _train(model, x: np.ndarray, y: np.ndarray, result: StudyResult, stats: GlobalStats,
-           seed: int, steps: int, budget: tuple[float, float] | None) -> dict[str, Any]:
+def _train(
+    model,
+    x: np.ndarray,
+    y: np.ndarray,
+    result: StudyResult,
+    stats: GlobalStats,
+    seed: int,
+    steps: int,
+    budget: tuple[float, float] | None,
+) -> dict[str, Any]:
     """Train ``model`` for ``steps`` steps, with DP-SGD at ``budget`` when given; a report."""
     study, schema = result.study, result.schema
     if budget is None:
@@ -91,20 +117,37 @@ def _train(model, x: np.ndarray, y: np.ndarray, result: StudyResult, stats: Glob
     epsilon, delta = budget
     rate = sample_rate(len(y), int(cfg["batch_size"]))
     accountant = str(privacy["accountant"])
-    noise = (noise_for_target(epsilon, delta, rate, steps, accountant) if math.isfinite(epsilon)
-             else 0.0)
+    noise = (
+        noise_for_target(epsilon, delta, rate, steps, accountant) if math.isfinite(epsilon) else 0.0
+    )
     _, report = dp_train(
-        model, x, y, loss_function(schema, stats), lr=float(cfg["lr"]),
-        batch_size=int(cfg["batch_size"]), noise_multiplier=noise,
-        max_grad_norm=float(privacy["max_grad_norm"]), seed=seed, history=[], steps=steps,
-        optimizer=str(cfg["optimizer"]), momentum=float(cfg["momentum"]),
-        weight_decay=float(cfg["weight_decay"]), accountant=accountant, delta=delta)
-    return {"steps": steps, "epsilon": report["epsilon"], "delta": delta,
-            "noise_multiplier": noise}
+        model,
+        x,
+        y,
+        loss_function(schema, stats),
+        lr=float(cfg["lr"]),
+        batch_size=int(cfg["batch_size"]),
+        noise_multiplier=noise,
+        max_grad_norm=float(privacy["max_grad_norm"]),
+        seed=seed,
+        history=[],
+        steps=steps,
+        optimizer=str(cfg["optimizer"]),
+        momentum=float(cfg["momentum"]),
+        weight_decay=float(cfg["weight_decay"]),
+        accountant=accountant,
+        delta=delta,
+    )
+    return {"steps": steps, "epsilon": report["epsilon"], "delta": delta, "noise_multiplier": noise}
 
 
-def _pooled(result: StudyResult, sites: list[SiteData], encoders: dict[str, Encoder],
-            steps: int, budget: tuple[float, float] | None) -> dict[str, Any]:
+def _pooled(
+    result: StudyResult,
+    sites: list[SiteData],
+    encoders: dict[str, Encoder],
+    steps: int,
+    budget: tuple[float, float] | None,
+) -> dict[str, Any]:
     schema, stats = result.schema, result.statistics
     x = np.concatenate([encoders[s.name].transform(s.train) for s in sites])
     y = np.concatenate([encode_target(s.train, schema) for s in sites])
@@ -113,18 +156,33 @@ def _pooled(result: StudyResult, sites: list[SiteData], encoders: dict[str, Enco
     return {**report, **_score(model, encoders, stats, sites, result)}
 
 
-def _local(result: StudyResult, sites: list[SiteData], encoders: dict[str, Encoder],
-           steps: dict[str, int], budget: tuple[float, float] | None) -> dict[str, Any]:
+def _local(
+    result: StudyResult,
+    sites: list[SiteData],
+    encoders: dict[str, Encoder],
+    steps: dict[str, int],
+    budget: tuple[float, float] | None,
+) -> dict[str, Any]:
     schema, seed = result.schema, int(result.study["seed"])
     local: dict[str, Any] = {"steps": steps, "hospitals": {}}
     for index, site in enumerate(sites):
         encoder = encoders[site.name]
         model = new_model(schema, encoder.stats, encoder.n_inputs)
-        _train(model, encoder.transform(site.train), encode_target(site.train, schema), result,
-               encoder.stats, seed + index + 1, max(steps.get(site.name, 0), 1), budget)
+        _train(
+            model,
+            encoder.transform(site.train),
+            encode_target(site.train, schema),
+            result,
+            encoder.stats,
+            seed + index + 1,
+            max(steps.get(site.name, 0), 1),
+            budget,
+        )
         scored = _score(model, {s.name: encoder for s in sites}, encoder.stats, sites, result)
-        local["hospitals"][site.name] = {"all_test_rows": scored["global"],
-                                         "own_test_rows": scored["hospitals"][site.name]}
+        local["hospitals"][site.name] = {
+            "all_test_rows": scored["global"],
+            "own_test_rows": scored["hospitals"][site.name],
+        }
     local["mean"] = _mean([h["all_test_rows"] for h in local["hospitals"].values()])
     local["own_site_mean"] = _mean([h["own_test_rows"] for h in local["hospitals"].values()])
     return local
@@ -134,17 +192,17 @@ def run_baselines(result: StudyResult) -> dict[str, Any]:
     """Train and score the pooled and local-only baselines for a finished federated study."""
     study = result.study
     n = federation_size(study["federation"])
-    sites = [load_site(result.schema, study["federation"], i, int(study["seed"]))
-             for i in range(n)]
+    sites = [load_site(result.schema, study["federation"], i, int(study["seed"])) for i in range(n)]
     steps = _steps_per_hospital(result)
     encoders = _encoders(result, sites)
     budget = _dp_budget(result)
     out: dict[str, Any] = {"pooled": _pooled(result, sites, encoders, sum(steps.values()), budget)}
     if budget is not None:
         out["pooled"]["privacy"] = f"DP-SGD at epsilon {budget[0]:g}, delta {budget[1]:g}"
-        out["pooled_non_private"] = {"privacy": "none (not private)",
-                                     **_pooled(result, sites, encoders, sum(steps.values()),
-                                               None)}
+        out["pooled_non_private"] = {
+            "privacy": "none (not private)",
+            **_pooled(result, sites, encoders, sum(steps.values()), None),
+        }
     out["local"] = _local(result, sites, encoders, steps, budget)
     out["rule"] = "equal SGD steps"
     out["normalisation"] = study["preprocessing"]["normalisation"]
