@@ -22,7 +22,7 @@ from medfed.models.encoding import (
     site_statistics,
 )
 from medfed.models.metrics import metric_statistics
-from medfed.models.nets import build_model, output_offset, predict_output
+from medfed.models.nets import build_model, output_layer, predict_output
 from medfed.models.schema import TaskSchema, task_from_dict
 from medfed.models.training import loss_function, make_loader, seed_torch, train
 
@@ -67,7 +67,7 @@ def n_inputs(schema: TaskSchema, stats: GlobalStats, study: dict[str, Any]) -> i
 
 def new_model(schema: TaskSchema, stats: GlobalStats, width: int) -> torch.nn.Module:
     """The study's model, initialised so that a continuous target starts at its global mean."""
-    return build_model(schema, width, target_offset=output_offset(schema, stats))
+    return build_model(schema, width, **output_layer(schema, stats))
 
 
 def round_seed(seed: int, index: int, server_round: int) -> int:
