@@ -1,4 +1,4 @@
-"""Privacy/utility sweep: epsilon x task x metric, every task with its own defaults, as CSV and JSON.
+"""Privacy/utility sweep: epsilon x task x metric, each task with its own defaults, CSV and JSON.
 
     .venv/bin/python benchmarks/privacy_sweep.py [--epsilons 1,8,inf] [--seeds 0,1,2]
                                                  [--tasks diagnosis,treatment,pricing]
@@ -39,14 +39,24 @@ from pathlib import Path
 from typing import Any
 
 TASKS = ("diagnosis", "treatment", "pricing")
-SETTINGS = ["federation=synthetic", "federation.hospitals=4", "strategy=fedavg",
-            "engine=inprocess"]
+SETTINGS = ["federation=synthetic", "federation.hospitals=4", "strategy=fedavg", "engine=inprocess"]
 DEFAULT_EPSILONS = "1,8,inf"
 # (task, epsilon) -> (kind, limit): "ratio" of RMSE to the non-private one, or "drop" in points.
-TARGETS = {("pricing", 1.0): ("ratio", 1.15), ("pricing", 8.0): ("ratio", 1.05),
-           ("diagnosis", 1.0): ("drop", 3.0), ("treatment", 1.0): ("drop", 3.0)}
-COLUMNS = ["task", "epsilon_target", "seed", "epsilon_achieved", "delta", "seconds",
-           "rounds_missed"]
+TARGETS = {
+    ("pricing", 1.0): ("ratio", 1.15),
+    ("pricing", 8.0): ("ratio", 1.05),
+    ("diagnosis", 1.0): ("drop", 3.0),
+    ("treatment", 1.0): ("drop", 3.0),
+}
+COLUMNS = [
+    "task",
+    "epsilon_target",
+    "seed",
+    "epsilon_achieved",
+    "delta",
+    "seconds",
+    "rounds_missed",
+]
 
 
 def parse_epsilons(text: str) -> list[float]:
@@ -54,41 +64,59 @@ def parse_epsilons(text: str) -> list[float]:
     try:
         values = [float(item) for item in text.split(",") if item.strip()]
     except ValueError:
-        raise SystemExit(f"privacy_sweep: --epsilons must be numbers or inf, got {text!r}"
-                         ) from None
+        raise SystemExit(
+            f"privacy_sweep: --epsilons must be numbers or inf, got {text!r}"
+        ) from None
     if not values or any(not v > 0 for v in values):
         raise SystemExit(f"privacy_sweep: --epsilons must be positive (inf: no DP), got {text!r}")
     return values
 
 
-def run_point(task: str, epsilon: float, seed: int, out: Path,
-              overrides: list[str]) -> dict[str, Any]:
+def run_point(
+    task: str, epsilon: float, seed: int, out: Path, overrides: list[str]
+) -> dict[str, Any]:
     """Run one study and return its row (``epsilon_target`` inf: no DP)."""
     from medfed.server.config import compose_study
     from medfed.server.outputs import summary
     from medfed.server.simulation import run_simulated_study
 
-    privacy = (["privacy=none"] if math.isinf(epsilon)
-               else ["privacy=dpsgd", f"privacy.target_epsilon={epsilon}"])
+    privacy = (
+        ["privacy=none"]
+        if math.isinf(epsilon)
+        else ["privacy=dpsgd", f"privacy.target_epsilon={epsilon}"]
+    )
     folder = out / f"{task}-eps-{epsilon:g}-seed{seed}"
-    study = compose_study([f"task={task}", *SETTINGS, *privacy, f"seed={seed}", "quiet=true",
-                           f"output_dir={folder}", *overrides])
+    study = compose_study(
+        [
+            f"task={task}",
+            *SETTINGS,
+            *privacy,
+            f"seed={seed}",
+            "quiet=true",
+            f"output_dir={folder}",
+            *overrides,
+        ]
+    )
     started = time.perf_counter()
     with warnings.catch_warnings():  # Opacus: "Optimal order is the largest alpha" at small eps
         warnings.simplefilter("ignore", UserWarning)
         result = summary(run_simulated_study(study))
     spent = [h["epsilon"] for h in result["hospitals"] if h.get("epsilon") is not None]
-    return {"task": task, "epsilon_target": epsilon, "seed": seed,
-            "epsilon_achieved": max(spent) if spent else math.inf,
-            "delta": max((h["delta"] for h in result["hospitals"] if h.get("delta")),
-                         default=None),
-            **{k: v for k, v in result["global"].items() if k != "loss"},
-            "seconds": round(time.perf_counter() - started, 2),
-            "rounds_missed": sum(len(h["rounds_missed"]) for h in result["hospitals"])}
+    return {
+        "task": task,
+        "epsilon_target": epsilon,
+        "seed": seed,
+        "epsilon_achieved": max(spent) if spent else math.inf,
+        "delta": max((h["delta"] for h in result["hospitals"] if h.get("delta")), default=None),
+        **{k: v for k, v in result["global"].items() if k != "loss"},
+        "seconds": round(time.perf_counter() - started, 2),
+        "rounds_missed": sum(len(h["rounds_missed"]) for h in result["hospitals"]),
+    }
 
 
-def _verdict(task: str, epsilon: float, metric: str, value: float,
-             reference: float | None) -> dict[str, Any]:
+def _verdict(
+    task: str, epsilon: float, metric: str, value: float, reference: float | None
+) -> dict[str, Any]:
     """The primary metric against the non-private mean, and whether issue 13's target holds."""
     if reference is None or math.isinf(epsilon):
         return {}
@@ -113,12 +141,17 @@ def table(rows: list[dict[str, Any]], primary: dict[str, str]) -> list[dict[str,
         metrics = [k for k in group[0] if k not in COLUMNS]
         means = {k: statistics.mean(float(r[k]) for r in group) for k in metrics}
         reference = groups.get((task, math.inf))
-        ref = (statistics.mean(float(r[primary[task]]) for r in reference) if reference
-               else None)
-        out.append({"task": task, "epsilon_target": epsilon, "seeds": len(group),
-                    "epsilon_achieved_max": max(r["epsilon_achieved"] for r in group),
-                    **{k: round(v, 4) for k, v in means.items()},
-                    **_verdict(task, epsilon, primary[task], means[primary[task]], ref)})
+        ref = statistics.mean(float(r[primary[task]]) for r in reference) if reference else None
+        out.append(
+            {
+                "task": task,
+                "epsilon_target": epsilon,
+                "seeds": len(group),
+                "epsilon_achieved_max": max(r["epsilon_achieved"] for r in group),
+                **{k: round(v, 4) for k, v in means.items()},
+                **_verdict(task, epsilon, primary[task], means[primary[task]], ref),
+            }
+        )
     return out
 
 
@@ -134,8 +167,10 @@ def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
 def _names(text: str) -> list[str]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names or any(n not in TASKS for n in names):
-        raise SystemExit(f"privacy_sweep: --tasks must be a comma-separated subset of "
-                         f"{','.join(TASKS)}, got {text!r}")
+        raise SystemExit(
+            f"privacy_sweep: --tasks must be a comma-separated subset of "
+            f"{','.join(TASKS)}, got {text!r}"
+        )
     return names
 
 
@@ -149,8 +184,9 @@ def _seeds(text: str) -> list[int]:
     return seeds
 
 
-def sweep(tasks: list[str], epsilons: list[float], seeds: list[int], out: Path,
-          overrides: list[str]) -> dict[str, Any]:
+def sweep(
+    tasks: list[str], epsilons: list[float], seeds: list[int], out: Path, overrides: list[str]
+) -> dict[str, Any]:
     """Run every point and write the CSV; return what is printed as JSON."""
     from medfed.models.schema import load_task
 
@@ -159,39 +195,53 @@ def sweep(tasks: list[str], epsilons: list[float], seeds: list[int], out: Path,
     for task in tasks:
         for epsilon in epsilons:
             for seed in seeds:
-                print(f"privacy_sweep: {task} epsilon={epsilon:g} seed={seed} ...",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"privacy_sweep: {task} epsilon={epsilon:g} seed={seed} ...",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 rows.append(run_point(task, epsilon, seed, out, overrides))
                 if rows[-1]["rounds_missed"]:
-                    print(f"privacy_sweep: {rows[-1]['rounds_missed']} hospital round(s) "
-                          "refused or failed; see its summary.json", file=sys.stderr)
+                    print(
+                        f"privacy_sweep: {rows[-1]['rounds_missed']} hospital round(s) "
+                        "refused or failed; see its summary.json",
+                        file=sys.stderr,
+                    )
     write_csv(rows, out / "privacy_sweep.csv")
     primary = {task: load_task(task).primary_metric for task in tasks}
 
     def clean(row: dict[str, Any]) -> dict[str, Any]:
-        return {k: ("inf" if isinstance(v, float) and math.isinf(v) else v)
-                for k, v in row.items()}
+        return {k: ("inf" if isinstance(v, float) and math.isinf(v) else v) for k, v in row.items()}
 
-    return {"settings": [*SETTINGS, *overrides], "seeds": seeds,
-            "csv": str(out / "privacy_sweep.csv"),
-            "table": [clean(r) for r in table(rows, primary)],
-            "rows": [clean(r) for r in rows]}
+    return {
+        "settings": [*SETTINGS, *overrides],
+        "seeds": seeds,
+        "csv": str(out / "privacy_sweep.csv"),
+        "table": [clean(r) for r in table(rows, primary)],
+        "rows": [clean(r) for r in rows],
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--epsilons", default=DEFAULT_EPSILONS,
-                        help=f"comma-separated budgets, inf = no DP (default {DEFAULT_EPSILONS})")
+    parser.add_argument(
+        "--epsilons",
+        default=DEFAULT_EPSILONS,
+        help=f"comma-separated budgets, inf = no DP (default {DEFAULT_EPSILONS})",
+    )
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--tasks", default=",".join(TASKS))
-    parser.add_argument("--out", type=Path, default=Path("outputs/privacy-sweep"),
-                        help="folder for the CSV and the run directories")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("outputs/privacy-sweep"),
+        help="folder for the CSV and the run directories",
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every point")
     args = parser.parse_args(argv)
     from medfed.server.config import ConfigError
 
-    epsilons, seeds, tasks = (parse_epsilons(args.epsilons), _seeds(args.seeds),
-                              _names(args.tasks))
+    epsilons, seeds, tasks = (parse_epsilons(args.epsilons), _seeds(args.seeds), _names(args.tasks))
     try:
         report = sweep(tasks, epsilons, seeds, args.out, args.overrides)
     except ConfigError as exc:

@@ -21,8 +21,13 @@ EPSILON = 2.0
 @pytest.fixture(scope="module")
 def private_run(small_study, tmp_path_factory):
     out = tmp_path_factory.mktemp("dp") / "run"
-    study = small_study("rounds=2", "compare=true", "privacy=dpsgd",
-                        f"privacy.target_epsilon={EPSILON}", f"output_dir={out}")
+    study = small_study(
+        "rounds=2",
+        "compare=true",
+        "privacy=dpsgd",
+        f"privacy.target_epsilon={EPSILON}",
+        f"output_dir={out}",
+    )
     run_simulated_study(study)
     return out, json.loads((out / "summary.json").read_text())
 
@@ -51,7 +56,8 @@ def test_the_report_labels_both_pooled_rows(private_run):
 def test_config_yaml_records_the_noise_each_hospital_planned_and_used(private_run):
     out, summary = private_run
     planned = yaml.safe_load((out / "config.yaml").read_text())["privacy"][
-        "planned_noise_multiplier"]
+        "planned_noise_multiplier"
+    ]
     assert set(planned) == {h["name"] for h in summary["hospitals"]}
     for name, noise in planned.items():
         used = [entry[0] for entry in Ledger(out / "ledgers" / f"{name}.ledger.jsonl").history()]
@@ -67,8 +73,9 @@ def test_train_loss_is_reported_under_dp(private_run):
 
 
 def test_site_normalisation_reaches_the_baselines(small_study, tmp_path):
-    study = small_study("rounds=2", "compare=true", "preprocessing.normalisation=site",
-                        f"output_dir={tmp_path}")
+    study = small_study(
+        "rounds=2", "compare=true", "preprocessing.normalisation=site", f"output_dir={tmp_path}"
+    )
     run_simulated_study(study)
     base = json.loads((tmp_path / "summary.json").read_text())["baselines"]
     assert base["normalisation"] == "site" and "pooled_non_private" not in base
