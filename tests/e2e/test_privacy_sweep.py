@@ -25,9 +25,24 @@ POINTS = 3.0  # issue 13: at epsilon 1, accuracy within 3 points of the non-priv
 
 
 def test_diagnosis_at_epsilon_one_stays_within_three_points(tmp_path):
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--tasks", "diagnosis", "--seeds", "0",
-                           "--epsilons", "1,inf", "--out", str(tmp_path)],
-                          capture_output=True, text=True, timeout=600, check=False)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--tasks",
+            "diagnosis",
+            "--seeds",
+            "0",
+            "--epsilons",
+            "1,inf",
+            "--out",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     report = json.loads(proc.stdout)
     with (tmp_path / "privacy_sweep.csv").open(encoding="utf-8") as handle:
@@ -47,9 +62,14 @@ def test_diagnosis_at_epsilon_one_stays_within_three_points(tmp_path):
 
 
 def test_bad_epsilons_end_in_one_sentence(tmp_path):
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--epsilons", "1,-2",
-                           "--out", str(tmp_path)], capture_output=True, text=True,
-                          timeout=120, check=False)
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--epsilons", "1,-2", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode != 0
     assert proc.stderr.strip().splitlines() == [
-        "privacy_sweep: --epsilons must be positive (inf: no DP), got '1,-2'"]
+        "privacy_sweep: --epsilons must be positive (inf: no DP), got '1,-2'"
+    ]
