@@ -22,11 +22,11 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 
 from medfed.models.data import federation_size
+from medfed.models.dp_plan import planned_noise
 from medfed.models.encoding import GlobalStats, merge_statistics
 from medfed.models.flat import pack, unpack
 from medfed.models.metrics import metrics_from_statistics
 from medfed.models.pipeline import n_inputs, new_model, study_schema
-from medfed.models.privacy import planned_noise
 from medfed.models.schema import TaskSchema
 from medfed.server.cohort import Cohort, query, site_of
 from medfed.server.polling import send_and_receive

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medfed.models import dp_clip
+from medfed.models.dp_plan import planned_noise
 from medfed.models.privacy import (
     PoissonBatches,
     compact_history,
@@ -22,7 +23,6 @@ from medfed.models.privacy import (
     dp_train,
     epsilon_from_history,
     noise_for_target,
-    planned_noise,
     sample_rate,
 )
 
