@@ -32,11 +32,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
+from omegaconf import OmegaConf
 
 from medfed.models.encoding import Encoder, encode_target, merge_statistics, site_statistics
 from medfed.models.ingest.sources import load_site
 from medfed.models.metrics import metric_statistics, metrics_from_statistics, sum_statistics
-from medfed.models.nets import build_model, predict_output
+from medfed.models.nets import build_model, output_layer, predict_output
 from medfed.models.schema import task_from_dict
 from medfed.models.training import loss_function, make_loader, train
 
@@ -48,9 +49,13 @@ def _conf() -> Path:
 def _defaults(task: str) -> tuple[dict, dict, dict]:
     """The top-level config, the federation section and the task, as the YAML files give them."""
     conf = _conf()
-    top = yaml.safe_load((conf / "config.yaml").read_text(encoding="utf-8"))
+    raw_top = yaml.safe_load((conf / "config.yaml").read_text(encoding="utf-8"))
     federation = yaml.safe_load((conf / "federation" / "synthetic.yaml").read_text("utf-8"))
     raw_task = yaml.safe_load((conf / "task" / f"{task}.yaml").read_text(encoding="utf-8"))
+    # rounds and train.* interpolate the task's `training:` defaults: resolve them with the task
+    raw_top = {k: v for k, v in raw_top.items() if k not in ("defaults", "hydra")}
+    top = OmegaConf.to_container(OmegaConf.create({**raw_top, "task": raw_task}), resolve=True)
+    top.pop("task")
     return top, federation, raw_task
 
 
@@ -96,8 +101,9 @@ def run(task: str, rounds: int | None, hospitals: int | None, save_weights: str 
     loss_fn = loss_function(schema, stats)
 
     torch.manual_seed(seed)
-    global_model = build_model(schema, encoder.n_inputs, target_offset=stats.target_offset)
-    local_models = [build_model(schema, encoder.n_inputs) for _ in range(n)]
+    global_model = build_model(schema, encoder.n_inputs, **output_layer(schema, stats))
+    local_models = [build_model(schema, encoder.n_inputs, **output_layer(schema, stats))
+                    for _ in range(n)]
 
     def evaluate() -> dict:
         global_model.eval()

@@ -138,7 +138,8 @@ def _dp_train(model: torch.nn.Module, site: PreparedSite, schema: TaskSchema,
     ledger.commit(entry, float(report["epsilon"]))
     model.load_state_dict(weights)
     examples = float(report["examples"])
-    # The training loss is computed on raw rows and is not covered by epsilon: not reported.
-    return {"train-loss-sum": 0.0, "train-examples": examples,
+    # Mean loss over the round's sampled rows: an aggregate, like the test metrics (not in epsilon).
+    return {"train-loss-sum": float(report["loss"]) * examples if examples else 0.0,
+            "train-examples": examples,
             "train-steps": float(report["steps"]), "epsilon": float(report["epsilon"]),
             "delta": delta}

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.ELU, nn.SiLU, nn.Softplus,
-               nn.Identity)
+               nn.Hardtanh, nn.Identity)
 
 
 def supports(model: nn.Module) -> TypeGuard[nn.Sequential]:

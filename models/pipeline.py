@@ -24,7 +24,7 @@ from medfed.models.encoding import (
 )
 from medfed.models.imputation import statistics_options, wants_histograms
 from medfed.models.metrics import metric_statistics
-from medfed.models.nets import build_model, predict_output
+from medfed.models.nets import build_model, output_layer, predict_output
 from medfed.models.schema import TaskSchema, task_from_dict
 from medfed.models.training import loss_function, make_loader, make_optimizer, seed_torch, train
 
@@ -74,13 +74,15 @@ def n_inputs(schema: TaskSchema, stats: GlobalStats, study: dict[str, Any]) -> i
 
 def new_model(schema: TaskSchema, stats: GlobalStats, width: int,
               study: dict[str, Any] | None = None) -> torch.nn.Module:
-    """The study's model, initialised so that a continuous target starts at its global mean
-    (with local normalisation layers when the study personalises with ``fedbn``)."""
+    """The study's model, its output layer initialised from the round-0 statistics
+    (:func:`~medfed.models.nets.output_layer`), with local normalisation layers when the study
+    personalises with ``fedbn``."""
     if study is not None and (study.get("personalise") or {}).get("method") == "fedbn":
         from medfed.models.personal import build_norm_mlp
 
-        return build_norm_mlp(schema, width, target_offset=stats.target_offset)
-    return build_model(schema, width, target_offset=stats.target_offset)
+        return build_norm_mlp(schema, width,
+                              target_offset=output_layer(schema, stats)["target_offset"])
+    return build_model(schema, width, **output_layer(schema, stats))
 
 
 def round_seed(seed: int, index: int, server_round: int) -> int:

@@ -323,3 +323,4 @@ def dp_train(model: nn.Module, x: np.ndarray | torch.Tensor, y: np.ndarray | tor
                      "examples": int(result["examples"]), "sample_rate": rate,
                      "noise_multiplier": float(noise_multiplier),
                      "history": [tuple(e) for e in acct.history], "epsilon": epsilon}
+

@@ -113,7 +113,7 @@ class TaskSchema:
 
 
 _TOP_KEYS = {"name", "description", "features", "target", "model", "metrics", "primary_metric",
-             "synthetic"}
+             "synthetic", "training"}  # training: the task's defaults (conf/config.yaml reads them)
 _FEATURE_KEYS = {"name", "type", "unit", "range", "categories", "required", "description"}
 _TARGET_KEYS = {"name", "type", "classes", "unit", "range"}
 _MODEL_KEYS = {"family", "hidden", "loss", "tweedie_power"}

@@ -73,8 +73,11 @@ def report_markdown(summary: dict[str, Any], study: dict[str, Any]) -> str:
         base = summary["baselines"]
         rows = [["federated (" + summary["strategy"] + ")"]
                 + [summary["global"].get(m) for m in metrics]]
-        rows.append(["pooled (all rows in one place)"] + [base["pooled"]["global"].get(m)
-                                                          for m in metrics])
+        rows.append([f"pooled (all rows in one place; {base['pooled'].get('privacy', 'no DP')})"]
+                    + [base["pooled"]["global"].get(m) for m in metrics])
+        if "pooled_non_private" in base:  # a DP study: the pooled model without DP, labelled so
+            rows.append(["pooled, not private"] + [base["pooled_non_private"]["global"].get(m)
+                                                   for m in metrics])
         rows.append(["local only (mean of the hospitals' own models)"]
                     + [base["local"]["mean"].get(m) for m in metrics])
         parts += ["", "## Federated vs pooled vs local-only (equal SGD steps, all test rows)", "",

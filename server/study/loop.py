@@ -23,6 +23,7 @@ from flwr.serverapp import Grid
 
 from medfed.infra.polling import send_and_receive
 from medfed.infra.records import scalar
+from medfed.models.dp_plan import planned_noise
 from medfed.models.encoding import GlobalStats, merge_statistics
 from medfed.models.flat import pack, unpack
 from medfed.models.imputation import statistics_options
@@ -210,8 +211,7 @@ def record_training(record: RoundRecord, replies: list[Message],
             continue
         metrics = next(iter(reply.content.metric_records.values()))
         examples = max(float(scalar(metrics["train-examples"])), 1.0)
-        loss = (None if "epsilon" in metrics
-                else float(scalar(metrics["train-loss-sum"])) / examples)
+        loss = float(scalar(metrics["train-loss-sum"])) / examples
         record.train[name] = {"loss": loss, "steps": float(scalar(metrics["train-steps"]))}
         for key in ("epsilon", "delta"):
             if key in metrics:
@@ -283,6 +283,8 @@ class StudyRun:
         self.first_round = 1
         if saved is not None:
             self._restore(saved)
+        study["privacy"]["planned_noise_multiplier"] = planned_noise(  # config.yaml records it
+            study, {h["name"]: int(h["n_train"]) for h in self.hospitals.values()})
         ckpt.write_config(study)
         if observer:
             observer.on_start(study, [h["name"] for h in self.hospitals.values()])

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 SETTINGS = {
     "diagnosis": [],
     "treatment": [],
-    "pricing": ["rounds=60", "train.optimizer=adam", "train.lr=0.01"],
+    "pricing": ["rounds=60", "train.optimizer=adam", "train.lr=0.01", "train.batch_size=32"],
 }
 CLASSIFICATION = ("diagnosis", "treatment")
 ACCURACY_POINTS = 0.02      # federated may trail pooled by at most 2 accuracy points

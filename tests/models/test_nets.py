@@ -10,7 +10,8 @@ from opacus import GradSampleModule
 from opacus.validators import ModuleValidator
 from torch import nn
 
-from medfed.models.nets import build_model, predict_output
+from medfed.models.encoding import GlobalStats
+from medfed.models.nets import build_model, output_layer, predict_output
 from medfed.models.schema import task_from_dict
 
 FEATURES = [{"name": "x", "type": "numeric"}]
@@ -87,3 +88,30 @@ def test_same_seed_same_initial_weights():
 def test_zero_inputs_is_an_error():
     with pytest.raises(ValueError, match="n_inputs=0"):
         build_model(schema(BINARY, {"family": "logreg"}), 0)
+
+
+def _stats(kind: str) -> GlobalStats:
+    return GlobalStats(target_kind=kind, rows=10, target_log_mean=5.0, target_log_std=0.5,
+                       target_mean=200.0)
+
+
+def test_output_layer_starts_each_loss_at_its_best_constant():
+    tweedie = schema(COST, {"family": "mlp", "hidden": [4], "loss": "tweedie"})
+    mse_log = schema(COST, {"family": "mlp", "hidden": [4], "loss": "mse_log"})
+    # Tweedie predicts the mean through a log link: log(mean y) = log 200, not mean log1p(y) = 5
+    assert output_layer(tweedie, _stats("continuous")) == {
+        "target_offset": pytest.approx(math.log(200.0)), "output_range": (3.0, 7.0)}
+    assert output_layer(mse_log, _stats("continuous"))["target_offset"] == 5.0
+    assert output_layer(schema(BINARY, {"family": "logreg"}), _stats("binary")) == {
+        "target_offset": 0.0}
+
+
+def test_the_log_output_is_bounded_to_mean_plus_minus_four_sds():
+    task = schema(COST, {"family": "glm", "loss": "tweedie"})
+    model = build_model(task, 1, **output_layer(task, _stats("continuous")))
+    assert isinstance(model[-2], nn.Hardtanh) and isinstance(model[0], nn.Linear)
+    with torch.no_grad():
+        model[0].weight.fill_(100.0)
+        raw = model(torch.tensor([[-1.0], [0.0], [1.0]]))
+    torch.testing.assert_close(raw, torch.tensor([3.0, math.log(200.0), 7.0]))
+    assert list(build_model(task, 1).state_dict()) == list(model.state_dict())  # same weights

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from medfed.models import dp_clip
+from medfed.models.dp_plan import planned_noise
 from medfed.models.privacy import (
     PoissonBatches,
     compact_history,
@@ -128,6 +129,11 @@ def test_secure_rng_without_torchcsprng_warns():
     (lambda: mlp(out=3), F.cross_entropy, "multiclass"),
     (lambda: nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 8, bias=False), nn.ReLU(),
                            nn.Linear(8, 1), nn.Flatten(0)),
+     lambda raw, y: F.mse_loss(raw, y), "continuous"),
+    # the pricing MLP's bounded log-link output (medfed.models.nets.output_layer): rows beyond
+    # the Hardtanh bounds have zero output gradient, rows inside the identity
+    (lambda: nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 1), nn.Hardtanh(-0.3, 0.3),
+                           nn.Flatten(0)),
      lambda raw, y: F.mse_loss(raw, y), "continuous"),
 ])
 def test_vectorised_clipping_matches_opacus_per_sample_gradients(make, loss, target):
@@ -254,3 +260,24 @@ def test_importing_privacy_loads_neither_opacus_nor_flower():
             "print('opacus' in sys.modules, any(m.startswith('flwr') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def _study(privacy: dict, **train) -> dict:
+    return {"rounds": 10, "privacy": {"accountant": "rdp", "delta": None, **privacy},
+            "train": {"batch_size": 32, "local_steps": None, "local_epochs": 1, **train}}
+
+
+def test_planned_noise_is_what_each_node_plans():
+    sites = {"a": 100, "b": 400}
+    planned = planned_noise(_study({"name": "dpsgd", "target_epsilon": 2.0}), sites)
+    delta = default_delta(100)  # 1e-4: below 1/n of the smallest site
+    assert planned == {  # 10 rounds x n // 32 steps at rate 32 / n, rounded to 4 decimals
+        "a": round(noise_for_target(2.0, delta, 0.32, 30), 4),
+        "b": round(noise_for_target(2.0, delta, 0.08, 120), 4)}
+    assert planned["a"] > planned["b"] > 0  # a smaller site samples more of its rows per step
+    fixed = _study({"name": "dpsgd", "target_epsilon": None, "noise_multiplier": 1.3})
+    assert planned_noise(fixed, sites) == {"a": 1.3, "b": 1.3}
+    assert planned_noise(_study({"name": "none"}), sites) is None
+    steps = _study({"name": "dpsgd", "target_epsilon": 2.0, "delta": 1e-3}, local_steps=5)
+    assert planned_noise(steps, {"a": 100}) == {
+        "a": round(noise_for_target(2.0, 1e-3, 0.32, 50), 4)}

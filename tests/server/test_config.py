@@ -218,3 +218,23 @@ def test_a_study_that_stopped_early_can_still_be_resumed(finished_run, tmp_path)
     check_unfinished(stopped)
     with pytest.raises(NothingToResume, match="already finished all 2 rounds"):
         check_unfinished(finished_run)
+
+
+@pytest.mark.parametrize("task", ["diagnosis", "treatment", "pricing"])
+def test_each_task_trains_with_its_own_defaults_unless_overridden(task: str):
+    study = compose_study([f"task={task}", "privacy=dpsgd"])
+    defaults = study["task"]["training"]
+    assert study["rounds"] == defaults["rounds"]
+    assert {k: study["train"][k] for k in ("optimizer", "lr", "batch_size")} == {
+        k: defaults[k] for k in ("optimizer", "lr", "batch_size")}
+    assert study["privacy"]["max_grad_norm"] == defaults["max_grad_norm"]
+    mine = compose_study([f"task={task}", "privacy=dpsgd", "rounds=3", "train.lr=0.05",
+                          "train.optimizer=adam", "privacy.max_grad_norm=2.5"])
+    assert (mine["rounds"], mine["train"]["lr"], mine["train"]["optimizer"]) == (3, 0.05, "adam")
+    assert mine["privacy"]["max_grad_norm"] == 2.5
+
+
+def test_a_task_without_training_defaults_gets_the_generic_ones():
+    study = compose_study(["~task.training", "privacy=dpsgd"])
+    assert (study["rounds"], study["train"]["lr"], study["train"]["batch_size"]) == (15, 0.1, 32)
+    assert study["train"]["optimizer"] == "sgd" and study["privacy"]["max_grad_norm"] == 1.0
