@@ -29,12 +29,13 @@ from flwr.clientapp import ClientApp
 
 from medfed.client import node, privacy_round
 from medfed.client.central_dp import central_clipping_mod
+from medfed.client.governance import governance_mod
 from medfed.client.guard import reply_guard
 from medfed.client.secagg import secure_aggregation_mod
 from medfed.models import pipeline
 from medfed.models.flat import pack, unpack
 
-app = ClientApp(mods=[reply_guard])
+app = ClientApp(mods=[reply_guard, governance_mod])  # governance: approval, audit, disclosure
 
 _STATE = "medfed-study"
 

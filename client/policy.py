@@ -19,6 +19,14 @@ under ``hospitals: {<hospital name>: {<key>: <value>}}``). Keys, all optional:
                                unnoised with ``clipping: client``), so it protects the hospital
                                from the model's users, not its patients from the coordinator
 ``require_secure_aggregation`` refuse rounds without SecAgg+
+``require_approval``           refuse any study whose manifest hash the node has not approved
+                               (``medfed node approve``); default false here and in simulation,
+                               true for ``medfed node start`` unless its policy file says false
+``approvals_dir``              the folder of the audit logs holding the approvals
+                               (``<site>.audit.jsonl``; null: beside a deployed node's card, or
+                               ``<output_dir>/audit`` in simulation)
+``min_cell_count``             smallest count a node discloses exactly (round-0 category counts,
+                               per-class test cases behind its metrics; default 5)
 =============================  =================================================================
 
 :func:`check_round` returns the first limit a round would pass as a :class:`Refusal` with one
@@ -56,6 +64,9 @@ class Policy:
     min_cohort: int = 1
     require_dp: bool = False
     require_secure_aggregation: bool = False
+    require_approval: bool = False
+    approvals_dir: str | None = None
+    min_cell_count: int = 5
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None, source: str = "<policy>") -> Policy:
@@ -80,13 +91,17 @@ def _positive(source: str, name: str, raw: Any, *, allow_zero: bool = False) -> 
 
 def _value(source: str, name: str, raw: Any) -> Any:
     """One policy value, checked against its key's type and range."""
-    if name in ("require_dp", "require_secure_aggregation"):
+    if name in ("require_dp", "require_secure_aggregation", "require_approval"):
         if not isinstance(raw, bool):
             raise PolicyError(f"{source}: {name} must be true or false, got {raw!r}.")
         return raw
-    if name == "min_cohort":
+    if name in ("min_cohort", "min_cell_count"):
         if not isinstance(raw, int) or isinstance(raw, bool) or raw < 1:
-            raise PolicyError(f"{source}: min_cohort must be an integer >= 1, got {raw!r}.")
+            raise PolicyError(f"{source}: {name} must be an integer >= 1, got {raw!r}.")
+        return raw
+    if name == "approvals_dir":
+        if raw is not None and not isinstance(raw, str):
+            raise PolicyError(f"{source}: approvals_dir must be a folder path, got {raw!r}.")
         return raw
     if name == "min_noise_multiplier":
         return _positive(source, name, raw, allow_zero=True)

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import yaml
 
+from medfed.server.governance_report import governance_summary
 from medfed.server.study import GLOBAL, StudyResult
 
 
@@ -127,6 +128,7 @@ def summary(result: StudyResult) -> dict[str, Any]:
         "rejected": {str(r.server_round): r.rejected for r in result.rounds if r.rejected},
         "privacy": study["privacy"]["name"], "study_id": study.get("study_id"),
         "wire_bytes": result.wire_bytes,
+        "governance": governance_summary(result),  # manifest, approvals, suppressed metrics
     }
     if result.central_dp:
         data["central_dp"] = result.central_dp

@@ -27,6 +27,7 @@ from medfed.models.flat import pack, unpack
 from medfed.models.metrics import metrics_from_statistics
 from medfed.models.pipeline import n_inputs, new_model, study_schema
 from medfed.models.schema import TaskSchema
+from medfed.server import approvals
 from medfed.server.cohort import Cohort, query, site_of
 from medfed.server.polling import send_and_receive
 from medfed.server.screening import ScreeningConfig, screen_replies
@@ -113,10 +114,10 @@ def federated_statistics(grid: Grid, study: dict[str, Any], node_ids: list[int],
     record = ConfigRecord({"config-json": json.dumps(study)})
     hospitals: dict[int, dict[str, Any]] = {}
     summaries = []
-    for reply in sorted(query(grid, node_ids, "stats", record, timeout),
+    for reply in sorted(approvals.stats_with_approvals(grid, study, node_ids, record, timeout),
                         key=lambda reply: reply.metadata.src_node_id):
         if reply.has_error():
-            failures[f"node-{reply.metadata.src_node_id}"] = reply.error.reason
+            failures[f"node-{reply.metadata.src_node_id}"] = approvals.reason(reply.error.reason)
             continue
         entry, summary = site_of(reply)
         twin = next((nid for nid, h in hospitals.items() if h["name"] == entry["name"]), None)
@@ -244,8 +245,14 @@ class StudyRun:
         self.rounds = [RoundRecord(0)]
         fixed = (GlobalStats.from_dict(json.loads(saved["statistics"]))
                  if saved is not None else None)
-        self.hospitals, self.stats = federated_statistics(grid, study, node_ids,
-                                                          self.rounds[0].failures, fixed)
+        approvals.begin(study)  # the manifest hash every node checks (medfed.server.approvals)
+        try:
+            self.hospitals, self.stats = federated_statistics(grid, study, node_ids,
+                                                              self.rounds[0].failures, fixed)
+        except StudyError as exc:
+            approvals.finish(study, {}, self.rounds[0].failures, "study-end", str(exc))
+            raise
+        approvals.finish(study, self.hospitals, self.rounds[0].failures, "study-started")
         self.cohort = Cohort(grid, study, self.hospitals, json.dumps(self.stats.to_dict()))
         self.layout = new_model(self.schema, self.stats,
                                 n_inputs(self.schema, self.stats, study)).state_dict()
@@ -342,6 +349,7 @@ class StudyRun:
                           self.study)
         if self.observer:
             self.observer.on_round(self.rounds[-1].server_round, self.rounds[-1])
+        approvals.end(self.study, self.stopped)
         wire = getattr(self.grid, "wire", None)
         return StudyResult(
             study=self.study, schema=self.schema, hospitals=self.hospitals,
