@@ -29,13 +29,20 @@ commands:
                          write synthetic hospitals as CSV files plus dataset cards
   checkpoint-key FILE    create a Fernet key for encrypted checkpoints (checkpoint.key_file=FILE)
 
+governance (see README "For your data-protection officer"):
+  study manifest [--coordinator DIR] [--out FILE] [overrides]
+                         the study's manifest (YAML) and SHA-256, signed, for hospitals to approve
+  node approve MANIFEST --dataset CARD [--yes] | node revoke HASH --dataset CARD
+  node audit --dataset CARD [--verify] [--since DATE] [--format text|csv|json]
+  coordinator audit DIR  the coordinator's log of studies, approvals and outcomes
+
 deployment (coordinator):
   coordinator init DIR [--host NAME_OR_IP ...] [--port P]
                          create the CA, the SuperLink's TLS certificate and DIR/coordinator.yaml
   coordinator add-node DIR NAME node.pub
                          register a hospital's node key (now if the SuperLink runs, else at start)
   coordinator start DIR  run the SuperLink (TLS, node keys, state database); Ctrl-C stops it
-  run --superlink HOST:PORT --ca ca.crt [--resume RUN_DIR] [overrides]
+  run --superlink HOST:PORT --ca ca.crt [--resume RUN_DIR] [--manifest FILE] [overrides]
                          run a study on the federation (on the coordinator's machine: the run
                          directory is written there)
   status DIR | status --superlink HOST:PORT --ca ca.crt
@@ -183,6 +190,18 @@ def main(argv: list[str] | None = None) -> None:
         from medfed.client.deploy import node_deploy_main
 
         raise SystemExit(node_deploy_main(rest))
+    elif command == "node" and rest[:1] in (["approve"], ["revoke"], ["audit"]):
+        from medfed.client.audit_cli import governance_main
+
+        raise SystemExit(governance_main(rest))
+    elif command == "study":
+        from medfed.server.manifest import study_main
+
+        raise SystemExit(study_main(rest))
+    elif command == "coordinator" and rest[:1] == ["audit"]:
+        from medfed.server.coordinator_audit import coordinator_audit_main
+
+        raise SystemExit(coordinator_audit_main(rest[1:]))
     elif command == "coordinator":
         from medfed.server.deploy import coordinator_main
 
