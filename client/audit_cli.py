@@ -8,8 +8,8 @@ plain words, asks for confirmation and records a signed approval in the dataset'
 ``--acknowledge REASON`` moves a damaged log aside and starts a new one that records it.
 
 ``--approvals-dir DIR`` (the policy's ``approvals_dir``) keeps the logs as
-``DIR/<site>.audit.jsonl`` instead of ``<card>.audit.jsonl`` beside the card. Exit status: 0 done, 1 refused or damaged,
-2 bad input.
+``DIR/<site>.audit.jsonl`` instead of ``<card>.audit.jsonl`` beside the card. Exit status:
+0 done, 1 refused or damaged, 2 bad input.
 """
 
 from __future__ import annotations
@@ -84,6 +84,16 @@ def data_check(card: Any, log: AuditLog, site: str) -> int:
         "fingerprint": {str(f): file_sha256(Path(f)) for f in files},
         "rows_read": data.report.rows_read, "rows_kept": data.report.rows_kept})
     return data.report.rows_kept
+
+
+def start_check(dataset: Path, policy_file: Path) -> None:
+    """``medfed node start``'s data check, recorded in the audit log the node will use."""
+    from medfed.client.policy import load_policy
+    from medfed.models.cards import load_card
+
+    card = load_card(dataset)
+    folder = load_policy(policy_file, card.name).approvals_dir
+    data_check(card, AuditLog(audit_path(card.path, folder=folder, site=card.name)), card.name)
 
 
 def _confirm(question: str, yes: bool) -> bool:

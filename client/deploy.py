@@ -191,12 +191,25 @@ def preflight(args: argparse.Namespace) -> dict[str, str]:
     if not ca.is_file() or b"BEGIN CERTIFICATE" not in ca.read_bytes():
         raise DeployError(f"--ca {ca}: not a PEM certificate; use the coordinator's ca.crt")
     check_private_key(Path(args.key).expanduser())
+    _record_check(dataset, policy)
     config = {"dataset": str(dataset), "policy": str(policy)}
     if args.ledger_dir:
         ledger_dir = Path(args.ledger_dir).expanduser().resolve()
         ledger_dir.mkdir(parents=True, exist_ok=True)
         config["ledger-dir"] = str(ledger_dir)
     return config
+
+
+def _record_check(dataset: Path, policy: Path) -> None:
+    """Record the data check in the node's audit log (a damaged log stops the start)."""
+    from medfed.client.audit import AuditTampered
+    from medfed.client.audit_cli import start_check
+
+    try:
+        start_check(dataset, policy)
+    except AuditTampered as exc:
+        raise DeployError(f"audit log tampered: {exc} (acknowledge it with medfed node audit "
+                          f"--dataset {dataset} --acknowledge REASON)") from None
 
 
 def held_for(flower_defaults: bool) -> float:
