@@ -54,18 +54,25 @@ def site_name(study: dict[str, Any], index: int) -> str:
 
 
 def log_for(study: dict[str, Any], node_config: Any, site: str, approvals_dir: str | None
-            ) -> AuditLog:
+            ) -> AuditLog | None:
     """The audit log of this node's dataset: ``approvals_dir/<site>.audit.jsonl`` (policy),
-    else ``<card>.audit.jsonl`` beside a deployed node's card, else ``<output_dir>/audit/``."""
+    else ``<card>.audit.jsonl`` beside a deployed node's card, else ``<output_dir>/audit/``;
+    None for a simulated study without an output folder (a study run from Python in memory)."""
     if approvals_dir:
         return AuditLog(audit_path(folder=approvals_dir, site=site))
     if node_config.get("dataset"):
         return AuditLog(audit_path(str(node_config["dataset"])))
-    return AuditLog(audit_path(folder=Path(study["output_dir"] or ".") / "audit", site=site))
+    if not study.get("output_dir"):
+        return None
+    return AuditLog(audit_path(folder=Path(study["output_dir"]) / "audit", site=site))
 
 
-def _gate(log: AuditLog, digest: str, required: bool) -> None:
+def _gate(log: AuditLog | None, digest: str, required: bool) -> None:
     """Raise unless the log is sound and (when required) ``digest`` is approved."""
+    if log is None:
+        if required:
+            raise NotApproved(digest)
+        return
     try:
         log.verify()
         if required:
@@ -74,8 +81,10 @@ def _gate(log: AuditLog, digest: str, required: bool) -> None:
         raise AuditDamaged(f"audit log damaged, the node refuses to work: {exc} ({ACK})") from None
 
 
-def _refuse(log: AuditLog, state: dict[str, Any], error: Exception, server_round: int | None
-            ) -> None:
+def _refuse(log: AuditLog | None, state: dict[str, Any], error: Exception,
+            server_round: int | None) -> None:
+    if log is None:
+        return
     try:
         log.record("refusal", site=state["site"], study=state["study"],
                    manifest=state["manifest"], round=server_round,
@@ -94,7 +103,7 @@ def _round0(msg: Message, context: Context, call_next: Callable[[Message, Contex
     digest = manifest_hash(build_manifest(sent))
     log = log_for(local, context.node_config, site, policy.approvals_dir)
     state = {"site": site, "study": str(sent.get("study_id", "")), "manifest": digest,
-             "audit": str(log.path), "require": policy.require_approval,
+             "audit": str(log.path) if log else "", "require": policy.require_approval,
              "min-cell": policy.min_cell_count}
     try:
         _gate(log, digest, policy.require_approval)
@@ -107,6 +116,8 @@ def _round0(msg: Message, context: Context, call_next: Callable[[Message, Contex
         return reply
     reply = protect_statistics(reply, policy.min_cell_count)
     context.state.config_records[STATE] = ConfigRecord(state)
+    if log is None:
+        return reply
     log.record("study-start", site=site, study=state["study"], manifest=digest, round=0,
                details={"sent": sent_summary(reply), "require_approval": policy.require_approval,
                         "min_cell_count": policy.min_cell_count})
@@ -119,7 +130,7 @@ def _later(msg: Message, context: Context, call_next: Callable[[Message, Context
     if record is None:  # no round 0 on this node: the handler refuses with its own reason
         return call_next(msg, context)
     state = dict(record)
-    log = AuditLog(str(state["audit"]))
+    log = AuditLog(str(state["audit"])) if state["audit"] else None
     config = msg.content.config_records.get("config") if msg.has_content() else None
     server_round = int(config["server-round"]) if config and "server-round" in config else 0
     try:
@@ -132,6 +143,8 @@ def _later(msg: Message, context: Context, call_next: Callable[[Message, Context
         _refuse(log, state, RuntimeError(reply.error.reason), server_round)
         return reply
     reply, suppressed = protect_evaluation(reply, int(state["min-cell"]))
+    if log is None:
+        return reply
     final = msg.metadata.message_type == "evaluate"
     log.record("study-end" if final else "round", site=str(state["site"]),
                study=str(state["study"]), manifest=str(state["manifest"]), round=server_round,

@@ -16,7 +16,7 @@ from medfed.server.engine import InProcessGrid
 from medfed.server.study import run_study
 
 SMALL = ["federation.hospitals=3", "federation.min_size=60", "federation.max_size=120",
-         "quiet=true", "strategy=fedadam", "rounds=4"]
+         "quiet=true", "strategy=fedadam", "rounds=4", "policy.min_cell_count=1"]
 
 
 def _run(study, observer=None):
