@@ -11,7 +11,8 @@ least ``strategy.min_nodes`` of them; ``summary.json`` (``governance``) names th
 approved and why the others are absent.
 
 The coordinator log (``governance.audit_file``; ``medfed run`` puts it in the coordinator folder,
-``<folder of --ca>/audit.jsonl``; a simulation in ``<output_dir>/coordinator.audit.jsonl``) is
+``<folder of --ca>/audit.jsonl``; a simulation in ``<output_dir>/audit/coordinator.audit.jsonl``,
+beside the simulated hospitals' logs) is
 the same hash chain as the nodes' logs (:class:`medfed.client.chain.HashChain`).
 """
 
@@ -49,7 +50,7 @@ def coordinator_log(study: dict[str, Any]) -> CoordinatorLog | None:
     """The study's coordinator log, or None when the study has no output folder."""
     path = (study.get("governance") or {}).get("audit_file")
     if not path and study.get("output_dir"):
-        path = Path(study["output_dir"]) / "coordinator.audit.jsonl"
+        path = Path(study["output_dir"]) / "audit" / "coordinator.audit.jsonl"
     return CoordinatorLog(path) if path else None
 
 

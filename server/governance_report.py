@@ -28,3 +28,15 @@ def governance_summary(result: Any) -> dict[str, Any]:
     return {"manifest": governance.get("manifest"),
             "approved_by": governance.get("approved_by", []),
             "absent": governance.get("absent", {}), "suppressed": suppressed}
+
+
+def governance_markdown(section: dict[str, Any] | None) -> list[str]:
+    """The report's governance lines: manifest, who approved, who is absent and why, and the
+    hospitals whose metrics their node withheld."""
+    if not section or not section.get("manifest"):
+        return []
+    lines = ["## Governance", "", f"Manifest `{section['manifest']}`; approved by and run at: "
+             f"{', '.join(section['approved_by']) or 'none'}."]
+    lines += [f"- absent: {site}: {why}" for site, why in section["absent"].items()]
+    lines += [f"- {site}: per-site metrics {why}" for site, why in section["suppressed"].items()]
+    return [*lines, ""]

@@ -179,14 +179,14 @@ def finished_run(tmp_path_factory) -> Path:
 def _resume_says_nothing_to_do(command: list[str], run_dir: Path, capsys) -> None:
     from medfed.server.cli import main
 
-    before = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
     with pytest.raises(SystemExit) as exit_info:
         main(command)
     out, err = capsys.readouterr()
     assert exit_info.value.code == 0, err
     assert out == f"medfed: {run_dir} already finished all 2 rounds; nothing to resume (the run " \
                   "directory is unchanged)\n"
-    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == before
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before
 
 
 def test_resuming_a_finished_simulation_changes_nothing(finished_run, capsys):
