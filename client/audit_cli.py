@@ -97,12 +97,15 @@ def start_check(dataset: Path, policy_file: Path) -> None:
 
 
 def _confirm(question: str, yes: bool) -> bool:
+    """True when ``--yes`` was given or the answer on standard input is y/yes."""
     if yes:
         return True
-    if not sys.stdin.isatty():
-        raise CliError("no terminal to confirm on; read the summary and add --yes to approve",
-                       EXIT_USAGE)
-    return input(f"{question} [y/N] ").strip().lower() in ("y", "yes")
+    try:
+        answer = input(f"{question} [y/N] ")
+    except EOFError:
+        raise CliError("no answer to confirm the approval; read the summary above and answer y, "
+                       "or add --yes", EXIT_USAGE) from None
+    return answer.strip().lower() in ("y", "yes")
 
 
 def _approve(args: argparse.Namespace) -> int:
