@@ -18,6 +18,7 @@ the same hash chain as the nodes' logs (:class:`medfed.client.chain.HashChain`).
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -55,8 +56,12 @@ def coordinator_log(study: dict[str, Any]) -> CoordinatorLog | None:
 
 
 def reason(text: str) -> str:
-    """A node's error reason without the exception's class name in front of the approval part."""
-    return text[text.index(NOT_APPROVED):] if NOT_APPROVED in text else text
+    """A node's error reason as the node worded it: an approval or audit refusal without the
+    exception's class name and quotes Flower's runtimes put around it."""
+    found = re.search(r"(study not approved: manifest \w+ \(approve it with medfed node approve\)"
+                      r"|audit log damaged, the node refuses to work: .*\(acknowledge it with .*?"
+                      r"--acknowledge REASON\))", text)
+    return found.group(1) if found else text
 
 
 def begin(study: dict[str, Any]) -> str:

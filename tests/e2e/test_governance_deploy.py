@@ -57,13 +57,15 @@ def run_block(fed: LoopbackFederation, name: str, stdin: str = "",
 
 
 def _waiting_status(fed: LoopbackFederation, study: subprocess.Popen) -> dict:
-    deadline = time.monotonic() + 120
+    deadline, last = time.monotonic() + 120, None
     while time.monotonic() < deadline and study.poll() is None:
-        report = json.loads(fed.medfed("status", str(fed.coord), "--json").stdout or "{}")
+        last = fed.medfed("status", str(fed.coord), "--json")
+        report = json.loads(last.stdout or "{}")
         if report.get("approvals"):
             return report
         time.sleep(0.5)
-    raise AssertionError(f"no approvals in medfed status while the study waited\n{fed.tails()}")
+    raise AssertionError(f"no approvals in medfed status while the study waited: {last}\n"
+                         f"{fed.tails()}")
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +75,7 @@ def fed(tmp_path_factory):
         (work / "policy.yaml").write_text(POLICY.replace("require_approval: false\n", ""))
         run = [MEDFED, "run", "--superlink", fed.superlink, "--ca", str(fed.coord / "ca.crt")]
         nobody = fed.start("nobody", [*run, *COMMON, "timeout=60",
-                                      "governance.approval_timeout=6",
+                                      "governance.approval_timeout=12",
                                       f"output_dir={work / 'nobody'}"])
         fed.waiting = _waiting_status(fed, nobody)
         nobody.wait(timeout=180)
@@ -85,8 +87,13 @@ def fed(tmp_path_factory):
         yield fed
 
 
+def printed_hash(stdout: str) -> str:
+    """The manifest hash ``medfed study manifest`` prints after the YAML."""
+    return re.findall(r"^sha256: ([0-9a-f]{64})$", stdout, re.M)[-1]
+
+
 def _hash(fed) -> str:
-    return fed.manifest.stdout.split("sha256: ")[1].split()[0]
+    return printed_hash(fed.manifest.stdout)
 
 
 def test_a_study_nobody_approved_waits_then_is_refused_with_the_reason(fed):
@@ -132,7 +139,7 @@ def test_a_one_character_change_after_approval_is_refused(fed):
     refused = set(NOT_APPROVED.findall(nodes.stdout + nodes.stderr))
     again = fed.medfed("study", "manifest", "--coordinator", str(fed.coord), *COMMON,
                        "train.lr=0.11")
-    assert refused == {again.stdout.split("sha256: ")[1][:8]} != {_hash(fed)[:8]}
+    assert refused == {printed_hash(again.stdout)[:8]} != {_hash(fed)[:8]}
 
 
 def test_node_audit_csv_lists_every_round_of_the_study(fed):
