@@ -143,3 +143,21 @@ def test_three_positive_test_cases_are_never_disclosed(cards, tmp_path):
     assert "0.333" not in row and "0.667" not in row and "hospital-2: per-site metrics" in report
     text = (tmp_path / "run" / "summary.json").read_text() + report
     assert '"tp"' not in text and "positives" not in text
+
+
+def test_the_readme_rehearsal_runs_as_written(tmp_path):
+    """README "For your data-protection officer", block ``simulation``, unchanged."""
+    import os
+    import re
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    block = re.search(r"^<!-- dpo-test: simulation -->\n```bash\n(.*?)^```", readme,
+                      re.M | re.S).group(1)
+    env = {**os.environ, "PATH": f"{Path(MEDFED).parent}:{os.environ['PATH']}"}
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr
+    governance = json.loads((tmp_path / "rehearsal" / "summary.json").read_text())["governance"]
+    assert governance["approved_by"] == ["hospital-0", "hospital-1"]
+    assert list(governance["absent"]) == ["hospital-2"]
+    assert governance["absent"]["hospital-2"].startswith("study not approved: manifest ")
