@@ -65,15 +65,16 @@ def sign(private: Any, payload: dict[str, Any]) -> dict[str, str]:
 
 
 def verify_signature(payload: dict[str, Any], signed: dict[str, str]) -> bool:
-    """True when ``signed`` (from :func:`sign`) is a valid signature of ``payload``."""
-    public = serialization.load_ssh_public_key(signed["public_key"].encode())
-    signature = base64.b64decode(signed["signature"])
+    """True when ``signed`` (from :func:`sign`) is a valid signature of ``payload``; False
+    for a wrong, malformed or missing signature or key."""
     try:
+        public = serialization.load_ssh_public_key(str(signed["public_key"]).encode())
+        signature = base64.b64decode(str(signed["signature"]), validate=True)
         if isinstance(public, ec.EllipticCurvePublicKey):
             public.verify(signature, canonical(payload), ec.ECDSA(hashes.SHA384()))
         else:
             public.verify(signature, canonical(payload))  # type: ignore[call-arg]
-    except Exception:  # noqa: BLE001 - cryptography raises InvalidSignature (or a type error)
+    except Exception:  # noqa: BLE001 - InvalidSignature, a malformed key or base64, a missing key
         return False
     return True
 
