@@ -46,9 +46,14 @@ def _load_signing_key(key: Path | None, log: AuditLog) -> Any:
     from medfed.client.deploy import write_private
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_private(path, private.private_bytes(serialization.Encoding.PEM,
-                                              serialization.PrivateFormat.PKCS8,
-                                              serialization.NoEncryption()))
+    write_private(
+        path,
+        private.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
     return private
 
 
@@ -59,8 +64,9 @@ def sign(private: Any, payload: dict[str, Any]) -> dict[str, str]:
         signature = private.sign(data, ec.ECDSA(hashes.SHA384()))
     else:
         signature = private.sign(data)
-    public = private.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                               serialization.PublicFormat.OpenSSH)
+    public = private.public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+    )
     return {"signature": base64.b64encode(signature).decode(), "public_key": public.decode()}
 
 
@@ -79,16 +85,24 @@ def verify_signature(payload: dict[str, Any], signed: dict[str, str]) -> bool:
     return True
 
 
-def approve(log: AuditLog, manifest_hash: str, site: str, summary: list[str],
-            key: Path | None = None) -> dict[str, Any]:
+def approve(
+    log: AuditLog, manifest_hash: str, site: str, summary: list[str], key: Path | None = None
+) -> dict[str, Any]:
     """Append a signed ``approve`` entry for ``manifest_hash`` to ``log`` and return it."""
     from datetime import UTC, datetime
 
-    payload = {"manifest": manifest_hash, "site": site,
-               "time": datetime.now(UTC).isoformat(timespec="seconds")}
+    payload = {
+        "manifest": manifest_hash,
+        "site": site,
+        "time": datetime.now(UTC).isoformat(timespec="seconds"),
+    }
     signed = sign(_load_signing_key(key, log), payload)
-    return log.record("approve", site=site, manifest=manifest_hash,
-                      details={"signed": payload, **signed, "summary": summary})
+    return log.record(
+        "approve",
+        site=site,
+        manifest=manifest_hash,
+        details={"signed": payload, **signed, "summary": summary},
+    )
 
 
 def check_approved(log: AuditLog, manifest_hash: str) -> None:
@@ -101,5 +115,6 @@ def check_approved(log: AuditLog, manifest_hash: str) -> None:
         raise NotApproved(manifest_hash)
     details = entry["details"]
     if details.get("signed", {}).get("manifest") != manifest_hash or not verify_signature(
-            details["signed"], details):
+        details["signed"], details
+    ):
         raise NotApproved(manifest_hash)

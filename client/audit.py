@@ -32,10 +32,19 @@ from typing import Any
 from medfed.client.chain import ChainTampered, HashChain
 
 SUFFIX = ".audit.jsonl"
-KINDS = ("approve", "revoke", "data-check", "study-start", "round", "study-end", "refusal",
-         "acknowledge")
-FIELDS = frozenset({"seq", "prev_hash", "hash", "time", "kind", "site", "study", "manifest",
-                    "round", "details"})
+KINDS = (
+    "approve",
+    "revoke",
+    "data-check",
+    "study-start",
+    "round",
+    "study-end",
+    "refusal",
+    "acknowledge",
+)
+FIELDS = frozenset(
+    {"seq", "prev_hash", "hash", "time", "kind", "site", "study", "manifest", "round", "details"}
+)
 
 
 class AuditTampered(ChainTampered):
@@ -52,17 +61,34 @@ class AuditLog(HashChain):
     def _check_entries(self, entries: list[dict[str, Any]]) -> None:
         for entry in entries:
             if entry["kind"] not in KINDS:
-                raise AuditTampered(f"{self.path}, line {entry['seq'] + 1}: unknown kind "
-                                    f"{entry['kind']!r}; the audit log was edited.")
+                raise AuditTampered(
+                    f"{self.path}, line {entry['seq'] + 1}: unknown kind "
+                    f"{entry['kind']!r}; the audit log was edited."
+                )
 
-    def record(self, kind: str, *, site: str = "", study: str = "", manifest: str = "",
-               round: int | None = None, details: dict[str, Any] | None = None
-               ) -> dict[str, Any]:
+    def record(
+        self,
+        kind: str,
+        *,
+        site: str = "",
+        study: str = "",
+        manifest: str = "",
+        round: int | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
         """Append one entry (after verifying the whole log) and return it."""
         if kind not in KINDS:
             raise ValueError(f"unknown audit entry kind {kind!r}; one of {KINDS}")
-        return self._append({"kind": kind, "site": site, "study": study, "manifest": manifest,
-                             "round": round, "details": details or {}})
+        return self._append(
+            {
+                "kind": kind,
+                "site": site,
+                "study": study,
+                "manifest": manifest,
+                "round": round,
+                "details": details or {},
+            }
+        )
 
     def approvals(self) -> dict[str, dict[str, Any]]:
         """Manifest hash -> its approve entry, for every approval not revoked since."""
@@ -80,13 +106,16 @@ class AuditLog(HashChain):
         matches = sorted(h for h in known if h.startswith(prefix.lower()))
         if len(matches) != 1:
             what = "no approved manifest" if not matches else f"{len(matches)} manifests"
-            raise ValueError(f"{self.path}: {what} starts with {prefix!r}; `medfed node audit "
-                             "--dataset CARD` lists the approvals")
+            raise ValueError(
+                f"{self.path}: {what} starts with {prefix!r}; `medfed node audit "
+                "--dataset CARD` lists the approvals"
+            )
         return matches[0]
 
 
-def audit_path(dataset: str | Path | None = None, *, folder: str | Path | None = None,
-               site: str = "") -> Path:
+def audit_path(
+    dataset: str | Path | None = None, *, folder: str | Path | None = None, site: str = ""
+) -> Path:
     """The audit log of a dataset: ``<folder>/<site>.audit.jsonl`` when a folder is given
     (a policy's ``approvals_dir``), else ``<card>.audit.jsonl`` beside the card."""
     if folder:
@@ -125,8 +154,14 @@ def acknowledge(path: Path, reason: str) -> tuple[Path, dict[str, Any]]:
         for source in (path, log.head_path):
             if source.exists():
                 os.replace(source, source.with_name(f"{source.name}.damaged-{stamp}"))
-        entry = log.record("acknowledge", details={
-            "error": error, "reason": reason, "damaged_file": str(kept),
-            "damaged_sha256": fingerprint,
-            "note": "approvals in the damaged log no longer count: approve again"})
+        entry = log.record(
+            "acknowledge",
+            details={
+                "error": error,
+                "reason": reason,
+                "damaged_file": str(kept),
+                "damaged_sha256": fingerprint,
+                "note": "approvals in the damaged log no longer count: approve again",
+            },
+        )
     return kept, entry

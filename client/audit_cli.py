@@ -57,19 +57,26 @@ def read_manifest(path: Path) -> dict[str, Any]:
     except (OSError, yaml.YAMLError) as exc:
         raise CliError(f"{path}: cannot read it as a manifest ({exc})", EXIT_USAGE) from None
     if not isinstance(document, dict) or not {"manifest", "sha256", "signature"} <= set(document):
-        raise CliError(f"{path}: not a medfed study manifest (write one with medfed study "
-                       "manifest)", EXIT_USAGE)
+        raise CliError(
+            f"{path}: not a medfed study manifest (write one with medfed study manifest)",
+            EXIT_USAGE,
+        )
     manifest, digest = document["manifest"], str(document["sha256"])
     if manifest_hash(manifest) != digest:
-        raise CliError(f"{path}: its content does not match its sha256 {digest[:8]}; the file "
-                       "was changed after it was written: ask the coordinator for it again",
-                       EXIT_REFUSED)
+        raise CliError(
+            f"{path}: its content does not match its sha256 {digest[:8]}; the file "
+            "was changed after it was written: ask the coordinator for it again",
+            EXIT_REFUSED,
+        )
     signed = document["signature"]
     coordinator = str(manifest.get("coordinator", ""))
     own_key = coordinator.startswith("ssh-ed25519 ") and coordinator != signed.get("public_key")
     if own_key or not verify_signature({"sha256": digest}, signed):
-        raise CliError(f"{path}: the coordinator's signature does not verify; ask the "
-                       "coordinator for the file again", EXIT_REFUSED)
+        raise CliError(
+            f"{path}: the coordinator's signature does not verify; ask the "
+            "coordinator for the file again",
+            EXIT_REFUSED,
+        )
     return document
 
 
@@ -79,10 +86,17 @@ def data_check(card: Any, log: AuditLog, site: str) -> int:
 
     data = read_card_data(card, card_schema(card))
     files = [card.path, card.train] + ([card.test] if card.test else [])
-    log.record("data-check", site=site, details={
-        "card": str(card.path), "usable": data.report.usable,
-        "fingerprint": {str(f): file_sha256(Path(f)) for f in files},
-        "rows_read": data.report.rows_read, "rows_kept": data.report.rows_kept})
+    log.record(
+        "data-check",
+        site=site,
+        details={
+            "card": str(card.path),
+            "usable": data.report.usable,
+            "fingerprint": {str(f): file_sha256(Path(f)) for f in files},
+            "rows_read": data.report.rows_read,
+            "rows_kept": data.report.rows_kept,
+        },
+    )
     return data.report.rows_kept
 
 
@@ -103,8 +117,10 @@ def _confirm(question: str, yes: bool) -> bool:
     try:
         answer = input(f"{question} [y/N] ")
     except EOFError:
-        raise CliError("no answer to confirm the approval; read the summary above and answer y, "
-                       "or add --yes", EXIT_USAGE) from None
+        raise CliError(
+            "no answer to confirm the approval; read the summary above and answer y, or add --yes",
+            EXIT_USAGE,
+        ) from None
     return answer.strip().lower() in ("y", "yes")
 
 
@@ -114,18 +130,30 @@ def _approve(args: argparse.Namespace) -> int:
     manifest, digest = document["manifest"], str(document["sha256"])
     code = installed_code_hash()[0]
     if manifest["code"]["sha256"] != code:
-        raise CliError(f"{args.manifest}: the study runs code {manifest['code']['sha256'][:12]} "
-                       f"but this node has medfed code {code[:12]} installed; install the "
-                       "coordinator's medfed version before approving", EXIT_REFUSED)
+        raise CliError(
+            f"{args.manifest}: the study runs code {manifest['code']['sha256'][:12]} "
+            f"but this node has medfed code {code[:12]} installed; install the "
+            "coordinator's medfed version before approving",
+            EXIT_REFUSED,
+        )
     if manifest["sites"] and site not in manifest["sites"]:
-        raise CliError(f"{args.manifest}: this node's site '{site}' is not one of the study's "
-                       f"sites {manifest['sites']}", EXIT_REFUSED)
+        raise CliError(
+            f"{args.manifest}: this node's site '{site}' is not one of the study's "
+            f"sites {manifest['sites']}",
+            EXIT_REFUSED,
+        )
     if manifest["task"]["name"] != card.task:
-        raise CliError(f"{args.manifest}: the study trains task '{manifest['task']['name']}' but "
-                       f"{card.path} holds data for '{card.task}'", EXIT_REFUSED)
+        raise CliError(
+            f"{args.manifest}: the study trains task '{manifest['task']['name']}' but "
+            f"{card.path} holds data for '{card.task}'",
+            EXIT_REFUSED,
+        )
     rows = data_check(card, log, site)
-    lines = [*describe(manifest), f"on:      {site}'s data ({card.path}, {rows} rows kept)",
-             f"manifest sha256 {digest}"]
+    lines = [
+        *describe(manifest),
+        f"on:      {site}'s data ({card.path}, {rows} rows kept)",
+        f"manifest sha256 {digest}",
+    ]
     print("\n".join(lines))
     if not _confirm(f"Approve this study for {site}?", args.yes):
         print("not approved")
@@ -143,8 +171,9 @@ def _revoke(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CliError(str(exc), EXIT_USAGE) from None
     if digest not in log.approvals():
-        raise CliError(f"manifest {digest[:8]} is not approved at {site}; nothing to revoke",
-                       EXIT_USAGE)
+        raise CliError(
+            f"manifest {digest[:8]} is not approved at {site}; nothing to revoke", EXIT_USAGE
+        )
     log.record("revoke", site=site, manifest=digest, details={"reason": args.reason})
     print(f"revoked manifest {digest[:8]} for {site}: the node refuses it from its next round")
     return EXIT_OK
@@ -157,15 +186,19 @@ def _audit(args: argparse.Namespace) -> int:
             kept, _ = acknowledge(log.path, args.acknowledge)
         except ValueError as exc:
             raise CliError(str(exc), EXIT_USAGE) from None
-        print(f"damaged audit log kept as {kept}; a new log starts at {log.path} (approve "
-              "studies again)")
+        print(
+            f"damaged audit log kept as {kept}; a new log starts at {log.path} (approve "
+            "studies again)"
+        )
         return EXIT_OK
     try:
         entries = log.verify()
     except AuditTampered as exc:
-        raise CliError(f"audit log tampered: {exc} (the node refuses to train until an operator "
-                       "runs medfed node audit --dataset CARD --acknowledge REASON)",
-                       EXIT_REFUSED) from None
+        raise CliError(
+            f"audit log tampered: {exc} (the node refuses to train until an operator "
+            "runs medfed node audit --dataset CARD --acknowledge REASON)",
+            EXIT_REFUSED,
+        ) from None
     if args.verify:
         print(f"{log.path}: {len(entries)} entries, chain and head verified")
         return EXIT_OK
@@ -189,12 +222,16 @@ def _parser() -> argparse.ArgumentParser:
     audit_p.add_argument("--verify", action="store_true", help="only verify the chain")
     audit_p.add_argument("--since", metavar="DATE", help="entries from DATE (ISO, UTC) on")
     audit_p.add_argument("--format", choices=("text", "csv", "json"), default="text")
-    audit_p.add_argument("--acknowledge", metavar="REASON",
-                         help="keep a damaged log aside and start a new one")
+    audit_p.add_argument(
+        "--acknowledge", metavar="REASON", help="keep a damaged log aside and start a new one"
+    )
     for sub in (approve_p, revoke_p, audit_p):
         sub.add_argument("--dataset", required=True, metavar="CARD", help="the dataset card")
-        sub.add_argument("--approvals-dir", metavar="DIR",
-                         help="the policy's approvals_dir (default: beside the card)")
+        sub.add_argument(
+            "--approvals-dir",
+            metavar="DIR",
+            help="the policy's approvals_dir (default: beside the card)",
+        )
     return parser
 
 

@@ -58,8 +58,9 @@ class HashChain:
 
     def _digest(self, entry: dict[str, Any]) -> str:
         body = {k: v for k, v in entry.items() if k != "hash"}
-        text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                          allow_nan=False).encode()
+        text = json.dumps(
+            body, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        ).encode()
         if self.key is None:
             return hashlib.sha256(text).hexdigest()
         return hmac.new(self.key, text, hashlib.sha256).hexdigest()
@@ -88,8 +89,10 @@ class HashChain:
             head = json.loads(self.head_path.read_text())
             return int(head["count"]), str(head["hash"])
         except (ValueError, KeyError, TypeError) as error:
-            raise self.Tampered(f"{self.head_path}: the head file is unreadable ({error}); "
-                                "restore it from a backup.") from error
+            raise self.Tampered(
+                f"{self.head_path}: the head file is unreadable ({error}); "
+                "restore it from a backup."
+            ) from error
 
     def _parse(self, number: int, line: bytes, prev: str) -> dict[str, Any]:
         where = f"{self.path}, line {number + 1}"
@@ -120,11 +123,12 @@ class HashChain:
         head = self._head()
         count, last = head if head is not None else (0, GENESIS)
         if head is None and entries:
-            raise self.Tampered(f"{self.head_path} is missing; the {self.noun} cannot be "
-                                "trusted.")
+            raise self.Tampered(f"{self.head_path} is missing; the {self.noun} cannot be trusted.")
         if len(entries) < count or (count and entries[count - 1]["hash"] != last):
-            raise self.Tampered(f"{self.path} holds {len(entries)} entries but its head records "
-                                f"{count}; entries were removed or truncated.")
+            raise self.Tampered(
+                f"{self.path} holds {len(entries)} entries but its head records "
+                f"{count}; entries were removed or truncated."
+            )
         return entries, len(data) - len(torn)
 
     def verify(self) -> list[dict[str, Any]]:
@@ -147,24 +151,32 @@ class HashChain:
         finally:
             os.close(directory)
 
-    def _append(self, fields: dict[str, Any], *, defaults: dict[str, Any] | None = None
-                ) -> dict[str, Any]:
+    def _append(
+        self, fields: dict[str, Any], *, defaults: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Verify, repair a crash's leftovers, append one entry, fsync, move the head."""
         with self.locked():
             entries, length = self._read()
             return self._append_after(entries, length, {**(defaults or {}), **fields})
 
-    def _append_after(self, entries: list[dict[str, Any]], length: int,
-                      fields: dict[str, Any]) -> dict[str, Any]:
+    def _append_after(
+        self, entries: list[dict[str, Any]], length: int, fields: dict[str, Any]
+    ) -> dict[str, Any]:
         """Append ``fields`` after the verified ``entries`` (the lock must be held)."""
         if self.path.exists() and self.path.stat().st_size != length:
             os.truncate(self.path, length)
         last = entries[-1]["hash"] if entries else GENESIS
-        entry = {"seq": len(entries), "prev_hash": last,
-                 "time": datetime.now(UTC).isoformat(timespec="seconds"), **fields}
+        entry = {
+            "seq": len(entries),
+            "prev_hash": last,
+            "time": datetime.now(UTC).isoformat(timespec="seconds"),
+            **fields,
+        }
         entry["hash"] = self._digest(entry)
-        line = json.dumps(entry, sort_keys=True, separators=(",", ":"),
-                          ensure_ascii=False).encode() + b"\n"
+        line = (
+            json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+            + b"\n"
+        )
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
         try:
             os.write(fd, line)

@@ -42,12 +42,14 @@ def protect_statistics(reply: Message, min_cell: int) -> Message:
 def class_counts(metrics: MetricRecord) -> list[float]:
     """The test cases per class behind a reply's ``eval-*`` statistics (empty: none sent)."""
     if "eval-tp" in metrics:
-        return [float(metrics["eval-tp"]) + float(metrics["eval-fn"]),  # type: ignore[arg-type]
-                float(metrics["eval-tn"]) + float(metrics["eval-fp"])]  # type: ignore[arg-type]
+        return [
+            float(metrics["eval-tp"]) + float(metrics["eval-fn"]),  # type: ignore[arg-type]
+            float(metrics["eval-tn"]) + float(metrics["eval-fp"]),
+        ]  # type: ignore[arg-type]
     if "eval-confusion" in metrics:
         cells = [float(v) for v in metrics["eval-confusion"]]  # type: ignore[union-attr]
         k = math.isqrt(len(cells))
-        return [sum(cells[i * k:(i + 1) * k]) for i in range(k)]
+        return [sum(cells[i * k : (i + 1) * k]) for i in range(k)]
     if "eval-n" in metrics:
         return [float(metrics["eval-n"])]  # type: ignore[arg-type]
     return []
@@ -81,12 +83,17 @@ def protect_evaluation(reply: Message, min_cell: int) -> tuple[Message, bool]:
 def sent_summary(reply: Message) -> dict[str, Any]:
     """What ``reply`` carries, for the audit log: structure, counts and epsilon, no cell value."""
     content: RecordDict = reply.content
-    arrays = {name: {key: {"shape": list(array.shape), "dtype": str(array.dtype),
-                           "bytes": len(array.data)} for key, array in record.items()}
-              for name, record in content.array_records.items()}
-    metrics = {name: {"keys": sorted(record),
-                      **{key: record[key] for key in COUNTS if key in record}}
-               for name, record in content.metric_records.items()}
+    arrays = {
+        name: {
+            key: {"shape": list(array.shape), "dtype": str(array.dtype), "bytes": len(array.data)}
+            for key, array in record.items()
+        }
+        for name, record in content.array_records.items()
+    }
+    metrics = {
+        name: {"keys": sorted(record), **{key: record[key] for key in COUNTS if key in record}}
+        for name, record in content.metric_records.items()
+    }
     configs = {name: sorted(record) for name, record in content.config_records.items()}
     total = sum(a["bytes"] for record in arrays.values() for a in record.values())
     return {"arrays": arrays, "array_bytes": total, "metrics": metrics, "configs": configs}

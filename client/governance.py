@@ -53,8 +53,9 @@ def site_name(study: dict[str, Any], index: int) -> str:
     return f"hospital-{index}"
 
 
-def log_for(study: dict[str, Any], node_config: Any, site: str, approvals_dir: str | None
-            ) -> AuditLog | None:
+def log_for(
+    study: dict[str, Any], node_config: Any, site: str, approvals_dir: str | None
+) -> AuditLog | None:
     """The audit log of this node's dataset: ``approvals_dir/<site>.audit.jsonl`` (policy),
     else ``<card>.audit.jsonl`` beside a deployed node's card, else ``<output_dir>/audit/``;
     None for a simulated study without an output folder (a study run from Python in memory)."""
@@ -81,20 +82,27 @@ def _gate(log: AuditLog | None, digest: str, required: bool) -> None:
         raise AuditDamaged(f"audit log damaged, the node refuses to work: {exc} ({ACK})") from None
 
 
-def _refuse(log: AuditLog | None, state: dict[str, Any], error: Exception,
-            server_round: int | None) -> None:
+def _refuse(
+    log: AuditLog | None, state: dict[str, Any], error: Exception, server_round: int | None
+) -> None:
     if log is None:
         return
     try:
-        log.record("refusal", site=state["site"], study=state["study"],
-                   manifest=state["manifest"], round=server_round,
-                   details={"reason": str(error)})
+        log.record(
+            "refusal",
+            site=state["site"],
+            study=state["study"],
+            manifest=state["manifest"],
+            round=server_round,
+            details={"reason": str(error)},
+        )
     except AuditTampered:
         pass  # a damaged log cannot take entries; the refusal itself names the damage
 
 
-def _round0(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
-            ) -> Message:
+def _round0(
+    msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
+) -> Message:
     raw = str(msg.content.config_records["study"]["config-json"])
     sent = json.loads(raw)
     local = json.loads(node.local_study(raw, context.node_config))
@@ -102,9 +110,14 @@ def _round0(msg: Message, context: Context, call_next: Callable[[Message, Contex
     policy = policy_for_site(local.get("policy"), site)
     digest = manifest_hash(build_manifest(sent))
     log = log_for(local, context.node_config, site, policy.approvals_dir)
-    state = {"site": site, "study": str(sent.get("study_id", "")), "manifest": digest,
-             "audit": str(log.path) if log else "", "require": policy.require_approval,
-             "min-cell": policy.min_cell_count}
+    state = {
+        "site": site,
+        "study": str(sent.get("study_id", "")),
+        "manifest": digest,
+        "audit": str(log.path) if log else "",
+        "require": policy.require_approval,
+        "min-cell": policy.min_cell_count,
+    }
     try:
         _gate(log, digest, policy.require_approval)
     except (NotApproved, AuditDamaged) as exc:
@@ -118,14 +131,24 @@ def _round0(msg: Message, context: Context, call_next: Callable[[Message, Contex
     context.state.config_records[STATE] = ConfigRecord(state)
     if log is None:
         return reply
-    log.record("study-start", site=site, study=state["study"], manifest=digest, round=0,
-               details={"sent": sent_summary(reply), "require_approval": policy.require_approval,
-                        "min_cell_count": policy.min_cell_count})
+    log.record(
+        "study-start",
+        site=site,
+        study=state["study"],
+        manifest=digest,
+        round=0,
+        details={
+            "sent": sent_summary(reply),
+            "require_approval": policy.require_approval,
+            "min_cell_count": policy.min_cell_count,
+        },
+    )
     return reply
 
 
-def _later(msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
-           ) -> Message:
+def _later(
+    msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
+) -> Message:
     record = context.state.config_records.get(STATE)
     if record is None:  # no round 0 on this node: the handler refuses with its own reason
         return call_next(msg, context)
@@ -146,14 +169,20 @@ def _later(msg: Message, context: Context, call_next: Callable[[Message, Context
     if log is None:
         return reply
     final = msg.metadata.message_type == "evaluate"
-    log.record("study-end" if final else "round", site=str(state["site"]),
-               study=str(state["study"]), manifest=str(state["manifest"]), round=server_round,
-               details={"sent": sent_summary(reply), "evaluation_suppressed": suppressed})
+    log.record(
+        "study-end" if final else "round",
+        site=str(state["site"]),
+        study=str(state["study"]),
+        manifest=str(state["manifest"]),
+        round=server_round,
+        details={"sent": sent_summary(reply), "evaluation_suppressed": suppressed},
+    )
     return reply
 
 
-def governance_mod(msg: Message, context: Context,
-                   call_next: Callable[[Message, Context], Message]) -> Message:
+def governance_mod(
+    msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
+) -> Message:
     """Flower mod: approval before, disclosure control and the audit entry after each handler."""
     if msg.metadata.message_type == "query.stats":
         return _round0(msg, context, call_next)

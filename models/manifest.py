@@ -33,8 +33,9 @@ NODE_SET = ("ledger_dir", "ledger_file", "secure_rng")
 
 def canonical(value: Any) -> bytes:
     """Canonical JSON bytes: sorted keys, no spaces, UTF-8, no NaN."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode()
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode()
 
 
 def sha256(value: Any) -> str:
@@ -44,9 +45,12 @@ def sha256(value: Any) -> str:
 
 def code_files(root: Path) -> list[tuple[str, Path]]:
     """``(relative path, path)`` of every ``.py`` file under ``root``'s code packages, sorted."""
-    found = [(path.relative_to(root).as_posix(), path)
-             for package in CODE_PACKAGES for path in (root / package).rglob("*.py")
-             if "__pycache__" not in path.parts]
+    found = [
+        (path.relative_to(root).as_posix(), path)
+        for package in CODE_PACKAGES
+        for path in (root / package).rglob("*.py")
+        if "__pycache__" not in path.parts
+    ]
     return sorted(found)
 
 
@@ -89,8 +93,7 @@ def study_sites(study: dict[str, Any]) -> list[str]:
     return []
 
 
-def build_manifest(study: dict[str, Any], code: tuple[str, int] | None = None
-                   ) -> dict[str, Any]:
+def build_manifest(study: dict[str, Any], code: tuple[str, int] | None = None) -> dict[str, Any]:
     """The manifest of ``study`` (a resolved study dict); ``code`` defaults to the installed one.
 
     ``governance.coordinator`` names the coordinator (its signing key's fingerprint); without it
@@ -101,16 +104,26 @@ def build_manifest(study: dict[str, Any], code: tuple[str, int] | None = None
     privacy = {k: v for k, v in study["privacy"].items() if k not in NODE_SET}
     return {
         "format": FORMAT,
-        "task": {"name": task["name"], "schema_sha256": sha256(task),
-                 "features": [f["name"] for f in task["features"]],
-                 "target": task["target"]["name"], "model": task["model"]},
+        "task": {
+            "name": task["name"],
+            "schema_sha256": sha256(task),
+            "features": [f["name"] for f in task["features"]],
+            "target": task["target"]["name"],
+            "model": task["model"],
+        },
         "code": {"sha256": code_hash, "files": n_files, "packages": list(CODE_PACKAGES)},
-        "train": study["train"], "strategy": study["strategy"], "privacy": privacy,
-        "preprocessing": study["preprocessing"], "evaluate": study["evaluate"],
-        "secure_aggregation": {"on": bool(study.get("secure_aggregation")),
-                               **(study.get("secagg") or {})},
+        "train": study["train"],
+        "strategy": study["strategy"],
+        "privacy": privacy,
+        "preprocessing": study["preprocessing"],
+        "evaluate": study["evaluate"],
+        "secure_aggregation": {
+            "on": bool(study.get("secure_aggregation")),
+            **(study.get("secagg") or {}),
+        },
         "attack": study.get("attack"),
-        "rounds": int(study["rounds"]), "seed": int(study["seed"]),
+        "rounds": int(study["rounds"]),
+        "seed": int(study["seed"]),
         "sites": study_sites(study),
         "coordinator": str((study.get("governance") or {}).get("coordinator") or "unsigned"),
     }
@@ -130,17 +143,24 @@ def describe(manifest: dict[str, Any]) -> list[str]:
     """The manifest in plain words, one line per question a data-protection officer asks."""
     task, privacy, train = manifest["task"], manifest["privacy"], manifest["train"]
     if privacy.get("name") == "dpsgd":
-        budget = (f"target epsilon {privacy['target_epsilon']}"
-                  if privacy.get("target_epsilon") is not None
-                  else f"noise multiplier {privacy.get('noise_multiplier')}")
-        dp = (f"DP-SGD at each hospital ({budget}, clipping {privacy.get('max_grad_norm')}, "
-              f"delta {privacy.get('delta') or 'below 1/n'})")
+        budget = (
+            f"target epsilon {privacy['target_epsilon']}"
+            if privacy.get("target_epsilon") is not None
+            else f"noise multiplier {privacy.get('noise_multiplier')}"
+        )
+        dp = (
+            f"DP-SGD at each hospital ({budget}, clipping {privacy.get('max_grad_norm')}, "
+            f"delta {privacy.get('delta') or 'below 1/n'})"
+        )
     elif privacy.get("name") == "central":
         dp = "client-level DP added by the coordinator (it sees each update unnoised)"
     else:
         dp = "no differential privacy (the coordinator sees each hospital's weights)"
-    steps = (f"{train['local_steps']} local steps" if train.get("local_steps")
-             else f"{train['local_epochs']} local epoch(s)")
+    steps = (
+        f"{train['local_steps']} local steps"
+        if train.get("local_steps")
+        else f"{train['local_epochs']} local epoch(s)"
+    )
     secure = " with secure aggregation" if manifest["secure_aggregation"]["on"] else ""
     return [
         f"what:    train a {task['model'].get('family', task['model'])} model for task "

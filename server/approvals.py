@@ -39,8 +39,7 @@ class CoordinatorLog(HashChain):
     """The coordinator's hash-chained log of studies."""
 
     noun = "coordinator audit log"
-    fields = frozenset({"seq", "prev_hash", "hash", "time", "kind", "study", "manifest",
-                        "details"})
+    fields = frozenset({"seq", "prev_hash", "hash", "time", "kind", "study", "manifest", "details"})
 
     def record(self, kind: str, study: str, manifest: str, details: dict[str, Any]) -> None:
         """Append one entry (``kind`` from :data:`KINDS`)."""
@@ -58,9 +57,12 @@ def coordinator_log(study: dict[str, Any]) -> CoordinatorLog | None:
 def reason(text: str) -> str:
     """A node's error reason as the node worded it: an approval or audit refusal without the
     exception's class name and quotes Flower's runtimes put around it."""
-    found = re.search(r"(study not approved: manifest \w+ \(approve it with medfed node approve\)"
-                      r"|audit log damaged, the node refuses to work: .*\(acknowledge it with .*?"
-                      r"--acknowledge REASON\))", text)
+    found = re.search(
+        r"(study not approved: manifest \w+ \(approve it with medfed node approve\)"
+        r"|audit log damaged, the node refuses to work: .*\(acknowledge it with .*?"
+        r"--acknowledge REASON\))",
+        text,
+    )
     return found.group(1) if found else text
 
 
@@ -69,8 +71,15 @@ def begin(study: dict[str, Any]) -> str:
     governance = study.setdefault("governance", {})
     manifest = build_manifest(study)
     governance["manifest"] = manifest_hash(manifest)
-    _log(study, "study-submitted", {"sites": manifest["sites"], "rounds": manifest["rounds"],
-                                    "coordinator": manifest["coordinator"]})
+    _log(
+        study,
+        "study-submitted",
+        {
+            "sites": manifest["sites"],
+            "rounds": manifest["rounds"],
+            "coordinator": manifest["coordinator"],
+        },
+    )
     return governance["manifest"]
 
 
@@ -79,14 +88,19 @@ def _log(study: dict[str, Any], kind: str, details: dict[str, Any]) -> None:
     if log is None:
         return
     try:
-        log.record(kind, str(study.get("study_id", "")),
-                   str((study.get("governance") or {}).get("manifest", "")), details)
+        log.record(
+            kind,
+            str(study.get("study_id", "")),
+            str((study.get("governance") or {}).get("manifest", "")),
+            details,
+        )
     except ChainTampered as exc:  # the study goes on; the damage is reported where it is read
         print(f"medfed: warning: {exc}", flush=True)
 
 
-def stats_with_approvals(grid: Grid, study: dict[str, Any], node_ids: list[int],
-                         record: ConfigRecord, timeout: float) -> list[Message]:
+def stats_with_approvals(
+    grid: Grid, study: dict[str, Any], node_ids: list[int], record: ConfigRecord, timeout: float
+) -> list[Message]:
     """Round 0's ``query.stats`` replies, asking again the nodes that have not approved the
     study until ``governance.approval_timeout`` seconds have passed (0: ask once)."""
     wait = float((study.get("governance") or {}).get("approval_timeout") or 0)
@@ -96,11 +110,16 @@ def stats_with_approvals(grid: Grid, study: dict[str, Any], node_ids: list[int],
     while True:
         for reply in query(grid, pending, "stats", record, timeout):
             answered[reply.metadata.src_node_id] = reply
-        waiting = {nid: reason(r.error.reason) for nid, r in answered.items()
-                   if r.has_error() and NOT_APPROVED in r.error.reason}
+        waiting = {
+            nid: reason(r.error.reason)
+            for nid, r in answered.items()
+            if r.has_error() and NOT_APPROVED in r.error.reason
+        }
         approved = sorted(nid for nid, r in answered.items() if not r.has_error())
-        now = {"approved": [str(n) for n in approved],
-               "not_approved": {str(n): why for n, why in waiting.items()}}
+        now = {
+            "approved": [str(n) for n in approved],
+            "not_approved": {str(n): why for n, why in waiting.items()},
+        }
         if now != picture:
             picture = now
             _log(study, "approvals", now)
@@ -110,8 +129,13 @@ def stats_with_approvals(grid: Grid, study: dict[str, Any], node_ids: list[int],
         pending = sorted(waiting)
 
 
-def finish(study: dict[str, Any], hospitals: dict[int, dict[str, Any]],
-           failures: dict[str, str], kind: str, note: str = "") -> None:
+def finish(
+    study: dict[str, Any],
+    hospitals: dict[int, dict[str, Any]],
+    failures: dict[str, str],
+    kind: str,
+    note: str = "",
+) -> None:
     """Fill ``study["governance"]`` for ``summary.json`` and log how round 0 ended.
 
     ``absent`` gives every site of the manifest that did not take part with the reason: the

@@ -42,13 +42,17 @@ def pending(where: Path) -> list[dict[str, Any]]:
 def _line(entry: dict[str, Any]) -> str:
     details = entry["details"]
     if entry["kind"] == "approvals":
-        text = (f"approved by nodes {', '.join(details['approved']) or '(none)'}; waiting for "
-                f"{', '.join(details['not_approved']) or '(none)'}")
+        text = (
+            f"approved by nodes {', '.join(details['approved']) or '(none)'}; waiting for "
+            f"{', '.join(details['not_approved']) or '(none)'}"
+        )
     elif entry["kind"] in ("study-started", "study-end") and "hospitals" in details:
         absent = "; ".join(f"{k}: {v}" for k, v in details["absent"].items())
-        text = (f"hospitals {', '.join(details['hospitals']) or '(none)'}"
-                + (f"; absent {absent}" if absent else "")
-                + (f"; {details['note']}" if details.get("note") else ""))
+        text = (
+            f"hospitals {', '.join(details['hospitals']) or '(none)'}"
+            + (f"; absent {absent}" if absent else "")
+            + (f"; {details['note']}" if details.get("note") else "")
+        )
     else:
         text = ", ".join(f"{k} {v}" for k, v in details.items())
     head = f"{entry['seq']:>4} {entry['time']} {entry['kind']:16s} {entry['manifest'][:8]:8s}"
@@ -57,8 +61,9 @@ def _line(entry: dict[str, Any]) -> str:
 
 def coordinator_audit_main(argv: list[str]) -> int:
     """``medfed coordinator audit DIR [--verify] [--format text|json]``."""
-    parser = argparse.ArgumentParser(prog="medfed coordinator audit",
-                                     description="The coordinator's log of studies.")
+    parser = argparse.ArgumentParser(
+        prog="medfed coordinator audit", description="The coordinator's log of studies."
+    )
     parser.add_argument("dir", metavar="DIR", help="the coordinator folder (or a log file)")
     parser.add_argument("--verify", action="store_true", help="only verify the chain")
     parser.add_argument("--format", choices=("text", "json"), default="text")
@@ -68,8 +73,11 @@ def coordinator_audit_main(argv: list[str]) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     log = log_at(Path(args.dir).expanduser())
     if not log.path.exists():
-        print(f"medfed: error: {log.path}: no coordinator audit log (studies run with medfed run "
-              "--ca DIR/ca.crt write it)", file=sys.stderr)
+        print(
+            f"medfed: error: {log.path}: no coordinator audit log (studies run with medfed run "
+            "--ca DIR/ca.crt write it)",
+            file=sys.stderr,
+        )
         return 2
     try:
         entries = log.verify()

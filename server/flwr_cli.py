@@ -302,5 +302,8 @@ def status(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     if args.dir and (Path(args.dir).expanduser() / "audit.jsonl").exists():
         from medfed.server.coordinator_audit import pending
 
-        report["approvals"] = pending(Path(args.dir).expanduser())
+        report["approvals"] = [  # node ids by the hospital names the coordinator registered
+            {**study, "approved": [names.get(n, n) for n in study["approved"]],
+             "not_approved": {names.get(n, n): why for n, why in study["not_approved"].items()}}
+            for study in pending(Path(args.dir).expanduser())]
     return report

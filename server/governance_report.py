@@ -12,8 +12,10 @@ from __future__ import annotations
 import math
 from typing import Any
 
-SUPPRESSED = ("withheld by the node: a class of its test split has fewer cases than its policy's "
-              "min_cell_count")
+SUPPRESSED = (
+    "withheld by the node: a class of its test split has fewer cases than its policy's "
+    "min_cell_count"
+)
 
 
 def governance_summary(result: Any) -> dict[str, Any]:
@@ -22,12 +24,18 @@ def governance_summary(result: Any) -> dict[str, Any]:
     suppressed = {}
     for hospital in result.hospitals.values():
         metrics = result.final.hospital_metrics.get(hospital["name"])
-        if metrics and hospital["n_test"] > 0 and all(
-                isinstance(v, float) and math.isnan(v) for v in metrics.values()):
+        if (
+            metrics
+            and hospital["n_test"] > 0
+            and all(isinstance(v, float) and math.isnan(v) for v in metrics.values())
+        ):
             suppressed[hospital["name"]] = SUPPRESSED
-    return {"manifest": governance.get("manifest"),
-            "approved_by": governance.get("approved_by", []),
-            "absent": governance.get("absent", {}), "suppressed": suppressed}
+    return {
+        "manifest": governance.get("manifest"),
+        "approved_by": governance.get("approved_by", []),
+        "absent": governance.get("absent", {}),
+        "suppressed": suppressed,
+    }
 
 
 def governance_markdown(section: dict[str, Any] | None) -> list[str]:
@@ -35,8 +43,12 @@ def governance_markdown(section: dict[str, Any] | None) -> list[str]:
     hospitals whose metrics their node withheld."""
     if not section or not section.get("manifest"):
         return []
-    lines = ["## Governance", "", f"Manifest `{section['manifest']}`; approved by and run at: "
-             f"{', '.join(section['approved_by']) or 'none'}."]
+    lines = [
+        "## Governance",
+        "",
+        f"Manifest `{section['manifest']}`; approved by and run at: "
+        f"{', '.join(section['approved_by']) or 'none'}.",
+    ]
     lines += [f"- absent: {site}: {why}" for site, why in section["absent"].items()]
     lines += [f"- {site}: per-site metrics {why}" for site, why in section["suppressed"].items()]
     return [*lines, ""]

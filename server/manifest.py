@@ -46,16 +46,24 @@ def coordinator_key(path: Path) -> ed25519.Ed25519PrivateKey:
 
     key = ed25519.Ed25519PrivateKey.generate()
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_private(path, key.private_bytes(serialization.Encoding.PEM,
-                                          serialization.PrivateFormat.PKCS8,
-                                          serialization.NoEncryption()))
+    write_private(
+        path,
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
     return key
 
 
 def identity(key: ed25519.Ed25519PrivateKey) -> str:
     """The coordinator's identity in a manifest: its OpenSSH public key line."""
-    return key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                         serialization.PublicFormat.OpenSSH).decode()
+    return (
+        key.public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        .decode()
+    )
 
 
 def document(study: dict[str, Any], key: ed25519.Ed25519PrivateKey | None) -> dict[str, Any]:
@@ -90,11 +98,16 @@ def study_main(argv: list[str]) -> int:
     """``medfed study manifest ...``: print the manifest and its hash; write the document."""
     from medfed.server.config import ConfigError
 
-    parser = argparse.ArgumentParser(prog="medfed study manifest",
-                                     description="The manifest hospitals approve.")
+    parser = argparse.ArgumentParser(
+        prog="medfed study manifest", description="The manifest hospitals approve."
+    )
     parser.add_argument("what", choices=["manifest"])
-    parser.add_argument("--coordinator", metavar="DIR", help="a coordinator folder: a deployed "
-                        "study with its registered sites, signed with DIR/manifest.key")
+    parser.add_argument(
+        "--coordinator",
+        metavar="DIR",
+        help="a coordinator folder: a deployed "
+        "study with its registered sites, signed with DIR/manifest.key",
+    )
     parser.add_argument("--key", metavar="KEY", help="the coordinator's Ed25519 key (PEM)")
     parser.add_argument("--out", metavar="FILE", help="write the signed document here")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for medfed run")
@@ -105,8 +118,9 @@ def study_main(argv: list[str]) -> int:
     folder = Path(args.coordinator).expanduser() if args.coordinator else None
     try:
         study = _compose(args.overrides, folder)
-        key_path = Path(args.key).expanduser() if args.key else (
-            folder / KEY_FILE if folder else None)
+        key_path = (
+            Path(args.key).expanduser() if args.key else (folder / KEY_FILE if folder else None)
+        )
         doc = document(study, coordinator_key(key_path) if key_path else None)
     except (ConfigError, ManifestError, OSError) as exc:
         print(f"medfed: error: {exc}", file=sys.stderr)
@@ -115,12 +129,16 @@ def study_main(argv: list[str]) -> int:
     if args.out:
         out = Path(args.out)
         if out.exists() and yaml.safe_load(out.read_text()).get("sha256") != doc["sha256"]:
-            print(f"medfed: error: --out {out} holds another manifest; choose a new file name",
-                  file=sys.stderr)
+            print(
+                f"medfed: error: --out {out} holds another manifest; choose a new file name",
+                file=sys.stderr,
+            )
             return 2
         out.write_text(yaml.safe_dump(doc, sort_keys=True))
-        print(f"wrote {out}: send it to every hospital (medfed node approve {out.name} "
-              "--dataset CARD)")
+        print(
+            f"wrote {out}: send it to every hospital (medfed node approve {out.name} "
+            "--dataset CARD)"
+        )
     return 0
 
 
@@ -133,13 +151,17 @@ def apply_manifest(study: dict[str, Any], path: Path) -> str:
     except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
         raise ManifestError(f"--manifest {path}: not a manifest document ({exc})") from None
     governance = study.setdefault("governance", {})
-    governance.update(sites=approved["sites"], coordinator=None
-                      if approved["coordinator"] == "unsigned" else approved["coordinator"])
+    governance.update(
+        sites=approved["sites"],
+        coordinator=None if approved["coordinator"] == "unsigned" else approved["coordinator"],
+    )
     mine = build_manifest(study)
     if manifest_hash(mine) != doc.get("sha256") or manifest_hash(approved) != doc.get("sha256"):
         changed = sorted(k for k in set(mine) | set(approved) if mine.get(k) != approved.get(k))
-        raise ManifestError(f"--manifest {path}: this study differs from the approved manifest "
-                            f"{str(doc.get('sha256'))[:8]} in {', '.join(changed) or 'its hash'}; "
-                            "run the approved settings, or write a new manifest and have it "
-                            "approved")
+        raise ManifestError(
+            f"--manifest {path}: this study differs from the approved manifest "
+            f"{str(doc.get('sha256'))[:8]} in {', '.join(changed) or 'its hash'}; "
+            "run the approved settings, or write a new manifest and have it "
+            "approved"
+        )
     return manifest_hash(mine)

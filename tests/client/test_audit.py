@@ -29,8 +29,9 @@ def test_entries_chain_by_hash(tmp_path):
     second = log.record("refusal", site="s", round=3, details={"reason": "r"})
     assert first["prev_hash"] == GENESIS and second["prev_hash"] == first["hash"]
     body = {k: v for k, v in first.items() if k != "hash"}
-    expected = hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"))
-                              .encode()).hexdigest()
+    expected = hashlib.sha256(
+        json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    ).hexdigest()
     assert first["hash"] == expected
     assert [e["kind"] for e in log.verify()] == ["data-check", "refusal"]
 
@@ -57,8 +58,9 @@ def test_check_approved_names_the_manifest(tmp_path):
     log = AuditLog(tmp_path / "a.audit.jsonl")
     with pytest.raises(NotApproved) as info:
         check_approved(log, H1)
-    assert str(info.value) == ("study not approved: manifest aaaaaaaa (approve it with medfed "
-                               "node approve)")
+    assert str(info.value) == (
+        "study not approved: manifest aaaaaaaa (approve it with medfed node approve)"
+    )
     approve(log, H1, "s", [])
     check_approved(log, H1)
     log.record("revoke", site="s", manifest=H1)
@@ -86,8 +88,9 @@ def test_a_signature_by_another_key_does_not_verify():
     one, two = ed25519.Ed25519PrivateKey.generate(), ed25519.Ed25519PrivateKey.generate()
     signed = sign(one, {"sha256": H1})
     assert verify_signature({"sha256": H1}, signed)
-    assert not verify_signature({"sha256": H1}, {**signed, **{
-        "public_key": sign(two, {"x": 1})["public_key"]}})
+    assert not verify_signature(
+        {"sha256": H1}, {**signed, **{"public_key": sign(two, {"x": 1})["public_key"]}}
+    )
 
 
 def _edit(path: Path, line: int, old: str, new: str) -> None:

@@ -18,10 +18,19 @@ from medfed.client.disclosure import (
 
 
 def _binary(tp: int, fn: int, tn: int, fp: int) -> MetricRecord:
-    return MetricRecord({"num-examples": 40, "eval-n": float(tp + fn + tn + fp),
-                         "eval-tp": float(tp), "eval-fn": float(fn), "eval-tn": float(tn),
-                         "eval-fp": float(fp), "eval-hist_pos": [0.0, 2.0, 1.0],
-                         "eval-hist_neg": [10.0, 6.0, 4.0], "eval-loss_sum": 7.5})
+    return MetricRecord(
+        {
+            "num-examples": 40,
+            "eval-n": float(tp + fn + tn + fp),
+            "eval-tp": float(tp),
+            "eval-fn": float(fn),
+            "eval-tn": float(tn),
+            "eval-fp": float(fp),
+            "eval-hist_pos": [0.0, 2.0, 1.0],
+            "eval-hist_neg": [10.0, 6.0, 4.0],
+            "eval-loss_sum": 7.5,
+        }
+    )
 
 
 def _reply(task_identity, records: RecordDict) -> Message:
@@ -47,8 +56,9 @@ def test_three_positives_withhold_every_evaluation_statistic(task_identity):
     reply, suppressed = protect_evaluation(reply, 5)
     metrics = reply.content.metric_records["metrics"]
     assert suppressed
-    assert all(v == 0 for k, v in metrics.items() if k.startswith("eval-") and
-               not isinstance(v, list))
+    assert all(
+        v == 0 for k, v in metrics.items() if k.startswith("eval-") and not isinstance(v, list)
+    )
     assert metrics["eval-hist_pos"] == [0.0, 0.0, 0.0] and metrics["num-examples"] == 40
     assert sorted(metrics) == sorted(_binary(2, 1, 15, 5))  # same keys: aggregation still works
 
@@ -61,19 +71,32 @@ def test_five_positives_are_sent_as_they_are(task_identity):
 
 def test_round0_cells_below_min_cell_count_are_zero(task_identity):
     stats = {"numeric": {}, "categorical": {"thal": {"categories": {"normal": 30, "fixed": 3}}}}
-    reply = _reply(task_identity, RecordDict({"site": ConfigRecord(
-        {"name": "h", "statistics-json": json.dumps(stats)})}))
-    sent = json.loads(str(protect_statistics(reply, 5).content.config_records["site"]
-                          ["statistics-json"]))
+    reply = _reply(
+        task_identity,
+        RecordDict({"site": ConfigRecord({"name": "h", "statistics-json": json.dumps(stats)})}),
+    )
+    sent = json.loads(
+        str(protect_statistics(reply, 5).content.config_records["site"]["statistics-json"])
+    )
     assert sent["categorical"]["thal"]["categories"] == {"normal": 30, "fixed": 0}
 
 
 def test_the_audit_summary_holds_structure_and_counts_only(task_identity):
     arrays = ArrayRecord({"float32": Array(np.arange(6, dtype=np.float32))})
-    reply = _reply(task_identity, RecordDict({"arrays": arrays, "metrics": MetricRecord(
-        {"num-examples": 40, "eval-tp": 3.0, "epsilon": 1.25})}))
+    reply = _reply(
+        task_identity,
+        RecordDict(
+            {
+                "arrays": arrays,
+                "metrics": MetricRecord({"num-examples": 40, "eval-tp": 3.0, "epsilon": 1.25}),
+            }
+        ),
+    )
     summary = sent_summary(reply)
     assert summary["arrays"]["arrays"]["float32"]["shape"] == [6]
     assert summary["array_bytes"] == summary["arrays"]["arrays"]["float32"]["bytes"] > 24
-    assert summary["metrics"]["metrics"] == {"keys": ["epsilon", "eval-tp", "num-examples"],
-                                             "num-examples": 40, "epsilon": 1.25}
+    assert summary["metrics"]["metrics"] == {
+        "keys": ["epsilon", "eval-tp", "num-examples"],
+        "num-examples": 40,
+        "epsilon": 1.25,
+    }

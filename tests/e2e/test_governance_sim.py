@@ -25,43 +25,83 @@ MEDFED = str(Path(__import__("sys").executable).with_name("medfed"))
 
 
 def medfed(cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([MEDFED, *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, stdin=subprocess.DEVNULL)
+    return subprocess.run(
+        [MEDFED, *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 @pytest.fixture(scope="module")
 def cards(tmp_path_factory) -> Path:
     work = tmp_path_factory.mktemp("gov-sim")
-    assert medfed(work, "synth", "export", "--task", "diagnosis", "--hospitals", "3",
-                  "cards").returncode == 0
+    assert (
+        medfed(
+            work, "synth", "export", "--task", "diagnosis", "--hospitals", "3", "cards"
+        ).returncode
+        == 0
+    )
     return work
 
 
 def sites(work: Path) -> str:
-    return "federation.cards=[" + ",".join(str(work / "cards" / f"hospital-{i}.yaml")
-                                           for i in range(3)) + "]"
+    return (
+        "federation.cards=["
+        + ",".join(str(work / "cards" / f"hospital-{i}.yaml") for i in range(3))
+        + "]"
+    )
 
 
 def test_round0_waits_for_a_late_approval(cards, tmp_path):
     common = ["federation=sites", sites(cards), "rounds=1", "quiet=true"]
     assert medfed(tmp_path, "study", "manifest", *common, "--out", "m.yaml").returncode == 0
     for i in (0, 1):
-        done = medfed(tmp_path, "node", "approve", "m.yaml", "--dataset",
-                      str(cards / "cards" / f"hospital-{i}.yaml"), "--approvals-dir", "appr",
-                      "--yes")
+        done = medfed(
+            tmp_path,
+            "node",
+            "approve",
+            "m.yaml",
+            "--dataset",
+            str(cards / "cards" / f"hospital-{i}.yaml"),
+            "--approvals-dir",
+            "appr",
+            "--yes",
+        )
         assert done.returncode == 0, done.stderr
-    run = subprocess.Popen([MEDFED, "simulate", *common, "policy.require_approval=true",
-                            f"policy.approvals_dir={tmp_path / 'appr'}",
-                            "governance.approval_timeout=120", f"output_dir={tmp_path / 'run'}"],
-                           cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                           text=True)
+    run = subprocess.Popen(
+        [
+            MEDFED,
+            "simulate",
+            *common,
+            "policy.require_approval=true",
+            f"policy.approvals_dir={tmp_path / 'appr'}",
+            "governance.approval_timeout=120",
+            f"output_dir={tmp_path / 'run'}",
+        ],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     log = tmp_path / "run" / "audit" / "coordinator.audit.jsonl"
     deadline = time.monotonic() + 120
     while b'"approvals"' not in (log.read_bytes() if log.exists() else b""):
         assert time.monotonic() < deadline and run.poll() is None, run.stdout.read()
         time.sleep(0.2)
-    late = medfed(tmp_path, "node", "approve", "m.yaml", "--dataset",
-                  str(cards / "cards" / "hospital-2.yaml"), "--approvals-dir", "appr", "--yes")
+    late = medfed(
+        tmp_path,
+        "node",
+        "approve",
+        "m.yaml",
+        "--dataset",
+        str(cards / "cards" / "hospital-2.yaml"),
+        "--approvals-dir",
+        "appr",
+        "--yes",
+    )
     assert late.returncode == 0, late.stderr
     assert run.wait(timeout=240) == 0, run.stdout.read()
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
@@ -91,20 +131,27 @@ def test_a_revoked_approval_stops_the_node_at_the_next_round(small_study, tmp_pa
     from medfed.server.engine import InProcessGrid
     from medfed.server.study import run_study
 
-    study = small_study("rounds=4", "policy.require_approval=true",
-                        f"policy.approvals_dir={tmp_path}", f"output_dir={tmp_path / 'run'}")
+    study = small_study(
+        "rounds=4",
+        "policy.require_approval=true",
+        f"policy.approvals_dir={tmp_path}",
+        f"output_dir={tmp_path / 'run'}",
+    )
     digest = manifest_hash(build_manifest(study))
     logs = {i: AuditLog(tmp_path / f"hospital-{i}.audit.jsonl") for i in range(3)}
     for i, log in logs.items():
         approve(log, digest, f"hospital-{i}", [])
-    grid = InProcessGrid(app, [{"partition-id": i, "num-partitions": 3} for i in range(3)],
-                         run_config={})
+    grid = InProcessGrid(
+        app, [{"partition-id": i, "num-partitions": 3} for i in range(3)], run_config={}
+    )
     result = run_study(grid, study, RevokeAfter(logs[0], digest, 1))
     # the observer hears of round 1 once round 2 has scored its model, i.e. after round 2
     refused = {r.server_round: r.refusals.get("hospital-0") for r in result.rounds}
     assert refused[1] is refused[2] is None and "hospital-0" in result.rounds[2].train
-    expected = ("refused by the node's policy: study not approved: manifest "
-                f"{digest[:8]} (approve it with medfed node approve)")
+    expected = (
+        "refused by the node's policy: study not approved: manifest "
+        f"{digest[:8]} (approve it with medfed node approve)"
+    )
     assert refused[3] == refused[4] == expected
     kinds = [(e["kind"], e["round"]) for e in logs[0].verify()]
     assert ("revoke", None) in kinds and ("refusal", 3) in kinds and ("round", 3) not in kinds
@@ -127,8 +174,10 @@ def test_three_positive_test_cases_are_never_disclosed(cards, tmp_path):
     common = ["simulate", "federation=sites", sites(cards), "rounds=2", "quiet=true"]
     control = medfed(tmp_path, *common, "policy.min_cell_count=1", f"output_dir={tmp_path}/c")
     assert control.returncode == 0, control.stderr
-    sensitivity = {h["name"]: h["metrics"]["sensitivity"] for h in json.loads(
-        (tmp_path / "c" / "summary.json").read_text())["hospitals"]}
+    sensitivity = {
+        h["name"]: h["metrics"]["sensitivity"]
+        for h in json.loads((tmp_path / "c" / "summary.json").read_text())["hospitals"]
+    }
     assert sensitivity["hospital-2"] in (0.0, 1 / 3, 2 / 3, 1.0)  # it would tell tp of 3
     done = medfed(tmp_path, *common, f"output_dir={tmp_path}/run")
     assert done.returncode == 0, done.stderr
@@ -151,11 +200,18 @@ def test_the_readme_rehearsal_runs_as_written(tmp_path):
     import re
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    block = re.search(r"^<!-- dpo-test: simulation -->\n```bash\n(.*?)^```", readme,
-                      re.M | re.S).group(1)
+    block = re.search(
+        r"^<!-- dpo-test: simulation -->\n```bash\n(.*?)^```", readme, re.M | re.S
+    ).group(1)
     env = {**os.environ, "PATH": f"{Path(MEDFED).parent}:{os.environ['PATH']}"}
-    done = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", block],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr
     governance = json.loads((tmp_path / "rehearsal" / "summary.json").read_text())["governance"]
     assert governance["approved_by"] == ["hospital-0", "hospital-1"]

@@ -26,8 +26,16 @@ def _tree(root, files: dict[str, bytes]) -> None:
 
 
 def test_code_hash_is_sorted_paths_sizes_and_bytes(tmp_path):
-    _tree(tmp_path, {"models/b.py": b"B", "client/a.py": b"AA", "client/x/__pycache__/c.py": b"",
-                     "server/s.py": b"not hashed", "client/notes.txt": b"not code"})
+    _tree(
+        tmp_path,
+        {
+            "models/b.py": b"B",
+            "client/a.py": b"AA",
+            "client/x/__pycache__/c.py": b"",
+            "server/s.py": b"not hashed",
+            "client/notes.txt": b"not code",
+        },
+    )
     expected = hashlib.sha256(b"client/a.py\x002\x00AA" + b"models/b.py\x001\x00B").hexdigest()
     assert hash_code(tmp_path) == (expected, 2)
 
@@ -48,17 +56,29 @@ def study():
     return compose_study(["federation.hospitals=3", "rounds=2"])
 
 
-@pytest.mark.parametrize("override", ["train.lr=0.11", "rounds=3", "seed=1",
-                                      "privacy=dpsgd", "strategy=fedprox",
-                                      "federation.hospitals=4", "task=pricing",
-                                      "preprocessing.min_cell=6", "secure_aggregation=true"])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "train.lr=0.11",
+        "rounds=3",
+        "seed=1",
+        "privacy=dpsgd",
+        "strategy=fedprox",
+        "federation.hospitals=4",
+        "task=pricing",
+        "preprocessing.min_cell=6",
+        "secure_aggregation=true",
+    ],
+)
 def test_every_setting_a_node_runs_is_in_the_hash(study, override):
     other = compose_study(["federation.hospitals=3", "rounds=2", override])
     assert manifest_hash(build_manifest(other)) != manifest_hash(build_manifest(study))
 
 
-@pytest.mark.parametrize("override", ["timeout=30", "quiet=true", "output_dir=/tmp/x",
-                                      "privacy.ledger_dir=/tmp/l", "threads=2"])
+@pytest.mark.parametrize(
+    "override",
+    ["timeout=30", "quiet=true", "output_dir=/tmp/x", "privacy.ledger_dir=/tmp/l", "threads=2"],
+)
 def test_how_a_study_runs_is_not_in_the_hash(study, override):
     other = compose_study(["federation.hospitals=3", "rounds=2", override])
     assert manifest_hash(build_manifest(other)) == manifest_hash(build_manifest(study))

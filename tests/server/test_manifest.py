@@ -33,8 +33,7 @@ def coord(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def written(coord, tmp_path_factory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("m") / "study.yaml"
-    assert study_main(["manifest", "--coordinator", str(coord), "--out", str(out),
-                       *OVERRIDES]) == 0
+    assert study_main(["manifest", "--coordinator", str(coord), "--out", str(out), *OVERRIDES]) == 0
     return out, yaml.safe_load(out.read_text())
 
 
@@ -50,11 +49,22 @@ def test_the_document_is_signed_by_the_coordinator_key(coord, written):
 
 def test_the_same_overrides_give_the_same_hash_and_refuse_to_overwrite(coord, written, capsys):
     out, doc = written
-    assert study_main(["manifest", "--coordinator", str(coord), "--out", str(out),
-                       *OVERRIDES]) == 0
+    assert study_main(["manifest", "--coordinator", str(coord), "--out", str(out), *OVERRIDES]) == 0
     assert capsys.readouterr().out.splitlines()[-2] == f"sha256: {doc['sha256']}"
-    assert study_main(["manifest", "--coordinator", str(coord), "--out", str(out),
-                       "rounds=3", "strategy.min_nodes=2"]) == 2
+    assert (
+        study_main(
+            [
+                "manifest",
+                "--coordinator",
+                str(coord),
+                "--out",
+                str(out),
+                "rounds=3",
+                "strategy.min_nodes=2",
+            ]
+        )
+        == 2
+    )
     assert "holds another manifest" in capsys.readouterr().err
 
 
@@ -75,14 +85,18 @@ def test_run_refuses_a_study_that_differs_in_one_character(written):
         apply_manifest(_deployed("train.lr=0.11"), out)
     assert str(info.value) == (
         f"--manifest {out}: this study differs from the approved manifest {doc['sha256'][:8]} "
-        "in train; run the approved settings, or write a new manifest and have it approved")
+        "in train; run the approved settings, or write a new manifest and have it approved"
+    )
 
 
 def test_reasons_keep_the_nodes_wording():
-    wrapped = ("<class 'medfed.client.approval.NotApproved'>:<'study not approved: manifest "
-               "0123abcd (approve it with medfed node approve)'>")
-    assert reason(wrapped) == ("study not approved: manifest 0123abcd (approve it with medfed "
-                               "node approve)")
+    wrapped = (
+        "<class 'medfed.client.approval.NotApproved'>:<'study not approved: manifest "
+        "0123abcd (approve it with medfed node approve)'>"
+    )
+    assert reason(wrapped) == (
+        "study not approved: manifest 0123abcd (approve it with medfed node approve)"
+    )
     assert reason("ValueError: other") == "ValueError: other"
 
 
@@ -90,8 +104,9 @@ def test_coordinator_audit_and_pending_approvals(tmp_path, capsys):
     log = CoordinatorLog(tmp_path / "audit.jsonl")
     log.record("study-submitted", "s1", "a" * 64, {"sites": ["x", "y"]})
     log.record("approvals", "s1", "a" * 64, {"approved": ["1"], "not_approved": {"2": "no"}})
-    assert pending(tmp_path) == [{"manifest": "a" * 64, "approved": ["1"],
-                                  "not_approved": {"2": "no"}}]
+    assert pending(tmp_path) == [
+        {"manifest": "a" * 64, "approved": ["1"], "not_approved": {"2": "no"}}
+    ]
     log.record("study-started", "s1", "a" * 64, {"hospitals": ["x"], "absent": {"y": "no"}})
     assert pending(tmp_path) == []
     assert coordinator_audit_main([str(tmp_path)]) == 0
