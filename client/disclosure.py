@@ -2,8 +2,9 @@
 
 The node policy's ``min_cell_count`` (default 5) applies to
 
-* round 0: category counts below it are sent as 0 (whatever ``preprocessing.min_cell`` the
-  coordinator asked for: the stricter of the two wins);
+* round 0: category counts and training class counts below it are sent as 0, and a binary
+  feature with fewer ones (or zeros) than that as if it had none (or only ones) -- whatever
+  ``preprocessing.min_cell`` the coordinator asked for: the stricter of the two wins;
 * test-set evaluation statistics: when a class of the node's test split (positives or negatives
   of a binary target, a row of a multiclass confusion matrix, or the rows of a continuous one)
   holds between 1 and ``min_cell_count - 1`` cases, *every* ``eval-*`` statistic of the reply
@@ -29,12 +30,33 @@ from medfed.models.encoding import suppress_small_cells
 COUNTS = ("num-examples", "num-test", "train-examples", "train-steps", "epsilon", "delta")
 
 
+def _cell(count: float, min_cell: int) -> bool:
+    return 0 < count < min_cell
+
+
+def suppress_counts(stats: dict[str, Any], min_cell: int) -> dict[str, Any]:
+    """Round-0 statistics with every small cell coarsened: category counts and training class
+    counts below ``min_cell`` become 0, and a binary feature with fewer than ``min_cell`` ones
+    (or zeros) is sent as if it had none (or only ones)."""
+    stats = suppress_small_cells(stats, min_cell)
+    target = stats.get("target") or {}
+    if "classes" in target:
+        target["classes"] = [0 if _cell(n, min_cell) else n for n in target["classes"]]
+    for feature in (stats.get("binary") or {}).values():
+        ones, count = feature["sum"], feature["count"]
+        if _cell(ones, min_cell):
+            feature["sum"] = feature["sumsq"] = 0.0
+        elif _cell(count - ones, min_cell):
+            feature["sum"] = feature["sumsq"] = float(count)
+    return stats
+
+
 def protect_statistics(reply: Message, min_cell: int) -> Message:
-    """The round-0 reply with category counts below ``min_cell`` set to 0."""
+    """The round-0 reply with its small cells coarsened (:func:`suppress_counts`)."""
     site = reply.content.config_records.get("site")
     if site is None:
         return reply
-    stats = suppress_small_cells(json.loads(str(site["statistics-json"])), min_cell)
+    stats = suppress_counts(json.loads(str(site["statistics-json"])), min_cell)
     site["statistics-json"] = json.dumps(stats)
     return reply
 

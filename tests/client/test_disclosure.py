@@ -14,6 +14,7 @@ from medfed.client.disclosure import (
     protect_statistics,
     sent_summary,
     small,
+    suppress_counts,
 )
 
 
@@ -67,6 +68,22 @@ def test_five_positives_are_sent_as_they_are(task_identity):
     reply = _reply(task_identity, RecordDict({"metrics": _binary(4, 1, 15, 5)}))
     reply, suppressed = protect_evaluation(reply, 5)
     assert not suppressed and reply.content.metric_records["metrics"]["eval-tp"] == 4.0
+
+
+def test_round0_small_classes_and_binary_cells_are_coarsened():
+    stats = {
+        "categorical": {},
+        "target": {"kind": "binary", "classes": [40, 3]},
+        "binary": {
+            "smoker": {"count": 43, "sum": 2.0, "sumsq": 2.0, "missing": 0},
+            "male": {"count": 43, "sum": 41.0, "sumsq": 41.0, "missing": 0},
+            "fbs": {"count": 43, "sum": 10.0, "sumsq": 10.0, "missing": 0},
+        },
+    }
+    out = suppress_counts(stats, 5)
+    assert out["target"]["classes"] == [40, 0]
+    assert (out["binary"]["smoker"]["sum"], out["binary"]["male"]["sum"]) == (0.0, 43.0)
+    assert out["binary"]["fbs"]["sum"] == 10.0
 
 
 def test_round0_cells_below_min_cell_count_are_zero(task_identity):
