@@ -102,6 +102,11 @@ def protect_evaluation(reply: Message, min_cell: int) -> tuple[Message, bool]:
     return reply, suppressed
 
 
+def _json_number(value: Any) -> Any:
+    """A value the audit chain can hash: a non-finite float becomes its string (``inf``)."""
+    return str(value) if isinstance(value, float) and not math.isfinite(value) else value
+
+
 def sent_summary(reply: Message) -> dict[str, Any]:
     """What ``reply`` carries, for the audit log: structure, counts and epsilon, no cell value."""
     content: RecordDict = reply.content
@@ -113,7 +118,10 @@ def sent_summary(reply: Message) -> dict[str, Any]:
         for name, record in content.array_records.items()
     }
     metrics = {
-        name: {"keys": sorted(record), **{key: record[key] for key in COUNTS if key in record}}
+        name: {
+            "keys": sorted(record),
+            **{key: _json_number(record[key]) for key in COUNTS if key in record},
+        }
         for name, record in content.metric_records.items()
     }
     configs = {name: sorted(record) for name, record in content.config_records.items()}

@@ -32,9 +32,10 @@ NODE_SET = ("ledger_dir", "ledger_file", "secure_rng")
 
 
 def canonical(value: Any) -> bytes:
-    """Canonical JSON bytes: sorted keys, no spaces, UTF-8, no NaN."""
+    """Canonical JSON bytes: sorted keys, no spaces, UTF-8 (a NaN setting, e.g. Hydra's
+    ``attack.kind=nan``, is the token ``NaN``)."""
     return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=True
     ).encode()
 
 

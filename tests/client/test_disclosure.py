@@ -117,3 +117,11 @@ def test_the_audit_summary_holds_structure_and_counts_only(task_identity):
         "num-examples": 40,
         "epsilon": 1.25,
     }
+
+
+def test_a_non_finite_epsilon_is_recorded_as_text(task_identity):
+    reply = _reply(
+        task_identity,
+        RecordDict({"metrics": MetricRecord({"num-examples": 4, "epsilon": float("inf")})}),
+    )
+    assert sent_summary(reply)["metrics"]["metrics"]["epsilon"] == "inf"

@@ -105,3 +105,8 @@ def test_plain_words_name_columns_rounds_privacy_and_sites(study):
     lines = "\n".join(describe(build_manifest(compose_study(["privacy=dpsgd", "rounds=7"]))))
     assert "chest_pain" in lines and "7 rounds" in lines and "DP-SGD" in lines
     assert "hospital-3" in lines
+
+
+def test_a_nan_setting_hashes_and_round_trips():
+    manifest = build_manifest(compose_study(["attack.kind=nan"]))  # Hydra reads nan as a float
+    assert manifest_hash(yaml.safe_load(to_yaml(manifest))) == manifest_hash(manifest)
