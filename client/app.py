@@ -29,13 +29,14 @@ from flwr.clientapp import ClientApp
 
 from medfed.client import node, personal, privacy_round, scaffold, validation
 from medfed.client.central_dp import central_clipping_mod
+from medfed.client.governance import governance_mod
 from medfed.client.guard import reply_guard
 from medfed.client.secagg import secure_aggregation_mod
 from medfed.infra.records import scalar
 from medfed.models import pipeline
 from medfed.models.flat import pack, unpack
 
-app = ClientApp(mods=[reply_guard])
+app = ClientApp(mods=[reply_guard, governance_mod])  # governance: approval, audit, disclosure
 
 def _index(context: Context) -> int:
     """The hospital's position in the study's federation (see :func:`node.site_index`)."""

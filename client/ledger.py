@@ -29,20 +29,13 @@ one lock, so two processes cannot both spend the last of a budget.
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
-import hmac
-import json
 import math
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-GENESIS = "0" * 64
+from medfed.infra.chain import GENESIS, ChainTampered, HashChain  # noqa: F401 (re-exported)
+
 SUFFIX = ".ledger.jsonl"
 STATUSES = ("reserved", "committed", "released")
 _SPEND_KEYS = ("study", "task", "round", "noise_multiplier", "sample_rate", "steps", "delta",
@@ -50,7 +43,7 @@ _SPEND_KEYS = ("study", "task", "round", "noise_multiplier", "sample_rate", "ste
 _KEYS = {"seq", "prev_hash", "hash", "status", "ref", "epsilon", "time", "reason", *_SPEND_KEYS}
 
 
-class LedgerTampered(RuntimeError):
+class LedgerTampered(ChainTampered):
     """The ledger or its head file was edited, reordered or truncated; the message says where."""
 
 
@@ -94,70 +87,19 @@ def _number(value: float) -> float | str:
     return value if math.isfinite(value) else str(value)
 
 
-class Ledger:
+class Ledger(HashChain):
     """The privacy ledger at ``path`` (created on the first write); ``key`` turns on HMAC.
 
-    One instance per process and file: the lock is re-entrant within an instance only.
+    The chain, head file, lock and crash repair are :class:`medfed.client.chain.HashChain`'s (the
+    audit log shares them); this class adds the spend bookkeeping. One instance per process and
+    file: the lock is re-entrant within an instance only.
     """
 
-    def __init__(self, path: str | Path, *, key: bytes | None = None) -> None:
-        self.path = Path(path)
-        self.head_path = self.path.with_name(self.path.name + ".head")
-        self.lock_path = self.path.with_name(self.path.name + ".lock")
-        self.key = key
-        self._depth = 0
-        self._lock_file: Any = None
+    noun = "ledger"
+    Tampered = LedgerTampered
+    fields = frozenset(_KEYS)
 
-    def _digest(self, entry: dict[str, Any]) -> str:
-        body = {k: v for k, v in entry.items() if k != "hash"}
-        text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-                          allow_nan=False).encode()
-        if self.key is None:
-            return hashlib.sha256(text).hexdigest()
-        return hmac.new(self.key, text, hashlib.sha256).hexdigest()
-
-    @contextmanager
-    def locked(self) -> Iterator[None]:
-        """Hold the ledger's exclusive lock (re-entrant): check and reserve inside one block."""
-        if self._depth == 0:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._lock_file = open(self.lock_path, "a+b")
-            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX)
-        self._depth += 1
-        try:
-            yield
-        finally:
-            self._depth -= 1
-            if self._depth == 0:
-                fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
-                self._lock_file.close()
-                self._lock_file = None
-
-    def _head(self) -> tuple[int, str] | None:
-        if not self.head_path.exists():
-            return None
-        try:
-            head = json.loads(self.head_path.read_text())
-            return int(head["count"]), str(head["hash"])
-        except (ValueError, KeyError, TypeError) as error:
-            raise LedgerTampered(f"{self.head_path}: the head file is unreadable ({error}); "
-                                 "restore it from a backup.") from error
-
-    def _parse(self, number: int, line: bytes, prev: str) -> dict[str, Any]:
-        where = f"{self.path}, line {number + 1}"
-        try:
-            entry = json.loads(line)
-        except ValueError as error:
-            raise LedgerTampered(f"{where}: not valid JSON; the ledger was edited.") from error
-        if not isinstance(entry, dict) or set(entry) != _KEYS:
-            raise LedgerTampered(f"{where}: the entry's fields were changed.")
-        if entry["seq"] != number or entry["prev_hash"] != prev:
-            raise LedgerTampered(f"{where}: out of sequence; entries were removed or reordered.")
-        if not hmac.compare_digest(str(entry["hash"]), self._digest(entry)):
-            raise LedgerTampered(f"{where}: its hash does not match; the entry was edited.")
-        return entry
-
-    def _check_states(self, entries: list[dict[str, Any]]) -> None:
+    def _check_entries(self, entries: list[dict[str, Any]]) -> None:
         closed: set[int] = set()
         for entry in entries:
             ref = entry["ref"]
@@ -171,65 +113,9 @@ class Ledger:
                                      "reservation; the ledger was edited.")
             closed.add(ref)
 
-    def _read(self) -> tuple[list[dict[str, Any]], int]:
-        """Verified entries and the byte length they span (a torn last line is excluded)."""
-        data = self.path.read_bytes() if self.path.exists() else b""
-        *lines, torn = data.split(b"\n")
-        entries, prev = [], GENESIS
-        for number, line in enumerate(lines):
-            entries.append(self._parse(number, line, prev))
-            prev = entries[-1]["hash"]
-        self._check_states(entries)
-        head = self._head()
-        count, last = head if head is not None else (0, GENESIS)
-        if head is None and entries:
-            raise LedgerTampered(f"{self.head_path} is missing; the ledger cannot be trusted.")
-        if len(entries) < count or (count and entries[count - 1]["hash"] != last):
-            raise LedgerTampered(f"{self.path} holds {len(entries)} entries but its head records "
-                                 f"{count}; entries were removed or truncated.")
-        return entries, len(data) - len(torn)
-
-    def verify(self) -> list[dict[str, Any]]:
-        """All entries after checking the chain and the head; raise :class:`LedgerTampered`."""
-        if not (self.path.exists() or self.head_path.exists() or self.lock_path.exists()):
-            return []
-        with self.locked():
-            return self._read()[0]
-
-    def _write_head(self, count: int, last: str) -> None:
-        tmp = self.head_path.with_name(self.head_path.name + ".tmp")
-        with open(tmp, "w") as out:
-            out.write(json.dumps({"count": count, "hash": last}))
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, self.head_path)
-        directory = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(directory)
-        finally:
-            os.close(directory)
-
-    def _append(self, fields: dict[str, Any]) -> dict[str, Any]:
-        """Verify, repair a crash's leftovers, append one entry, fsync, move the head."""
-        with self.locked():
-            entries, length = self._read()
-            if self.path.exists() and self.path.stat().st_size != length:
-                os.truncate(self.path, length)
-            last = entries[-1]["hash"] if entries else GENESIS
-            entry = {"seq": len(entries), "prev_hash": last,
-                     "time": datetime.now(UTC).isoformat(timespec="seconds"), "reason": "",
-                     "ref": None, **fields}
-            entry["hash"] = self._digest(entry)
-            line = json.dumps(entry, sort_keys=True, separators=(",", ":"),
-                              ensure_ascii=False).encode() + b"\n"
-            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            try:
-                os.write(fd, line)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            self._write_head(len(entries) + 1, entry["hash"])
-            return entry
+    def _append(self, fields: dict[str, Any], *, defaults: dict[str, Any] | None = None
+                ) -> dict[str, Any]:
+        return super()._append(fields, defaults={"reason": "", "ref": None, **(defaults or {})})
 
     def reserve(self, study: str, task: str, round: int, noise_multiplier: float,
                 sample_rate: float, steps: int, delta: float, projected_epsilon: float, *,

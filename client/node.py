@@ -71,6 +71,7 @@ def local_study(config_json: str, node_config: Mapping[str, Any]) -> str:
     study = json.loads(config_json)
     study["federation"] = {"name": "sites", "cards": [str(dataset)], "min_cohort": None}
     study["policy"] = yaml.safe_load(policy.read_text()) or {}
+    study["policy"].setdefault("require_approval", True)  # a deployed node approves its studies
     study["privacy"].update(secure_rng=True, ledger_dir=str(ledger_dir) if ledger_dir else None,
                             ledger_file=None if ledger_dir else str(ledger_path(str(dataset))),
                             ledger_binding=str(binding_path(str(dataset))))

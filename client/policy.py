@@ -19,6 +19,14 @@ under ``hospitals: {<hospital name>: {<key>: <value>}}``). Keys, all optional:
                                unnoised with ``clipping: client``), so it protects the hospital
                                from the model's users, not its patients from the coordinator
 ``require_secure_aggregation`` refuse rounds without SecAgg+
+``require_approval``           refuse any study whose manifest hash the node has not approved
+                               (``medfed node approve``); default false here and in simulation,
+                               true for ``medfed node start`` unless its policy file says false
+``approvals_dir``              the folder of the audit logs holding the approvals
+                               (``<site>.audit.jsonl``; null: beside a deployed node's card, or
+                               ``<output_dir>/audit`` in simulation)
+``min_cell_count``             smallest count a node discloses exactly (round-0 category counts,
+                               per-class test cases behind its metrics; default 5)
 =============================  =================================================================
 
 :func:`check_round` returns the first limit a round would pass as a :class:`Refusal` with one

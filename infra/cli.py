@@ -56,6 +56,11 @@ COMMANDS: dict[str, dict[str, Command] | Command] = {
                           "export a model bundle to ONNX (with its preprocessing)",
                           with_name=True),
     },
+    "study": {
+        "manifest": Command("medfed.server.deploy.manifest:study_main",
+                            "a study's manifest (YAML) and SHA-256, signed, for hospitals to approve",
+                            with_name=True),
+    },
     "coordinator": {
         "init": Command("medfed.server.deploy.coordinator:coordinator_main",
                         "create the CA, the SuperLink's TLS certificate and coordinator.yaml",
@@ -64,6 +69,8 @@ COMMANDS: dict[str, dict[str, Command] | Command] = {
                             "register a hospital's node key", with_name=True),
         "start": Command("medfed.server.deploy.coordinator:coordinator_main",
                          "run the SuperLink (TLS, node keys, state database)", with_name=True),
+        "audit": Command("medfed.server.deploy.coordinator_audit:coordinator_audit_main",
+                         "the coordinator's log of studies, approvals and outcomes"),
     },
     "node": {
         "check": Command("medfed.client.commands.check:node_main",
@@ -75,6 +82,13 @@ COMMANDS: dict[str, dict[str, Command] | Command] = {
                         "create the node's key pair", with_name=True),
         "start": Command("medfed.client.commands.deploy:node_deploy_main",
                          "check the data, then join the federation", with_name=True),
+        "approve": Command("medfed.client.commands.audit:governance_main",
+                           "approve a study's manifest for this hospital's data", with_name=True),
+        "revoke": Command("medfed.client.commands.audit:governance_main",
+                          "revoke an approval: the node refuses the study from its next round",
+                          with_name=True),
+        "audit": Command("medfed.client.commands.audit:governance_main",
+                         "the node's audit log (verify it, filter, csv or json)", with_name=True),
     },
     "privacy": {
         "plan": Command("medfed.client.commands.privacy:plan_main",

@@ -25,7 +25,8 @@ from medfed.infra.launch import WORKER_READY
 from medfed.infra.processes import BIN, alive, descendants, flower_env, free_port, stop
 
 MEDFED = str(BIN / "medfed")
-POLICY = "max_epsilon_total: 30\nmax_epsilon_per_study: 30\nmin_noise_multiplier: 0.5\n"
+POLICY = ("max_epsilon_total: 30\nmax_epsilon_per_study: 30\nmin_noise_multiplier: 0.5\n"
+          "require_approval: false\n")
 """The loopback hospitals' policy: DP-SGD studies of a few rounds pass it."""
 
 

@@ -175,8 +175,11 @@ def suppress_small_cells(stats: Mapping[str, Any], min_cell: int = 5) -> dict[st
     cells = {name: dict(feat, categories={cat: (n if n >= min_cell else 0)
                                           for cat, n in feat["categories"].items()})
              for name, feat in stats["categorical"].items()}
-    numeric = {name: suppress_histogram(feat, min_cell) for name, feat in stats["numeric"].items()}
-    return dict(stats, categorical=cells, numeric=numeric)
+    out = dict(stats, categorical=cells)
+    if "numeric" in stats:
+        out["numeric"] = {name: suppress_histogram(feat, min_cell)
+                          for name, feat in stats["numeric"].items()}
+    return out
 
 
 def _add(sites: Sequence[Mapping[str, Any]], group: str, name: str) -> dict[str, Any]:

@@ -36,6 +36,9 @@ class Policy:
     min_cohort: int = 1
     require_dp: bool = False
     require_secure_aggregation: bool = False
+    require_approval: bool = False
+    approvals_dir: str | None = None
+    min_cell_count: int = 5
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None, source: str = "<policy>") -> Policy:
@@ -61,13 +64,17 @@ def _positive(source: str, name: str, raw: Any, *, allow_zero: bool = False) -> 
 
 def _value(source: str, name: str, raw: Any) -> Any:
     """One policy value, checked against its key's type and range."""
-    if name in ("require_dp", "require_secure_aggregation"):
+    if name in ("require_dp", "require_secure_aggregation", "require_approval"):
         if not isinstance(raw, bool):
             raise PolicyError(f"{source}: {name} must be true or false, got {raw!r}.")
         return raw
-    if name == "min_cohort":
+    if name in ("min_cohort", "min_cell_count"):
         if not isinstance(raw, int) or isinstance(raw, bool) or raw < 1:
-            raise PolicyError(f"{source}: min_cohort must be an integer >= 1, got {raw!r}.")
+            raise PolicyError(f"{source}: {name} must be an integer >= 1, got {raw!r}.")
+        return raw
+    if name == "approvals_dir":
+        if raw is not None and not isinstance(raw, str):
+            raise PolicyError(f"{source}: approvals_dir must be a folder path, got {raw!r}.")
         return raw
     if name == "min_noise_multiplier":
         return _positive(source, name, raw, allow_zero=True)

@@ -63,6 +63,7 @@ def preflight(args: argparse.Namespace) -> dict[str, str]:
     if not ca.is_file() or b"BEGIN CERTIFICATE" not in ca.read_bytes():
         raise DeployError(f"--ca {ca}: not a PEM certificate; use the coordinator's ca.crt")
     check_private_key(Path(args.key).expanduser())
+    _record_check(dataset, policy)
     config = {"dataset": str(dataset), "policy": str(policy)}
     if args.ledger_dir:
         ledger_dir = Path(args.ledger_dir).expanduser().resolve()
@@ -85,6 +86,16 @@ def _bind_ledger(dataset: Path, ledger_dir: str | None, new_ledger: bool) -> Non
         bind(dataset, ledger, new_ledger=new_ledger)
     except LedgerBindingError as exc:
         raise DeployError(str(exc)) from None
+def _record_check(dataset: Path, policy: Path) -> None:
+    """Record the data check in the node's audit log (a damaged log stops the start)."""
+    from medfed.client.audit import AuditTampered
+    from medfed.client.commands.audit import start_check
+
+    try:
+        start_check(dataset, policy)
+    except AuditTampered as exc:
+        raise DeployError(f"audit log tampered: {exc} (acknowledge it with medfed node audit "
+                          f"--dataset {dataset} --acknowledge REASON)") from None
 
 
 def held_for(flower_defaults: bool) -> float:

@@ -178,6 +178,8 @@ def run_main(argv: list[str]) -> int:
                         help="continue that run's study from its checkpoint (resume=RUN_DIR)")
     parser.add_argument("--metrics-port", type=int, metavar="P", help="serve Prometheus metrics "
                         "on 127.0.0.1:P while the study runs (metrics_port=P)")
+    parser.add_argument("--manifest", metavar="FILE", help="the approved manifest (medfed study "
+                        "manifest): its sites and coordinator; a study that differs is refused")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for medfed simulate")
     try:
         args = parser.parse_intermixed_args(argv)
@@ -185,7 +187,7 @@ def run_main(argv: list[str]) -> int:
         return exc.code if isinstance(exc.code, int) else 2
     if args.metrics_port is not None:  # checked with the other settings (medfed.server.monitor.alerts)
         args.overrides.append(f"metrics_port={args.metrics_port}")
-    study = _study(args)
+    study = governed(_study(args), args)
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops the study as Ctrl-C does
     try:
         with tempfile.TemporaryDirectory(prefix="medfed-run-") as work:
@@ -195,6 +197,24 @@ def run_main(argv: list[str]) -> int:
     except DeployError as exc:
         print(f"medfed: error: {exc}", file=sys.stderr)
         return 1
+
+
+def governed(study: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """The study with its approved manifest (``--manifest``) and the coordinator's audit log
+    beside ``--ca`` (the coordinator folder); exit 2 with one line when they do not match."""
+    from medfed.server.deploy.manifest import ManifestError, apply_manifest
+
+    governance = study.setdefault("governance", {})
+    if not governance.get("audit_file"):
+        governance["audit_file"] = str(Path(args.ca).expanduser().resolve().with_name(
+            "audit.jsonl"))
+    if args.manifest:
+        try:
+            apply_manifest(study, Path(args.manifest).expanduser())
+        except ManifestError as exc:
+            print(f"medfed: error: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+    return study
 
 
 def status_main(argv: list[str]) -> int:
@@ -223,6 +243,10 @@ def status_main(argv: list[str]) -> int:
     for node in report["nodes"]:
         print(f"  {node['name'] or '-':20s} {node['node-id']:>20s}  {node['status']:10s} "
               f"last online {node.get('online-at', 'N/A')}")
+    for study in report.get("approvals", []):  # studies waiting in round 0 (medfed run)
+        print(f"\nmanifest {study['manifest'][:8]}: approved by node(s) "
+              f"{', '.join(study['approved']) or '(none)'}; not approved by "
+              f"{', '.join(study['not_approved']) or '(none)'}")
     print("\nstudies:")
     for run in report["runs"]:
         print(f"  {run.get('run-id', '?'):>20}  {run.get('status', '?'):20s} "
@@ -243,4 +267,12 @@ def status(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         connection = Connection(args.superlink, Path(args.ca).expanduser(), work / "flwr")
     nodes = [{**node, "node-id": str(node["node-id"]),
               "name": names.get(str(node["node-id"]), "")} for node in connection.nodes()]
-    return {"superlink": connection.address, "nodes": nodes, "runs": connection.runs()}
+    report = {"superlink": connection.address, "nodes": nodes, "runs": connection.runs()}
+    if args.dir and (Path(args.dir).expanduser() / "audit.jsonl").exists():
+        from medfed.server.deploy.coordinator_audit import pending
+
+        report["approvals"] = [  # node ids by the hospital names the coordinator registered
+            {**study, "approved": [names.get(n, n) for n in study["approved"]],
+             "not_approved": {names.get(n, n): why for n, why in study["not_approved"].items()}}
+            for study in pending(Path(args.dir).expanduser())]
+    return report

@@ -97,6 +97,9 @@ def report_markdown(summary: dict[str, Any], study: dict[str, Any]) -> str:
                   "", "![epsilon](epsilon.png)", ""]
     if summary.get("central_dp"):
         parts += _central_dp(summary["central_dp"])
+    from medfed.server.outputs.governance_report import governance_markdown
+
+    parts += governance_markdown(summary.get("governance"))
     return "\n".join(parts)
 
 

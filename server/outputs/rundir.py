@@ -33,6 +33,7 @@ import yaml
 
 from medfed.infra.files import atomic_write, make_folder
 from medfed.models.encoding import encoder_state
+from medfed.server.outputs.governance_report import governance_summary
 from medfed.server.study.loop import GLOBAL, StudyResult
 
 
@@ -134,6 +135,7 @@ def summary(result: StudyResult) -> dict[str, Any]:
         "skipped": {str(r.server_round): r.skipped for r in result.rounds if r.skipped},
         "privacy": study["privacy"]["name"], "study_id": study.get("study_id"),
         "wire_bytes": result.wire_bytes,
+        "governance": governance_summary(result),  # manifest, approvals, suppressed metrics
     }
     if result.central_dp:
         data["central_dp"] = result.central_dp

@@ -32,7 +32,7 @@ from medfed.models.metrics import metrics_from_statistics
 from medfed.models.pipeline import n_inputs, new_model, study_schema
 from medfed.models.schema import TaskSchema
 from medfed.server.monitor.status import StatusTracker, fail_study
-from medfed.server.study import early, personalise, roles
+from medfed.server.study import approvals, early, personalise, roles
 from medfed.server.study.cohort import Cohort, query, site_of
 from medfed.strategies.central_dp import central_dp_report, wrap_central_dp
 from medfed.strategies.cohort_gate import CohortGate
@@ -124,10 +124,10 @@ def federated_statistics(grid: Grid, study: dict[str, Any], node_ids: list[int],
     record = ConfigRecord({"config-json": json.dumps(study)})
     hospitals: dict[int, dict[str, Any]] = {}
     summaries: dict[int, dict[str, Any]] = {}
-    for reply in sorted(query(grid, node_ids, "stats", record, timeout),
+    for reply in sorted(approvals.stats_with_approvals(grid, study, node_ids, record, timeout),
                         key=lambda reply: reply.metadata.src_node_id):
         if reply.has_error():
-            failures[f"node-{reply.metadata.src_node_id}"] = reply.error.reason or ""
+            failures[f"node-{reply.metadata.src_node_id}"] = approvals.reason(reply.error.reason or "")
             continue
         entry, summary = site_of(reply)
         twin = next((nid for nid, h in hospitals.items() if h["name"] == entry["name"]), None)
@@ -272,8 +272,14 @@ class StudyRun:
         self.rounds = [RoundRecord(0)]
         fixed = (GlobalStats.from_dict(json.loads(saved["statistics"]))
                  if saved is not None else None)
-        self.hospitals, self.stats = federated_statistics(grid, study, node_ids,
-                                                          self.rounds[0].failures, fixed)
+        approvals.begin(study)  # the manifest hash every node checks (medfed.server.study.approvals)
+        try:
+            self.hospitals, self.stats = federated_statistics(grid, study, node_ids,
+                                                              self.rounds[0].failures, fixed)
+        except StudyError as exc:
+            approvals.finish(study, {}, self.rounds[0].failures, "study-end", str(exc))
+            raise
+        approvals.finish(study, self.hospitals, self.rounds[0].failures, "study-started")
         self.cohort = Cohort(grid, study, self.hospitals, json.dumps(self.stats.to_dict()))
         self.layout = new_model(self.schema, self.stats,
                                 n_inputs(self.schema, self.stats, study), study).state_dict()
@@ -402,6 +408,7 @@ class StudyRun:
         if not self.stopped and personalise.wanted(self.study):
             personalised = personalise.personalise_hospitals(
                 self.grid, self.arrays, self.hospitals, self.rounds, self.study, self.schema)
+        approvals.end(self.study, self.stopped)
         wire = getattr(self.grid, "wire", None)
         return StudyResult(
             study=self.study, schema=self.schema, hospitals=self.hospitals,

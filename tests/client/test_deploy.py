@@ -134,7 +134,8 @@ def test_node_settings_replace_the_servers_data_policy_and_ledger(hospital, smal
     local = json.loads(node.local_study(config_json, {
         "dataset": str(card), "policy": str(hospital / "policy.yaml")}))
     assert local["federation"] == {"name": "sites", "cards": [str(card)], "min_cohort": None}
-    assert local["policy"] == {"max_epsilon_total": 3.0, "require_dp": True}
+    assert local["policy"] == {"max_epsilon_total": 3.0, "require_dp": True,
+                               "require_approval": True}  # a deployed node's default
     assert local["privacy"]["secure_rng"] is True
     assert ledger_for(local, "hospital-1").path == card.with_name("hospital-1.yaml.ledger.jsonl")
     assert node.site_index({"dataset": str(card), "partition-id": 2}) == 0

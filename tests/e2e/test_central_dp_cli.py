@@ -7,7 +7,8 @@ import json
 
 import pytest
 
-SMALL = ["federation.hospitals=4", "federation.min_size=60", "federation.max_size=120"]
+SMALL = ["federation.hospitals=4", "federation.min_size=60", "federation.max_size=120",
+         "policy.min_cell_count=1"]
 pytestmark = pytest.mark.slow
 
 

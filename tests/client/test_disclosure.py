@@ -1,0 +1,127 @@
+"""Disclosure control on replies: small test classes withhold every evaluation statistic, round-0
+cells below min_cell_count are zero, and the audit summary holds no cell value."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+
+from medfed.client.disclosure import (
+    class_counts,
+    protect_evaluation,
+    protect_statistics,
+    sent_summary,
+    small,
+    suppress_counts,
+)
+
+
+def _binary(tp: int, fn: int, tn: int, fp: int) -> MetricRecord:
+    return MetricRecord(
+        {
+            "num-examples": 40,
+            "eval-n": float(tp + fn + tn + fp),
+            "eval-tp": float(tp),
+            "eval-fn": float(fn),
+            "eval-tn": float(tn),
+            "eval-fp": float(fp),
+            "eval-hist_pos": [0.0, 2.0, 1.0],
+            "eval-hist_neg": [10.0, 6.0, 4.0],
+            "eval-loss_sum": 7.5,
+        }
+    )
+
+
+def _reply(task_identity, records: RecordDict) -> Message:
+    request = Message(RecordDict(), dst_node_id=1, message_type="train")
+    return Message(records, reply_to=request)
+
+
+def test_class_counts_by_kind():
+    assert class_counts(_binary(2, 1, 15, 5)) == [3.0, 20.0]
+    confusion = MetricRecord({"eval-confusion": [1, 2, 0, 3, 4, 0, 0, 0, 9], "eval-n": 19.0})
+    assert class_counts(confusion) == [3.0, 7.0, 9.0]
+    assert class_counts(MetricRecord({"eval-n": 4.0, "eval-sum_y": 10.0})) == [4.0]
+    assert class_counts(MetricRecord({"num-examples": 3})) == []
+
+
+def test_small_means_one_to_k_minus_one_cases():
+    assert small([3, 20], 5) and small([4], 5)
+    assert not small([5, 20], 5) and not small([0, 20], 5)
+
+
+def test_three_positives_withhold_every_evaluation_statistic(task_identity):
+    reply = _reply(task_identity, RecordDict({"metrics": _binary(2, 1, 15, 5)}))
+    reply, suppressed = protect_evaluation(reply, 5)
+    metrics = reply.content.metric_records["metrics"]
+    assert suppressed
+    assert all(
+        v == 0 for k, v in metrics.items() if k.startswith("eval-") and not isinstance(v, list)
+    )
+    assert metrics["eval-hist_pos"] == [0.0, 0.0, 0.0] and metrics["num-examples"] == 40
+    assert sorted(metrics) == sorted(_binary(2, 1, 15, 5))  # same keys: aggregation still works
+
+
+def test_five_positives_are_sent_as_they_are(task_identity):
+    reply = _reply(task_identity, RecordDict({"metrics": _binary(4, 1, 15, 5)}))
+    reply, suppressed = protect_evaluation(reply, 5)
+    assert not suppressed and reply.content.metric_records["metrics"]["eval-tp"] == 4.0
+
+
+def test_round0_small_classes_and_binary_cells_are_coarsened():
+    stats = {
+        "categorical": {},
+        "target": {"kind": "binary", "classes": [40, 3]},
+        "binary": {
+            "smoker": {"count": 43, "sum": 2.0, "sumsq": 2.0, "missing": 0},
+            "male": {"count": 43, "sum": 41.0, "sumsq": 41.0, "missing": 0},
+            "fbs": {"count": 43, "sum": 10.0, "sumsq": 10.0, "missing": 0},
+        },
+    }
+    out = suppress_counts(stats, 5)
+    assert out["target"]["classes"] == [40, 0]
+    assert (out["binary"]["smoker"]["sum"], out["binary"]["male"]["sum"]) == (0.0, 43.0)
+    assert out["binary"]["fbs"]["sum"] == 10.0
+
+
+def test_round0_cells_below_min_cell_count_are_zero(task_identity):
+    stats = {"numeric": {}, "categorical": {"thal": {"categories": {"normal": 30, "fixed": 3}}}}
+    reply = _reply(
+        task_identity,
+        RecordDict({"site": ConfigRecord({"name": "h", "statistics-json": json.dumps(stats)})}),
+    )
+    sent = json.loads(
+        str(protect_statistics(reply, 5).content.config_records["site"]["statistics-json"])
+    )
+    assert sent["categorical"]["thal"]["categories"] == {"normal": 30, "fixed": 0}
+
+
+def test_the_audit_summary_holds_structure_and_counts_only(task_identity):
+    arrays = ArrayRecord({"float32": Array(np.arange(6, dtype=np.float32))})
+    reply = _reply(
+        task_identity,
+        RecordDict(
+            {
+                "arrays": arrays,
+                "metrics": MetricRecord({"num-examples": 40, "eval-tp": 3.0, "epsilon": 1.25}),
+            }
+        ),
+    )
+    summary = sent_summary(reply)
+    assert summary["arrays"]["arrays"]["float32"]["shape"] == [6]
+    assert summary["array_bytes"] == summary["arrays"]["arrays"]["float32"]["bytes"] > 24
+    assert summary["metrics"]["metrics"] == {
+        "keys": ["epsilon", "eval-tp", "num-examples"],
+        "num-examples": 40,
+        "epsilon": 1.25,
+    }
+
+
+def test_a_non_finite_epsilon_is_recorded_as_text(task_identity):
+    reply = _reply(
+        task_identity,
+        RecordDict({"metrics": MetricRecord({"num-examples": 4, "epsilon": float("inf")})}),
+    )
+    assert sent_summary(reply)["metrics"]["metrics"]["epsilon"] == "inf"
