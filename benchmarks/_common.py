@@ -17,8 +17,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
-ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-       "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+}
 
 
 def log(message: str) -> None:
@@ -50,8 +53,9 @@ class Sample:
     stdout: str
 
 
-def timed_run(command: list[str], *, env: dict[str, str], cwd: Path,
-              timeout: float = 900.0) -> Sample:
+def timed_run(
+    command: list[str], *, env: dict[str, str], cwd: Path, timeout: float = 900.0
+) -> Sample:
     """Run ``command`` as a whole process and time it from outside.
 
     ``cpu`` is user + system time of the process and the descendants it waited for
@@ -59,8 +63,9 @@ def timed_run(command: list[str], *, env: dict[str, str], cwd: Path,
     """
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    proc = subprocess.run(command, env=env, cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+    proc = subprocess.run(
+        command, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
+    )
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
@@ -115,8 +120,14 @@ def _version(name: str) -> str | None:
 
 def machine() -> dict:
     """Where the numbers were measured (these machines are shared and noisy: see load)."""
-    return {"date": time.strftime("%Y-%m-%d %H:%M:%S %z"), "host": platform.node(),
-            "cpus": os.cpu_count(), "platform": platform.platform(),
-            "python": platform.python_version(), "torch": _version("torch"),
-            "flwr": _version("flwr"), "ray": _version("ray"),
-            "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
+    return {
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": _version("torch"),
+        "flwr": _version("flwr"),
+        "ray": _version("ray"),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }

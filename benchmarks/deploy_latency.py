@@ -49,27 +49,27 @@ HOSPITALS = 3
 ARMS = {"before": True, "after": False}  # arm -> --flower-defaults
 SETTINGS = {
     "before": "medfed coordinator start --flower-defaults, medfed node start --flower-defaults: "
-              "flower-supernode --isolation subprocess (a new flwr-clientapp process per "
-              "message; SuperExec task poll 1 s; SuperNode idle poll 3 s, reply wait 0.5 s; "
-              "heartbeat 30 s); Grid reply poll 3 s",
+    "flower-supernode --isolation subprocess (a new flwr-clientapp process per "
+    "message; SuperExec task poll 1 s; SuperNode idle poll 3 s, reply wait 0.5 s; "
+    "heartbeat 30 s); Grid reply poll 3 s",
     "after": {
         "supernode": "python -m medfed.client.supernode.launcher "
-                     f"--poll {SUPERNODE_POLL} --heartbeat {DEFAULT_HEARTBEAT:g}: "
-                     "Flower's flower-supernode --isolation process with "
-                     f"every sleep of its loop capped at {SUPERNODE_POLL} s (Flower: 3 s idle, "
-                     "0.5 s reply wait)",
+        f"--poll {SUPERNODE_POLL} --heartbeat {DEFAULT_HEARTBEAT:g}: "
+        "Flower's flower-supernode --isolation process with "
+        f"every sleep of its loop capped at {SUPERNODE_POLL} s (Flower: 3 s idle, "
+        "0.5 s reply wait)",
         "clientapp": "python -m medfed.client.supernode.worker "
-                     f"--preload {' --preload '.join(PRELOAD)}"
-                     ": one long-lived process per node, started by the launcher, runs every "
-                     f"message (imports and app bundle loaded once); task poll {WORKER_POLL} s "
-                     "(SuperExec: 1 s)",
+        f"--preload {' --preload '.join(PRELOAD)}"
+        ": one long-lived process per node, started by the launcher, runs every "
+        f"message (imports and app bundle loaded once); task poll {WORKER_POLL} s "
+        "(SuperExec: 1 s)",
         "grid": f"medfed.infra.polling.send_and_receive, reply poll {GRID_POLL} s (Flower's "
-                "Grid: 3 s)",
+        "Grid: 3 s)",
         "object_pulls": f"first retry after {PULL_BACKOFF} s, at most {PULL_BACKOFF_CAP} s "
-                        "apart, for an object not there yet, in the worker, the SuperNode and "
-                        "the ServerApp (Flower: 1 s, then 2, 4... up to 10 s)",
+        "apart, for an object not there yet, in the worker, the SuperNode and "
+        "the ServerApp (Flower: 1 s, then 2, 4... up to 10 s)",
         "superlink": f"FLWR_SUPEREXEC_TASK_POLL_INTERVAL={SUPEREXEC_POLL} (ServerApp start, "
-                     "once per run; Flower: 1 s)",
+        "once per run; Flower: 1 s)",
     },
 }
 
@@ -80,22 +80,31 @@ def run_arm(arm: str, rounds: int, tmp: Path, repeat: int) -> dict:
     out = work / "out"
     with LoopbackFederation(work, HOSPITALS, flower_defaults=ARMS[arm]) as federation:
         started = time.perf_counter()
-        done = federation.run(f"rounds={rounds}", "privacy=none",
-                              f"strategy.min_nodes={HOSPITALS}", f"output_dir={out}")
+        done = federation.run(
+            f"rounds={rounds}",
+            "privacy=none",
+            f"strategy.min_nodes={HOSPITALS}",
+            f"output_dir={out}",
+        )
         medfed_run = time.perf_counter() - started
     if done.returncode != 0:
         raise RuntimeError(f"{arm}: medfed run failed (logs in {work}):\n{done.stderr[-2000:]}")
     summary = read_json(out / "summary.json")
     if summary.get("failures") or summary.get("stopped"):
-        raise RuntimeError(f"{arm}: the study did not complete cleanly: "
-                           f"{summary.get('failures')} {summary.get('stopped')}")
+        raise RuntimeError(
+            f"{arm}: the study did not complete cleanly: "
+            f"{summary.get('failures')} {summary.get('stopped')}"
+        )
     with (out / "metrics.csv").open(newline="") as handle:
         seconds = {int(row["round"]): float(row["seconds"]) for row in csv.DictReader(handle)}
     train = [seconds[r] for r in range(1, rounds + 1)]
-    return {"train_round_s": [round(s, 3) for s in train],
-            "round0_and_final_evaluate_s": round(summary["wall_seconds"] - sum(train), 3),
-            "wall_s": summary["wall_seconds"], "medfed_run_s": round(medfed_run, 3),
-            "accuracy": summary["global"]["accuracy"]}
+    return {
+        "train_round_s": [round(s, 3) for s in train],
+        "round0_and_final_evaluate_s": round(summary["wall_seconds"] - sum(train), 3),
+        "wall_s": summary["wall_seconds"],
+        "medfed_run_s": round(medfed_run, 3),
+        "accuracy": summary["global"]["accuracy"],
+    }
 
 
 def main() -> None:
@@ -113,27 +122,44 @@ def main() -> None:
         for repeat in range(repeats):
             for arm in ARMS:
                 busy, waited = wait_for_idle(args.max_busy, args.max_wait)
-                noise.append({"arm": arm, "busy_before": round(busy, 2),
-                              "waited_s": round(waited, 1)})
+                noise.append(
+                    {"arm": arm, "busy_before": round(busy, 2), "waited_s": round(waited, 1)}
+                )
                 log(f"{arm} #{repeat + 1}: {rounds} rounds (CPU busy {busy:.0%})")
                 results[arm].append(run_arm(arm, rounds, Path(tmp), repeat))
                 log(f"  {json.dumps(results[arm][-1])}")
-    per_round = {arm: median([s for r in runs for s in r["train_round_s"]])
-                 for arm, runs in results.items()}
-    print(json.dumps({
-        "before_s_per_round": per_round["before"], "after_s_per_round": per_round["after"],
-        "ratio": round(per_round["before"] / per_round["after"], 2),
-        "round0_and_final_evaluate_s": {
-            arm: median([r["round0_and_final_evaluate_s"] for r in runs])
-            for arm, runs in results.items()},
-        "medfed_run_s": {arm: median([r["medfed_run_s"] for r in runs])
-                         for arm, runs in results.items()},
-        "runs": results, "settings": SETTINGS,
-        "setup": {"hospitals": HOSPITALS, "rounds": rounds, "repeats": repeats,
-                  "task": "diagnosis", "privacy": "none",
-                  "transport": "127.0.0.1, TLS (own CA) + SuperNode authentication"},
-        "noise": noise, "machine": machine(),
-    }, indent=2))
+    per_round = {
+        arm: median([s for r in runs for s in r["train_round_s"]]) for arm, runs in results.items()
+    }
+    print(
+        json.dumps(
+            {
+                "before_s_per_round": per_round["before"],
+                "after_s_per_round": per_round["after"],
+                "ratio": round(per_round["before"] / per_round["after"], 2),
+                "round0_and_final_evaluate_s": {
+                    arm: median([r["round0_and_final_evaluate_s"] for r in runs])
+                    for arm, runs in results.items()
+                },
+                "medfed_run_s": {
+                    arm: median([r["medfed_run_s"] for r in runs]) for arm, runs in results.items()
+                },
+                "runs": results,
+                "settings": SETTINGS,
+                "setup": {
+                    "hospitals": HOSPITALS,
+                    "rounds": rounds,
+                    "repeats": repeats,
+                    "task": "diagnosis",
+                    "privacy": "none",
+                    "transport": "127.0.0.1, TLS (own CA) + SuperNode authentication",
+                },
+                "noise": noise,
+                "machine": machine(),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

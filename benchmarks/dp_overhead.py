@@ -54,10 +54,19 @@ from medfed.models.privacy import dp_train
 from medfed.models.schema import load_task
 from medfed.models.training import loss_function, make_loader, make_optimizer, set_seed, train
 
-ARMS = ("plain", "medfed_vectorised", "medfed_opacus_hooks", "opacus_make_private",
-        "opacus_ghost", "medfed_functorch")
-MODELS = {"diagnosis-logreg": ("diagnosis", "logreg"), "diagnosis-mlp": ("diagnosis", "mlp"),
-          "pricing-mlp": ("pricing", "mlp")}
+ARMS = (
+    "plain",
+    "medfed_vectorised",
+    "medfed_opacus_hooks",
+    "opacus_make_private",
+    "opacus_ghost",
+    "medfed_functorch",
+)
+MODELS = {
+    "diagnosis-logreg": ("diagnosis", "logreg"),
+    "diagnosis-mlp": ("diagnosis", "mlp"),
+    "pricing-mlp": ("pricing", "mlp"),
+}
 NOISE, CLIP, LR = 1.0, 1.0, 0.05
 
 
@@ -109,12 +118,19 @@ def _opacus(case: Case, batch: int, steps: int, mode: str) -> None:
     opt = make_optimizer(model, lr=LR)
     if mode == "ghost":
         model, opt, crit, loader = engine.make_private(
-            module=model, optimizer=opt, data_loader=loader, criterion=PerSampleLoss(case.loss),
-            noise_multiplier=NOISE, max_grad_norm=CLIP, grad_sample_mode="ghost")
+            module=model,
+            optimizer=opt,
+            data_loader=loader,
+            criterion=PerSampleLoss(case.loss),
+            noise_multiplier=NOISE,
+            max_grad_norm=CLIP,
+            grad_sample_mode="ghost",
+        )
         train(model, loader, crit, lr=LR, steps=steps, optimizer_obj=opt)
         return
-    model, opt, loader = engine.make_private(module=model, optimizer=opt, data_loader=loader,
-                                             noise_multiplier=NOISE, max_grad_norm=CLIP)
+    model, opt, loader = engine.make_private(
+        module=model, optimizer=opt, data_loader=loader, noise_multiplier=NOISE, max_grad_norm=CLIP
+    )
     train(model, loader, case.loss, lr=LR, steps=steps, optimizer_obj=opt)
 
 
@@ -122,14 +138,33 @@ def run_arm(arm: str, case: Case, batch: int, steps: int) -> None:
     """One round of ``arm``: ``steps`` optimizer steps from the same initial weights."""
     if arm == "plain":
         model = case.make_model()
-        train(model, make_loader(case.x, case.y, batch_size=batch, seed=0), case.loss, lr=LR,
-              steps=steps)
+        train(
+            model,
+            make_loader(case.x, case.y, batch_size=batch, seed=0),
+            case.loss,
+            lr=LR,
+            steps=steps,
+        )
     elif arm.startswith("medfed_"):
-        mode = {"medfed_vectorised": "vectorised", "medfed_opacus_hooks": "hooks",
-                "medfed_functorch": "functorch"}[arm]
-        dp_train(case.make_model(), case.x, case.y, case.loss, lr=LR, batch_size=batch,
-                 steps=steps, noise_multiplier=NOISE, max_grad_norm=CLIP, seed=0, history=[],
-                 grad_sample_mode=mode)
+        mode = {
+            "medfed_vectorised": "vectorised",
+            "medfed_opacus_hooks": "hooks",
+            "medfed_functorch": "functorch",
+        }[arm]
+        dp_train(
+            case.make_model(),
+            case.x,
+            case.y,
+            case.loss,
+            lr=LR,
+            batch_size=batch,
+            steps=steps,
+            noise_multiplier=NOISE,
+            max_grad_norm=CLIP,
+            seed=0,
+            history=[],
+            grad_sample_mode=mode,
+        )
     else:
         _opacus(case, batch, steps, "ghost" if arm == "opacus_ghost" else "hooks")
 
@@ -209,11 +244,14 @@ def peak_memory(arm: str, case: Case, batch: int, steps: int) -> dict[str, float
     return {"tensor_peak_kib": _in_child(tensors), "python_heap_peak_kib": _in_child(python_heap)}
 
 
-def time_arms(case: Case, batch: int, steps: int, arms: list[str],
-              repeats: int) -> dict[str, dict[str, float]]:
+def time_arms(
+    case: Case, batch: int, steps: int, arms: list[str], repeats: int
+) -> dict[str, dict[str, float]]:
     """Median wall and CPU seconds per arm, interleaved in a fresh random order per repeat."""
-    times: dict[str, dict[str, list[float]]] = {"wall": {a: [] for a in arms},
-                                                "cpu": {a: [] for a in arms}}
+    times: dict[str, dict[str, list[float]]] = {
+        "wall": {a: [] for a in arms},
+        "cpu": {a: [] for a in arms},
+    }
     order = random.Random(batch)
     for arm in arms:
         run_arm(arm, case, batch, steps)
@@ -223,13 +261,16 @@ def time_arms(case: Case, batch: int, steps: int, arms: list[str],
             run_arm(arm, case, batch, steps)
             times["cpu"][arm].append(time.process_time() - cpu)
             times["wall"][arm].append(time.perf_counter() - wall)
-    return {kind: {arm: statistics.median(v) for arm, v in per_arm.items()}
-            for kind, per_arm in times.items()}
+    return {
+        kind: {arm: statistics.median(v) for arm, v in per_arm.items()}
+        for kind, per_arm in times.items()
+    }
 
 
 def _ratios(values: dict[str, float], base: str = "plain") -> dict[str, float | None]:
-    return {arm: round(v / values[base], 3) if values[base] > 0 else None
-            for arm, v in values.items()}
+    return {
+        arm: round(v / values[base], 3) if values[base] > 0 else None for arm, v in values.items()
+    }
 
 
 def measure(case: Case, batch: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -238,12 +279,19 @@ def measure(case: Case, batch: int, args: argparse.Namespace) -> dict[str, Any]:
     tensor = {arm: m["tensor_peak_kib"] for arm, m in memory.items()}
     heap = {arm: m["python_heap_peak_kib"] for arm, m in memory.items()}
     both = {arm: tensor[arm] + heap[arm] for arm in args.arms}
-    return {"model": case.name, "batch_size": batch, "rows": len(case.y), "steps": args.steps,
-            "wall_s": {arm: round(t, 5) for arm, t in times["wall"].items()},
-            "cpu_s": {arm: round(t, 5) for arm, t in times["cpu"].items()},
-            "time_ratio": _ratios(times["cpu"]), "wall_time_ratio": _ratios(times["wall"]),
-            "tensor_peak_kib": tensor,
-            "python_heap_peak_kib": heap, "memory_ratio": _ratios(both)}
+    return {
+        "model": case.name,
+        "batch_size": batch,
+        "rows": len(case.y),
+        "steps": args.steps,
+        "wall_s": {arm: round(t, 5) for arm, t in times["wall"].items()},
+        "cpu_s": {arm: round(t, 5) for arm, t in times["cpu"].items()},
+        "time_ratio": _ratios(times["cpu"]),
+        "wall_time_ratio": _ratios(times["wall"]),
+        "tensor_peak_kib": tensor,
+        "python_heap_peak_kib": heap,
+        "memory_ratio": _ratios(both),
+    }
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -272,18 +320,32 @@ def main(argv: list[str] | None = None) -> int:
     import opacus  # noqa: F401
 
     import_s = time.perf_counter() - start
-    results = [measure(make_case(name, args.rows), batch, args)
-               for name in args.models for batch in args.batch_sizes]
+    results = [
+        measure(make_case(name, args.rows), batch, args)
+        for name in args.models
+        for batch in args.batch_sizes
+    ]
     dp_arms = [a for a in args.arms if a != "plain"]
     worst = {arm: max(r["time_ratio"][arm] for r in results) for arm in dp_arms}
     worst_memory = {arm: max(r["memory_ratio"][arm] for r in results) for arm in dp_arms}
-    print(json.dumps({
-        "benchmark": "dp_overhead", "target_time_ratio": 1.5, "torch_threads": 1,
-        "noise_multiplier": NOISE, "max_grad_norm": CLIP, "repeats": args.repeats,
-        "startup_s": {"import_opacus": round(import_s, 3)},
-        "worst_time_ratio": worst, "worst_memory_ratio": worst_memory,
-        "process_peak_rss_mib": round(_status_kib("VmHWM") / 1024, 1),
-        "results": results}, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "dp_overhead",
+                "target_time_ratio": 1.5,
+                "torch_threads": 1,
+                "noise_multiplier": NOISE,
+                "max_grad_norm": CLIP,
+                "repeats": args.repeats,
+                "startup_s": {"import_opacus": round(import_s, 3)},
+                "worst_time_ratio": worst,
+                "worst_memory_ratio": worst_memory,
+                "process_peak_rss_mib": round(_status_kib("VmHWM") / 1024, 1),
+                "results": results,
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

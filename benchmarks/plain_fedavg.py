@@ -81,29 +81,40 @@ def run(task: str, rounds: int | None, hospitals: int | None, save_weights: str 
     seed, cfg = int(top["seed"]), top["train"]
     bins, every = int(top["evaluate"]["auroc_bins"]), int(top["evaluate"]["every"])
     if cfg.get("local_steps") is not None or cfg["optimizer"] != "sgd" or every != 1:
-        raise SystemExit("plain_fedavg.py mirrors the default config only (sgd, local_epochs, "
-                         "evaluate.every=1)")
+        raise SystemExit(
+            "plain_fedavg.py mirrors the default config only (sgd, local_epochs, evaluate.every=1)"
+        )
     torch.set_num_threads(int(top["threads"]))
     schema = task_from_dict(raw_task, source=task)
     n = int(federation["hospitals"])
 
     # Round 0: each site's rows, their additive statistics, the merged global statistics.
     sites = [load_site(schema, federation, i, seed) for i in range(n)]
-    stats = merge_statistics([site_statistics(s.train, schema) for s in sites],
-                             min_cell=int(top["preprocessing"]["min_cell"]))
-    encoder = Encoder(schema, stats,
-                      missing_indicators=bool(top["preprocessing"]["missing_indicators"]))
-    data = [(encoder.transform(s.train), encode_target(s.train, schema),
-             torch.from_numpy(encoder.transform(s.test)), encode_target(s.test, schema))
-            for s in sites]
+    stats = merge_statistics(
+        [site_statistics(s.train, schema) for s in sites],
+        min_cell=int(top["preprocessing"]["min_cell"]),
+    )
+    encoder = Encoder(
+        schema, stats, missing_indicators=bool(top["preprocessing"]["missing_indicators"])
+    )
+    data = [
+        (
+            encoder.transform(s.train),
+            encode_target(s.train, schema),
+            torch.from_numpy(encoder.transform(s.test)),
+            encode_target(s.test, schema),
+        )
+        for s in sites
+    ]
     counts = torch.tensor([len(d[1]) for d in data], dtype=torch.float64)
     weights = counts / counts.sum()
     loss_fn = loss_function(schema, stats)
 
     torch.manual_seed(seed)
     global_model = build_model(schema, encoder.n_inputs, **output_layer(schema, stats))
-    local_models = [build_model(schema, encoder.n_inputs, **output_layer(schema, stats))
-                    for _ in range(n)]
+    local_models = [
+        build_model(schema, encoder.n_inputs, **output_layer(schema, stats)) for _ in range(n)
+    ]
 
     def evaluate() -> dict:
         global_model.eval()
@@ -111,11 +122,16 @@ def run(task: str, rounds: int | None, hospitals: int | None, save_weights: str 
         with torch.no_grad():
             for _, _, x_test, y_test in data:
                 output = predict_output(schema, global_model(x_test))
-                per_site.append(metric_statistics(schema, y_test, output.numpy(),
-                                                  loss_scale=stats.loss_scale, bins=bins))
+                per_site.append(
+                    metric_statistics(
+                        schema, y_test, output.numpy(), loss_scale=stats.loss_scale, bins=bins
+                    )
+                )
         hospital_metrics = [metrics_from_statistics(schema, s) for s in per_site]
-        return {"global": metrics_from_statistics(schema, sum_statistics(per_site)),
-                "hospitals": hospital_metrics}
+        return {
+            "global": metrics_from_statistics(schema, sum_statistics(per_site)),
+            "hospitals": hospital_metrics,
+        }
 
     steps = 0
     history = []
@@ -130,16 +146,25 @@ def run(task: str, rounds: int | None, hospitals: int | None, save_weights: str 
             round_seed = _round_seed(seed, index, server_round)
             torch.manual_seed(round_seed)
             loader = make_loader(x, y, batch_size=int(cfg["batch_size"]), seed=round_seed)
-            result = train(model, loader, loss_fn, lr=float(cfg["lr"]),
-                           epochs=int(cfg["local_epochs"]), optimizer="sgd",
-                           momentum=float(cfg["momentum"]),
-                           weight_decay=float(cfg["weight_decay"]))
+            result = train(
+                model,
+                loader,
+                loss_fn,
+                lr=float(cfg["lr"]),
+                epochs=int(cfg["local_epochs"]),
+                optimizer="sgd",
+                momentum=float(cfg["momentum"]),
+                weight_decay=float(cfg["weight_decay"]),
+            )
             steps += int(result["steps"])
             updates.append(model.state_dict())
         with torch.no_grad():
-            averaged = {key: sum(float(w) * u[key].double() for w, u in
-                                 zip(weights, updates, strict=True)).to(state[key].dtype)
-                        for key in state}
+            averaged = {
+                key: sum(
+                    float(w) * u[key].double() for w, u in zip(weights, updates, strict=True)
+                ).to(state[key].dtype)
+                for key in state
+            }
         global_model.load_state_dict(averaged)
         round_seconds.append(round(time.perf_counter() - round_started, 5))
         print(f"plain: round {server_round}/{rounds}", file=sys.stderr)
@@ -147,19 +172,28 @@ def run(task: str, rounds: int | None, hospitals: int | None, save_weights: str 
     history.append(final["global"])
     if save_weights:
         torch.save({k: v.clone() for k, v in global_model.state_dict().items()}, save_weights)
-    return _clean({"task": task, "hospitals": n, "rounds": rounds, "total_train_steps": steps,
-                   "parameters": sum(p.numel() for p in global_model.parameters()),
-                   "evaluations": len(history) * n, "global": final["global"],
-                   "seconds_after_imports": round(time.perf_counter() - started, 3),
-                   "round_seconds": round_seconds})
+    return _clean(
+        {
+            "task": task,
+            "hospitals": n,
+            "rounds": rounds,
+            "total_train_steps": steps,
+            "parameters": sum(p.numel() for p in global_model.parameters()),
+            "evaluations": len(history) * n,
+            "global": final["global"],
+            "seconds_after_imports": round(time.perf_counter() - started, 3),
+            "round_seconds": round_seconds,
+        }
+    )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="diagnosis")
     parser.add_argument("--rounds", type=int, default=None, help="default: conf/config.yaml")
-    parser.add_argument("--hospitals", type=int, default=None,
-                        help="default: conf/federation/synthetic.yaml")
+    parser.add_argument(
+        "--hospitals", type=int, default=None, help="default: conf/federation/synthetic.yaml"
+    )
     parser.add_argument("--save-weights", default=None, help="write the final state_dict here")
     args = parser.parse_args()
     print(json.dumps(run(args.task, args.rounds, args.hospitals, args.save_weights)))

@@ -40,19 +40,28 @@ from medfed.server.study.config import compose_study
 from medfed.server.study.loop import StudyResult, run_study
 
 HOSPITALS = 4
-MODELS = {"diagnosis-logreg": ["task=diagnosis"],
-          "diagnosis-mlp256": ["task=diagnosis", "task.model.family=mlp",
-                               "task.model.hidden=[256]"]}
+MODELS = {
+    "diagnosis-logreg": ["task=diagnosis"],
+    "diagnosis-mlp256": ["task=diagnosis", "task.model.family=mlp", "task.model.hidden=[256]"],
+}
 ARMS = {"plain": "secure_aggregation=false", "secagg": "secure_aggregation=true"}
 
 
 def run(overrides: list[str]) -> tuple[StudyResult, float]:
     """One in-process study; its result and the process CPU seconds it took."""
-    study = compose_study([*overrides, "quiet=true", f"federation.hospitals={HOSPITALS}",
-                           "checkpoint.every=0", "output_dir=/tmp/medfed-secagg-bench"])
+    study = compose_study(
+        [
+            *overrides,
+            "quiet=true",
+            f"federation.hospitals={HOSPITALS}",
+            "checkpoint.every=0",
+            "output_dir=/tmp/medfed-secagg-bench",
+        ]
+    )
     n = federation_size(study["federation"])
-    grid = InProcessGrid(app, [{"partition-id": i, "num-partitions": n} for i in range(n)],
-                         run_config={})
+    grid = InProcessGrid(
+        app, [{"partition-id": i, "num-partitions": n} for i in range(n)], run_config={}
+    )
     cpu = time.process_time()
     result = run_study(grid, study)
     return result, time.process_time() - cpu
@@ -79,21 +88,28 @@ def measure(name: str, rounds: int, repeats: int) -> dict:
         log(f"{name}: repeat {repeat + 1}/{repeats}")
     round_s = {arm: statistics.median(s["round"]) for arm, s in samples.items()}
     cpu_s = {arm: statistics.median(s["cpu"]) for arm, s in samples.items()}
-    wire = {arm: statistics.median(r.wire_bytes for r in result.rounds[1:])
-            for arm, result in last.items()}
+    wire = {
+        arm: statistics.median(r.wire_bytes for r in result.rounds[1:])
+        for arm, result in last.items()
+    }
     secure, plain = last["secagg"], last["plain"]
-    diff = max(float((secure.final_state[k] - plain.final_state[k]).abs().max())
-               for k in plain.final_state)
-    return {"model": name, "parameters": sum(v.numel() for v in plain.final_state.values()),
-            "round_s": {a: round(v, 4) for a, v in round_s.items()},
-            "round_time_ratio": round(round_s["secagg"] / round_s["plain"], 2),
-            "round_s_added": round(round_s["secagg"] - round_s["plain"], 4),
-            "study_cpu_s": {a: round(v, 3) for a, v in cpu_s.items()},
-            "study_cpu_ratio": round(cpu_s["secagg"] / cpu_s["plain"], 2),
-            "wire_bytes_per_round": wire,
-            "wire_ratio": round(wire["secagg"] / wire["plain"], 2) if wire["plain"] else None,
-            "max_weight_diff_vs_plain": diff, "quantisation_bound_per_round": _bound(secure),
-            "secure_rounds_failed": sum(len(r.failures) for r in secure.rounds)}
+    diff = max(
+        float((secure.final_state[k] - plain.final_state[k]).abs().max()) for k in plain.final_state
+    )
+    return {
+        "model": name,
+        "parameters": sum(v.numel() for v in plain.final_state.values()),
+        "round_s": {a: round(v, 4) for a, v in round_s.items()},
+        "round_time_ratio": round(round_s["secagg"] / round_s["plain"], 2),
+        "round_s_added": round(round_s["secagg"] - round_s["plain"], 4),
+        "study_cpu_s": {a: round(v, 3) for a, v in cpu_s.items()},
+        "study_cpu_ratio": round(cpu_s["secagg"] / cpu_s["plain"], 2),
+        "wire_bytes_per_round": wire,
+        "wire_ratio": round(wire["secagg"] / wire["plain"], 2) if wire["plain"] else None,
+        "max_weight_diff_vs_plain": diff,
+        "quantisation_bound_per_round": _bound(secure),
+        "secure_rounds_failed": sum(len(r.failures) for r in secure.rounds),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,9 +123,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--repeats must be >= 5 and --models among {sorted(MODELS)}")
     warnings.filterwarnings("ignore")
     results = [measure(name, args.rounds, args.repeats) for name in models]
-    print(json.dumps({"benchmark": "secagg_overhead", "engine": "inprocess",
-                      "hospitals": HOSPITALS, "rounds": args.rounds, "repeats": args.repeats,
-                      "results": results, "machine": machine()}, indent=2))
+    print(
+        json.dumps(
+            {
+                "benchmark": "secagg_overhead",
+                "engine": "inprocess",
+                "hospitals": HOSPITALS,
+                "rounds": args.rounds,
+                "repeats": args.repeats,
+                "results": results,
+                "machine": machine(),
+            },
+            indent=2,
+        )
+    )
     return 0
 
 

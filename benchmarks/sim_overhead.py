@@ -51,18 +51,39 @@ from _common import (
 TARGET_INPROCESS_OVER_PLAIN = 1.3
 HOSPITALS = 4
 PLAIN = ROOT / "benchmarks" / "plain_fedavg.py"
-IMPORTS = {"python_pass": "pass", "import_torch": "import torch",
-           "import_medfed_server_simulation": "import medfed.server.simulation.run"}
+IMPORTS = {
+    "python_pass": "pass",
+    "import_torch": "import torch",
+    "import_medfed_server_simulation": "import medfed.server.simulation.run",
+}
 
 
 def _simulate(engine: str, rounds: int, out: Path) -> list[str]:
-    return [*medfed_command(), "simulate", "task=diagnosis", f"rounds={rounds}", "quiet=true",
-            f"engine={engine}", f"federation.hospitals={HOSPITALS}", f"output_dir={out}"]
+    return [
+        *medfed_command(),
+        "simulate",
+        "task=diagnosis",
+        f"rounds={rounds}",
+        "quiet=true",
+        f"engine={engine}",
+        f"federation.hospitals={HOSPITALS}",
+        f"output_dir={out}",
+    ]
 
 
 def _plain(rounds: int, weights: Path) -> list[str]:
-    return [sys.executable, str(PLAIN), "--task", "diagnosis", "--rounds", str(rounds),
-            "--hospitals", str(HOSPITALS), "--save-weights", str(weights)]
+    return [
+        sys.executable,
+        str(PLAIN),
+        "--task",
+        "diagnosis",
+        "--rounds",
+        str(rounds),
+        "--hospitals",
+        str(HOSPITALS),
+        "--save-weights",
+        str(weights),
+    ]
 
 
 def _max_weight_diff(plain_weights: Path, model_pt: Path) -> float:
@@ -158,8 +179,9 @@ class Bench:
         self._record(name, self._run([sys.executable, "-c", code], True), True)
 
 
-def run(repeats: int, rounds: int, skip_ray: bool, warmup: bool, max_busy: float,
-        max_wait: float) -> dict:
+def run(
+    repeats: int, rounds: int, skip_ray: bool, warmup: bool, max_busy: float, max_wait: float
+) -> dict:
     engines = ["inprocess"] + ([] if skip_ray else ["ray"])
     started = machine()
     with tempfile.TemporaryDirectory(prefix="medfed-bench-") as name:
@@ -188,9 +210,13 @@ def _ratio(a: float, b: float) -> float:
 
 
 def _arm(bench: Bench, name: str) -> dict:
-    out = {"median_s": median(bench.wall[name]), "min_s": round(min(bench.wall[name]), 4),
-           "samples_s": bench.wall[name], "cpu_median_s": median(bench.cpu[name]),
-           "cpu_samples_s": bench.cpu[name]}
+    out = {
+        "median_s": median(bench.wall[name]),
+        "min_s": round(min(bench.wall[name]), 4),
+        "samples_s": bench.wall[name],
+        "cpu_median_s": median(bench.cpu[name]),
+        "cpu_samples_s": bench.cpu[name],
+    }
     if name in bench.internal:
         out["internal_median_s"] = median(bench.internal[name])
     if bench.steady.get(name):
@@ -203,48 +229,62 @@ def _arm(bench: Bench, name: str) -> dict:
 def _ratios(bench: Bench, arm: str, reference: str) -> dict:
     wall, ref = bench.wall[arm], bench.wall[reference]
     paired = [a / b for a, b in zip(wall, ref, strict=True)]
-    out = {"wall_median_ratio": _ratio(statistics.median(wall), statistics.median(ref)),
-           "wall_paired_median_ratio": round(statistics.median(paired), 3),
-           "wall_min_ratio": _ratio(min(wall), min(ref)),
-           "cpu_median_ratio": _ratio(statistics.median(bench.cpu[arm]),
-                                      statistics.median(bench.cpu[reference]))}
+    out = {
+        "wall_median_ratio": _ratio(statistics.median(wall), statistics.median(ref)),
+        "wall_paired_median_ratio": round(statistics.median(paired), 3),
+        "wall_min_ratio": _ratio(min(wall), min(ref)),
+        "cpu_median_ratio": _ratio(
+            statistics.median(bench.cpu[arm]), statistics.median(bench.cpu[reference])
+        ),
+    }
     if bench.steady.get(arm) and bench.steady.get(reference):
-        out["steady_round_ratio"] = _ratio(statistics.median(bench.steady[arm]),
-                                           statistics.median(bench.steady[reference]))
+        out["steady_round_ratio"] = _ratio(
+            statistics.median(bench.steady[arm]), statistics.median(bench.steady[reference])
+        )
     return out
 
 
-def _report(bench: Bench, engines: list[str], repeats: int, rounds: int,
-            started: dict) -> dict:
+def _report(bench: Bench, engines: list[str], repeats: int, rounds: int, started: dict) -> dict:
     arms_all = [*engines, "plain"]
     arms = {arm: _arm(bench, arm) for arm in arms_all}
     ratios = {f"{e}_over_plain": _ratios(bench, e, "plain") for e in engines}
     plain_steps = bench.steps["plain"]
     fed_steps = {e: sorted(bench.steps[e]) for e in engines}
-    headline = {f"{e}_over_plain": ratios[f"{e}_over_plain"]["wall_median_ratio"]
-                for e in engines}
+    headline = {f"{e}_over_plain": ratios[f"{e}_over_plain"]["wall_median_ratio"] for e in engines}
     startup = {
         "imports": {probe: _arm(bench, probe) for probe in IMPORTS},
         "rounds1": {arm: _arm(bench, f"{arm}_rounds1") for arm in arms_all},
-        "rounds1_over_plain": {e: _ratios(bench, f"{e}_rounds1", "plain_rounds1")
-                               for e in engines},
+        "rounds1_over_plain": {e: _ratios(bench, f"{e}_rounds1", "plain_rounds1") for e in engines},
         "extra_startup_s_vs_plain_rounds1": {
-            e: round(statistics.median(bench.wall[f"{e}_rounds1"])
-                     - statistics.median(bench.wall["plain_rounds1"]), 3) for e in engines},
+            e: round(
+                statistics.median(bench.wall[f"{e}_rounds1"])
+                - statistics.median(bench.wall["plain_rounds1"]),
+                3,
+            )
+            for e in engines
+        },
     }
     busy = bench.busy_before
     return {
         "benchmark": "sim_overhead",
         "what": "whole-process wall time of a simulated federation / the same SGD steps in "
-                "plain PyTorch (benchmarks/plain_fedavg.py); arms interleaved, medians",
-        "setup": {"task": "diagnosis", "hospitals": HOSPITALS, "rounds": rounds,
-                  "model": "logreg (defaults)", "local_epochs": 1, "batch_size": 32, "lr": 0.1,
-                  "repeats": repeats,
-                  "order_per_repeat": [*arms_all, *[f"{a}_rounds1" for a in arms_all],
-                                       *IMPORTS]},
+        "plain PyTorch (benchmarks/plain_fedavg.py); arms interleaved, medians",
+        "setup": {
+            "task": "diagnosis",
+            "hospitals": HOSPITALS,
+            "rounds": rounds,
+            "model": "logreg (defaults)",
+            "local_epochs": 1,
+            "batch_size": 32,
+            "lr": 0.1,
+            "repeats": repeats,
+            "order_per_repeat": [*arms_all, *[f"{a}_rounds1" for a in arms_all], *IMPORTS],
+        },
         "headline": headline,
-        "target": {"inprocess_over_plain_max": TARGET_INPROCESS_OVER_PLAIN,
-                   "met": headline["inprocess_over_plain"] <= TARGET_INPROCESS_OVER_PLAIN},
+        "target": {
+            "inprocess_over_plain_max": TARGET_INPROCESS_OVER_PLAIN,
+            "met": headline["inprocess_over_plain"] <= TARGET_INPROCESS_OVER_PLAIN,
+        },
         "arms": arms,
         "ratios": ratios,
         "equal_work": {
@@ -255,33 +295,53 @@ def _report(bench: Bench, engines: list[str], repeats: int, rounds: int,
         },
         "startup": startup,
         "machine": started,
-        "noise": {"cpu_busy_fraction_before_samples": {
-            "min": round(min(busy), 3), "median": round(statistics.median(busy), 3),
-            "max": round(max(busy), 3)},
+        "noise": {
+            "cpu_busy_fraction_before_samples": {
+                "min": round(min(busy), 3),
+                "median": round(statistics.median(busy), 3),
+                "max": round(max(busy), 3),
+            },
             "seconds_waited_for_idle": round(bench.waited, 1),
-            "max_busy_allowed": bench.max_busy},
+            "max_busy_allowed": bench.max_busy,
+        },
     }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="samples per arm (median)")
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: 1 repeat, 3 rounds, no warm-up")
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: 1 repeat, 3 rounds, no warm-up"
+    )
     parser.add_argument("--skip-ray", action="store_true", help="leave out the Ray arm")
     parser.add_argument("--rounds", type=int, default=15)
-    parser.add_argument("--no-warmup", action="store_true",
-                        help="skip the unrecorded warm-up run of each arm")
-    parser.add_argument("--max-busy", type=float, default=0.3,
-                        help="start a sample only when the CPUs are at most this busy")
-    parser.add_argument("--max-wait", type=float, default=120.0,
-                        help="seconds to wait for idle CPUs before a sample (then go anyway)")
+    parser.add_argument(
+        "--no-warmup", action="store_true", help="skip the unrecorded warm-up run of each arm"
+    )
+    parser.add_argument(
+        "--max-busy",
+        type=float,
+        default=0.3,
+        help="start a sample only when the CPUs are at most this busy",
+    )
+    parser.add_argument(
+        "--max-wait",
+        type=float,
+        default=120.0,
+        help="seconds to wait for idle CPUs before a sample (then go anyway)",
+    )
     args = parser.parse_args()
     repeats, rounds = (1, 3) if args.quick else (args.repeats, args.rounds)
     if repeats < 1 or rounds < 2:
         parser.error("--repeats must be at least 1 and --rounds at least 2")
-    result = run(repeats, rounds, args.skip_ray, not (args.quick or args.no_warmup),
-                 args.max_busy, 5.0 if args.quick else args.max_wait)
+    result = run(
+        repeats,
+        rounds,
+        args.skip_ray,
+        not (args.quick or args.no_warmup),
+        args.max_busy,
+        5.0 if args.quick else args.max_wait,
+    )
     print(json.dumps(result, indent=2))
 
 

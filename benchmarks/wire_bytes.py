@@ -41,22 +41,39 @@ HOSPITALS = 4
 # name, Hydra overrides, AUROC bins to try (bins only matter for a binary target)
 CASES: list[tuple[str, list[str], list[int]]] = [
     ("diagnosis-logreg", ["task=diagnosis"], [100, 1000]),
-    ("diagnosis-mlp256", ["task=diagnosis", "task.model.family=mlp", "task.model.hidden=[256]"],
-     [100, 1000]),
-    ("diagnosis-mlp1024", ["task=diagnosis", "task.model.family=mlp",
-                          "task.model.hidden=[1024]"], [100]),
-    ("pricing-mlp128x32", ["task=pricing", "task.model.family=mlp",
-                           "task.model.hidden=[128,32]"], [100]),
-    ("treatment-mlp128x32", ["task=treatment", "task.model.family=mlp",
-                             "task.model.hidden=[128,32]"], [100]),
+    (
+        "diagnosis-mlp256",
+        ["task=diagnosis", "task.model.family=mlp", "task.model.hidden=[256]"],
+        [100, 1000],
+    ),
+    (
+        "diagnosis-mlp1024",
+        ["task=diagnosis", "task.model.family=mlp", "task.model.hidden=[1024]"],
+        [100],
+    ),
+    (
+        "pricing-mlp128x32",
+        ["task=pricing", "task.model.family=mlp", "task.model.hidden=[128,32]"],
+        [100],
+    ),
+    (
+        "treatment-mlp128x32",
+        ["task=treatment", "task.model.family=mlp", "task.model.hidden=[128,32]"],
+        [100],
+    ),
 ]
 
 _ARRAYS = ("ArrayRecord", "Array", "ArrayChunk")
 
 
 def _overrides(case: list[str], bins: int, rounds: int) -> list[str]:
-    return [*case, f"rounds={rounds}", f"evaluate.auroc_bins={bins}",
-            f"federation.hospitals={HOSPITALS}", "quiet=true"]
+    return [
+        *case,
+        f"rounds={rounds}",
+        f"evaluate.auroc_bins={bins}",
+        f"federation.hospitals={HOSPITALS}",
+        "quiet=true",
+    ]
 
 
 def _model_bytes(model_pt: Path) -> tuple[int, int]:
@@ -80,15 +97,18 @@ def _round_bytes(metrics_csv: Path) -> dict[int, int]:
 
 
 def _cli_run(overrides: list[str], out: Path, env: dict[str, str], cwd: Path) -> dict:
-    timed_run([*medfed_command(), "simulate", *overrides, f"output_dir={out}"], env=env,
-              cwd=cwd)
+    timed_run([*medfed_command(), "simulate", *overrides, f"output_dir={out}"], env=env, cwd=cwd)
     summary = read_json(out / "summary.json")
     parameters, model_bytes = _model_bytes(out / "model.pt")
     per_round = _round_bytes(out / "metrics.csv")
     shutil.rmtree(out, ignore_errors=True)
-    return {"parameters": parameters, "model_bytes": model_bytes, "per_round": per_round,
-            "sent": int(summary["wire_bytes"]["sent"]),
-            "received": int(summary["wire_bytes"]["received"])}
+    return {
+        "parameters": parameters,
+        "model_bytes": model_bytes,
+        "per_round": per_round,
+        "sent": int(summary["wire_bytes"]["sent"]),
+        "received": int(summary["wire_bytes"]["received"]),
+    }
 
 
 def _breakdown(overrides: list[str], out: Path) -> dict:
@@ -112,8 +132,14 @@ def _breakdown(overrides: list[str], out: Path) -> dict:
         def send_and_receive(self, messages, *, timeout=None):
             messages = list(messages)
             kind = messages[0].metadata.message_type if messages else "none"
-            self.exchanges.append({"type": kind, "messages": len(messages),
-                                   "down": defaultdict(int), "up": defaultdict(int)})
+            self.exchanges.append(
+                {
+                    "type": kind,
+                    "messages": len(messages),
+                    "down": defaultdict(int),
+                    "up": defaultdict(int),
+                }
+            )
             return super().send_and_receive(messages, timeout=timeout)
 
         def _deliver(self, message):
@@ -130,16 +156,25 @@ def _breakdown(overrides: list[str], out: Path) -> dict:
     study = compose_study(overrides)
     study["output_dir"] = str(out)
     server_app = build_server_app(study)
-    grid = CountingGrid(client_app, [{"partition-id": i, "num-partitions": HOSPITALS}
-                                     for i in range(HOSPITALS)], run_config={})
-    server_app(grid, Context(run_id=1, node_id=SUPERLINK_NODE_ID, node_config={},
-                             state=RecordDict(), run_config={}))
+    grid = CountingGrid(
+        client_app,
+        [{"partition-id": i, "num-partitions": HOSPITALS} for i in range(HOSPITALS)],
+        run_config={},
+    )
+    server_app(
+        grid,
+        Context(
+            run_id=1, node_id=SUPERLINK_NODE_ID, node_config={}, state=RecordDict(), run_config={}
+        ),
+    )
     shutil.rmtree(out, ignore_errors=True)
     counted = sum(sum(e[d].values()) for e in grid.exchanges for d in ("down", "up"))
     if counted != grid.wire.total:
         raise RuntimeError(f"breakdown counted {counted} bytes, the grid {grid.wire.total}")
-    return {"exchanges": [{**e, "down": dict(e["down"]), "up": dict(e["up"])}
-                          for e in grid.exchanges], "total": grid.wire.total}
+    return {
+        "exchanges": [{**e, "down": dict(e["down"]), "up": dict(e["up"])} for e in grid.exchanges],
+        "total": grid.wire.total,
+    }
 
 
 def _split(tally: dict[str, int], model_bytes: int | None) -> dict[str, int]:
@@ -150,15 +185,23 @@ def _split(tally: dict[str, int], model_bytes: int | None) -> dict[str, int]:
         out["arrays"] = arrays
     if model_bytes is not None and arrays:
         out["arrays_framing"] = arrays - model_bytes
-    out.update({"metrics": tally.get("MetricRecord", 0), "config": tally.get("ConfigRecord", 0),
-                "envelope": tally.get("Message", 0) + tally.get("RecordDict", 0)})
+    out.update(
+        {
+            "metrics": tally.get("MetricRecord", 0),
+            "config": tally.get("ConfigRecord", 0),
+            "envelope": tally.get("Message", 0) + tally.get("RecordDict", 0),
+        }
+    )
     return {k: v for k, v in out.items() if v or k == "total"}
 
 
 def _summarise_breakdown(raw: dict, model_bytes: int, rounds: int) -> dict:
     exchanges = raw["exchanges"]
-    if len(exchanges) != rounds + 3 or [e["type"] for e in exchanges[:2]] != [
-            "query.stats", "query.prepare"] or exchanges[-1]["type"] != "evaluate":
+    if (
+        len(exchanges) != rounds + 3
+        or [e["type"] for e in exchanges[:2]] != ["query.stats", "query.prepare"]
+        or exchanges[-1]["type"] != "evaluate"
+    ):
         raise RuntimeError(f"unexpected exchanges: {[e['type'] for e in exchanges]}")
     train = exchanges[2:-1]
     hospital_model = model_bytes * HOSPITALS
@@ -171,44 +214,67 @@ def _summarise_breakdown(raw: dict, model_bytes: int, rounds: int) -> dict:
     round0 = {d: sum(sum(e[d].values()) for e in exchanges[:2]) for d in ("down", "up")}
     final = exchanges[-1]
     return {
-        "train_round_mean_bytes": {"down_to_hospitals": mean_split("down"),
-                                   "up_from_hospitals": mean_split("up")},
-        "per_reply_metrics_bytes": round(statistics.fmean(
-            e["up"].get("MetricRecord", 0) for e in train) / HOSPITALS, 1),
+        "train_round_mean_bytes": {
+            "down_to_hospitals": mean_split("down"),
+            "up_from_hospitals": mean_split("up"),
+        },
+        "per_reply_metrics_bytes": round(
+            statistics.fmean(e["up"].get("MetricRecord", 0) for e in train) / HOSPITALS, 1
+        ),
         "round0_statistics_bytes": {**round0, "total": round0["down"] + round0["up"]},
-        "final_evaluate_bytes": {"down": _split(final["down"], hospital_model),
-                                 "up": _split(final["up"], None)},
+        "final_evaluate_bytes": {
+            "down": _split(final["down"], hospital_model),
+            "up": _split(final["up"], None),
+        },
         "total_bytes": raw["total"],
     }
 
 
-def _case_result(name: str, overrides: list[str], bins: int, runs: list[dict],
-                 breakdown: dict, rounds: int) -> dict:
+def _case_result(
+    name: str, overrides: list[str], bins: int, runs: list[dict], breakdown: dict, rounds: int
+) -> dict:
     first = runs[0]
     per_round = [first["per_round"][r] for r in range(1, rounds + 1)]
     ideal = 2 * first["model_bytes"] * HOSPITALS
     ratios = [b / ideal for b in per_round]
-    deterministic = all(r["per_round"] == first["per_round"] and r["sent"] == first["sent"]
-                        and r["received"] == first["received"] for r in runs)
+    deterministic = all(
+        r["per_round"] == first["per_round"]
+        and r["sent"] == first["sent"]
+        and r["received"] == first["received"]
+        for r in runs
+    )
     total = first["sent"] + first["received"]
     applies = first["parameters"] >= TARGET_MIN_PARAMETERS
     ratio = statistics.median(ratios)
     overhead = (statistics.median(per_round) - ideal) / HOSPITALS
     return {
-        "case": name, "overrides": overrides, "auroc_bins": bins,
-        "parameters": first["parameters"], "model_bytes": first["model_bytes"],
+        "case": name,
+        "overrides": overrides,
+        "auroc_bins": bins,
+        "parameters": first["parameters"],
+        "model_bytes": first["model_bytes"],
         "ideal_bytes_per_round": ideal,
-        "train_round_bytes": {"median": statistics.median(per_round), "min": min(per_round),
-                              "max": max(per_round), "rounds_1_to_R": per_round},
-        "ratio": {"median": round(ratio, 4), "min": round(min(ratios), 4),
-                  "max": round(max(ratios), 4)},
+        "train_round_bytes": {
+            "median": statistics.median(per_round),
+            "min": min(per_round),
+            "max": max(per_round),
+            "rounds_1_to_R": per_round,
+        },
+        "ratio": {
+            "median": round(ratio, 4),
+            "min": round(min(ratios), 4),
+            "max": round(max(ratios), 4),
+        },
         "overhead_bytes_per_hospital_round": round(overhead, 1),
         "parameters_needed_for_target_at_this_overhead": math.ceil(
-            overhead / (2 * 4 * (TARGET_RATIO - 1.0))),
-        "target_applies": applies, "target_met": (ratio <= TARGET_RATIO) if applies else None,
+            overhead / (2 * 4 * (TARGET_RATIO - 1.0))
+        ),
+        "target_applies": applies,
+        "target_met": (ratio <= TARGET_RATIO) if applies else None,
         "round0_plus_final_evaluate_bytes": total - sum(per_round),
         "total_bytes": {"sent": first["sent"], "received": first["received"], "total": total},
-        "identical_across_repeats": deterministic, "repeats": len(runs),
+        "identical_across_repeats": deterministic,
+        "repeats": len(runs),
         "breakdown_matches_cli_total": breakdown["total_bytes"] == total,
         "breakdown": breakdown,
     }
@@ -227,29 +293,47 @@ def run(repeats: int, rounds: int) -> dict:
                 # carries output_dir, so its length shows in the byte counts
                 out = tmp / "c" / f"{name}-{bins}"
                 results[(name, bins)].append(
-                    _cli_run(_overrides(case, bins, rounds), out, env, tmp))
-                log(f"repeat {repeat}/{repeats} {name} bins={bins}: "
-                    f"{results[(name, bins)][-1]['per_round'].get(1)} bytes in round 1")
+                    _cli_run(_overrides(case, bins, rounds), out, env, tmp)
+                )
+                log(
+                    f"repeat {repeat}/{repeats} {name} bins={bins}: "
+                    f"{results[(name, bins)][-1]['per_round'].get(1)} bytes in round 1"
+                )
         cases = []
         for name, case, bins in plan:
             raw = _breakdown(_overrides(case, bins, rounds), tmp / "b" / f"{name}-{bins}")
             model_bytes = results[(name, bins)][0]["model_bytes"]
-            cases.append(_case_result(name, _overrides(case, bins, rounds), bins,
-                                      results[(name, bins)],
-                                      _summarise_breakdown(raw, model_bytes, rounds), rounds))
+            cases.append(
+                _case_result(
+                    name,
+                    _overrides(case, bins, rounds),
+                    bins,
+                    results[(name, bins)],
+                    _summarise_breakdown(raw, model_bytes, rounds),
+                    rounds,
+                )
+            )
             log(f"{name} bins={bins}: ratio {cases[-1]['ratio']['median']}")
     return {
         "benchmark": "wire_bytes",
         "what": "bytes on the wire per training round / (2 x 4 bytes x parameters x hospitals), "
-                "from the in-process engine's serialised Flower messages",
-        "setup": {"hospitals": HOSPITALS, "rounds": rounds, "repeats": repeats,
-                  "engine": "inprocess", "env": ENV},
-        "target": {"ratio_max": TARGET_RATIO, "for_models_with_parameters_at_least":
-                   TARGET_MIN_PARAMETERS},
-        "ratios": {f"{c['case']} (bins={c['auroc_bins']}, {c['parameters']} params)":
-                   c["ratio"]["median"] for c in cases},
-        "target_met_for_all_applicable": all(c["target_met"] for c in cases
-                                             if c["target_applies"]),
+        "from the in-process engine's serialised Flower messages",
+        "setup": {
+            "hospitals": HOSPITALS,
+            "rounds": rounds,
+            "repeats": repeats,
+            "engine": "inprocess",
+            "env": ENV,
+        },
+        "target": {
+            "ratio_max": TARGET_RATIO,
+            "for_models_with_parameters_at_least": TARGET_MIN_PARAMETERS,
+        },
+        "ratios": {
+            f"{c['case']} (bins={c['auroc_bins']}, {c['parameters']} params)": c["ratio"]["median"]
+            for c in cases
+        },
+        "target_met_for_all_applicable": all(c["target_met"] for c in cases if c["target_applies"]),
         "cases": cases,
         "machine": started,
     }
@@ -257,8 +341,12 @@ def run(repeats: int, rounds: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=5,
-                        help="whole-process runs per case (the bytes must not vary)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=5,
+        help="whole-process runs per case (the bytes must not vary)",
+    )
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 repeat, 2 rounds")
     parser.add_argument("--rounds", type=int, default=15)
     args = parser.parse_args()

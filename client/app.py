@@ -38,6 +38,7 @@ from medfed.models.flat import pack, unpack
 
 app = ClientApp(mods=[reply_guard, governance_mod])  # governance: approval, audit, disclosure
 
+
 def _index(context: Context) -> int:
     """The hospital's position in the study's federation (see :func:`node.site_index`)."""
     return node.site_index(context.node_config)
@@ -46,18 +47,30 @@ def _index(context: Context) -> int:
 @app.query("stats")
 def stats(msg: Message, context: Context) -> Message:
     """Round 0: keep the study configuration; reply with this site's additive statistics."""
-    config_json = node.local_study(str(msg.content.config_records["study"]["config-json"]),
-                                   context.node_config)
+    config_json = node.local_study(
+        str(msg.content.config_records["study"]["config-json"]), context.node_config
+    )
     torch.set_num_threads(int(json.loads(config_json).get("threads", 1)))
     name, n_train, n_test, statistics = node.site_summary(config_json, _index(context))
     context.state.config_records[node.STUDY_STATE] = ConfigRecord({"config-json": config_json})
     role = node.site_role(config_json, _index(context))
-    return Message(RecordDict({
-        "site": ConfigRecord({"name": name, "statistics-json": json.dumps(statistics),
-                              "role": role}),
-        "counts": MetricRecord({"num-examples": n_train, "num-test": n_test,
-                                "min-cohort": node.declared_min_cohort(config_json, name)}),
-    }), reply_to=msg)
+    return Message(
+        RecordDict(
+            {
+                "site": ConfigRecord(
+                    {"name": name, "statistics-json": json.dumps(statistics), "role": role}
+                ),
+                "counts": MetricRecord(
+                    {
+                        "num-examples": n_train,
+                        "num-test": n_test,
+                        "min-cohort": node.declared_min_cohort(config_json, name),
+                    }
+                ),
+            }
+        ),
+        reply_to=msg,
+    )
 
 
 @app.query("prepare")
@@ -66,10 +79,19 @@ def prepare(msg: Message, context: Context) -> Message:
     config_json, _ = node.received_study(context)
     statistics_json = str(msg.content.config_records["study"]["statistics-json"])
     context.state.config_records[node.STUDY_STATE] = ConfigRecord(
-        {"config-json": config_json, "statistics-json": statistics_json})
+        {"config-json": config_json, "statistics-json": statistics_json}
+    )
     site = node.prepared_site(config_json, statistics_json, _index(context))
-    return Message(RecordDict({"counts": MetricRecord(
-        {"num-examples": len(site.y_train), "num-test": len(site.y_test)})}), reply_to=msg)
+    return Message(
+        RecordDict(
+            {
+                "counts": MetricRecord(
+                    {"num-examples": len(site.y_train), "num-test": len(site.y_test)}
+                )
+            }
+        ),
+        reply_to=msg,
+    )
 
 
 def _received_model(msg: Message, context: Context):
@@ -87,8 +109,9 @@ def _received_model(msg: Message, context: Context):
 
 def _evaluation(model, site, schema, study, stats) -> dict:
     """Test statistics of the received model, keys prefixed ``eval-``."""
-    test = pipeline.test_statistics(model, site.x_test, site.y_test, schema, stats,
-                                    int(study["evaluate"]["auroc_bins"]))
+    test = pipeline.test_statistics(
+        model, site.x_test, site.y_test, schema, stats, int(study["evaluate"]["auroc_bins"])
+    )
     return {f"eval-{key}": value for key, value in test.items()}
 
 
@@ -96,8 +119,9 @@ def _evaluation(model, site, schema, study, stats) -> dict:
 def train(msg: Message, context: Context) -> Message:
     """Evaluate the received global model (when due), train locally, reply with the weights."""
     if node.site_role(node.received_study(context)[0], _index(context)) == "evaluate":
-        raise RuntimeError("this site is evaluation-only (role: evaluate in its dataset card): "
-                           "it does not train")
+        raise RuntimeError(
+            "this site is evaluation-only (role: evaluate in its dataset card): it does not train"
+        )
     study, schema, site, stats, model = _received_model(msg, context)
     received = msg.content.array_records["arrays"].to_torch_state_dict()
     received.pop(scaffold.KEY, None)
@@ -111,20 +135,33 @@ def train(msg: Message, context: Context) -> Message:
         metrics.update(_evaluation(model, site, schema, study, stats))  # test: once if early
     metrics.update(validation.statistics(model, context, _index(context)))
     seed = pipeline.round_seed(int(study["seed"]), _index(context), server_round)
-    metrics.update(privacy_round.train_round(
-        model, site, schema, study, stats, seed=seed, server_round=server_round,
-        proximal_mu=float(scalar(config.get("proximal-mu", 0.0))),
-        cohort_size=int(scalar(config.get("cohort-size", 0))),
-        delta=float(scalar(config.get("dp-delta", 0.0))),
-        step_hook=correction.pre_step if correction else None))
-    control = (None if correction is None
-               else correction.finish(model, int(metrics["train-steps"]), context))
+    metrics.update(
+        privacy_round.train_round(
+            model,
+            site,
+            schema,
+            study,
+            stats,
+            seed=seed,
+            server_round=server_round,
+            proximal_mu=float(scalar(config.get("proximal-mu", 0.0))),
+            cohort_size=int(scalar(config.get("cohort-size", 0))),
+            delta=float(scalar(config.get("dp-delta", 0.0))),
+            step_hook=correction.pre_step if correction else None,
+        )
+    )
+    control = (
+        None
+        if correction is None
+        else correction.finish(model, int(metrics["train-steps"]), context)
+    )
     personal.keep_local(model, context, study, received_global)
     arrays = pack(model.state_dict())
     if control is not None:
         arrays[scaffold.KEY] = control  # c_i+ - c_i, laid out like the weights
-    return Message(RecordDict({"arrays": ArrayRecord(arrays),
-                               "metrics": MetricRecord(metrics)}), reply_to=msg)
+    return Message(
+        RecordDict({"arrays": ArrayRecord(arrays), "metrics": MetricRecord(metrics)}), reply_to=msg
+    )
 
 
 @app.evaluate()
@@ -143,6 +180,14 @@ def evaluate(msg: Message, context: Context) -> Message:
 def personalise(msg: Message, context: Context) -> Message:
     """After federation: personalise the final model here; only metric intervals leave."""
     study, schema, site, stats, model = _received_model(msg, context)
-    content = personal.personalise(model, site, schema, study, stats, context,
-                                   msg.content.config_records["config"], _index(context))
+    content = personal.personalise(
+        model,
+        site,
+        schema,
+        study,
+        stats,
+        context,
+        msg.content.config_records["config"],
+        _index(context),
+    )
     return Message(content, reply_to=msg)

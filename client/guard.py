@@ -38,17 +38,42 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 from medfed.client.cellguard import card_of, vocabulary, withhold_cells
 from medfed.models.benefit import BENEFIT_KEYS
 
-EVAL_STATISTICS = frozenset({
-    "n", "tp", "fp", "tn", "fn", "hist_pos", "hist_neg", "loss_sum", "brier_sum",  # binary
-    "confusion", "top2_hits",  # multiclass
-    "sum_abs_err", "sum_sq_err", "sum_y", "sum_y2", "sum_pred",  # continuous
-})
+EVAL_STATISTICS = frozenset(
+    {
+        "n",
+        "tp",
+        "fp",
+        "tn",
+        "fn",
+        "hist_pos",
+        "hist_neg",
+        "loss_sum",
+        "brier_sum",  # binary
+        "confusion",
+        "top2_hits",  # multiclass
+        "sum_abs_err",
+        "sum_sq_err",
+        "sum_y",
+        "sum_y2",
+        "sum_pred",  # continuous
+    }
+)
 ALLOWED_METRICS = frozenset(
-    {"num-examples", "num-test", "train-loss-sum", "train-examples", "train-steps",
-     "epsilon", "delta", "refused", "min-cohort"}
+    {
+        "num-examples",
+        "num-test",
+        "train-loss-sum",
+        "train-examples",
+        "train-steps",
+        "epsilon",
+        "delta",
+        "refused",
+        "min-cohort",
+    }
     | {f"eval-{key}" for key in EVAL_STATISTICS}
     | {f"val-{key}" for key in EVAL_STATISTICS}  # early stopping: validation rows (aggregates)
-    | BENEFIT_KEYS)  # query.personalise: metric values and interval ends only (models.benefit)
+    | BENEFIT_KEYS
+)  # query.personalise: metric values and interval ends only (models.benefit)
 _ROUND0_SITE_KEYS = frozenset({"name", "statistics-json", "role"})  # role: train | evaluate
 SECAGG_REPLIES: dict[str, dict[str, type]] = {  # stage -> key -> type of the value (or items)
     Stage.SETUP: {Key.PUBLIC_KEY_1: bytes, Key.PUBLIC_KEY_2: bytes},  # public keys
@@ -101,8 +126,9 @@ def check_reply(request: Message, reply: Message, secagg: str | None = None) -> 
         raise GuardViolation("only the round-0 reply may carry a ConfigRecord")
     for name, record in content.config_records.items():
         if name != "site" or set(record) - _ROUND0_SITE_KEYS:
-            raise GuardViolation(f"config record '{name}' with keys {sorted(record)} may not "
-                                 "leave the node")
+            raise GuardViolation(
+                f"config record '{name}' with keys {sorted(record)} may not leave the node"
+            )
         if record.get("role", "train") not in ("train", "evaluate"):  # no free text leaves
             raise GuardViolation("the round-0 role must be train or evaluate")
         _check_numbers("statistics", json.loads(str(record["statistics-json"])))
@@ -126,8 +152,9 @@ def _check_arrays(request: Message, reply: Message) -> None:
     for key in received:
         a, b = received[key], reply_arrays[key]
         if tuple(a.shape) != tuple(b.shape) or a.dtype != b.dtype:
-            raise GuardViolation(f"array '{key}' has shape {b.shape} {b.dtype}, the model's is "
-                                 f"{a.shape} {a.dtype}")
+            raise GuardViolation(
+                f"array '{key}' has shape {b.shape} {b.dtype}, the model's is {a.shape} {a.dtype}"
+            )
 
 
 def _check_secagg(stage: str, request: Message, reply: Message) -> None:
@@ -139,10 +166,15 @@ def _check_secagg(stage: str, request: Message, reply: Message) -> None:
     configs = {RECORD_KEY_CONFIGS} | ({"fitres.status", "fitres.metrics"} if collect else set())
     metrics = {"fitres.num_examples", "metrics"} if collect else set()
     arrays = {"fitres.parameters"} if collect else set()
-    if (set(content.config_records), set(content.metric_records),
-            set(content.array_records)) != (configs, metrics, arrays):
-        raise GuardViolation(f"a SecAgg+ {stage} reply may carry only the records {sorted(configs)}"
-                             f" {sorted(metrics)} {sorted(arrays)}")
+    if (set(content.config_records), set(content.metric_records), set(content.array_records)) != (
+        configs,
+        metrics,
+        arrays,
+    ):
+        raise GuardViolation(
+            f"a SecAgg+ {stage} reply may carry only the records {sorted(configs)}"
+            f" {sorted(metrics)} {sorted(arrays)}"
+        )
     record = content.config_records[RECORD_KEY_CONFIGS]
     for key, value in record.items():
         items = value if isinstance(value, list) else [value]
@@ -156,9 +188,12 @@ def _check_masked_reply(request: Message, reply: Message) -> None:
     """The collect-stage reply: masked integer arrays of the model's shapes, no plain weights."""
     content = reply.content
     status = dict(content.config_records["fitres.status"])
-    if (len(content.array_records["fitres.parameters"]) or content.config_records["fitres.metrics"]
-            or status != {"code": 0, "message": ""}
-            or set(content.metric_records["fitres.num_examples"]) != {"num_examples"}):
+    if (
+        len(content.array_records["fitres.parameters"])
+        or content.config_records["fitres.metrics"]
+        or status != {"code": 0, "message": ""}
+        or set(content.metric_records["fitres.num_examples"]) != {"num_examples"}
+    ):
         raise GuardViolation("a SecAgg+ masked-vector reply may not carry plain arrays or metrics")
     unknown = sorted(set(content.metric_records["metrics"]) - ALLOWED_METRICS)
     if unknown:
@@ -170,7 +205,8 @@ def _check_masked_reply(request: Message, reply: Message) -> None:
     masked = [bytes_to_ndarray(b) for b in vectors if isinstance(b, bytes)]  # all are (checked)
     shapes = [(1,)] + [a.shape for a in model]  # the weight factor, then the layers
     if [a.shape for a in masked] != shapes or not all(
-            np.issubdtype(a.dtype, np.integer) for a in masked):
+        np.issubdtype(a.dtype, np.integer) for a in masked
+    ):
         raise GuardViolation("the masked vector is not integer arrays of the model's shapes")
 
 
@@ -179,8 +215,10 @@ class CellsWithheld(RuntimeError):
 
 
 def _study_json(msg: Message, context: Context) -> str | None:
-    for records in (msg.content.config_records if msg.has_content() else {},
-                    context.state.config_records):
+    for records in (
+        msg.content.config_records if msg.has_content() else {},
+        context.state.config_records,
+    ):
         for name in ("study", "medfed-study"):
             if name in records and "config-json" in records[name]:
                 return str(records[name]["config-json"])
@@ -201,16 +239,20 @@ def screen_exception(exc: Exception, msg: Message, context: Context) -> Exceptio
             return None
         clean, count = withhold_cells(text, cells)
     except Exception:  # noqa: BLE001 - fail closed: nothing unchecked leaves the node
-        return CellsWithheld(f"{type(exc).__name__}: the node's error text was withheld (it "
-                             "could not be checked for cell contents); see the node's log")
+        return CellsWithheld(
+            f"{type(exc).__name__}: the node's error text was withheld (it "
+            "could not be checked for cell contents); see the node's log"
+        )
     if not count:
         return None
-    return CellsWithheld(f"{type(exc).__name__}: {clean} ({count} cell value(s) withheld by "
-                         "the node's guard)")
+    return CellsWithheld(
+        f"{type(exc).__name__}: {clean} ({count} cell value(s) withheld by the node's guard)"
+    )
 
 
-def reply_guard(msg: Message, context: Context,
-                call_next: Callable[[Message, Context], Message]) -> Message:
+def reply_guard(
+    msg: Message, context: Context, call_next: Callable[[Message, Context], Message]
+) -> Message:
     """Flower mod: run the handler, then refuse its reply if it carries more than aggregates;
     an exception whose text quotes a cell of the node's data goes on with the cells withheld."""
     stage = secagg_stage(msg)

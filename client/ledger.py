@@ -38,8 +38,16 @@ from medfed.infra.chain import GENESIS, ChainTampered, HashChain  # noqa: F401 (
 
 SUFFIX = ".ledger.jsonl"
 STATUSES = ("reserved", "committed", "released")
-_SPEND_KEYS = ("study", "task", "round", "noise_multiplier", "sample_rate", "steps", "delta",
-               "accountant")
+_SPEND_KEYS = (
+    "study",
+    "task",
+    "round",
+    "noise_multiplier",
+    "sample_rate",
+    "steps",
+    "delta",
+    "accountant",
+)
 _KEYS = {"seq", "prev_hash", "hash", "status", "ref", "epsilon", "time", "reason", *_SPEND_KEYS}
 
 
@@ -63,8 +71,7 @@ class Spend:
     open_reservations: int = 0
 
 
-def spent_epsilon(history: list[tuple[float, float, int]], delta: float,
-                  accountant: str) -> float:
+def spent_epsilon(history: list[tuple[float, float, int]], delta: float, accountant: str) -> float:
     """Epsilon of a spend history at ``delta``: the one function ``medfed node ledger`` and the
     node's policy check (:mod:`medfed.client.privacy_round`) both use, so they agree."""
     from medfed.models.privacy import epsilon_from_history
@@ -105,42 +112,72 @@ class Ledger(HashChain):
             ref = entry["ref"]
             if entry["status"] == "reserved" and ref is None:
                 continue
-            bad = (entry["status"] not in STATUSES[1:] or not isinstance(ref, int)
-                   or not 0 <= ref < entry["seq"] or entries[ref]["status"] != "reserved"
-                   or ref in closed)
+            bad = (
+                entry["status"] not in STATUSES[1:]
+                or not isinstance(ref, int)
+                or not 0 <= ref < entry["seq"]
+                or entries[ref]["status"] != "reserved"
+                or ref in closed
+            )
             if bad:
-                raise LedgerTampered(f"{self.path}, line {entry['seq'] + 1}: it closes no open "
-                                     "reservation; the ledger was edited.")
+                raise LedgerTampered(
+                    f"{self.path}, line {entry['seq'] + 1}: it closes no open "
+                    "reservation; the ledger was edited."
+                )
             closed.add(ref)
 
-    def _append(self, fields: dict[str, Any], *, defaults: dict[str, Any] | None = None
-                ) -> dict[str, Any]:
+    def _append(
+        self, fields: dict[str, Any], *, defaults: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         return super()._append(fields, defaults={"reason": "", "ref": None, **(defaults or {})})
 
-    def reserve(self, study: str, task: str, round: int, noise_multiplier: float,
-                sample_rate: float, steps: int, delta: float, projected_epsilon: float, *,
-                accountant: str = "rdp") -> int:
+    def reserve(
+        self,
+        study: str,
+        task: str,
+        round: int,
+        noise_multiplier: float,
+        sample_rate: float,
+        steps: int,
+        delta: float,
+        projected_epsilon: float,
+        *,
+        accountant: str = "rdp",
+    ) -> int:
         """Record a round's spend before training; return the entry id for :meth:`commit`."""
         if not (noise_multiplier >= 0 and 0 < sample_rate <= 1 and steps >= 0 and 0 < delta < 1):
-            raise LedgerError(f"Refusing to record an invalid spend (noise {noise_multiplier}, "
-                              f"sample rate {sample_rate}, steps {steps}, delta {delta}).")
-        return self._append({
-            "status": "reserved", "study": str(study), "task": str(task), "round": int(round),
-            "noise_multiplier": float(noise_multiplier), "sample_rate": float(sample_rate),
-            "steps": int(steps), "delta": float(delta), "accountant": str(accountant),
-            "epsilon": _number(projected_epsilon)})["seq"]
+            raise LedgerError(
+                f"Refusing to record an invalid spend (noise {noise_multiplier}, "
+                f"sample rate {sample_rate}, steps {steps}, delta {delta})."
+            )
+        return self._append(
+            {
+                "status": "reserved",
+                "study": str(study),
+                "task": str(task),
+                "round": int(round),
+                "noise_multiplier": float(noise_multiplier),
+                "sample_rate": float(sample_rate),
+                "steps": int(steps),
+                "delta": float(delta),
+                "accountant": str(accountant),
+                "epsilon": _number(projected_epsilon),
+            }
+        )["seq"]
 
     def _close(self, entry_id: int, status: str, epsilon: float | None, reason: str) -> None:
         with self.locked():
             entries = self._read()[0]
             open_ids = {e["seq"] for e in entries if e["status"] == "reserved"} - {
-                e["ref"] for e in entries if e["ref"] is not None}
+                e["ref"] for e in entries if e["ref"] is not None
+            }
             if entry_id not in open_ids:
                 raise LedgerError(f"{self.path}: entry {entry_id} is not an open reservation.")
             spend = {k: entries[entry_id][k] for k in _SPEND_KEYS}
             eps = entries[entry_id]["epsilon"] if epsilon is None else _number(epsilon)
-            self._append({**spend, "status": status, "ref": entry_id, "epsilon": eps,
-                          "reason": reason})
+            self._append(
+                {**spend, "status": status, "ref": entry_id, "epsilon": eps, "reason": reason}
+            )
 
     def commit(self, entry_id: int, epsilon_after: float) -> None:
         """Close reservation ``entry_id`` as spent, recording the epsilon after the round."""
@@ -154,12 +191,17 @@ class Ledger(HashChain):
         """``(noise, sample_rate, steps)`` of every reservation not released (of ``study``)."""
         entries = self.verify()
         released = {e["ref"] for e in entries if e["status"] == "released"}
-        return [(e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in entries
-                if e["status"] == "reserved" and e["seq"] not in released
-                and (study is None or e["study"] == study)]
+        return [
+            (e["noise_multiplier"], e["sample_rate"], e["steps"])
+            for e in entries
+            if e["status"] == "reserved"
+            and e["seq"] not in released
+            and (study is None or e["study"] == study)
+        ]
 
-    def spent(self, study: str | None = None, *, delta: float | None = None,
-              accountant: str | None = None) -> Spend:
+    def spent(
+        self, study: str | None = None, *, delta: float | None = None, accountant: str | None = None
+    ) -> Spend:
         """Epsilon per study and in total, recomputed from the history.
 
         ``delta`` defaults to the largest delta recorded (per study: that study's), and
@@ -180,8 +222,11 @@ class Ledger(HashChain):
 
         names = sorted({e["study"] for e in spends if study is None or e["study"] == study})
         by_study = {name: [e for e in spends if e["study"] == name] for name in names}
-        return Spend(total=epsilon(spends), accountant=acct,
-                     studies={name: epsilon(rows) for name, rows in by_study.items()},
-                     rounds={name: len(rows) for name, rows in by_study.items()},
-                     delta=delta or max(e["delta"] for e in spends),
-                     open_reservations=sum(e["seq"] not in closed for e in spends))
+        return Spend(
+            total=epsilon(spends),
+            accountant=acct,
+            studies={name: epsilon(rows) for name, rows in by_study.items()},
+            rounds={name: len(rows) for name, rows in by_study.items()},
+            delta=delta or max(e["delta"] for e in spends),
+            open_reservations=sum(e["seq"] not in closed for e in spends),
+        )

@@ -40,8 +40,10 @@ def received_study(context: Any) -> tuple[str, str]:
     """The configuration and statistics JSON this node received in round 0 (kept in the run's
     ``context.state``)."""
     if STUDY_STATE not in context.state.config_records:
-        raise RuntimeError("this node has no study configuration for the run: the server must "
-                           "send round 0 (query.stats and query.prepare) before training")
+        raise RuntimeError(
+            "this node has no study configuration for the run: the server must "
+            "send round 0 (query.stats and query.prepare) before training"
+        )
     record = context.state.config_records[STUDY_STATE]
     return str(record["config-json"]), str(record.get("statistics-json", ""))
 
@@ -72,9 +74,12 @@ def local_study(config_json: str, node_config: Mapping[str, Any]) -> str:
     study["federation"] = {"name": "sites", "cards": [str(dataset)], "min_cohort": None}
     study["policy"] = yaml.safe_load(policy.read_text()) or {}
     study["policy"].setdefault("require_approval", True)  # a deployed node approves its studies
-    study["privacy"].update(secure_rng=True, ledger_dir=str(ledger_dir) if ledger_dir else None,
-                            ledger_file=None if ledger_dir else str(ledger_path(str(dataset))),
-                            ledger_binding=str(binding_path(str(dataset))))
+    study["privacy"].update(
+        secure_rng=True,
+        ledger_dir=str(ledger_dir) if ledger_dir else None,
+        ledger_file=None if ledger_dir else str(ledger_path(str(dataset))),
+        ledger_binding=str(binding_path(str(dataset))),
+    )
     return json.dumps(study)
 
 
@@ -93,9 +98,10 @@ def site_summary(config_json: str, index: int) -> tuple[str, int, int, dict[str,
     """
     study = json.loads(config_json)
     site = _site(config_json, index)
-    stats = suppress_small_cells(site_statistics(site.train, study_schema(study),
-                                                 histograms=wants_histograms(study)),
-                                 int(study["preprocessing"]["min_cell"]))
+    stats = suppress_small_cells(
+        site_statistics(site.train, study_schema(study), histograms=wants_histograms(study)),
+        int(study["preprocessing"]["min_cell"]),
+    )
     return site.name, len(site.train), len(site.test), stats
 
 
@@ -113,8 +119,9 @@ def declared_min_cohort(config_json: str, site_name: str) -> int:
 
 
 @lru_cache(maxsize=16)
-def study_parts(config_json: str, statistics_json: str) -> tuple[dict[str, Any], TaskSchema,
-                                                                 GlobalStats]:
+def study_parts(
+    config_json: str, statistics_json: str
+) -> tuple[dict[str, Any], TaskSchema, GlobalStats]:
     """The parsed study, its schema and the global statistics (parsed once per run, not per
     message; callers must not modify the returned study)."""
     study = json.loads(config_json)

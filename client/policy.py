@@ -60,60 +60,93 @@ class Refusal:
         return self.reason
 
 
-def _governance(policy: Policy, task: str, dp: bool, cohort_size: int | None,
-                secure_aggregation: bool) -> Refusal | None:
+def _governance(
+    policy: Policy, task: str, dp: bool, cohort_size: int | None, secure_aggregation: bool
+) -> Refusal | None:
     if policy.allowed_tasks is not None and task not in policy.allowed_tasks:
-        return Refusal("task", f"task: '{task}' is not in allowed_tasks "
-                               f"{list(policy.allowed_tasks)}")
+        return Refusal(
+            "task", f"task: '{task}' is not in allowed_tasks {list(policy.allowed_tasks)}"
+        )
     if policy.require_dp and not dp:
-        return Refusal("dp", "dp: this node requires DP-SGD (require_dp) but the study runs "
-                             "without it; use privacy=dpsgd")
+        return Refusal(
+            "dp",
+            "dp: this node requires DP-SGD (require_dp) but the study runs "
+            "without it; use privacy=dpsgd",
+        )
     if policy.require_secure_aggregation and not secure_aggregation:
-        return Refusal("secure_aggregation", "secure aggregation: this node requires it "
-                       "(require_secure_aggregation) but the study runs without it")
+        return Refusal(
+            "secure_aggregation",
+            "secure aggregation: this node requires it "
+            "(require_secure_aggregation) but the study runs without it",
+        )
     if cohort_size is not None and cohort_size < policy.min_cohort:
-        return Refusal("cohort", f"cohort: {cohort_size} hospital(s) in this round < "
-                                 f"min_cohort {policy.min_cohort}")
+        return Refusal(
+            "cohort",
+            f"cohort: {cohort_size} hospital(s) in this round < min_cohort {policy.min_cohort}",
+        )
     return None
 
 
-def _mechanism(policy: Policy, noise: float, clip: float, delta: float,
-               n_examples: int | None) -> Refusal | None:
+def _mechanism(
+    policy: Policy, noise: float, clip: float, delta: float, n_examples: int | None
+) -> Refusal | None:
     if noise < policy.min_noise_multiplier:
-        return Refusal("noise", f"noise: noise multiplier {noise:.3g} < min_noise_multiplier "
-                                f"{policy.min_noise_multiplier}")
+        return Refusal(
+            "noise",
+            f"noise: noise multiplier {noise:.3g} < min_noise_multiplier "
+            f"{policy.min_noise_multiplier}",
+        )
     if policy.max_grad_norm_limit is not None and clip > policy.max_grad_norm_limit:
-        return Refusal("clipping", f"clipping: max_grad_norm {clip:g} > max_grad_norm_limit "
-                                   f"{policy.max_grad_norm_limit}")
+        return Refusal(
+            "clipping",
+            f"clipping: max_grad_norm {clip:g} > max_grad_norm_limit {policy.max_grad_norm_limit}",
+        )
     if policy.delta is not None and delta > policy.delta:
-        return Refusal("delta", f"delta: the study's delta {delta:g} > the policy's delta "
-                                f"{policy.delta:g}")
+        return Refusal(
+            "delta", f"delta: the study's delta {delta:g} > the policy's delta {policy.delta:g}"
+        )
     if policy.delta is None and n_examples and delta >= 1 / n_examples:
-        return Refusal("delta", f"delta: the study's delta {delta:g} is not below 1/n = "
-                                f"{1 / n_examples:.3g} for this dataset's {n_examples} rows")
+        return Refusal(
+            "delta",
+            f"delta: the study's delta {delta:g} is not below 1/n = "
+            f"{1 / n_examples:.3g} for this dataset's {n_examples} rows",
+        )
     return None
 
 
 def _budget(policy: Policy, total: float | None, study: float | None) -> Refusal | None:
-    limits = (("max_epsilon_per_study", policy.max_epsilon_per_study, study, "the study's "),
-              ("max_epsilon_total", policy.max_epsilon_total, total, ""))
+    limits = (
+        ("max_epsilon_per_study", policy.max_epsilon_per_study, study, "the study's "),
+        ("max_epsilon_total", policy.max_epsilon_total, total, ""),
+    )
     for name, limit, projected, whose in limits:
         if limit is None:
             continue
         if projected is None:
             raise ValueError(f"check_round needs the projected epsilon to apply {name}.")
         if projected > limit:
-            return Refusal("budget", f"budget: this round would bring {whose}epsilon to "
-                                     f"{projected:.2f} > {name} {limit}")
+            return Refusal(
+                "budget",
+                f"budget: this round would bring {whose}epsilon to "
+                f"{projected:.2f} > {name} {limit}",
+            )
     return None
 
 
-def check_round(policy: Policy, *, task: str, dp: bool, noise_multiplier: float | None = None,
-                max_grad_norm: float | None = None, delta: float | None = None,
-                projected_epsilon_total: float | None = None,
-                projected_epsilon_study: float | None = None, cohort_size: int | None = None,
-                secure_aggregation: bool = False,
-                n_examples: int | None = None) -> Refusal | None:
+def check_round(
+    policy: Policy,
+    *,
+    task: str,
+    dp: bool,
+    noise_multiplier: float | None = None,
+    max_grad_norm: float | None = None,
+    delta: float | None = None,
+    projected_epsilon_total: float | None = None,
+    projected_epsilon_study: float | None = None,
+    cohort_size: int | None = None,
+    secure_aggregation: bool = False,
+    n_examples: int | None = None,
+) -> Refusal | None:
     """The first limit of ``policy`` this round would pass, or None to go ahead.
 
     Checked in order: allowed task, required DP, required secure aggregation, cohort size, then
@@ -126,5 +159,6 @@ def check_round(policy: Policy, *, task: str, dp: bool, noise_multiplier: float 
         return refusal
     if noise_multiplier is None or max_grad_norm is None or delta is None:
         raise ValueError("check_round needs noise_multiplier, max_grad_norm and delta with DP on.")
-    return (_mechanism(policy, noise_multiplier, max_grad_norm, delta, n_examples)
-            or _budget(policy, projected_epsilon_total, projected_epsilon_study))
+    return _mechanism(policy, noise_multiplier, max_grad_norm, delta, n_examples) or _budget(
+        policy, projected_epsilon_total, projected_epsilon_study
+    )

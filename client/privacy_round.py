@@ -54,18 +54,28 @@ def _mechanism(study: dict[str, Any], n: int, delta: float) -> tuple[float, floa
     cfg, priv = study["train"], study["privacy"]
     rate = sample_rate(n, int(cfg["batch_size"]))
     local = cfg.get("local_steps")
-    steps = dp_steps(n, int(cfg["batch_size"]), steps=None if local is None else int(local),
-                     epochs=None if local is not None else int(cfg["local_epochs"]))
+    steps = dp_steps(
+        n,
+        int(cfg["batch_size"]),
+        steps=None if local is None else int(local),
+        epochs=None if local is not None else int(cfg["local_epochs"]),
+    )
     if priv.get("target_epsilon") is not None:
-        noise = noise_for_target(float(priv["target_epsilon"]), delta, rate,
-                                 steps * int(study["rounds"]), str(priv["accountant"]))
+        noise = noise_for_target(
+            float(priv["target_epsilon"]),
+            delta,
+            rate,
+            steps * int(study["rounds"]),
+            str(priv["accountant"]),
+        )
     else:
         noise = float(priv["noise_multiplier"])
     return noise, rate, steps
 
 
-def _projected(ledger: Ledger, study_id: str, step: tuple[float, float, int], delta: float,
-               accountant: str) -> tuple[float, float]:
+def _projected(
+    ledger: Ledger, study_id: str, step: tuple[float, float, int], delta: float, accountant: str
+) -> tuple[float, float]:
     """Epsilon after this round, in total and for this study: :func:`spent_epsilon` (what
     ``medfed node ledger`` prints) of the ledger's history plus this round."""
     total = spent_epsilon([*ledger.history(), step], delta, accountant)
@@ -73,10 +83,20 @@ def _projected(ledger: Ledger, study_id: str, step: tuple[float, float, int], de
     return total, own
 
 
-def train_round(model: torch.nn.Module, site: PreparedSite, schema: TaskSchema,
-                study: dict[str, Any], stats: GlobalStats, *, seed: int, server_round: int,
-                proximal_mu: float, cohort_size: int, delta: float,
-                step_hook: Callable[[], None] | None = None) -> dict[str, float]:
+def train_round(
+    model: torch.nn.Module,
+    site: PreparedSite,
+    schema: TaskSchema,
+    study: dict[str, Any],
+    stats: GlobalStats,
+    *,
+    seed: int,
+    server_round: int,
+    proximal_mu: float,
+    cohort_size: int,
+    delta: float,
+    step_hook: Callable[[], None] | None = None,
+) -> dict[str, float]:
     """One round of local training under the node's policy; additive train statistics.
 
     ``step_hook`` runs before every optimiser step (SCAFFOLD's correction; privacy=none only).
@@ -91,14 +111,27 @@ def train_round(model: torch.nn.Module, site: PreparedSite, schema: TaskSchema,
     if error := privacy_errors(priv):  # the coordinator's own check, in case it was skipped
         raise NodeRefusal(f"settings: {error}")
     policy = policy_for_site(study.get("policy"), site.name)
-    common = {"task": schema.name, "dp": dp, "cohort_size": cohort_size,
-              "secure_aggregation": bool(study.get("secure_aggregation", False))}
+    common = {
+        "task": schema.name,
+        "dp": dp,
+        "cohort_size": cohort_size,
+        "secure_aggregation": bool(study.get("secure_aggregation", False)),
+    }
     if not dp:
         refusal = check_round(policy, **common)
         if refusal is not None:
             raise NodeRefusal(str(refusal))
-        return local_training(model, site.x_train, site.y_train, schema, study, stats, seed=seed,
-                              proximal_mu=proximal_mu, step_hook=step_hook)
+        return local_training(
+            model,
+            site.x_train,
+            site.y_train,
+            schema,
+            study,
+            stats,
+            seed=seed,
+            proximal_mu=proximal_mu,
+            step_hook=step_hook,
+        )
     ledger = ledger_for(study, site.name)
     noise, rate, steps = _mechanism(study, len(site.y_train), delta)
     with ledger.locked():  # projection, check and reservation as one step: no double spending
@@ -106,40 +139,97 @@ def train_round(model: torch.nn.Module, site: PreparedSite, schema: TaskSchema,
             history = ledger.history()
         except LedgerTampered as exc:
             raise NodeRefusal(f"ledger: {exc}") from None
-        total, own = _projected(ledger, study["study_id"], (noise, rate, steps), delta,
-                                str(priv["accountant"]))
-        refusal = check_round(policy, **common, noise_multiplier=noise,
-                              max_grad_norm=float(priv["max_grad_norm"]), delta=delta,
-                              projected_epsilon_total=total, projected_epsilon_study=own,
-                              n_examples=len(site.y_train))
+        total, own = _projected(
+            ledger, study["study_id"], (noise, rate, steps), delta, str(priv["accountant"])
+        )
+        refusal = check_round(
+            policy,
+            **common,
+            noise_multiplier=noise,
+            max_grad_norm=float(priv["max_grad_norm"]),
+            delta=delta,
+            projected_epsilon_total=total,
+            projected_epsilon_study=own,
+            n_examples=len(site.y_train),
+        )
         if refusal is not None:
             raise NodeRefusal(str(refusal))
-        entry = ledger.reserve(study["study_id"], schema.name, server_round, noise, rate, steps,
-                               delta, total, accountant=str(priv["accountant"]))
+        entry = ledger.reserve(
+            study["study_id"],
+            schema.name,
+            server_round,
+            noise,
+            rate,
+            steps,
+            delta,
+            total,
+            accountant=str(priv["accountant"]),
+        )
         mark_spent(priv.get("ledger_binding"))  # a deployed node: its data has now spent
-    return _dp_train(model, site, schema, study, stats, ledger, entry, history,
-                     seed=seed, noise=noise, steps=steps, delta=delta, proximal_mu=proximal_mu)
+    return _dp_train(
+        model,
+        site,
+        schema,
+        study,
+        stats,
+        ledger,
+        entry,
+        history,
+        seed=seed,
+        noise=noise,
+        steps=steps,
+        delta=delta,
+        proximal_mu=proximal_mu,
+    )
 
 
-def _dp_train(model: torch.nn.Module, site: PreparedSite, schema: TaskSchema,
-              study: dict[str, Any], stats: GlobalStats, ledger: Ledger, entry: int,
-              history: list, *, seed: int, noise: float, steps: int, delta: float,
-              proximal_mu: float) -> dict[str, float]:
+def _dp_train(
+    model: torch.nn.Module,
+    site: PreparedSite,
+    schema: TaskSchema,
+    study: dict[str, Any],
+    stats: GlobalStats,
+    ledger: Ledger,
+    entry: int,
+    history: list,
+    *,
+    seed: int,
+    noise: float,
+    steps: int,
+    delta: float,
+    proximal_mu: float,
+) -> dict[str, float]:
     from medfed.models.privacy import dp_train
 
     cfg, priv = study["train"], study["privacy"]
     weights, report = dp_train(
-        model, site.x_train, site.y_train, loss_function(schema, stats), lr=float(cfg["lr"]),
-        batch_size=int(cfg["batch_size"]), noise_multiplier=noise,
-        max_grad_norm=float(priv["max_grad_norm"]), seed=seed, history=history, steps=steps,
-        secure_rng=bool(priv["secure_rng"]), optimizer=str(cfg["optimizer"]),
-        momentum=float(cfg["momentum"]), weight_decay=float(cfg["weight_decay"]),
-        proximal_mu=proximal_mu, accountant=str(priv["accountant"]), delta=delta)
+        model,
+        site.x_train,
+        site.y_train,
+        loss_function(schema, stats),
+        lr=float(cfg["lr"]),
+        batch_size=int(cfg["batch_size"]),
+        noise_multiplier=noise,
+        max_grad_norm=float(priv["max_grad_norm"]),
+        seed=seed,
+        history=history,
+        steps=steps,
+        secure_rng=bool(priv["secure_rng"]),
+        optimizer=str(cfg["optimizer"]),
+        momentum=float(cfg["momentum"]),
+        weight_decay=float(cfg["weight_decay"]),
+        proximal_mu=proximal_mu,
+        accountant=str(priv["accountant"]),
+        delta=delta,
+    )
     ledger.commit(entry, float(report["epsilon"]))
     model.load_state_dict(weights)
     examples = float(report["examples"])
     # Mean loss over the round's sampled rows: an aggregate, like the test metrics (not in epsilon).
-    return {"train-loss-sum": float(report["loss"]) * examples if examples else 0.0,
-            "train-examples": examples,
-            "train-steps": float(report["steps"]), "epsilon": float(report["epsilon"]),
-            "delta": delta}
+    return {
+        "train-loss-sum": float(report["loss"]) * examples if examples else 0.0,
+        "train-examples": examples,
+        "train-steps": float(report["steps"]),
+        "epsilon": float(report["epsilon"]),
+        "delta": delta,
+    }

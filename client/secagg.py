@@ -64,9 +64,11 @@ def _check_setup(configs: ConfigRecord) -> None:
     threshold = int(configs.get(Key.THRESHOLD, 0))  # type: ignore[arg-type]
     shares = int(configs.get(Key.SHARE_NUMBER, 0))  # type: ignore[arg-type]
     if not 2 <= threshold <= shares:
-        raise ValueError(f"secure aggregation: the server asked for a reconstruction threshold "
-                         f"of {threshold} among {shares} shares; this node needs "
-                         "2 <= threshold <= shares")
+        raise ValueError(
+            f"secure aggregation: the server asked for a reconstruction threshold "
+            f"of {threshold} among {shares} shares; this node needs "
+            "2 <= threshold <= shares"
+        )
 
 
 def _train_as_fitres(msg: Message, context: Context, call_next: Handler) -> Message:
@@ -88,8 +90,12 @@ def _train_as_fitres(msg: Message, context: Context, call_next: Handler) -> Mess
     metrics = reply.content.metric_records["metrics"]
     n_examples = int(scalar(metrics["num-examples"]))
     _check_range(weights, n_examples, context)
-    fitres = FitRes(Status(Code.OK, ""), compat.arrayrecord_to_parameters(weights, keep_input=True),
-                    n_examples, {})
+    fitres = FitRes(
+        Status(Code.OK, ""),
+        compat.arrayrecord_to_parameters(weights, keep_input=True),
+        n_examples,
+        {},
+    )
     content = compat.fitres_to_recorddict(fitres, keep_input=True)
     content.metric_records["metrics"] = metrics
     return Message(content, reply_to=msg)
@@ -103,11 +109,15 @@ def _check_range(weights: ArrayRecord, n_examples: int, context: Context) -> Non
     state = context.state.config_records[RECORD_KEY_STATE]
     clip, max_weight = float(scalar(state["clipping_range"])), float(scalar(state["max_weight"]))
     if n_examples > max_weight:
-        raise ValueError(f"secure aggregation: this node's {n_examples} training rows exceed the "
-                         f"round's max_weight {max_weight:g}; the server must send the largest "
-                         "training-set size")
+        raise ValueError(
+            f"secure aggregation: this node's {n_examples} training rows exceed the "
+            f"round's max_weight {max_weight:g}; the server must send the largest "
+            "training-set size"
+        )
     largest = max(float(abs(weights[key].numpy()).max(initial=0.0)) for key in weights)
     if largest * n_examples / max_weight > clip:
-        raise ValueError(f"secure aggregation: a model weight reaches {largest:.3g}, beyond what "
-                         f"secagg.clipping_range {clip:g} encodes at this node's weight "
-                         f"{n_examples}/{max_weight:g}; raise secagg.clipping_range")
+        raise ValueError(
+            f"secure aggregation: a model weight reaches {largest:.3g}, beyond what "
+            f"secagg.clipping_range {clip:g} encodes at this node's weight "
+            f"{n_examples}/{max_weight:g}; raise secagg.clipping_range"
+        )

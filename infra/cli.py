@@ -35,69 +35,119 @@ class Command:
 
 
 COMMANDS: dict[str, dict[str, Command] | Command] = {
-    "simulate": Command("medfed.server.commands:simulate_main",
-                        "run a simulated federation (Hydra overrides; -m for sweeps)"),
+    "simulate": Command(
+        "medfed.server.commands:simulate_main",
+        "run a simulated federation (Hydra overrides; -m for sweeps)",
+    ),
     "tasks": Command("medfed.server.commands:tasks_main", "list the shipped task schemas"),
-    "checkpoint-key": Command("medfed.server.commands:checkpoint_key_main",
-                              "create a Fernet key for encrypted checkpoints"),
-    "run": Command("medfed.server.deploy.flwr_cli:run_main",
-                   "run a study on a deployed federation (at the coordinator)"),
-    "status": Command("medfed.server.deploy.flwr_cli:status_main",
-                      "connected hospitals and studies of a deployed federation"),
-    "dashboard": Command("medfed.server.dashboard.cli:dashboard_main",
-                         "a read-only web dashboard of studies and of a hospital node"),
-    "predict": Command("medfed.client.commands.predict:predict_main",
-                       "score a hospital's rows with a verified model bundle"),
+    "checkpoint-key": Command(
+        "medfed.server.commands:checkpoint_key_main",
+        "create a Fernet key for encrypted checkpoints",
+    ),
+    "run": Command(
+        "medfed.server.deploy.flwr_cli:run_main",
+        "run a study on a deployed federation (at the coordinator)",
+    ),
+    "status": Command(
+        "medfed.server.deploy.flwr_cli:status_main",
+        "connected hospitals and studies of a deployed federation",
+    ),
+    "dashboard": Command(
+        "medfed.server.dashboard.cli:dashboard_main",
+        "a read-only web dashboard of studies and of a hospital node",
+    ),
+    "predict": Command(
+        "medfed.client.commands.predict:predict_main",
+        "score a hospital's rows with a verified model bundle",
+    ),
     "model": {
-        "verify": Command("medfed.client.commands.model:model_main",
-                          "check a model bundle's signature and every file's hash",
-                          with_name=True),
-        "export": Command("medfed.client.commands.model:model_main",
-                          "export a model bundle to ONNX (with its preprocessing)",
-                          with_name=True),
+        "verify": Command(
+            "medfed.client.commands.model:model_main",
+            "check a model bundle's signature and every file's hash",
+            with_name=True,
+        ),
+        "export": Command(
+            "medfed.client.commands.model:model_main",
+            "export a model bundle to ONNX (with its preprocessing)",
+            with_name=True,
+        ),
     },
     "study": {
-        "manifest": Command("medfed.server.deploy.manifest:study_main",
-                            "a study's manifest (YAML) and SHA-256, signed, for hospitals to approve",
-                            with_name=True),
+        "manifest": Command(
+            "medfed.server.deploy.manifest:study_main",
+            "a study's manifest (YAML) and SHA-256, signed, for hospitals to approve",
+            with_name=True,
+        ),
     },
     "coordinator": {
-        "init": Command("medfed.server.deploy.coordinator:coordinator_main",
-                        "create the CA, the SuperLink's TLS certificate and coordinator.yaml",
-                        with_name=True),
-        "add-node": Command("medfed.server.deploy.coordinator:coordinator_main",
-                            "register a hospital's node key", with_name=True),
-        "start": Command("medfed.server.deploy.coordinator:coordinator_main",
-                         "run the SuperLink (TLS, node keys, state database)", with_name=True),
-        "audit": Command("medfed.server.deploy.coordinator_audit:coordinator_audit_main",
-                         "the coordinator's log of studies, approvals and outcomes"),
+        "init": Command(
+            "medfed.server.deploy.coordinator:coordinator_main",
+            "create the CA, the SuperLink's TLS certificate and coordinator.yaml",
+            with_name=True,
+        ),
+        "add-node": Command(
+            "medfed.server.deploy.coordinator:coordinator_main",
+            "register a hospital's node key",
+            with_name=True,
+        ),
+        "start": Command(
+            "medfed.server.deploy.coordinator:coordinator_main",
+            "run the SuperLink (TLS, node keys, state database)",
+            with_name=True,
+        ),
+        "audit": Command(
+            "medfed.server.deploy.coordinator_audit:coordinator_audit_main",
+            "the coordinator's log of studies, approvals and outcomes",
+        ),
     },
     "node": {
-        "check": Command("medfed.client.commands.check:node_main",
-                         "validate a hospital's dataset card and data (aggregates only)",
-                         with_name=True),
-        "ledger": Command("medfed.client.commands.privacy:ledger_main",
-                          "a hospital's privacy spend per study and in total"),
-        "keys": Command("medfed.client.commands.deploy:node_deploy_main",
-                        "create the node's key pair", with_name=True),
-        "start": Command("medfed.client.commands.deploy:node_deploy_main",
-                         "check the data, then join the federation", with_name=True),
-        "approve": Command("medfed.client.commands.audit:governance_main",
-                           "approve a study's manifest for this hospital's data", with_name=True),
-        "revoke": Command("medfed.client.commands.audit:governance_main",
-                          "revoke an approval: the node refuses the study from its next round",
-                          with_name=True),
-        "audit": Command("medfed.client.commands.audit:governance_main",
-                         "the node's audit log (verify it, filter, csv or json)", with_name=True),
+        "check": Command(
+            "medfed.client.commands.check:node_main",
+            "validate a hospital's dataset card and data (aggregates only)",
+            with_name=True,
+        ),
+        "ledger": Command(
+            "medfed.client.commands.privacy:ledger_main",
+            "a hospital's privacy spend per study and in total",
+        ),
+        "keys": Command(
+            "medfed.client.commands.deploy:node_deploy_main",
+            "create the node's key pair",
+            with_name=True,
+        ),
+        "start": Command(
+            "medfed.client.commands.deploy:node_deploy_main",
+            "check the data, then join the federation",
+            with_name=True,
+        ),
+        "approve": Command(
+            "medfed.client.commands.audit:governance_main",
+            "approve a study's manifest for this hospital's data",
+            with_name=True,
+        ),
+        "revoke": Command(
+            "medfed.client.commands.audit:governance_main",
+            "revoke an approval: the node refuses the study from its next round",
+            with_name=True,
+        ),
+        "audit": Command(
+            "medfed.client.commands.audit:governance_main",
+            "the node's audit log (verify it, filter, csv or json)",
+            with_name=True,
+        ),
     },
     "privacy": {
-        "plan": Command("medfed.client.commands.privacy:plan_main",
-                        "noise and epsilon per round for each hospital before a study"),
+        "plan": Command(
+            "medfed.client.commands.privacy:plan_main",
+            "noise and epsilon per round for each hospital before a study",
+        ),
     },
     "synth": {
-        "export": Command("medfed.models.ingest.export:synth_main",
-                          "write synthetic hospitals as CSV files plus dataset cards",
-                          with_name=True),
+        "export": Command(
+            "medfed.models.ingest.export:synth_main",
+            "write synthetic hospitals as CSV files plus dataset cards",
+            with_name=True,
+        ),
     },
 }
 """Every command by group and name; ``medfed --help`` is generated from it."""
@@ -105,8 +155,11 @@ COMMANDS: dict[str, dict[str, Command] | Command] = {
 
 def usage(group: str | None = None) -> str:
     """The help text of ``medfed`` (every command) or of one group."""
-    lines = [f"usage: medfed {group or '<command>'} {'<subcommand> ' if group else ''}[options]",
-             "", "commands:"]
+    lines = [
+        f"usage: medfed {group or '<command>'} {'<subcommand> ' if group else ''}[options]",
+        "",
+        "commands:",
+    ]
     for name, entry in COMMANDS.items():
         if group is not None and name != group:
             continue
@@ -115,8 +168,11 @@ def usage(group: str | None = None) -> str:
             continue
         for sub, command in entry.items():
             lines.append(f"  {name + ' ' + sub:24s}{command.summary}")
-    lines += ["", "`medfed COMMAND --help` describes a command's options.",
-              "exit codes: 0 success, 1 a study or check failed, 2 a usage or configuration error"]
+    lines += [
+        "",
+        "`medfed COMMAND --help` describes a command's options.",
+        "exit codes: 0 success, 1 a study or check failed, 2 a usage or configuration error",
+    ]
     return "\n".join(lines)
 
 
@@ -142,8 +198,7 @@ def resolve(args: list[str]) -> tuple[Command, list[str]] | int:
         return EXIT_OK if rest else EXIT_USAGE
     command = entry.get(rest[0])
     if command is None:
-        return _fail(f"unknown command 'medfed {args[0]} {rest[0]}'; see "
-                     f"`medfed {args[0]} --help`")
+        return _fail(f"unknown command 'medfed {args[0]} {rest[0]}'; see `medfed {args[0]} --help`")
     return command, rest if command.with_name else rest[1:]
 
 

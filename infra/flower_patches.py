@@ -35,27 +35,56 @@ class Internal:
 
 INTERNALS: tuple[Internal, ...] = (
     Internal("flwr.supernode.start_client_internal", "time", "capped_sleep"),
-    Internal("flwr.supernode.start_client_internal", "_pull_and_store_message",
-             "robust_receive", ("state", "object_store")),
-    Internal("flwr.supernode.start_client_internal", "pull_objects", "quick_object_pulls",
-             ("initial_backoff", "backoff_cap")),
+    Internal(
+        "flwr.supernode.start_client_internal",
+        "_pull_and_store_message",
+        "robust_receive",
+        ("state", "object_store"),
+    ),
+    Internal(
+        "flwr.supernode.start_client_internal",
+        "pull_objects",
+        "quick_object_pulls",
+        ("initial_backoff", "backoff_cap"),
+    ),
     Internal("flwr.supercore.heartbeat", "HEARTBEAT_DEFAULT_INTERVAL", "short_heartbeat"),
-    Internal("flwr.supernode.fleet_http_connection", "HEARTBEAT_DEFAULT_INTERVAL",
-             "short_heartbeat"),
+    Internal(
+        "flwr.supernode.fleet_http_connection", "HEARTBEAT_DEFAULT_INTERVAL", "short_heartbeat"
+    ),
     Internal("flwr.supercore.run", "RunNotRunningException", "robust_receive"),
     Internal("flwr.superlink.grid.http_grid", "HttpGrid", "name_reply_source"),
-    Internal("flwr.superlink.grid.http_grid", "pull_objects", "quick_object_pulls",
-             ("initial_backoff", "backoff_cap")),
-    Internal("flwr.supernode.runtime.run_clientapp", "pull_task_input",
-             "the ClientApp worker (medfed.client.supernode.worker)"),
-    Internal("flwr.supernode.runtime.run_clientapp", "push_task_output",
-             "the ClientApp worker (medfed.client.supernode.worker)"),
-    Internal("flwr.supernode.runtime.run_clientapp", "pull_and_inflate_object_from_tree",
-             "quick_object_pulls", ("initial_backoff", "backoff_cap")),
-    Internal("flwr.supercore.runtime", "RuntimeHttpClient",
-             "the ClientApp worker (medfed.client.supernode.worker)"),
-    Internal("flwr.supercore.task_identity", "TaskIdentity",
-             "the in-process engine (medfed.server.simulation.engine)"),
+    Internal(
+        "flwr.superlink.grid.http_grid",
+        "pull_objects",
+        "quick_object_pulls",
+        ("initial_backoff", "backoff_cap"),
+    ),
+    Internal(
+        "flwr.supernode.runtime.run_clientapp",
+        "pull_task_input",
+        "the ClientApp worker (medfed.client.supernode.worker)",
+    ),
+    Internal(
+        "flwr.supernode.runtime.run_clientapp",
+        "push_task_output",
+        "the ClientApp worker (medfed.client.supernode.worker)",
+    ),
+    Internal(
+        "flwr.supernode.runtime.run_clientapp",
+        "pull_and_inflate_object_from_tree",
+        "quick_object_pulls",
+        ("initial_backoff", "backoff_cap"),
+    ),
+    Internal(
+        "flwr.supercore.runtime",
+        "RuntimeHttpClient",
+        "the ClientApp worker (medfed.client.supernode.worker)",
+    ),
+    Internal(
+        "flwr.supercore.task_identity",
+        "TaskIdentity",
+        "the in-process engine (medfed.server.simulation.engine)",
+    ),
 )
 """Every Flower-internal name medfed uses, with the patch or module that uses it."""
 
@@ -73,8 +102,9 @@ def missing_internals() -> list[str]:
             have = set(inspect.signature(target).parameters)
             lacking = [p for p in item.parameters if p not in have]
             if lacking:
-                problems.append(f"{item.used_by}: {item.module}.{item.attribute} takes no "
-                                f"{', '.join(lacking)}")
+                problems.append(
+                    f"{item.used_by}: {item.module}.{item.attribute} takes no {', '.join(lacking)}"
+                )
     return problems
 
 
@@ -147,17 +177,27 @@ def drop_stopped_run(state: object, store: object, run_id: int) -> int:
     messages and their objects. Returns how many tasks were finished."""
     from flwr.common.constant import Status, SubStatus
 
-    tasks = state.get_tasks(run_ids=[run_id],  # type: ignore[attr-defined]
-                            statuses=[Status.PENDING, Status.STARTING, Status.RUNNING])
-    finished = sum(bool(state.finish_task(  # type: ignore[attr-defined]
-        task.task_id, SubStatus.STOPPED, "its run was stopped while the SuperNode received "
-        "its message")) for task in tasks)
+    tasks = state.get_tasks(  # type: ignore[attr-defined]
+        run_ids=[run_id],
+        statuses=[Status.PENDING, Status.STARTING, Status.RUNNING],
+    )
+    finished = sum(
+        bool(
+            state.finish_task(  # type: ignore[attr-defined]
+                task.task_id,
+                SubStatus.STOPPED,
+                "its run was stopped while the SuperNode received its message",
+            )
+        )
+        for task in tasks
+    )
     lock = getattr(state, "lock_msg_store", None)
     messages = getattr(state, "msg_store", None)
     if lock is not None and isinstance(messages, dict):
         with lock:
-            ids = [mid for mid, entry in messages.items()
-                   if entry.message.metadata.run_id == run_id]
+            ids = [
+                mid for mid, entry in messages.items() if entry.message.metadata.run_id == run_id
+            ]
         state.delete_messages(message_ids=ids)  # type: ignore[attr-defined]
         for message_id in ids:
             store.delete(message_id)  # type: ignore[attr-defined]
@@ -203,10 +243,10 @@ def robust_receive(pull: Callable[..., int | None]) -> Callable[..., int | None]
                 if name == "receive" and result is not None:
                     received.append(int(result[0].metadata.run_id))  # type: ignore[index]
                 return result
+
             return call
 
-        for name in ("receive", "get_run", "get_fab", "pull_object",
-                     "confirm_message_received"):
+        for name in ("receive", "get_run", "get_fab", "pull_object", "confirm_message_received"):
             if callable(kwargs.get(name)):
                 kwargs[name] = noting(name, kwargs[name])  # type: ignore[arg-type]
         run_id = pull(*args, **kwargs)
@@ -215,9 +255,13 @@ def robust_receive(pull: Callable[..., int | None]) -> Callable[..., int | None]
             count = drop_stopped_run(state, kwargs.get("object_store"), received[0])
             from flwr.common.logger import log  # beside Flower's "Ignoring message" line
 
-            log(logging.INFO, "medfed: run %d was stopped while this node received its "
-                "message: its %d unfinished task(s) and its messages are dropped", received[0],
-                count)
+            log(
+                logging.INFO,
+                "medfed: run %d was stopped while this node received its "
+                "message: its %d unfinished task(s) and its messages are dropped",
+                received[0],
+                count,
+            )
         if run_id is None:
             run_id = waiting_reply_run(state)
         return run_id
@@ -250,8 +294,8 @@ def patch_supernode(poll: float, heartbeat: float) -> None:
     if not patched:
         logging.getLogger("medfed").warning(
             "this Flower version's SuperNode differs from flwr 1.41's: some of its poll or "
-            "heartbeat intervals keep Flower's values")
-
+            "heartbeat intervals keep Flower's values"
+        )
 
 
 def name_reply_source(reply: object, node_id: int) -> None:

@@ -26,21 +26,32 @@ def write_private(path: Path, data: bytes) -> None:
     os.chmod(path, 0o600)
 
 
-def create_node_keys(folder: Path, comment: str = "medfed-node", *,
-                     force: bool = False) -> tuple[Path, Path]:
+def create_node_keys(
+    folder: Path, comment: str = "medfed-node", *, force: bool = False
+) -> tuple[Path, Path]:
     """Write ``node.key`` (private, 0600) and ``node.pub`` into ``folder``; return both paths."""
     private, public = folder / "node.key", folder / "node.pub"
     if private.exists() and not force:
-        raise DeployError(f"{private} exists already; keep it (its public key may be registered) "
-                          "or pass --force to replace it")
+        raise DeployError(
+            f"{private} exists already; keep it (its public key may be registered) "
+            "or pass --force to replace it"
+        )
     folder.mkdir(parents=True, exist_ok=True)
     key = ec.generate_private_key(ec.SECP384R1())
-    write_private(private, key.private_bytes(serialization.Encoding.PEM,
-                                             serialization.PrivateFormat.OpenSSH,
-                                             serialization.NoEncryption()))
-    public.write_bytes(key.public_key().public_bytes(serialization.Encoding.OpenSSH,
-                                                     serialization.PublicFormat.OpenSSH)
-                       + f" {comment}\n".encode())
+    write_private(
+        private,
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.OpenSSH,
+            serialization.NoEncryption(),
+        ),
+    )
+    public.write_bytes(
+        key.public_key().public_bytes(
+            serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
+        )
+        + f" {comment}\n".encode()
+    )
     return private, public
 
 
@@ -50,8 +61,11 @@ def load_ssh_key(path: Path, *, public: bool, where: str, hint: str) -> bytes:
     else."""
     try:
         data = path.read_bytes()
-        key = (serialization.load_ssh_public_key(data) if public
-               else serialization.load_ssh_private_key(data, None))
+        key = (
+            serialization.load_ssh_public_key(data)
+            if public
+            else serialization.load_ssh_private_key(data, None)
+        )
     except OSError as exc:
         raise DeployError(f"{where}: cannot read it ({exc.strerror})") from None
     except (ValueError, TypeError, UnsupportedAlgorithm):
@@ -64,7 +78,10 @@ def load_ssh_key(path: Path, *, public: bool, where: str, hint: str) -> bytes:
 
 def check_private_key(path: Path) -> None:
     """Raise :class:`DeployError` unless ``path`` is an EC private key in OpenSSH format."""
-    load_ssh_key(path, public=False, where=f"--key {path}",
-                 hint="not an unencrypted ECDSA private key in OpenSSH format; create one with "
-                      "`medfed node keys DIR`")
-
+    load_ssh_key(
+        path,
+        public=False,
+        where=f"--key {path}",
+        hint="not an unencrypted ECDSA private key in OpenSSH format; create one with "
+        "`medfed node keys DIR`",
+    )

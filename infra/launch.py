@@ -52,10 +52,18 @@ def node_config_arg(node_config: NodeConfig | str) -> str:
     return " ".join(f"{key}={json.dumps(value)}" for key, value in node_config.items())
 
 
-def supernode_command(superlink: str, port: int, node_config: NodeConfig | str, *,
-                      root_certificates: Path | None, private_key: Path | None,
-                      host: str = "127.0.0.1", fast: bool = True, poll: float = DEFAULT_POLL,
-                      heartbeat: float = DEFAULT_HEARTBEAT) -> list[str]:
+def supernode_command(
+    superlink: str,
+    port: int,
+    node_config: NodeConfig | str,
+    *,
+    root_certificates: Path | None,
+    private_key: Path | None,
+    host: str = "127.0.0.1",
+    fast: bool = True,
+    poll: float = DEFAULT_POLL,
+    heartbeat: float = DEFAULT_HEARTBEAT,
+) -> list[str]:
     """The command line of one hospital's SuperNode (every node setting in one place).
 
     Parameters
@@ -80,26 +88,55 @@ def supernode_command(superlink: str, port: int, node_config: NodeConfig | str, 
         The fast SuperNode's idle poll and announced heartbeat interval, in seconds.
     """
     if fast:
-        command = [sys.executable, "-m", "medfed.client.supernode.launcher", "--poll", str(poll),
-                   "--heartbeat", str(heartbeat)]
+        command = [
+            sys.executable,
+            "-m",
+            "medfed.client.supernode.launcher",
+            "--poll",
+            str(poll),
+            "--heartbeat",
+            str(heartbeat),
+        ]
     else:
         command = [str(BIN / "flower-supernode")]
-    command += ["--superlink", superlink, "--host", host, "--port", str(port),
-                "--node-config", node_config_arg(node_config)]
-    command += (["--root-certificates", str(root_certificates)] if root_certificates
-                else ["--insecure"])
+    command += [
+        "--superlink",
+        superlink,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--node-config",
+        node_config_arg(node_config),
+    ]
+    command += (
+        ["--root-certificates", str(root_certificates)] if root_certificates else ["--insecure"]
+    )
     if private_key is not None:
         command += ["--auth-supernode-private-key", str(private_key)]
     return command
 
 
-def clientapp_command(port: int, *, host: str = "127.0.0.1", parent_pid: int | None = None,
-                      poll: float = WORKER_POLL,
-                      preload: Sequence[str] = PRELOAD) -> list[str]:
+def clientapp_command(
+    port: int,
+    *,
+    host: str = "127.0.0.1",
+    parent_pid: int | None = None,
+    poll: float = WORKER_POLL,
+    preload: Sequence[str] = PRELOAD,
+) -> list[str]:
     """The long-lived ClientApp worker of the fast SuperNode whose Runtime API is ``host:port``;
     ``parent_pid`` (the SuperNode's) makes the worker exit with it."""
-    command = [sys.executable, "-m", "medfed.client.supernode.worker", "--runtime-api-address",
-               f"{host}:{port}", "--insecure", "--poll", str(poll)]
+    command = [
+        sys.executable,
+        "-m",
+        "medfed.client.supernode.worker",
+        "--runtime-api-address",
+        f"{host}:{port}",
+        "--insecure",
+        "--poll",
+        str(poll),
+    ]
     for module in preload:
         command += ["--preload", module]
     if parent_pid is not None:
@@ -107,30 +144,49 @@ def clientapp_command(port: int, *, host: str = "127.0.0.1", parent_pid: int | N
     return command
 
 
-
-def superlink_command(port: int, database: Path | None = None, *, host: str = "127.0.0.1",
-                      tls: tuple[Path, Path, Path] | None = None,
-                      node_auth: bool = False) -> list[str]:
+def superlink_command(
+    port: int,
+    database: Path | None = None,
+    *,
+    host: str = "127.0.0.1",
+    tls: tuple[Path, Path, Path] | None = None,
+    node_auth: bool = False,
+) -> list[str]:
     """``flower-superlink`` on ``host:port``; ``tls`` = (CA, certificate, key) or ``--insecure``;
     ``node_auth`` admits registered node keys only. It runs through
     :mod:`medfed.infra.superlink`: its Control and Runtime APIs answer loopback callers only."""
-    command = [sys.executable, "-m", "medfed.infra.superlink", "--host", host, "--port",
-               str(port), "--disable-runtime-dependency-installation"]
+    command = [
+        sys.executable,
+        "-m",
+        "medfed.infra.superlink",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--disable-runtime-dependency-installation",
+    ]
     if database is not None:
         command += ["--database", str(database)]
     if tls is None:
         command.append("--insecure")
     else:
         ca, cert, key = tls
-        command += ["--ssl-ca-certfile", str(ca), "--ssl-certfile", str(cert),
-                    "--ssl-keyfile", str(key)]
+        command += [
+            "--ssl-ca-certfile",
+            str(ca),
+            "--ssl-certfile",
+            str(cert),
+            "--ssl-keyfile",
+            str(key),
+        ]
     if node_auth:
         command.append("--enable-supernode-auth")
     return command
 
 
-def superlink_env(flwr_home: Path, fast: bool = True,
-                  base: Mapping[str, str] | None = None) -> dict[str, str]:
+def superlink_env(
+    flwr_home: Path, fast: bool = True, base: Mapping[str, str] | None = None
+) -> dict[str, str]:
     """The SuperLink's environment (inherited by the ServerApp it starts): the fast setup's
     SuperExec poll, or Flower's intervals (``fast=False``)."""
     env = flower_env(flwr_home, base)
@@ -139,4 +195,3 @@ def superlink_env(flwr_home: Path, fast: bool = True,
     else:
         env[POLL_ENV] = "3"
     return env
-

@@ -25,8 +25,10 @@ from medfed.infra.launch import WORKER_READY
 from medfed.infra.processes import BIN, alive, descendants, flower_env, free_port, stop
 
 MEDFED = str(BIN / "medfed")
-POLICY = ("max_epsilon_total: 30\nmax_epsilon_per_study: 30\nmin_noise_multiplier: 0.5\n"
-          "require_approval: false\n")
+POLICY = (
+    "max_epsilon_total: 30\nmax_epsilon_per_study: 30\nmin_noise_multiplier: 0.5\n"
+    "require_approval: false\n"
+)
 """The loopback hospitals' policy: DP-SGD studies of a few rounds pass it."""
 
 
@@ -45,9 +47,15 @@ class LoopbackFederation:
     started (and their children), by process id, also when SIGTERM ends the program.
     """
 
-    def __init__(self, workdir: Path, hospitals: int = 3, *, flower_defaults: bool = False,
-                 node_args: Mapping[str, list[str]] | None = None,
-                 start_timeout: float = 120.0) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        hospitals: int = 3,
+        *,
+        flower_defaults: bool = False,
+        node_args: Mapping[str, list[str]] | None = None,
+        start_timeout: float = 120.0,
+    ) -> None:
         self.workdir, self.hospitals, self.start_timeout = workdir, hospitals, start_timeout
         self.node_args = dict(node_args or {})
         self.slow = ["--flower-defaults"] if flower_defaults else []
@@ -63,27 +71,42 @@ class LoopbackFederation:
         """Run ``medfed ARGS`` to the end; its output captured. Past ``timeout`` seconds it is
         killed and the error shows its output and the end of every process's log."""
         try:
-            return subprocess.run([MEDFED, *args], cwd=self.workdir, env=self.env, text=True,
-                                  capture_output=True, timeout=timeout,
-                                  stdin=subprocess.DEVNULL)
+            return subprocess.run(
+                [MEDFED, *args],
+                cwd=self.workdir,
+                env=self.env,
+                text=True,
+                capture_output=True,
+                timeout=timeout,
+                stdin=subprocess.DEVNULL,
+            )
         except subprocess.TimeoutExpired as exc:
             output: bytes | str = (exc.stdout or b"") + (exc.stderr or b"")
             if isinstance(output, bytes):
                 output = output.decode(errors="replace")
-            raise TimeoutError(f"medfed {' '.join(args)} did not end within {timeout:.0f} s; "
-                               f"its output:\n{output[-3000:]}\n{self.tails()}") from None
+            raise TimeoutError(
+                f"medfed {' '.join(args)} did not end within {timeout:.0f} s; "
+                f"its output:\n{output[-3000:]}\n{self.tails()}"
+            ) from None
 
     def tails(self, chars: int = 2500) -> str:
         """The end of every process's log, for a failure message."""
-        return "\n".join(f"--- {name}.log ---\n{self.log(name)[-chars:]}"
-                         for name in self.processes)
+        return "\n".join(
+            f"--- {name}.log ---\n{self.log(name)[-chars:]}" for name in self.processes
+        )
 
     def start(self, name: str, command: list[str]) -> subprocess.Popen:
         """Start ``command`` in the background, its output in ``<workdir>/<name>.log``."""
         with (self.workdir / f"{name}.log").open("ab") as log:
             self.processes[name] = subprocess.Popen(
-                command, cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True)
+                command,
+                cwd=self.workdir,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         return self.processes[name]
 
     def log(self, name: str) -> str:
@@ -95,17 +118,30 @@ class LoopbackFederation:
         deadline = time.monotonic() + self.start_timeout
         while self.log(name).count(text) < count:
             if self.processes[name].poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"no {text!r} in {self.workdir / name}.log:\n"
-                                   f"{self.log(name)[-3000:]}")
+                raise RuntimeError(
+                    f"no {text!r} in {self.workdir / name}.log:\n{self.log(name)[-3000:]}"
+                )
             time.sleep(0.2)
 
     def node_command(self, name: str, card: int) -> list[str]:
         """``medfed node start`` for the node whose key is in ``<workdir>/<name>``."""
-        return [MEDFED, "node", "start", "--dataset", str(self.workdir / "cards" /
-                                                          f"hospital-{card}.yaml"),
-                "--policy", str(self.workdir / "policy.yaml"), "--superlink", self.superlink,
-                "--ca", str(self.coord / "ca.crt"), "--key",
-                str(self.workdir / name / "node.key"), *self.slow, *self.node_args.get(name, [])]
+        return [
+            MEDFED,
+            "node",
+            "start",
+            "--dataset",
+            str(self.workdir / "cards" / f"hospital-{card}.yaml"),
+            "--policy",
+            str(self.workdir / "policy.yaml"),
+            "--superlink",
+            self.superlink,
+            "--ca",
+            str(self.coord / "ca.crt"),
+            "--key",
+            str(self.workdir / name / "node.key"),
+            *self.slow,
+            *self.node_args.get(name, []),
+        ]
 
     def start_node(self, name: str, card: int) -> subprocess.Popen:
         """Start a node with a registered key (``hospital-<card>``'s card); wait until it is
@@ -126,8 +162,7 @@ class LoopbackFederation:
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # stdout may be a benchmark's JSON
                 self._prepare()
-            self.start("coordinator", [MEDFED, "coordinator", "start", str(self.coord),
-                                       *self.slow])
+            self.start("coordinator", [MEDFED, "coordinator", "start", str(self.coord), *self.slow])
             self.wait_for("coordinator", "SuperLink running")
             for index in range(self.hospitals):  # all at once, then wait for each
                 self.start(f"hospital-{index}", self.node_command(f"hospital-{index}", index))
@@ -142,21 +177,45 @@ class LoopbackFederation:
         """Cards, policy, the coordinator folder and the hospitals' registered keys."""
         from medfed.infra.cli import run_command
 
-        done = self.medfed("synth", "export", "--task", "diagnosis", "--hospitals",
-                           str(self.hospitals), str(self.workdir / "cards"))
+        done = self.medfed(
+            "synth",
+            "export",
+            "--task",
+            "diagnosis",
+            "--hospitals",
+            str(self.hospitals),
+            str(self.workdir / "cards"),
+        )
         assert done.returncode == 0, done.stderr
         (self.workdir / "policy.yaml").write_text(POLICY)
         assert run_command(["coordinator", "init", str(self.coord), "--port", str(self.port)]) == 0
         names = [f"hospital-{i}" for i in range(self.hospitals)]
         for name in names:
             assert run_command(["node", "keys", str(self.workdir / name)]) == 0
-            assert run_command(["coordinator", "add-node", str(self.coord), name,
-                                     str(self.workdir / name / "node.pub")]) == 0
+            assert (
+                run_command(
+                    [
+                        "coordinator",
+                        "add-node",
+                        str(self.coord),
+                        name,
+                        str(self.workdir / name / "node.pub"),
+                    ]
+                )
+                == 0
+            )
 
     def run(self, *overrides: str, timeout: float = 600) -> subprocess.CompletedProcess:
         """``medfed run`` a study (Hydra overrides) to the end."""
-        return self.medfed("run", "--superlink", self.superlink, "--ca",
-                           str(self.coord / "ca.crt"), *overrides, timeout=timeout)
+        return self.medfed(
+            "run",
+            "--superlink",
+            self.superlink,
+            "--ca",
+            str(self.coord / "ca.crt"),
+            *overrides,
+            timeout=timeout,
+        )
 
     def kill(self, name: str) -> None:
         """SIGKILL ``name`` and every process below it at once: a node that crashes."""

@@ -47,8 +47,9 @@ def _polls_slowly(grid: Grid) -> bool:
     return module is not None and isinstance(grid, module.HttpGrid)
 
 
-def send_and_receive(grid: Grid, messages: Iterable[Message], timeout: float | None,
-                     poll: float | None = None) -> list[Message]:
+def send_and_receive(
+    grid: Grid, messages: Iterable[Message], timeout: float | None, poll: float | None = None
+) -> list[Message]:
     """Push ``messages`` and return the replies that arrive within ``timeout`` seconds.
 
     Same contract as ``Grid.send_and_receive``: replies in arrival order, missing replies are
@@ -65,8 +66,11 @@ def send_and_receive(grid: Grid, messages: Iterable[Message], timeout: float | N
     if poll < 1:  # the fast setup; Flower's own (MEDFED_GRID_POLL=3) keeps Flower's backoff
         quick_object_pulls(sys.modules["flwr.superlink.grid.http_grid"])
     messages = list(messages)
-    sent_to = {message_id: message.metadata.dst_node_id for message_id, message
-               in zip(grid.push_messages(messages), messages, strict=True) if message_id}
+    sent_to = {
+        message_id: message.metadata.dst_node_id
+        for message_id, message in zip(grid.push_messages(messages), messages, strict=True)
+        if message_id
+    }
     pending = set(sent_to)
     deadline = None if timeout is None else time.monotonic() + timeout
     replies: list[Message] = []

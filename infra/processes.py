@@ -22,8 +22,11 @@ from pathlib import Path
 BIN = Path(sys.executable).parent
 
 
-FLWR_ENV = {"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-            "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1"}
+FLWR_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+}
 """No telemetry, no update check, and no ``uv sync`` of the app's dependencies per run (which
 could replace the pinned CPU torch): every Flower process runs the medfed that is installed."""
 
@@ -59,14 +62,17 @@ def stop(processes: Sequence[subprocess.Popen], grace: float = 10.0) -> None:
                 continue
 
 
-
 EXIT_OK = 0
 STOP_GRACE = 30.0  # seconds a child gets to stop after SIGINT/SIGTERM before SIGKILL
 
 
-def run_child(command: list[str], env: Mapping[str, str],
-              started: Callable[[subprocess.Popen], None] | None = None,
-              watch: Sequence[str] = (), seen: set[str] | None = None) -> int:
+def run_child(
+    command: list[str],
+    env: Mapping[str, str],
+    started: Callable[[subprocess.Popen], None] | None = None,
+    watch: Sequence[str] = (),
+    seen: set[str] | None = None,
+) -> int:
     """Run ``command`` until it ends or we are told to stop; return its status (0 once stopped).
 
     The child gets its own process group, so a terminal's Ctrl-C reaches only this process,
@@ -76,16 +82,21 @@ def run_child(command: list[str], env: Mapping[str, str],
     to ``seen``.
     """
     piped = bool(watch)
-    child = subprocess.Popen(command, env={**env, "PYTHONUNBUFFERED": "1"} if piped else dict(env),
-                             process_group=0, stdin=subprocess.DEVNULL,
-                             stdout=subprocess.PIPE if piped else None,
-                             stderr=subprocess.STDOUT if piped else None)
+    child = subprocess.Popen(
+        command,
+        env={**env, "PYTHONUNBUFFERED": "1"} if piped else dict(env),
+        process_group=0,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE if piped else None,
+        stderr=subprocess.STDOUT if piped else None,
+    )
     relay = None
     if piped:
         import threading
 
-        relay = threading.Thread(target=_relay, args=(child, watch, seen if seen is not None
-                                                      else set()), daemon=True)
+        relay = threading.Thread(
+            target=_relay, args=(child, watch, seen if seen is not None else set()), daemon=True
+        )
         relay.start()
     stopping: list[int] = []
     started_by_child: list[int] = []  # what the child started: stopped with it (proctree)
@@ -138,7 +149,6 @@ def _relay(child: subprocess.Popen, watch: Sequence[str], seen: set[str]) -> Non
         seen.update(text for text in watch if text in line)
 
 
-
 def descendants(pid: int) -> list[int]:
     """Process ids below ``pid`` (children, grandchildren...), read from ``/proc``."""
     children: dict[int, list[int]] = {}
@@ -189,7 +199,6 @@ def stop_pids(pids: Sequence[int], grace: float = 10.0) -> list[int]:
     return running
 
 
-
 class Supervised:
     """A child process that is started again whenever it exits, until :meth:`close`.
 
@@ -221,7 +230,8 @@ class Supervised:
                 return
             delay = min(delay * 2, 60.0) if time.monotonic() - started < 60 else self.delay
             logging.getLogger("medfed").warning(
-                "the node's ClientApp %s exited (code %s); starting it again", self.name, code)
+                "the node's ClientApp %s exited (code %s); starting it again", self.name, code
+            )
             with self._lock:
                 if self._closed.is_set():
                     return
@@ -233,4 +243,3 @@ class Supervised:
         with self._lock:
             self._closed.set()
         stop([self.process], grace=grace)
-

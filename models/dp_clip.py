@@ -24,8 +24,18 @@ from typing import Any, TypeGuard
 import torch
 from torch import nn
 
-ELEMENTWISE = (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.ELU, nn.SiLU, nn.Softplus,
-               nn.Hardtanh, nn.Identity)
+ELEMENTWISE = (
+    nn.ReLU,
+    nn.LeakyReLU,
+    nn.Tanh,
+    nn.Sigmoid,
+    nn.GELU,
+    nn.ELU,
+    nn.SiLU,
+    nn.Softplus,
+    nn.Hardtanh,
+    nn.Identity,
+)
 
 
 def supports(model: nn.Module) -> TypeGuard[nn.Sequential]:
@@ -37,8 +47,10 @@ def supports(model: nn.Module) -> TypeGuard[nn.Sequential]:
     for i, layer in enumerate(layers):
         if type(layer) is nn.Linear or type(layer) in ELEMENTWISE:
             continue
-        per_row = type(layer) is nn.Flatten and (layer.start_dim == 1 or (
-            layer.start_dim == 0 and linears and linears[-1].out_features == 1))
+        per_row = type(layer) is nn.Flatten and (
+            layer.start_dim == 1
+            or (layer.start_dim == 0 and linears and linears[-1].out_features == 1)
+        )
         if not (per_row and i == len(layers) - 1):
             return False
     return bool(linears) and all(p.requires_grad for p in model.parameters())
@@ -68,8 +80,10 @@ class Taps(nn.Module):
                 x = layer(x)
                 continue
             if x.dim() != 2:
-                raise ValueError(f"Vectorised DP-SGD needs 2-D inputs to Linear layers, got "
-                                 f"shape {tuple(x.shape)}; use grad_sample_mode='hooks'.")
+                raise ValueError(
+                    f"Vectorised DP-SGD needs 2-D inputs to Linear layers, got "
+                    f"shape {tuple(x.shape)}; use grad_sample_mode='hooks'."
+                )
             inputs.append(x)
             x = layer(x)
             if x.requires_grad:
@@ -98,9 +112,9 @@ def _grad_views(linears: list[nn.Linear]) -> tuple[torch.Tensor, list[tuple]]:
     views, offset = [], 0
     for layer in linears:
         out_f, in_f = layer.weight.shape
-        weight = flat[offset:offset + out_f * in_f].view(out_f, in_f)
+        weight = flat[offset : offset + out_f * in_f].view(out_f, in_f)
         offset += out_f * in_f
-        bias = None if layer.bias is None else flat[offset:offset + out_f]
+        bias = None if layer.bias is None else flat[offset : offset + out_f]
         offset += 0 if bias is None else out_f
         views.append((weight, bias, 0.0 if bias is None else 1.0))
     return flat, views
@@ -116,13 +130,23 @@ class VectorisedDPOptimizer:
     nothing.
     """
 
-    def __init__(self, taps: Taps, optimizer: torch.optim.Optimizer, *, noise: float,
-                 clip: float, batch: float, generator: torch.Generator, secure: bool) -> None:
+    def __init__(
+        self,
+        taps: Taps,
+        optimizer: torch.optim.Optimizer,
+        *,
+        noise: float,
+        clip: float,
+        batch: float,
+        generator: torch.Generator,
+        secure: bool,
+    ) -> None:
         self.taps, self.optimizer = taps, optimizer
         self.clip, self.batch, self.std = clip, batch, noise * clip / batch
         self.generator, self.secure = generator, secure
-        self.linears = [layer for layer, linear in taps.layers
-                        if linear and isinstance(layer, nn.Linear)]
+        self.linears = [
+            layer for layer, linear in taps.layers if linear and isinstance(layer, nn.Linear)
+        ]
         self.flat, self.views = _grad_views(self.linears)
         for layer, (weight, bias, _) in zip(self.linears, self.views, strict=True):
             layer.weight.grad = weight
@@ -160,8 +184,7 @@ class VectorisedDPOptimizer:
     @torch.no_grad()
     def step(self) -> None:
         """One DP-SGD step from the last forward/backward pass."""
-        grads = [z.grad if z.grad is not None else torch.zeros_like(z)
-                 for z in self.taps.outputs]
+        grads = [z.grad if z.grad is not None else torch.zeros_like(z) for z in self.taps.outputs]
         coef = self._coefficients(grads).unsqueeze(1)
         _noise(self.flat, self.std, self.generator, self.secure)
         for a, g, (weight, bias, _) in zip(self.taps.inputs, grads, self.views, strict=True):
@@ -188,27 +211,45 @@ class VectorisedDPOptimizer:
         self.taps.outputs.clear()
 
 
-def attach(model: nn.Module, optimizer: torch.optim.Optimizer, *, noise: float, clip: float,
-           batch: float, generator: torch.Generator,
-           secure: bool) -> tuple[Taps, VectorisedDPOptimizer]:
+def attach(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    noise: float,
+    clip: float,
+    batch: float,
+    generator: torch.Generator,
+    secure: bool,
+) -> tuple[Taps, VectorisedDPOptimizer]:
     """Wrap ``model`` for vectorised DP-SGD; call ``detach()`` on the optimizer when done.
 
     The parameters stop requiring gradients until then, so autograd computes only the output
     gradients the clipping needs.
     """
     if not supports(model):
-        raise ValueError("Vectorised DP-SGD supports an nn.Sequential of Linear and element-wise "
-                         "layers; use grad_sample_mode='hooks' for this model.")
+        raise ValueError(
+            "Vectorised DP-SGD supports an nn.Sequential of Linear and element-wise "
+            "layers; use grad_sample_mode='hooks' for this model."
+        )
     taps = Taps(model)
     for p in model.parameters():
         p.requires_grad_(False)
-    return taps, VectorisedDPOptimizer(taps, optimizer, noise=noise, clip=clip, batch=batch,
-                                       generator=generator, secure=secure)
+    return taps, VectorisedDPOptimizer(
+        taps, optimizer, noise=noise, clip=clip, batch=batch, generator=generator, secure=secure
+    )
 
 
-def attach_opacus(model: nn.Module, opt: torch.optim.Optimizer, mode: str, *, noise: float,
-                  clip: float, batch: float, generator: torch.Generator,
-                  secure: bool) -> tuple[nn.Module, Any, Callable[[], None], Callable[[], None]]:
+def attach_opacus(
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    mode: str,
+    *,
+    noise: float,
+    clip: float,
+    batch: float,
+    generator: torch.Generator,
+    secure: bool,
+) -> tuple[nn.Module, Any, Callable[[], None], Callable[[], None]]:
     """Opacus' grad-sample module (``hooks`` or ``functorch``) and ``DPOptimizer``.
 
     Returns the model to call, the optimizer, a noise-only step for an empty draw, and the
@@ -220,8 +261,14 @@ def attach_opacus(model: nn.Module, opt: torch.optim.Optimizer, mode: str, *, no
 
     ModuleValidator.validate(model, strict=True)
     wrapped = GradSampleModule(model, force_functorch=mode == "functorch")
-    dp_opt = DPOptimizer(opt, noise_multiplier=noise, max_grad_norm=clip,
-                         expected_batch_size=batch, generator=generator, secure_mode=secure)
+    dp_opt = DPOptimizer(
+        opt,
+        noise_multiplier=noise,
+        max_grad_norm=clip,
+        expected_batch_size=batch,
+        generator=generator,
+        secure_mode=secure,
+    )
     params = list(dp_opt.params)
 
     def empty_step() -> None:

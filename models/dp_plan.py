@@ -29,9 +29,20 @@ def planned_noise(study: dict[str, Any], n_train: dict[str, int]) -> dict[str, f
     batch, local = int(train["batch_size"]), train.get("local_steps")
     planned = {}
     for name, n in n_train.items():
-        steps = dp_steps(n, batch, steps=None if local is None else int(local),
-                         epochs=None if local is not None else int(train["local_epochs"]))
-        planned[name] = round(noise_for_target(float(privacy["target_epsilon"]), float(delta),
-                                               sample_rate(n, batch), steps * int(study["rounds"]),
-                                               str(privacy.get("accountant", "rdp"))), 4)
+        steps = dp_steps(
+            n,
+            batch,
+            steps=None if local is None else int(local),
+            epochs=None if local is not None else int(train["local_epochs"]),
+        )
+        planned[name] = round(
+            noise_for_target(
+                float(privacy["target_epsilon"]),
+                float(delta),
+                sample_rate(n, batch),
+                steps * int(study["rounds"]),
+                str(privacy.get("accountant", "rdp")),
+            ),
+            4,
+        )
     return planned

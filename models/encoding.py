@@ -51,17 +51,24 @@ def _codes(df: pd.DataFrame, schema: TaskSchema, feat: Feature) -> np.ndarray:
     return pd.Index(feat.categories).get_indexer(values).astype(np.int64)  # type: ignore[arg-type]
 
 
-def _feature_statistics(df: pd.DataFrame, schema: TaskSchema, feat: Feature,
-                        histograms: bool = False) -> dict[str, Any]:
+def _feature_statistics(
+    df: pd.DataFrame, schema: TaskSchema, feat: Feature, histograms: bool = False
+) -> dict[str, Any]:
     if feat.kind == "categorical":
         codes = _codes(df, schema, feat)
         counts = np.bincount(codes[codes >= 0], minlength=len(feat.categories))
-        return {"categories": dict(zip(feat.categories, map(int, counts), strict=True)),
-                "missing": int((codes < 0).sum())}
+        return {
+            "categories": dict(zip(feat.categories, map(int, counts), strict=True)),
+            "missing": int((codes < 0).sum()),
+        }
     values = _numeric(df, schema, feat)
     present = values[~np.isnan(values)]
-    out: dict[str, Any] = {"count": int(present.size), "sum": float(present.sum()),
-           "sumsq": float(np.square(present).sum()), "missing": int(values.size - present.size)}
+    out: dict[str, Any] = {
+        "count": int(present.size),
+        "sum": float(present.sum()),
+        "sumsq": float(np.square(present).sum()),
+        "missing": int(values.size - present.size),
+    }
     if histograms and feat.kind == "numeric":
         out.update(histogram_of(present, feat))
     return out
@@ -72,16 +79,24 @@ def _target_statistics(df: pd.DataFrame, schema: TaskSchema) -> dict[str, Any]:
     if schema.target.kind == "continuous":
         y = y[np.isfinite(y) & (y > -1.0)]
         logs = np.log1p(y)
-        return {"kind": "continuous", "count": int(logs.size), "sum": float(logs.sum()),
-                "sumsq": float(np.square(logs).sum()), "sum_y": float(y.sum())}
+        return {
+            "kind": "continuous",
+            "count": int(logs.size),
+            "sum": float(logs.sum()),
+            "sumsq": float(np.square(logs).sum()),
+            "sum_y": float(y.sum()),
+        }
     n_classes = max(schema.target.n_outputs, 2)
     valid = y[(y >= 0) & (y < n_classes) & (y == np.round(y))].astype(np.int64)
-    return {"kind": schema.target.kind,
-            "classes": [int(c) for c in np.bincount(valid, minlength=n_classes)]}
+    return {
+        "kind": schema.target.kind,
+        "classes": [int(c) for c in np.bincount(valid, minlength=n_classes)],
+    }
 
 
-def site_statistics(df: pd.DataFrame, schema: TaskSchema, *,
-                    histograms: bool = False) -> dict[str, Any]:
+def site_statistics(
+    df: pd.DataFrame, schema: TaskSchema, *, histograms: bool = False
+) -> dict[str, Any]:
     """Additive, JSON-serialisable summary of one hospital's rows.
 
     Returns ``{"rows", "numeric", "binary", "categorical", "target"}``. Numeric and binary features
@@ -172,13 +187,18 @@ def suppress_small_cells(stats: Mapping[str, Any], min_cell: int = 5) -> dict[st
     k = ``min_cell``), so such cells never inform global values; a node may apply this before
     sending, and :func:`merge_statistics` applies it to every site in any case.
     """
-    cells = {name: dict(feat, categories={cat: (n if n >= min_cell else 0)
-                                          for cat, n in feat["categories"].items()})
-             for name, feat in stats["categorical"].items()}
+    cells = {
+        name: dict(
+            feat,
+            categories={cat: (n if n >= min_cell else 0) for cat, n in feat["categories"].items()},
+        )
+        for name, feat in stats["categorical"].items()
+    }
     out = dict(stats, categorical=cells)
     if "numeric" in stats:
-        out["numeric"] = {name: suppress_histogram(feat, min_cell)
-                          for name, feat in stats["numeric"].items()}
+        out["numeric"] = {
+            name: suppress_histogram(feat, min_cell) for name, feat in stats["numeric"].items()
+        }
     return out
 
 
@@ -187,8 +207,13 @@ def _add(sites: Sequence[Mapping[str, Any]], group: str, name: str) -> dict[str,
     out: dict[str, Any] = {}
     for key in keys:  # histogram edges are the schema's range: the same at every site
         values = [site[group][name][key] for site in sites]
-        out[key] = (values[0] if key.startswith("histogram_") else
-                    np.sum(values, axis=0).tolist() if key == "histogram" else sum(values))
+        out[key] = (
+            values[0]
+            if key.startswith("histogram_")
+            else np.sum(values, axis=0).tolist()
+            if key == "histogram"
+            else sum(values)
+        )
     return out
 
 
@@ -207,25 +232,39 @@ def _target_fields(sites: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         total = counts.sum()
         priors = counts / total if total > 0 else np.full(counts.size, 1.0 / counts.size)
         return {"target_kind": kind, "class_priors": tuple(float(p) for p in priors)}
-    total = {key: sum(site["target"][key] for site in sites)
-             for key in ("count", "sum", "sumsq", "sum_y")}
+    total = {
+        key: sum(site["target"][key] for site in sites)
+        for key in ("count", "sum", "sumsq", "sum_y")
+    }
     log_mean, log_std = _mean_std(total["count"], total["sum"], total["sumsq"])
     mean = total["sum_y"] / total["count"] if total["count"] > 0 else 0.0
-    return {"target_kind": kind, "target_log_mean": log_mean, "target_log_std": log_std,
-            "target_mean": mean if mean > 0 else 1.0}
+    return {
+        "target_kind": kind,
+        "target_log_mean": log_mean,
+        "target_log_std": log_std,
+        "target_mean": mean if mean > 0 else 1.0,
+    }
 
 
 def _layout(site: Mapping[str, Any]) -> tuple:
-    return (*(tuple(site[group]) for group in ("numeric", "binary", "categorical")),
-            site["target"]["kind"], len(site["target"].get("classes", ())))
+    return (
+        *(tuple(site[group]) for group in ("numeric", "binary", "categorical")),
+        site["target"]["kind"],
+        len(site["target"].get("classes", ())),
+    )
 
 
 def _missing_rate(missing: float, observed: float) -> float:
     return missing / (missing + observed) if missing + observed > 0 else 1.0
 
 
-def merge_statistics(stats: Sequence[Mapping[str, Any]], *, min_cell: int = 5,
-                     imputation: str = "mean", categorical_missing: str = "mode") -> GlobalStats:
+def merge_statistics(
+    stats: Sequence[Mapping[str, Any]],
+    *,
+    min_cell: int = 5,
+    imputation: str = "mean",
+    categorical_missing: str = "mode",
+) -> GlobalStats:
     """Add up the sites' :func:`site_statistics` into :class:`GlobalStats`.
 
     Category cells below ``min_cell`` are suppressed per site before summing (see
@@ -238,14 +277,17 @@ def merge_statistics(stats: Sequence[Mapping[str, Any]], *, min_cell: int = 5,
     if not stats:
         raise ValueError("merge_statistics needs the statistics of at least one site.")
     if len({_layout(site) for site in stats}) > 1:
-        raise ValueError("Site statistics describe different features or targets; every site "
-                         "must compute them with the same task schema.")
+        raise ValueError(
+            "Site statistics describe different features or targets; every site "
+            "must compute them with the same task schema."
+        )
     sites = [suppress_small_cells(site, min_cell) for site in stats]
     out: dict[str, Any] = {name: {} for name in _MAPPINGS}
     for name in sites[0]["numeric"]:
         total = _add(sites, "numeric", name)
-        out["means"][name], out["stds"][name] = _mean_std(total["count"], total["sum"],
-                                                          total["sumsq"])
+        out["means"][name], out["stds"][name] = _mean_std(
+            total["count"], total["sum"], total["sumsq"]
+        )
         out["missing_rates"][name] = _missing_rate(total["missing"], total["count"])
         out["fills"][name] = fill_value(total, out["means"][name], imputation)
     for name in sites[0]["binary"]:
@@ -253,14 +295,21 @@ def merge_statistics(stats: Sequence[Mapping[str, Any]], *, min_cell: int = 5,
         out["rates"][name] = total["sum"] / total["count"] if total["count"] > 0 else 0.5
         out["missing_rates"][name] = _missing_rate(total["missing"], total["count"])
     for name, feat in sites[0]["categorical"].items():
-        cells = {cat: sum(site["categorical"][name]["categories"][cat] for site in sites)
-                 for cat in feat["categories"]}
+        cells = {
+            cat: sum(site["categorical"][name]["categories"][cat] for site in sites)
+            for cat in feat["categories"]
+        }
         out["modes"][name] = max(cells, key=cells.__getitem__)
         missing = sum(site["categorical"][name]["missing"] for site in sites)
         out["missing_rates"][name] = _missing_rate(missing, sum(cells.values()))
     rows = sum(int(site["rows"]) for site in sites)
-    return GlobalStats(rows=rows, **out, **_target_fields(sites), imputation=imputation,
-                       categorical_missing=categorical_missing)
+    return GlobalStats(
+        rows=rows,
+        **out,
+        **_target_fields(sites),
+        imputation=imputation,
+        categorical_missing=categorical_missing,
+    )
 
 
 def encode_target(df: pd.DataFrame, schema: TaskSchema) -> np.ndarray:
@@ -271,8 +320,10 @@ def encode_target(df: pd.DataFrame, schema: TaskSchema) -> np.ndarray:
     name = schema.target.name
     values = np.asarray(_column(df, schema, name), dtype=np.float64)
     if not np.isfinite(values).all():
-        raise ValueError(f"The target column '{name}' has missing or non-finite values; "
-                         "drop those rows before training.")
+        raise ValueError(
+            f"The target column '{name}' has missing or non-finite values; "
+            "drop those rows before training."
+        )
     if schema.target.kind == "multiclass":
         return values.astype(np.int64)
     return values.astype(np.float32)
@@ -287,8 +338,9 @@ class Encoder:
     optional feature gets a 0/1 ``<name>_missing`` column right after its own column(s).
     """
 
-    def __init__(self, schema: TaskSchema, stats: GlobalStats, *,
-                 missing_indicators: bool = False) -> None:
+    def __init__(
+        self, schema: TaskSchema, stats: GlobalStats, *, missing_indicators: bool = False
+    ) -> None:
         self.schema = schema
         self.stats = stats
         self.missing_indicators = missing_indicators
@@ -296,8 +348,10 @@ class Encoder:
         table = {"numeric": stats.means, "binary": stats.rates, "categorical": stats.modes}
         for feat in schema.features:
             if feat.name not in table[feat.kind]:
-                raise ValueError(f"The global statistics have no entry for feature "
-                                 f"'{feat.name}'; compute them with task '{schema.name}'.")
+                raise ValueError(
+                    f"The global statistics have no entry for feature "
+                    f"'{feat.name}'; compute them with task '{schema.name}'."
+                )
             if feat.kind == "categorical":
                 names.extend(f"{feat.name}={cat}" for cat in self._categories(feat))
             else:
@@ -322,8 +376,9 @@ class Encoder:
             codes = _codes(df, self.schema, feat)
             missing = codes < 0
             own = self.stats.categorical_missing == "category"
-            codes[missing] = len(feat.categories) if own else \
-                feat.categories.index(self.stats.modes[feat.name])
+            codes[missing] = (
+                len(feat.categories) if own else feat.categories.index(self.stats.modes[feat.name])
+            )
             out[:] = 0.0
             out[np.arange(len(codes)), codes] = 1.0
             return missing
@@ -343,7 +398,7 @@ class Encoder:
         col = 0
         for feat in self.schema.features:
             width = len(self._categories(feat)) if feat.kind == "categorical" else 1
-            missing = self._fill(df, feat, out[:, col:col + width])
+            missing = self._fill(df, feat, out[:, col : col + width])
             col += width
             if self.missing_indicators and not feat.required:
                 out[:, col] = missing
@@ -363,4 +418,3 @@ def encoder_from_state(schema: Any, state: Mapping[str, Any]) -> Any:
         GlobalStats.from_dict(state["statistics"]),
         missing_indicators=bool(state["missing_indicators"]),
     )
-

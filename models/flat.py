@@ -28,12 +28,15 @@ def _groups(state: Mapping[str, torch.Tensor]) -> dict[str, list[str]]:
 def pack(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """One 1-d tensor per dtype (key: the dtype's name, e.g. ``"float32"``) holding every tensor
     of ``state`` of that dtype, flattened and concatenated in ``state``'s order."""
-    return {dtype: torch.cat([state[name].detach().reshape(-1) for name in names])
-            for dtype, names in _groups(state).items()}
+    return {
+        dtype: torch.cat([state[name].detach().reshape(-1) for name in names])
+        for dtype, names in _groups(state).items()
+    }
 
 
-def unpack(flat: Mapping[str, torch.Tensor], template: Mapping[str, torch.Tensor]
-           ) -> dict[str, torch.Tensor]:
+def unpack(
+    flat: Mapping[str, torch.Tensor], template: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
     """The named state_dict that ``pack`` of a state shaped like ``template`` came from.
 
     Raises ``ValueError`` when ``flat`` does not have the template's packed layout (other dtype
@@ -41,15 +44,18 @@ def unpack(flat: Mapping[str, torch.Tensor], template: Mapping[str, torch.Tensor
     """
     groups = _groups(template)
     if list(flat) != list(groups):
-        raise ValueError(f"the packed weights hold the dtype groups {list(flat)}; the model's "
-                         f"are {list(groups)}")
+        raise ValueError(
+            f"the packed weights hold the dtype groups {list(flat)}; the model's are {list(groups)}"
+        )
     state: dict[str, torch.Tensor] = {}
     for dtype, names in groups.items():
         vector = flat[dtype]
         sizes = [template[name].numel() for name in names]
         if vector.dim() != 1 or vector.numel() != sum(sizes):
-            raise ValueError(f"the packed {dtype} weights have shape {tuple(vector.shape)}; the "
-                             f"model needs a vector of {sum(sizes)} values")
+            raise ValueError(
+                f"the packed {dtype} weights have shape {tuple(vector.shape)}; the "
+                f"model needs a vector of {sum(sizes)} values"
+            )
         for name, part in zip(names, torch.split(vector, sizes), strict=True):
             state[name] = part.reshape(template[name].shape).to(template[name].dtype)
     return {name: state[name] for name in template}

@@ -14,7 +14,8 @@
 ``category`` (missing is its own one-hot column, :data:`MISSING`). ``preprocessing.
 missing_indicators`` adds a 0/1 column per optional feature. All of it lives in the
 :class:`~medfed.models.encoding.GlobalStats` (and ``model.pt`` stores them with
-:func:`medfed.models.encoding.encoder_state`), so anything that scores new rows later encodes them exactly the same way.
+:func:`medfed.models.encoding.encoder_state`), so anything that scores new rows later encodes them
+exactly the same way.
 """
 
 from __future__ import annotations
@@ -102,5 +103,3 @@ def check_preprocessing(prep: Mapping[str, Any]) -> str | None:
     if categorical not in CATEGORICAL_MISSING:
         return f"preprocessing.categorical_missing must be mode or category, got {categorical!r}"
     return None
-
-

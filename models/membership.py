@@ -45,16 +45,20 @@ def _losses(values: np.ndarray | list[float], which: str) -> np.ndarray:
     return array
 
 
-def advantage_at(threshold: float, member_losses: np.ndarray | list[float],
-                 nonmember_losses: np.ndarray | list[float]) -> float:
+def advantage_at(
+    threshold: float,
+    member_losses: np.ndarray | list[float],
+    nonmember_losses: np.ndarray | list[float],
+) -> float:
     """``TPR - FPR`` of guessing "member" when the loss is at most ``threshold``."""
     members = _losses(member_losses, "member")
     nonmembers = _losses(nonmember_losses, "non-member")
     return float(np.mean(members <= threshold) - np.mean(nonmembers <= threshold))
 
 
-def best_threshold(member_losses: np.ndarray | list[float],
-                   nonmember_losses: np.ndarray | list[float]) -> tuple[float, float]:
+def best_threshold(
+    member_losses: np.ndarray | list[float], nonmember_losses: np.ndarray | list[float]
+) -> tuple[float, float]:
     """``(advantage, threshold)`` maximising ``TPR - FPR`` over every threshold.
 
     The rates change only at observed losses, so those (and ``-inf``: every row guessed
@@ -72,12 +76,18 @@ def best_threshold(member_losses: np.ndarray | list[float],
     if gains[best] <= 0:
         return 0.0, -np.inf
     above = candidates[best + 1] if best + 1 < candidates.size else candidates[best]
-    return (float(gains[best] / (members.size * nonmembers.size)),
-            float((candidates[best] + above) / 2))
+    return (
+        float(gains[best] / (members.size * nonmembers.size)),
+        float((candidates[best] + above) / 2),
+    )
 
 
-def cross_fitted_advantage(member_losses: np.ndarray | list[float],
-                           nonmember_losses: np.ndarray | list[float], *, seed: int) -> float:
+def cross_fitted_advantage(
+    member_losses: np.ndarray | list[float],
+    nonmember_losses: np.ndarray | list[float],
+    *,
+    seed: int,
+) -> float:
     """Advantage of a threshold chosen on held-out rows: two folds, each scored on the other.
 
     Each set is shuffled (``seed``) and halved; the threshold :func:`best_threshold` picks on
@@ -98,8 +108,9 @@ def cross_fitted_advantage(member_losses: np.ndarray | list[float],
     return float(np.mean(scores))
 
 
-def per_example_losses(model: nn.Module, x: np.ndarray | torch.Tensor,
-                       y: np.ndarray | torch.Tensor, loss_fn: LossFn) -> np.ndarray:
+def per_example_losses(
+    model: nn.Module, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor, loss_fn: LossFn
+) -> np.ndarray:
     """The loss of every row, ``loss_fn`` applied to one row at a time (vectorised with vmap).
 
     ``loss_fn`` is the task loss, a mean over the batch (:func:`medfed.models.training.
@@ -110,7 +121,8 @@ def per_example_losses(model: nn.Module, x: np.ndarray | torch.Tensor,
     with torch.no_grad():
         output = model(torch.as_tensor(x, dtype=torch.float32))
         losses = torch.func.vmap(lambda o, t: loss_fn(o.unsqueeze(0), t.unsqueeze(0)))(
-            output, torch.as_tensor(y).to(output.dtype if output.dim() == 1 else torch.long))
+            output, torch.as_tensor(y).to(output.dtype if output.dim() == 1 else torch.long)
+        )
     model.train(was_training)
     return losses.double().numpy()
 
@@ -119,13 +131,13 @@ def per_example_losses(model: nn.Module, x: np.ndarray | torch.Tensor,
 class AttackResult:
     """What the loss-threshold attack achieved against one model (see the module docstring)."""
 
-    optimal: float          # max over thresholds of TPR - FPR on all rows (biased up)
-    held_out: float         # two-fold cross-fitted TPR - FPR (unbiased for a chosen threshold)
-    threshold: float        # the loss threshold of ``optimal``
+    optimal: float  # max over thresholds of TPR - FPR on all rows (biased up)
+    held_out: float  # two-fold cross-fitted TPR - FPR (unbiased for a chosen threshold)
+    threshold: float  # the loss threshold of ``optimal``
     n_members: int
     n_nonmembers: int
-    member_loss: float      # mean loss of the members (training rows)
-    nonmember_loss: float   # mean loss of the non-members
+    member_loss: float  # mean loss of the members (training rows)
+    nonmember_loss: float  # mean loss of the non-members
 
     @property
     def noise_level(self) -> float:
@@ -133,10 +145,14 @@ class AttackResult:
         return float(np.sqrt(np.pi / 8 * (1 / self.n_members + 1 / self.n_nonmembers)))
 
 
-def loss_threshold_attack(model: nn.Module, loss_fn: LossFn,
-                          members: tuple[np.ndarray, np.ndarray],
-                          nonmembers: tuple[np.ndarray, np.ndarray], *,
-                          seed: int = 0) -> AttackResult:
+def loss_threshold_attack(
+    model: nn.Module,
+    loss_fn: LossFn,
+    members: tuple[np.ndarray, np.ndarray],
+    nonmembers: tuple[np.ndarray, np.ndarray],
+    *,
+    seed: int = 0,
+) -> AttackResult:
     """Run the loss-threshold attack on ``model``: ``members``/``nonmembers`` are ``(x, y)``.
 
     ``members`` are rows the model trained on; ``nonmembers`` rows from the same distribution it
@@ -146,11 +162,15 @@ def loss_threshold_attack(model: nn.Module, loss_fn: LossFn,
     inside = per_example_losses(model, *members, loss_fn)
     outside = per_example_losses(model, *nonmembers, loss_fn)
     optimal, threshold = best_threshold(inside, outside)
-    return AttackResult(optimal=optimal,
-                        held_out=cross_fitted_advantage(inside, outside, seed=seed),
-                        threshold=threshold, n_members=inside.size,
-                        n_nonmembers=outside.size, member_loss=float(inside.mean()),
-                        nonmember_loss=float(outside.mean()))
+    return AttackResult(
+        optimal=optimal,
+        held_out=cross_fitted_advantage(inside, outside, seed=seed),
+        threshold=threshold,
+        n_members=inside.size,
+        n_nonmembers=outside.size,
+        member_loss=float(inside.mean()),
+        nonmember_loss=float(outside.mean()),
+    )
 
 
 def balanced_split(y: np.ndarray, *, seed: int) -> tuple[np.ndarray, np.ndarray]:

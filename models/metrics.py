@@ -36,8 +36,9 @@ def bce_with_logits(logits: np.ndarray, y: np.ndarray) -> np.ndarray:
 def tweedie_deviance(y: np.ndarray, mean: np.ndarray, power: float) -> np.ndarray:
     """Per-example Tweedie unit deviance for ``1 < power < 2`` (0 when ``mean == y``)."""
     one, two = 1.0 - power, 2.0 - power
-    return 2.0 * (np.power(y, two) / (one * two) - y * np.power(mean, one) / one
-                  + np.power(mean, two) / two)
+    return 2.0 * (
+        np.power(y, two) / (one * two) - y * np.power(mean, one) / one + np.power(mean, two) / two
+    )
 
 
 def _binary(y: np.ndarray, logits: np.ndarray, n_bins: int) -> Statistics:
@@ -45,13 +46,17 @@ def _binary(y: np.ndarray, logits: np.ndarray, n_bins: int) -> Statistics:
     predicted = logits >= 0.0
     prob = 0.5 * (1.0 + np.tanh(0.5 * logits))
     bins = np.minimum((prob * n_bins).astype(np.int64), n_bins - 1)
-    return {"n": float(y.size),
-            "tp": float(np.sum(predicted & positive)), "fp": float(np.sum(predicted & ~positive)),
-            "tn": float(np.sum(~predicted & ~positive)), "fn": float(np.sum(~predicted & positive)),
-            "hist_pos": np.bincount(bins[positive], minlength=n_bins).astype(np.int64).tolist(),
-            "hist_neg": np.bincount(bins[~positive], minlength=n_bins).astype(np.int64).tolist(),
-            "loss_sum": float(bce_with_logits(logits, positive.astype(np.float64)).sum()),
-            "brier_sum": float(np.square(prob - positive).sum())}
+    return {
+        "n": float(y.size),
+        "tp": float(np.sum(predicted & positive)),
+        "fp": float(np.sum(predicted & ~positive)),
+        "tn": float(np.sum(~predicted & ~positive)),
+        "fn": float(np.sum(~predicted & positive)),
+        "hist_pos": np.bincount(bins[positive], minlength=n_bins).astype(np.int64).tolist(),
+        "hist_neg": np.bincount(bins[~positive], minlength=n_bins).astype(np.int64).tolist(),
+        "loss_sum": float(bce_with_logits(logits, positive.astype(np.float64)).sum()),
+        "brier_sum": float(np.square(prob - positive).sum()),
+    }
 
 
 def _multiclass(y: np.ndarray, logits: np.ndarray) -> Statistics:
@@ -63,25 +68,36 @@ def _multiclass(y: np.ndarray, logits: np.ndarray) -> Statistics:
     shifted = logits - logits.max(axis=1, keepdims=True) if n else logits
     log_norm = np.log(np.exp(shifted).sum(axis=1))
     loss = log_norm - shifted[np.arange(n), labels]
-    return {"n": float(n), "confusion": confusion.astype(np.int64).tolist(),
-            "top2_hits": float(np.sum(top2 == labels[:, None])), "loss_sum": float(loss.sum())}
+    return {
+        "n": float(n),
+        "confusion": confusion.astype(np.int64).tolist(),
+        "top2_hits": float(np.sum(top2 == labels[:, None])),
+        "loss_sum": float(loss.sum()),
+    }
 
 
-def _continuous(y: np.ndarray, mean: np.ndarray, loss: str, power: float,
-                scale: float) -> Statistics:
+def _continuous(
+    y: np.ndarray, mean: np.ndarray, loss: str, power: float, scale: float
+) -> Statistics:
     error = mean - y
     if loss == "tweedie":
         per_example = tweedie_deviance(y / scale, mean / scale, power)
     else:
         per_example = np.square(np.log(mean) - np.log1p(y))
-    return {"n": float(y.size), "sum_abs_err": float(np.abs(error).sum()),
-            "sum_sq_err": float(np.square(error).sum()), "sum_y": float(y.sum()),
-            "sum_y2": float(np.square(y).sum()), "sum_pred": float(mean.sum()),
-            "loss_sum": float(per_example.sum())}
+    return {
+        "n": float(y.size),
+        "sum_abs_err": float(np.abs(error).sum()),
+        "sum_sq_err": float(np.square(error).sum()),
+        "sum_y": float(y.sum()),
+        "sum_y2": float(np.square(y).sum()),
+        "sum_pred": float(mean.sum()),
+        "loss_sum": float(per_example.sum()),
+    }
 
 
-def metric_statistics(schema: TaskSchema, y_true: Any, output: Any, *, loss_scale: float = 1.0,
-                      bins: int = AUROC_BINS) -> Statistics:
+def metric_statistics(
+    schema: TaskSchema, y_true: Any, output: Any, *, loss_scale: float = 1.0, bins: int = AUROC_BINS
+) -> Statistics:
     """Additive statistics of one batch of test predictions.
 
     Parameters
@@ -116,8 +132,9 @@ def metric_statistics(schema: TaskSchema, y_true: Any, output: Any, *, loss_scal
         return _binary(y, out.reshape(-1), bins)
     if kind == "multiclass":
         return _multiclass(y, out.reshape(y.size, schema.target.n_outputs))
-    return _continuous(y, out.reshape(-1), schema.model.loss, schema.model.tweedie_power,
-                       loss_scale)
+    return _continuous(
+        y, out.reshape(-1), schema.model.loss, schema.model.tweedie_power, loss_scale
+    )
 
 
 def add_statistics(a: Mapping[str, Any], b: Mapping[str, Any]) -> Statistics:
@@ -133,8 +150,10 @@ def sum_statistics(stats: Iterable[Mapping[str, Any]]) -> Statistics:
     keys = items[0].keys()
     for item in items:
         if item.keys() != keys:
-            raise ValueError("Cannot add metric statistics with different keys: "
-                             f"{sorted(keys)} and {sorted(item)}.")
+            raise ValueError(
+                "Cannot add metric statistics with different keys: "
+                f"{sorted(keys)} and {sorted(item)}."
+            )
     out: Statistics = {}
     for key in keys:
         try:
@@ -160,11 +179,13 @@ def auroc_from_histograms(hist_pos: Sequence[float], hist_neg: Sequence[float]) 
 
 
 def _binary_metrics(s: Mapping[str, Any]) -> dict[str, float]:
-    return {"accuracy": _ratio(s["tp"] + s["tn"], s["n"]),
-            "auroc": auroc_from_histograms(s["hist_pos"], s["hist_neg"]),
-            "sensitivity": _ratio(s["tp"], s["tp"] + s["fn"]),
-            "specificity": _ratio(s["tn"], s["tn"] + s["fp"]),
-            "loss": _ratio(s["loss_sum"], s["n"])}
+    return {
+        "accuracy": _ratio(s["tp"] + s["tn"], s["n"]),
+        "auroc": auroc_from_histograms(s["hist_pos"], s["hist_neg"]),
+        "sensitivity": _ratio(s["tp"], s["tp"] + s["fn"]),
+        "specificity": _ratio(s["tn"], s["tn"] + s["fp"]),
+        "loss": _ratio(s["loss_sum"], s["n"]),
+    }
 
 
 def _multiclass_metrics(s: Mapping[str, Any], n_classes: int) -> dict[str, float]:
@@ -173,21 +194,25 @@ def _multiclass_metrics(s: Mapping[str, Any], n_classes: int) -> dict[str, float
     denominator = confusion.sum(axis=0) + confusion.sum(axis=1)
     occurring = denominator > 0
     f1 = 2.0 * tp[occurring] / denominator[occurring]
-    return {"accuracy": _ratio(float(tp.sum()), s["n"]),
-            "macro_f1": float(f1.mean()) if f1.size else math.nan,
-            "top2_accuracy": _ratio(s["top2_hits"], s["n"]),
-            "loss": _ratio(s["loss_sum"], s["n"])}
+    return {
+        "accuracy": _ratio(float(tp.sum()), s["n"]),
+        "macro_f1": float(f1.mean()) if f1.size else math.nan,
+        "top2_accuracy": _ratio(s["top2_hits"], s["n"]),
+        "loss": _ratio(s["loss_sum"], s["n"]),
+    }
 
 
 def _continuous_metrics(s: Mapping[str, Any]) -> dict[str, float]:
     n = s["n"]
     total_ss = s["sum_y2"] - s["sum_y"] ** 2 / n if n > 0 else 0.0
     constant = total_ss <= _RELATIVE_EPS * s["sum_y2"]
-    return {"mae": _ratio(s["sum_abs_err"], n),
-            "rmse": math.sqrt(s["sum_sq_err"] / n) if n > 0 else math.nan,
-            "r2": math.nan if n < 2 or constant else 1.0 - s["sum_sq_err"] / total_ss,
-            "calibration": _ratio(s["sum_pred"], s["sum_y"]),
-            "loss": _ratio(s["loss_sum"], n)}
+    return {
+        "mae": _ratio(s["sum_abs_err"], n),
+        "rmse": math.sqrt(s["sum_sq_err"] / n) if n > 0 else math.nan,
+        "r2": math.nan if n < 2 or constant else 1.0 - s["sum_sq_err"] / total_ss,
+        "calibration": _ratio(s["sum_pred"], s["sum_y"]),
+        "loss": _ratio(s["loss_sum"], n),
+    }
 
 
 def metrics_from_statistics(schema: TaskSchema, stats: Mapping[str, Any]) -> dict[str, float]:

@@ -34,8 +34,13 @@ def _layers(schema: TaskSchema, n_inputs: int) -> list[nn.Module]:
     return [*layers, nn.Linear(width, n_outputs)]
 
 
-def build_model(schema: TaskSchema, n_inputs: int, *, target_offset: float = 0.0,
-                output_range: tuple[float, float] | None = None) -> nn.Module:
+def build_model(
+    schema: TaskSchema,
+    n_inputs: int,
+    *,
+    target_offset: float = 0.0,
+    output_range: tuple[float, float] | None = None,
+) -> nn.Module:
     """The task's model: ``logreg``/``glm`` (one Linear) or ``mlp`` (Linear + ReLU per width).
 
     Parameters

@@ -45,43 +45,60 @@ def study_schema(study: dict[str, Any]) -> TaskSchema:
     return task_from_dict(study["task"], source=f"task '{study['task'].get('name')}'")
 
 
-def own_statistics(train: pd.DataFrame, schema: TaskSchema, min_cell: int,
-                   study: dict[str, Any] | None = None) -> GlobalStats:
+def own_statistics(
+    train: pd.DataFrame, schema: TaskSchema, min_cell: int, study: dict[str, Any] | None = None
+) -> GlobalStats:
     """A site's own statistics in global form (per-site normalisation, local-only baseline),
     imputed as ``study`` says (default: means and modes)."""
     if study is None:
         return merge_statistics([site_statistics(train, schema)], min_cell=min_cell)
-    return merge_statistics([site_statistics(train, schema, histograms=wants_histograms(study))],
-                            **statistics_options(study))
+    return merge_statistics(
+        [site_statistics(train, schema, histograms=wants_histograms(study))],
+        **statistics_options(study),
+    )
 
 
-def prepare_site(name: str, train_rows: pd.DataFrame, test_rows: pd.DataFrame,
-                 schema: TaskSchema, stats: GlobalStats, study: dict[str, Any]) -> PreparedSite:
+def prepare_site(
+    name: str,
+    train_rows: pd.DataFrame,
+    test_rows: pd.DataFrame,
+    schema: TaskSchema,
+    stats: GlobalStats,
+    study: dict[str, Any],
+) -> PreparedSite:
     """Encode a site's rows with ``stats`` (or with its own, when normalisation is per site)."""
     prep = study["preprocessing"]
     if prep["normalisation"] == "site":
         stats = own_statistics(train_rows, schema, int(prep["min_cell"]), study)
     encoder = Encoder(schema, stats, missing_indicators=bool(prep["missing_indicators"]))
-    return PreparedSite(name, encoder.transform(train_rows), encode_target(train_rows, schema),
-                        encoder.transform(test_rows), encode_target(test_rows, schema))
+    return PreparedSite(
+        name,
+        encoder.transform(train_rows),
+        encode_target(train_rows, schema),
+        encoder.transform(test_rows),
+        encode_target(test_rows, schema),
+    )
 
 
 def n_inputs(schema: TaskSchema, stats: GlobalStats, study: dict[str, Any]) -> int:
     """Width of the encoded feature vector for this study."""
-    return Encoder(schema, stats,
-                   missing_indicators=bool(study["preprocessing"]["missing_indicators"])).n_inputs
+    return Encoder(
+        schema, stats, missing_indicators=bool(study["preprocessing"]["missing_indicators"])
+    ).n_inputs
 
 
-def new_model(schema: TaskSchema, stats: GlobalStats, width: int,
-              study: dict[str, Any] | None = None) -> torch.nn.Module:
+def new_model(
+    schema: TaskSchema, stats: GlobalStats, width: int, study: dict[str, Any] | None = None
+) -> torch.nn.Module:
     """The study's model, its output layer initialised from the round-0 statistics
     (:func:`~medfed.models.nets.output_layer`), with local normalisation layers when the study
     personalises with ``fedbn``."""
     if study is not None and (study.get("personalise") or {}).get("method") == "fedbn":
         from medfed.models.personal import build_norm_mlp
 
-        return build_norm_mlp(schema, width,
-                              target_offset=output_layer(schema, stats)["target_offset"])
+        return build_norm_mlp(
+            schema, width, target_offset=output_layer(schema, stats)["target_offset"]
+        )
     return build_model(schema, width, **output_layer(schema, stats))
 
 
@@ -90,8 +107,14 @@ def round_seed(seed: int, index: int, server_round: int) -> int:
     return int(np.random.SeedSequence([seed, index, server_round]).generate_state(1)[0])
 
 
-def test_statistics(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, schema: TaskSchema,
-                    stats: GlobalStats, bins: int) -> dict[str, float | list[float]]:
+def test_statistics(
+    model: torch.nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    schema: TaskSchema,
+    stats: GlobalStats,
+    bins: int,
+) -> dict[str, float | list[float]]:
     """Additive test statistics of ``model`` on ``(x, y)`` (see :mod:`medfed.models.metrics`)."""
     model.eval()
     with torch.no_grad():
@@ -99,10 +122,19 @@ def test_statistics(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, schema
     return metric_statistics(schema, y, output.numpy(), loss_scale=stats.loss_scale, bins=bins)
 
 
-def local_training(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, schema: TaskSchema,
-                   study: dict[str, Any], stats: GlobalStats, *, seed: int,
-                   steps: int | None = None, proximal_mu: float = 0.0,
-                   step_hook: Callable[[], None] | None = None) -> dict[str, float]:
+def local_training(
+    model: torch.nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    schema: TaskSchema,
+    study: dict[str, Any],
+    stats: GlobalStats,
+    *,
+    seed: int,
+    steps: int | None = None,
+    proximal_mu: float = 0.0,
+    step_hook: Callable[[], None] | None = None,
+) -> dict[str, float]:
     """Train ``model`` on ``(x, y)`` with the study's settings; return additive statistics.
 
     ``steps`` overrides the study's ``local_steps``/``local_epochs`` (the baselines use it to do
@@ -116,14 +148,29 @@ def local_training(model: torch.nn.Module, x: np.ndarray, y: np.ndarray, schema:
         steps = int(cfg["local_steps"])
     optimizer = None
     if step_hook is not None:
-        optimizer = make_optimizer(model, str(cfg["optimizer"]), lr=float(cfg["lr"]),
-                                   momentum=float(cfg["momentum"]),
-                                   weight_decay=float(cfg["weight_decay"]))
+        optimizer = make_optimizer(
+            model,
+            str(cfg["optimizer"]),
+            lr=float(cfg["lr"]),
+            momentum=float(cfg["momentum"]),
+            weight_decay=float(cfg["weight_decay"]),
+        )
         optimizer.register_step_pre_hook(lambda *_: step_hook())
-    result = train(model, loader, loss_function(schema, stats), lr=float(cfg["lr"]),
-                   steps=steps, epochs=None if steps is not None else int(cfg["local_epochs"]),
-                   optimizer=str(cfg["optimizer"]), momentum=float(cfg["momentum"]),
-                   weight_decay=float(cfg["weight_decay"]), proximal_mu=proximal_mu,
-                   optimizer_obj=optimizer)
-    return {"train-loss-sum": float(result["loss"]) * float(result["examples"]),
-            "train-examples": float(result["examples"]), "train-steps": float(result["steps"])}
+    result = train(
+        model,
+        loader,
+        loss_function(schema, stats),
+        lr=float(cfg["lr"]),
+        steps=steps,
+        epochs=None if steps is not None else int(cfg["local_epochs"]),
+        optimizer=str(cfg["optimizer"]),
+        momentum=float(cfg["momentum"]),
+        weight_decay=float(cfg["weight_decay"]),
+        proximal_mu=proximal_mu,
+        optimizer_obj=optimizer,
+    )
+    return {
+        "train-loss-sum": float(result["loss"]) * float(result["examples"]),
+        "train-examples": float(result["examples"]),
+        "train-steps": float(result["steps"]),
+    }

@@ -51,8 +51,10 @@ def compact_history(history: Sequence[Sequence[float]]) -> History:
     for entry in history:
         noise, rate, steps = float(entry[0]), float(entry[1]), int(entry[2])
         if noise < 0 or not 0 < rate <= 1 or steps < 0:
-            raise ValueError(f"The privacy history entry {tuple(entry)} is invalid: it needs "
-                             "noise >= 0, 0 < sample rate <= 1 and steps >= 0.")
+            raise ValueError(
+                f"The privacy history entry {tuple(entry)} is invalid: it needs "
+                "noise >= 0, 0 < sample rate <= 1 and steps >= 0."
+            )
         if steps:
             merged[(noise, rate)] = merged.get((noise, rate), 0) + steps
     return [(noise, rate, steps) for (noise, rate), steps in merged.items()]
@@ -78,8 +80,9 @@ def _check_delta(delta: float) -> None:
         raise ValueError(f"privacy.delta must lie strictly between 0 and 1, got {delta}.")
 
 
-def epsilon_from_history(history: Sequence[Sequence[float]], delta: float,
-                         accountant: str = "rdp") -> float:
+def epsilon_from_history(
+    history: Sequence[Sequence[float]], delta: float, accountant: str = "rdp"
+) -> float:
     """Epsilon at ``delta`` of every mechanism in ``history`` composed (0 for no history).
 
     ``accountant`` is ``rdp`` (Renyi DP, Opacus' default orders) or ``prv`` (privacy random
@@ -105,8 +108,9 @@ def _rdp_per_step(noise: float, rate: float) -> np.ndarray:
     from opacus.accountants.analysis.rdp import compute_rdp
     from opacus.accountants.rdp import RDPAccountant
 
-    curve = np.asarray(compute_rdp(q=rate, noise_multiplier=noise, steps=1,
-                                   orders=RDPAccountant.DEFAULT_ALPHAS))
+    curve = np.asarray(
+        compute_rdp(q=rate, noise_multiplier=noise, steps=1, orders=RDPAccountant.DEFAULT_ALPHAS)
+    )
     curve.setflags(write=False)
     return curve
 
@@ -122,8 +126,9 @@ def _rdp_epsilon(entries: History, delta: float) -> float:
 
 
 @functools.lru_cache(maxsize=256)
-def noise_for_target(target_epsilon: float, delta: float, sample_rate: float, steps: int,
-                     accountant: str = "rdp") -> float:
+def noise_for_target(
+    target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "rdp"
+) -> float:
     """The smallest noise multiplier (to 0.01 in epsilon) whose ``steps`` steps stay within target.
 
     Plan a whole study at once: ``steps = rounds * local steps``; the result is Opacus'
@@ -136,9 +141,15 @@ def noise_for_target(target_epsilon: float, delta: float, sample_rate: float, st
     _check_accountant(accountant)
     from opacus.accountants.utils import get_noise_multiplier
 
-    return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta,
-                                      sample_rate=sample_rate, steps=int(steps),
-                                      accountant=accountant))
+    return float(
+        get_noise_multiplier(
+            target_epsilon=target_epsilon,
+            target_delta=delta,
+            sample_rate=sample_rate,
+            steps=int(steps),
+            accountant=accountant,
+        )
+    )
 
 
 def default_delta(smallest_site: int) -> float:
@@ -155,8 +166,9 @@ def sample_rate(n: int, batch_size: int) -> float:
     return min(1.0, batch_size / n)
 
 
-def dp_steps(n: int, batch_size: int, *, steps: int | None = None,
-             epochs: int | None = None) -> int:
+def dp_steps(
+    n: int, batch_size: int, *, steps: int | None = None, epochs: int | None = None
+) -> int:
     """Mechanism steps of one round: ``steps``, or ``epochs * max(1, n // batch_size)``.
 
     That is Opacus' ``1 / q`` steps per epoch, without its floating-point rounding.
@@ -179,18 +191,24 @@ def _generators(seed: int, secure: bool) -> tuple[torch.Generator, torch.Generat
         try:
             import torchcsprng  # type: ignore[import-not-found]
 
-            return (torchcsprng.create_random_device_generator("/dev/urandom"),
-                    torchcsprng.create_random_device_generator("/dev/urandom"))
+            return (
+                torchcsprng.create_random_device_generator("/dev/urandom"),
+                torchcsprng.create_random_device_generator("/dev/urandom"),
+            )
         except ImportError:
-            warnings.warn("privacy.secure_rng: torchcsprng is not installed, so sampling and "
-                          "noise use torch generators seeded from the OS entropy pool "
-                          "(unpredictable, not reproducible, not a cryptographic stream).",
-                          stacklevel=3)
+            warnings.warn(
+                "privacy.secure_rng: torchcsprng is not installed, so sampling and "
+                "noise use torch generators seeded from the OS entropy pool "
+                "(unpredictable, not reproducible, not a cryptographic stream).",
+                stacklevel=3,
+            )
             seeds = [secrets.randbits(63), secrets.randbits(63)]
     else:
         seeds = [int(s) for s in np.random.SeedSequence(int(seed)).generate_state(2, np.uint64)]
-    return (torch.Generator().manual_seed(seeds[0] % 2**63),
-            torch.Generator().manual_seed(seeds[1] % 2**63))
+    return (
+        torch.Generator().manual_seed(seeds[0] % 2**63),
+        torch.Generator().manual_seed(seeds[1] % 2**63),
+    )
 
 
 class PoissonBatches:
@@ -202,8 +220,15 @@ class PoissonBatches:
     batches of the last pass.
     """
 
-    def __init__(self, x: torch.Tensor, y: torch.Tensor, rate: float, steps: int,
-                 generator: torch.Generator, on_empty: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        rate: float,
+        steps: int,
+        generator: torch.Generator,
+        on_empty: Callable[[], None],
+    ) -> None:
         self.x, self.y, self.rate, self.steps = x, y, rate, steps
         self.generator, self.on_empty = generator, on_empty
         self.yielded = 0
@@ -228,26 +253,33 @@ def _resolve_mode(model: nn.Module, mode: str) -> str:
             return "vectorised"
         logging.getLogger(__name__).info(
             "DP-SGD clips this model with Opacus' hooks: dp_clip covers Sequential MLPs of "
-            "Linear and element-wise layers only (e.g. not LayerNorm)")
+            "Linear and element-wise layers only (e.g. not LayerNorm)"
+        )
         return "hooks"
     if mode == "vectorised" and not dp_clip.supports(model):
-        raise ValueError("grad_sample_mode='vectorised' needs an nn.Sequential of Linear and "
-                         "element-wise layers; use 'auto' or 'hooks' for this model.")
+        raise ValueError(
+            "grad_sample_mode='vectorised' needs an nn.Sequential of Linear and "
+            "element-wise layers; use 'auto' or 'hooks' for this model."
+        )
     return mode
 
 
 def _check_dp_args(noise: float, clip: float, accountant: str) -> None:
     if noise < 0 or not clip > 0:
-        raise ValueError(f"privacy.noise_multiplier must be >= 0 and privacy.max_grad_norm > 0, "
-                         f"got {noise} and {clip}.")
+        raise ValueError(
+            f"privacy.noise_multiplier must be >= 0 and privacy.max_grad_norm > 0, "
+            f"got {noise} and {clip}."
+        )
     if noise == 0:
-        warnings.warn("privacy.noise_multiplier is 0: DP-SGD only clips; epsilon is infinite.",
-                      stacklevel=3)
+        warnings.warn(
+            "privacy.noise_multiplier is 0: DP-SGD only clips; epsilon is infinite.", stacklevel=3
+        )
     _check_accountant(accountant)
 
 
-def _private(model: nn.Module, opt: torch.optim.Optimizer, mode: str,
-             **settings: Any) -> tuple[nn.Module, Any, Callable[[], None], Callable[[], None]]:
+def _private(
+    model: nn.Module, opt: torch.optim.Optimizer, mode: str, **settings: Any
+) -> tuple[nn.Module, Any, Callable[[], None], Callable[[], None]]:
     """(model to call, DP optimizer, noise-only step, cleanup) for ``mode``."""
     if mode == "vectorised":
         wrapped, dp_opt = dp_clip.attach(model, opt, **settings)
@@ -255,16 +287,31 @@ def _private(model: nn.Module, opt: torch.optim.Optimizer, mode: str,
     return dp_clip.attach_opacus(model, opt, mode, **settings)
 
 
-def _run(wrapped: nn.Module, batches: PoissonBatches, loss_fn: LossFn, dp_opt: Any, *,
-         lr: float, proximal_mu: float, cleanup: Callable[[], None]) -> dict[str, float | int]:
+def _run(
+    wrapped: nn.Module,
+    batches: PoissonBatches,
+    loss_fn: LossFn,
+    dp_opt: Any,
+    *,
+    lr: float,
+    proximal_mu: float,
+    cleanup: Callable[[], None],
+) -> dict[str, float | int]:
     """:func:`medfed.models.training.train` over every draw, then ``cleanup`` whatever happens.
 
     ``train`` refuses a loader without a batch; here that is a round whose every draw was empty
     (each already took its noise step), so it reports no examples instead.
     """
     try:
-        return train(wrapped, batches, loss_fn, lr=lr, epochs=1, optimizer_obj=dp_opt,
-                     proximal_mu=proximal_mu)
+        return train(
+            wrapped,
+            batches,
+            loss_fn,
+            lr=lr,
+            epochs=1,
+            optimizer_obj=dp_opt,
+            proximal_mu=proximal_mu,
+        )
     except ValueError:
         if batches.yielded:
             raise
@@ -273,13 +320,29 @@ def _run(wrapped: nn.Module, batches: PoissonBatches, loss_fn: LossFn, dp_opt: A
         cleanup()
 
 
-def dp_train(model: nn.Module, x: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor,
-             loss_fn: LossFn, *, lr: float, batch_size: int, noise_multiplier: float,
-             max_grad_norm: float, seed: int, history: Sequence[Sequence[float]],
-             steps: int | None = None, epochs: int | None = None, secure_rng: bool = False,
-             optimizer: str = "sgd", momentum: float = 0.0, weight_decay: float = 0.0,
-             proximal_mu: float = 0.0, accountant: str = "rdp", delta: float | None = None,
-             grad_sample_mode: str = "auto") -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def dp_train(
+    model: nn.Module,
+    x: np.ndarray | torch.Tensor,
+    y: np.ndarray | torch.Tensor,
+    loss_fn: LossFn,
+    *,
+    lr: float,
+    batch_size: int,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    seed: int,
+    history: Sequence[Sequence[float]],
+    steps: int | None = None,
+    epochs: int | None = None,
+    secure_rng: bool = False,
+    optimizer: str = "sgd",
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+    proximal_mu: float = 0.0,
+    accountant: str = "rdp",
+    delta: float | None = None,
+    grad_sample_mode: str = "auto",
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Train ``model`` in place with DP-SGD for one round; return its weights and a report.
 
     ``loss_fn`` must be a mean over the batch of per-sample losses (every task loss is). One
@@ -308,19 +371,40 @@ def dp_train(model: nn.Module, x: np.ndarray | torch.Tensor, y: np.ndarray | tor
     sampling, noise_gen = _generators(seed, secure_rng)
     opt = make_optimizer(model, optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay)
     wrapped, dp_opt, empty_step, cleanup = _private(
-        model, opt, _resolve_mode(model, grad_sample_mode), noise=noise_multiplier,
-        clip=max_grad_norm, batch=rate * len(ys), generator=noise_gen, secure=secure_rng)
+        model,
+        opt,
+        _resolve_mode(model, grad_sample_mode),
+        noise=noise_multiplier,
+        clip=max_grad_norm,
+        batch=rate * len(ys),
+        generator=noise_gen,
+        secure=secure_rng,
+    )
     dp_opt.attach_step_hook(
-        lambda _: acct.step(noise_multiplier=noise_multiplier, sample_rate=rate))
-    result = _run(wrapped, PoissonBatches(xs, ys, rate, total, sampling, empty_step), loss_fn,
-                  dp_opt, lr=lr, proximal_mu=proximal_mu, cleanup=cleanup)
+        lambda _: acct.step(noise_multiplier=noise_multiplier, sample_rate=rate)
+    )
+    result = _run(
+        wrapped,
+        PoissonBatches(xs, ys, rate, total, sampling, empty_step),
+        loss_fn,
+        dp_opt,
+        lr=lr,
+        proximal_mu=proximal_mu,
+        cleanup=cleanup,
+    )
     if sum(s for _, _, s in acct.history) - start != total:
-        raise RuntimeError(f"DP-SGD accounted a different number of steps than the {total} it "
-                           "ran; please report this bug.")
+        raise RuntimeError(
+            f"DP-SGD accounted a different number of steps than the {total} it "
+            "ran; please report this bug."
+        )
     epsilon = math.nan if delta is None else epsilon_from_history(acct.history, delta, accountant)
     weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    return weights, {"loss": float(result["loss"]), "steps": total,
-                     "examples": int(result["examples"]), "sample_rate": rate,
-                     "noise_multiplier": float(noise_multiplier),
-                     "history": [tuple(e) for e in acct.history], "epsilon": epsilon}
-
+    return weights, {
+        "loss": float(result["loss"]),
+        "steps": total,
+        "examples": int(result["examples"]),
+        "sample_rate": rate,
+        "noise_multiplier": float(noise_multiplier),
+        "history": [tuple(e) for e in acct.history],
+        "epsilon": epsilon,
+    }

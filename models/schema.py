@@ -112,8 +112,17 @@ class TaskSchema:
         return self.primary_metric not in ("mae", "rmse", "loss")
 
 
-_TOP_KEYS = {"name", "description", "features", "target", "model", "metrics", "primary_metric",
-             "synthetic", "training"}  # training: the task's defaults (conf/config.yaml reads them)
+_TOP_KEYS = {
+    "name",
+    "description",
+    "features",
+    "target",
+    "model",
+    "metrics",
+    "primary_metric",
+    "synthetic",
+    "training",
+}  # training: the task's defaults (conf/config.yaml reads them)
 _FEATURE_KEYS = {"name", "type", "unit", "range", "categories", "required", "description"}
 _TARGET_KEYS = {"name", "type", "classes", "unit", "range"}
 _MODEL_KEYS = {"family", "hidden", "loss", "tweedie_power"}
@@ -154,9 +163,16 @@ def _feature(src: str, i: int, raw: Any) -> Feature:
     if len(set(cats)) != len(cats):
         raise SchemaError(f"{where}: categories are not unique")
     low, high = _range(where, raw.get("range"))
-    return Feature(name=str(raw["name"]), kind=kind, unit=raw.get("unit"), low=low, high=high,
-                   categories=cats, required=bool(raw.get("required", True)),
-                   description=str(raw.get("description", "")))
+    return Feature(
+        name=str(raw["name"]),
+        kind=kind,
+        unit=raw.get("unit"),
+        low=low,
+        high=high,
+        categories=cats,
+        required=bool(raw.get("required", True)),
+        description=str(raw.get("description", "")),
+    )
 
 
 def _target(src: str, raw: Any) -> Target:
@@ -165,17 +181,20 @@ def _target(src: str, raw: Any) -> Target:
     _check_keys(f"{src}: target", raw, _TARGET_KEYS)
     kind = raw.get("type")
     if kind not in ("binary", "multiclass", "continuous"):
-        raise SchemaError(f"{src}: target type must be binary, multiclass or continuous, "
-                          f"got {kind!r}")
+        raise SchemaError(
+            f"{src}: target type must be binary, multiclass or continuous, got {kind!r}"
+        )
     classes = tuple(str(c) for c in raw.get("classes") or ())
     if kind == "multiclass" and len(classes) < 3:
-        raise SchemaError(f"{src}: a multiclass target needs at least three 'classes' "
-                          "(use type: binary for two)")
+        raise SchemaError(
+            f"{src}: a multiclass target needs at least three 'classes' (use type: binary for two)"
+        )
     if kind == "binary" and classes and len(classes) != 2:
         raise SchemaError(f"{src}: a binary target has exactly two classes [negative, positive]")
     low, high = _range(f"{src}: target", raw.get("range"))
-    return Target(name=str(raw["name"]), kind=kind, classes=classes, unit=raw.get("unit"),
-                  low=low, high=high)
+    return Target(
+        name=str(raw["name"]), kind=kind, classes=classes, unit=raw.get("unit"), low=low, high=high
+    )
 
 
 def _model(src: str, raw: Any, target: Target) -> ModelSpec:
@@ -185,14 +204,20 @@ def _model(src: str, raw: Any, target: Target) -> ModelSpec:
     if family not in MODEL_FAMILIES:
         raise SchemaError(f"{src}: model.family must be one of {MODEL_FAMILIES}, got {family!r}")
     loss = raw.get("loss", _DEFAULT_LOSS[target.kind])
-    allowed = {"binary": ("bce",), "multiclass": ("cross_entropy",),
-               "continuous": ("mse_log", "tweedie")}[target.kind]
+    allowed = {
+        "binary": ("bce",),
+        "multiclass": ("cross_entropy",),
+        "continuous": ("mse_log", "tweedie"),
+    }[target.kind]
     if loss not in allowed:
-        raise SchemaError(f"{src}: model.loss {loss!r} does not fit a {target.kind} target "
-                          f"(use one of {allowed})")
+        raise SchemaError(
+            f"{src}: model.loss {loss!r} does not fit a {target.kind} target (use one of {allowed})"
+        )
     if family == "logreg" and target.kind == "continuous":
-        raise SchemaError(f"{src}: model.family logreg needs a binary or multiclass target; "
-                          "use glm for a continuous one")
+        raise SchemaError(
+            f"{src}: model.family logreg needs a binary or multiclass target; "
+            "use glm for a continuous one"
+        )
     if family == "glm" and target.kind != "continuous":
         raise SchemaError(f"{src}: model.family glm is for continuous targets; use logreg")
     hidden = tuple(int(h) for h in raw.get("hidden", (32,)) or ())
@@ -232,15 +257,23 @@ def task_from_dict(raw: dict[str, Any], source: str = "<task>") -> TaskSchema:
     metrics = tuple(raw.get("metrics") or known[:-1])
     bad = [m for m in metrics if m not in known]
     if bad:
-        raise SchemaError(f"{source}: metric(s) {bad} do not apply to a {target.kind} target "
-                          f"(choose from {list(known)})")
+        raise SchemaError(
+            f"{source}: metric(s) {bad} do not apply to a {target.kind} target "
+            f"(choose from {list(known)})"
+        )
     primary = raw.get("primary_metric", metrics[0])
     if primary not in metrics:
         raise SchemaError(f"{source}: primary_metric {primary!r} is not in metrics {list(metrics)}")
-    return TaskSchema(name=str(raw["name"]), features=features, target=target,
-                      model=_model(source, raw.get("model"), target), metrics=metrics,
-                      primary_metric=primary, description=str(raw.get("description", "")),
-                      extra={"synthetic": raw.get("synthetic") or {}})
+    return TaskSchema(
+        name=str(raw["name"]),
+        features=features,
+        target=target,
+        model=_model(source, raw.get("model"), target),
+        metrics=metrics,
+        primary_metric=primary,
+        description=str(raw.get("description", "")),
+        extra={"synthetic": raw.get("synthetic") or {}},
+    )
 
 
 def task_dir() -> Path:
@@ -266,8 +299,10 @@ def load_task(name_or_path: str | Path) -> TaskSchema:
     if not (text.endswith((".yaml", ".yml")) or path.is_file()):
         path = task_dir() / f"{text}.yaml"
         if not path.is_file():
-            raise SchemaError(f"unknown task '{text}': choose one of {available_tasks()} "
-                              "or give the path of a schema YAML")
+            raise SchemaError(
+                f"unknown task '{text}': choose one of {available_tasks()} "
+                "or give the path of a schema YAML"
+            )
     if not path.is_file():
         raise SchemaError(f"task schema file {path} does not exist")
     try:

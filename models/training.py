@@ -51,8 +51,11 @@ def seed_torch(seed: int) -> None:
 def _tweedie(raw: torch.Tensor, y: torch.Tensor, *, power: float, log_scale: float) -> torch.Tensor:
     shifted, target = raw - log_scale, y / math.exp(log_scale)
     one, two = 1.0 - power, 2.0 - power
-    deviance = (target.pow(two) / (one * two) - target * torch.exp(one * shifted) / one
-                + torch.exp(two * shifted) / two)
+    deviance = (
+        target.pow(two) / (one * two)
+        - target * torch.exp(one * shifted) / one
+        + torch.exp(two * shifted) / two
+    )
     return 2.0 * deviance.mean()
 
 
@@ -127,8 +130,9 @@ class ShuffledBatches(BatchSampler):
         return iter(order.split(self.batch_size))
 
 
-def make_loader(X: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor, *, batch_size: int,
-                seed: int) -> DataLoader:
+def make_loader(
+    X: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor, *, batch_size: int, seed: int
+) -> DataLoader:
     """Shuffling DataLoader over in-memory arrays; the order depends on ``seed`` only.
 
     Every pass draws a new permutation from one generator seeded with ``seed``; the last batch may
@@ -138,13 +142,22 @@ def make_loader(X: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor, *, b
         raise ValueError(f"The batch size must be a positive integer, got {batch_size}.")
     dataset = ArrayDataset(X, y)
     generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_sampler=ShuffledBatches(len(dataset), batch_size, generator),
-                      generator=generator,
-                      collate_fn=collate_batch)  # type: ignore[arg-type]  # __getitems__' tuple
+    return DataLoader(
+        dataset,
+        batch_sampler=ShuffledBatches(len(dataset), batch_size, generator),
+        generator=generator,
+        collate_fn=collate_batch,  # type: ignore[arg-type]  # __getitems__' tuple
+    )
 
 
-def make_optimizer(model: nn.Module, name: str = "sgd", *, lr: float, momentum: float = 0.0,
-                   weight_decay: float = 0.0) -> torch.optim.Optimizer:
+def make_optimizer(
+    model: nn.Module,
+    name: str = "sgd",
+    *,
+    lr: float,
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+) -> torch.optim.Optimizer:
     """``sgd`` (with optional momentum), ``adam`` or ``adamw`` over the trainable parameters."""
     if not lr > 0:
         raise ValueError(f"The learning rate must be positive, got {lr}.")
@@ -168,8 +181,9 @@ class _Proximal:
 
     def __init__(self, optimizer: torch.optim.Optimizer, mu: float) -> None:
         self.optimizer, self.mu = optimizer, mu
-        self.anchors = [[p.detach().clone() for p in group["params"]]
-                        for group in optimizer.param_groups]
+        self.anchors = [
+            [p.detach().clone() for p in group["params"]] for group in optimizer.param_groups
+        ]
 
     @torch.no_grad()
     def pull(self) -> None:
@@ -185,9 +199,16 @@ def _check_budget(steps: int | None, epochs: int | None) -> None:
         raise ValueError(f"steps/epochs must be a positive integer, got {budget!r}.")
 
 
-def _run_pass(model: nn.Module, loader: Iterable, loss_fn: LossFn, opt: torch.optim.Optimizer,
-              proximal: _Proximal | None, losses: list[torch.Tensor], sizes: list[int],
-              limit: float) -> int:
+def _run_pass(
+    model: nn.Module,
+    loader: Iterable,
+    loss_fn: LossFn,
+    opt: torch.optim.Optimizer,
+    proximal: _Proximal | None,
+    losses: list[torch.Tensor],
+    sizes: list[int],
+    limit: float,
+) -> int:
     """One pass over ``loader``, stopping once ``limit`` steps are taken in all; batches seen."""
     seen = 0
     for xb, yb in loader:
@@ -207,10 +228,20 @@ def _run_pass(model: nn.Module, loader: Iterable, loss_fn: LossFn, opt: torch.op
     return seen
 
 
-def train(model: nn.Module, loader: Iterable, loss_fn: LossFn, *, lr: float,
-          steps: int | None = None, epochs: int | None = None, optimizer: str = "sgd",
-          momentum: float = 0.0, weight_decay: float = 0.0, proximal_mu: float = 0.0,
-          optimizer_obj: torch.optim.Optimizer | None = None) -> dict[str, float | int]:
+def train(
+    model: nn.Module,
+    loader: Iterable,
+    loss_fn: LossFn,
+    *,
+    lr: float,
+    steps: int | None = None,
+    epochs: int | None = None,
+    optimizer: str = "sgd",
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
+    proximal_mu: float = 0.0,
+    optimizer_obj: torch.optim.Optimizer | None = None,
+) -> dict[str, float | int]:
     """Train ``model`` in place for exactly ``steps`` optimizer steps or ``epochs`` passes.
 
     ``steps`` cycles the loader as often as needed. Empty batches (Poisson sampling in Opacus'
@@ -225,8 +256,9 @@ def train(model: nn.Module, loader: Iterable, loss_fn: LossFn, *, lr: float,
         optimizer steps taken, ``examples``: training examples seen (with repeats).
     """
     _check_budget(steps, epochs)
-    opt = optimizer_obj or make_optimizer(model, optimizer, lr=lr, momentum=momentum,
-                                          weight_decay=weight_decay)
+    opt = optimizer_obj or make_optimizer(
+        model, optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay
+    )
     proximal = _Proximal(opt, proximal_mu) if proximal_mu > 0 else None
     limit = steps if steps is not None else math.inf
     losses: list[torch.Tensor] = []
@@ -244,9 +276,15 @@ def train(model: nn.Module, loader: Iterable, loss_fn: LossFn, *, lr: float,
     return {"loss": weighted.item() / examples, "steps": len(sizes), "examples": examples}
 
 
-def evaluate(model: nn.Module, X: np.ndarray | torch.Tensor, y: np.ndarray | torch.Tensor,
-             schema: TaskSchema, *, stats: GlobalStats | None = None,
-             batch_size: int = 65536) -> tuple[dict[str, float], dict[str, Any]]:
+def evaluate(
+    model: nn.Module,
+    X: np.ndarray | torch.Tensor,
+    y: np.ndarray | torch.Tensor,
+    schema: TaskSchema,
+    *,
+    stats: GlobalStats | None = None,
+    batch_size: int = 65536,
+) -> tuple[dict[str, float], dict[str, Any]]:
     """Metrics of ``model`` on ``(X, y)`` and the additive statistics they come from.
 
     Runs in eval mode under ``torch.no_grad`` (the previous mode is restored). Give the same
@@ -257,8 +295,9 @@ def evaluate(model: nn.Module, X: np.ndarray | torch.Tensor, y: np.ndarray | tor
     model.eval()
     with torch.no_grad():
         inputs = torch.as_tensor(X, dtype=torch.float32)
-        output = torch.cat([predict_output(schema, model(chunk))
-                            for chunk in torch.split(inputs, batch_size)])
+        output = torch.cat(
+            [predict_output(schema, model(chunk)) for chunk in torch.split(inputs, batch_size)]
+        )
     model.train(was_training)
     scale = stats.loss_scale if stats is not None else 1.0
     sums = metric_statistics(schema, y, output, loss_scale=scale)
@@ -283,7 +322,9 @@ def set_weights(model: nn.Module, arrays: list[np.ndarray]) -> None:
     for (name, current), array in zip(state.items(), arrays, strict=True):
         tensor = torch.as_tensor(np.asarray(array), dtype=current.dtype)
         if tensor.shape != current.shape:
-            raise ValueError(f"Weight array for '{name}' has shape {tuple(tensor.shape)}, "
-                             f"the model expects {tuple(current.shape)}.")
+            raise ValueError(
+                f"Weight array for '{name}' has shape {tuple(tensor.shape)}, "
+                f"the model expects {tuple(current.shape)}."
+            )
         new_state[name] = tensor
     model.load_state_dict(new_state)

@@ -34,8 +34,9 @@ def study_from_run_config(run_config: dict[str, Any]) -> dict[str, Any]:
     return study
 
 
-def build_server_app(study: dict[str, Any] | None = None,
-                     observer: Observer | None = None) -> ServerApp:
+def build_server_app(
+    study: dict[str, Any] | None = None, observer: Observer | None = None
+) -> ServerApp:
     """A ServerApp running ``study`` (or the one its run config describes) and writing outputs.
 
     Parameters

@@ -34,8 +34,12 @@ def _prevalidate(args: list[str]) -> list[dict[str, Any]]:
         expand_sweeps,
     )
 
-    overrides = [a for a in args if not a.startswith("-") and (
-        a.startswith(SEARCHPATH) or not a.startswith(("hydra.", "hydra/")))]
+    overrides = [
+        a
+        for a in args
+        if not a.startswith("-")
+        and (a.startswith(SEARCHPATH) or not a.startswith(("hydra.", "hydra/")))
+    ]
     try:
         combos = expand_sweeps(overrides)
     except Exception as exc:
@@ -50,8 +54,11 @@ def _prevalidate(args: list[str]) -> list[dict[str, Any]]:
         except ConfigError as exc:
             _fail(str(exc), 2)
         if studies[-1]["federation"]["name"] == "nodes":
-            _fail("federation=nodes is a deployed federation (medfed run); simulate "
-                  "federation=synthetic or federation=sites", 2)
+            _fail(
+                "federation=nodes is a deployed federation (medfed run); simulate "
+                "federation=synthetic or federation=sites",
+                2,
+            )
     return studies
 
 
@@ -61,13 +68,17 @@ def simulate_main(argv: list[str]) -> int:
 
     from medfed.server.study.config import config_dir
 
-    passthrough = any(a in ("--help", "-h", "--hydra-help", "--info") or a.startswith("--cfg")
-                      for a in argv)
+    passthrough = any(
+        a in ("--help", "-h", "--hydra-help", "--info") or a.startswith("--cfg") for a in argv
+    )
     sweep = "-m" in argv or "--multirun" in argv
     if not passthrough:
         studies = _prevalidate(argv)
-        hydra_args = [a for a in argv if a.startswith(("hydra.", "hydra/", "-"))
-                      and not a.startswith(SEARCHPATH)]
+        hydra_args = [
+            a
+            for a in argv
+            if a.startswith(("hydra.", "hydra/", "-")) and not a.startswith(SEARCHPATH)
+        ]
         if not sweep and not hydra_args:
             _run_single(studies[0])  # one run: composed once, no Hydra job machinery
             return 0
@@ -76,7 +87,8 @@ def simulate_main(argv: list[str]) -> int:
             argv.append(f"hydra.run.dir={arg.split('=', 1)[1]}")
     sys.argv = ["medfed simulate", *argv]
     hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(
-        _simulate_job)()
+        _simulate_job
+    )()
     return 0
 
 
@@ -115,8 +127,9 @@ def _run(study: dict[str, Any]) -> None:
         if study.get("verbose"):
             raise
         first = (str(exc).splitlines() or [""])[0]
-        _fail(f"the study failed: {type(exc).__name__}: {first} (verbose=true shows the "
-              "traceback)", 1)
+        _fail(
+            f"the study failed: {type(exc).__name__}: {first} (verbose=true shows the traceback)", 1
+        )
     if result.stopped:  # the run directory is written, with status: stopped and the reason
         print(f"medfed: the study stopped: {result.stopped}", file=sys.stderr)
         raise SystemExit(1)
@@ -152,14 +165,19 @@ def tasks_main(argv: list[str]) -> int:
 
     if argv:
         help_asked = argv[0] in ("-h", "--help")
-        print("usage: medfed tasks\n\nList the shipped task schemas (name, target kind, "
-              "features, description).", file=sys.stdout if help_asked else sys.stderr)
+        print(
+            "usage: medfed tasks\n\nList the shipped task schemas (name, target kind, "
+            "features, description).",
+            file=sys.stdout if help_asked else sys.stderr,
+        )
         return 0 if help_asked else 2
 
     for name in available_tasks():
         task = load_task(name)
-        print(f"{name:12s} {task.target.kind:11s} {len(task.features):2d} features  "
-              f"{task.description}")
+        print(
+            f"{name:12s} {task.target.kind:11s} {len(task.features):2d} features  "
+            f"{task.description}"
+        )
     return 0
 
 
@@ -168,8 +186,10 @@ def checkpoint_key_main(args: list[str]) -> int:
     from medfed.server.study.checkpoint import CheckpointError, new_key
 
     if args and args[0] in ("-h", "--help"):
-        print("usage: medfed checkpoint-key FILE\n\nCreate a Fernet key for encrypted "
-              "checkpoints (checkpoint.key_file=FILE); refuses to replace an existing file.")
+        print(
+            "usage: medfed checkpoint-key FILE\n\nCreate a Fernet key for encrypted "
+            "checkpoints (checkpoint.key_file=FILE); refuses to replace an existing file."
+        )
         return 0
     if len(args) != 1 or args[0].startswith("-"):
         _fail("usage: medfed checkpoint-key FILE", 2)

@@ -49,8 +49,10 @@ CLIPPING = ("server", "client")
 # hospital's update"); 1e-5 is below that for any cross-silo federation up to 10^4 hospitals.
 DEFAULT_DELTA = 1e-5
 _SEED_STREAM = 0x63656E74  # keeps the noise stream apart from other uses of the study's seed
-ACCOUNTING = ("Flower RdpAccountant: one Gaussian release per aggregated round, add-or-remove-one "
-              "hospital, no sampling amplification")
+ACCOUNTING = (
+    "Flower RdpAccountant: one Gaussian release per aggregated round, add-or-remove-one "
+    "hospital, no sampling amplification"
+)
 
 
 class CentralDPConfigError(StrategyConfigError):
@@ -60,16 +62,20 @@ class CentralDPConfigError(StrategyConfigError):
 def fedavg_family() -> list[str]:
     """Strategies whose aggregate is FedAvg's plain average: the only ones central DP accounts."""
     plain = fl.FedAvg.aggregate_train
-    return sorted(name for name, cls in STRATEGIES.items()
-                  if issubclass(cls, fl.FedAvg) and cls.aggregate_train is plain)
+    return sorted(
+        name
+        for name, cls in STRATEGIES.items()
+        if issubclass(cls, fl.FedAvg) and cls.aggregate_train is plain
+    )
 
 
 def _number(priv: Mapping[str, Any], key: str, *, zero: bool = False) -> float:
     value: Any = priv.get(key)
     ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or value < 0 or (value == 0 and not zero):
-        raise CentralDPConfigError(f"privacy.{key} must be a number {'>=' if zero else '>'} 0, "
-                                   f"got {value!r}")
+        raise CentralDPConfigError(
+            f"privacy.{key} must be a number {'>=' if zero else '>'} 0, got {value!r}"
+        )
     return float(value)
 
 
@@ -81,40 +87,53 @@ def check_central(study: Mapping[str, Any], n_nodes: int) -> None:
         return
     federation = study.get("federation") or {}
     if federation.get("name") == "nodes" and federation.get("hospitals") is None:
-        raise CentralDPConfigError("privacy=central calibrates its noise to the number of "
-                                   "hospitals: with federation=nodes set federation.hospitals=N")
+        raise CentralDPConfigError(
+            "privacy=central calibrates its noise to the number of "
+            "hospitals: with federation=nodes set federation.hospitals=N"
+        )
     if priv.get("clipping") not in CLIPPING:
-        raise CentralDPConfigError(f"privacy.clipping must be server or client, got "
-                                   f"{priv.get('clipping')!r}")
+        raise CentralDPConfigError(
+            f"privacy.clipping must be server or client, got {priv.get('clipping')!r}"
+        )
     _number(priv, "clipping_norm")
     _number(priv, "noise_multiplier", zero=True)
     if priv.get("target_epsilon") is not None:
         _number(priv, "target_epsilon")
     delta = _number(priv, "delta")
     if not delta < 1 / n_nodes:
-        raise CentralDPConfigError(f"privacy.delta={delta:g} must be below 1/hospitals = "
-                                   f"{1 / n_nodes:.3g} (1e-5 is usual)")
+        raise CentralDPConfigError(
+            f"privacy.delta={delta:g} must be below 1/hospitals = {1 / n_nodes:.3g} (1e-5 is usual)"
+        )
     if not isinstance(priv.get("secure_rng"), bool):
-        raise CentralDPConfigError(f"privacy.secure_rng must be true or false, got "
-                                   f"{priv.get('secure_rng')!r}")
+        raise CentralDPConfigError(
+            f"privacy.secure_rng must be true or false, got {priv.get('secure_rng')!r}"
+        )
     if study["strategy"]["name"] not in fedavg_family():
         raise CentralDPConfigError(
             f"privacy=central needs a strategy that aggregates with FedAvg's plain average "
             f"({', '.join(fedavg_family())}); strategy={study['strategy']['name']} changes the "
-            "sensitivity the noise is calibrated to")
+            "sensitivity the noise is calibrated to"
+        )
     if study.get("secure_aggregation"):
-        raise CentralDPConfigError("privacy=central cannot be combined with secure_aggregation="
-                                   "true yet (SecAgg+ runs on Flower's legacy workflow, the DP "
-                                   "wrappers on the Message API); choose one of them")
+        raise CentralDPConfigError(
+            "privacy=central cannot be combined with secure_aggregation="
+            "true yet (SecAgg+ runs on Flower's legacy workflow, the DP "
+            "wrappers on the Message API); choose one of them"
+        )
 
 
 def rdp_accountant(delta: float, population: int) -> Any:
     """Flower's RDP accountant for client-level DP over ``population`` hospitals."""
     from flwr.serverapp import NeighboringRelation, PrivacyConfig, RdpAccountant, SamplingMethod
 
-    return RdpAccountant(PrivacyConfig(target_delta=delta, population_size=population,
-                                       neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
-                                       sampling_method=SamplingMethod.NO_AMPLIFICATION))
+    return RdpAccountant(
+        PrivacyConfig(
+            target_delta=delta,
+            population_size=population,
+            neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE,
+            sampling_method=SamplingMethod.NO_AMPLIFICATION,
+        )
+    )
 
 
 def epsilon_after(noise_multiplier: float, releases: int, delta: float, population: int) -> float:
@@ -162,12 +181,27 @@ class CentralDP:
     clipping_norm: float
     num_sampled_clients: int
 
-    def __init__(self, strategy: fl.FedAvg, noise_multiplier: float, clipping_norm: float,
-                 num_sampled_clients: int, *, delta: float, population: int, seed: int,
-                 secure_rng: bool = False, target_epsilon: float | None = None) -> None:
+    def __init__(
+        self,
+        strategy: fl.FedAvg,
+        noise_multiplier: float,
+        clipping_norm: float,
+        num_sampled_clients: int,
+        *,
+        delta: float,
+        population: int,
+        seed: int,
+        secure_rng: bool = False,
+        target_epsilon: float | None = None,
+    ) -> None:
         accountant = rdp_accountant(delta, population) if noise_multiplier > 0 else None
-        super().__init__(strategy, noise_multiplier, clipping_norm,  # type: ignore[call-arg]
-                         num_sampled_clients, accountant=accountant)
+        super().__init__(
+            strategy,
+            noise_multiplier,
+            clipping_norm,  # type: ignore[call-arg]
+            num_sampled_clients,
+            accountant=accountant,
+        )
         self.delta, self.target_epsilon, self.secure_rng = delta, target_epsilon, secure_rng
         self.rng = np.random.default_rng(None if secure_rng else [seed, _SEED_STREAM])
         self.rounds: list[dict[str, Any]] = []
@@ -177,8 +211,9 @@ class CentralDP:
         """Client-level epsilon spent so far at :attr:`delta` (inf without noise)."""
         return math.inf if self.accountant is None else self.accountant.get_epsilon(self.delta)
 
-    def _prepare_accounting(self, server_round: int, messages: Iterable[Message]
-                            ) -> Iterable[Message]:
+    def _prepare_accounting(
+        self, server_round: int, messages: Iterable[Message]
+    ) -> Iterable[Message]:
         """Account the cohort actually sampled (fewer when hospitals are offline): Flower would
         raise on any other size than the one the wrapper was built with."""
         messages = list(messages)
@@ -189,14 +224,18 @@ class CentralDP:
     def _add_noise_to_aggregated_arrays(self, aggregated_arrays: ArrayRecord) -> ArrayRecord:
         """Flower's noise (std sigma * C / m) drawn from :attr:`rng`, not numpy's global one."""
         std = self.noise_multiplier * self.clipping_norm / self.num_sampled_clients
-        return ArrayRecord({key: Array(np.asarray(a + self.rng.normal(0.0, std, a.shape)
-                                                  .astype(a.dtype)))
-                            for key, a in zip(aggregated_arrays.keys(),
-                                              aggregated_arrays.to_numpy_ndarrays(),
-                                              strict=True)})
+        return ArrayRecord(
+            {
+                key: Array(np.asarray(a + self.rng.normal(0.0, std, a.shape).astype(a.dtype)))
+                for key, a in zip(
+                    aggregated_arrays.keys(), aggregated_arrays.to_numpy_ndarrays(), strict=True
+                )
+            }
+        )
 
-    def aggregate_train(self, server_round: int, replies: Iterable[Message]
-                        ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Flower's clip-average-noise with equal weights; a refused round returns ``None``."""
         replies = list(replies)
         answered = [reply for reply in replies if not reply.has_error()]
@@ -205,17 +244,23 @@ class CentralDP:
                 record[self.strategy.weighted_by_key] = 1
         reason = ""
         if len(answered) != self.num_sampled_clients:
-            reason = (f"only {len(answered)} of the {self.num_sampled_clients} sampled hospitals' "
-                      "updates reached aggregation (the others refused, failed, timed out or were "
-                      "rejected); central DP releases a round only with all of them")
+            reason = (
+                f"only {len(answered)} of the {self.num_sampled_clients} sampled hospitals' "
+                "updates reached aggregation (the others refused, failed, timed out or were "
+                "rejected); central DP releases a round only with all of them"
+            )
         try:
             arrays, metrics = super().aggregate_train(server_round, replies)  # type: ignore[misc]
         except (ValueError, ArithmeticError) as exc:  # malformed replies; an all-zero update
             # (Flower's clipping divides by its norm)
             arrays, metrics, reason = None, None, f"the DP wrapper refused the round: {exc}"
         entry: dict[str, Any]  # a str "reason" joins the numbers below
-        entry = {"round": server_round, "released": arrays is not None,
-                 "hospitals": self.num_sampled_clients, "epsilon": self.epsilon}
+        entry = {
+            "round": server_round,
+            "released": arrays is not None,
+            "hospitals": self.num_sampled_clients,
+            "epsilon": self.epsilon,
+        }
         if arrays is None:
             entry["reason"] = reason or "the DP wrapper skipped the round"
             LOG.warning("central DP: round %d not released: %s", server_round, entry["reason"])
@@ -224,18 +269,26 @@ class CentralDP:
 
     def report(self) -> dict[str, Any]:
         """The ``central_dp`` section of ``summary.json``."""
-        return {"epsilon": self.epsilon, "delta": self.delta,
-                "noise_multiplier": self.noise_multiplier, "clipping_norm": self.clipping_norm,
-                "clipping": self.clipping, "target_epsilon": self.target_epsilon,
-                "released_rounds": sum(r["released"] for r in self.rounds),
-                "accounting": ACCOUNTING, "rounds": list(self.rounds)}
+        return {
+            "epsilon": self.epsilon,
+            "delta": self.delta,
+            "noise_multiplier": self.noise_multiplier,
+            "clipping_norm": self.clipping_norm,
+            "clipping": self.clipping,
+            "target_epsilon": self.target_epsilon,
+            "released_rounds": sum(r["released"] for r in self.rounds),
+            "accounting": ACCOUNTING,
+            "rounds": list(self.rounds),
+        }
 
     def state_dict(self) -> dict[str, Any]:
         """Plain data to checkpoint: the accountant, the per-round record and the noise generator
         (not when ``secure_rng``: OS-drawn noise must stay unpredictable after a resume)."""
-        return {"accountant": None if self.accountant is None else self.accountant.state_dict(),
-                "rounds": [dict(r) for r in self.rounds],
-                "rng": None if self.secure_rng else self.rng.bit_generator.state}
+        return {
+            "accountant": None if self.accountant is None else self.accountant.state_dict(),
+            "rounds": [dict(r) for r in self.rounds],
+            "rng": None if self.secure_rng else self.rng.bit_generator.state,
+        }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Continue from :meth:`state_dict` of a wrapper built from the same study."""
@@ -248,22 +301,25 @@ class CentralDP:
             self.rng.bit_generator.state = dict(state["rng"])
 
 
-class ServerSideCentralDP(CentralDP,  # type: ignore[misc]  # Flower: .strategy is any Strategy
-                          fl.DifferentialPrivacyServerSideFixedClipping):
+class ServerSideCentralDP(  # type: ignore[misc]  # Flower: .strategy is any Strategy
+    CentralDP,
+    fl.DifferentialPrivacyServerSideFixedClipping,
+):
     """Central DP, the coordinator clips every hospital's update (it sees the raw updates)."""
 
     clipping = "server"
 
 
-class ClientSideCentralDP(CentralDP,  # type: ignore[misc]  # Flower: .strategy is any Strategy
-                          fl.DifferentialPrivacyClientSideFixedClipping):
+class ClientSideCentralDP(  # type: ignore[misc]  # Flower: .strategy is any Strategy
+    CentralDP,
+    fl.DifferentialPrivacyClientSideFixedClipping,
+):
     """Central DP, each node clips its own update before sending it (``fixedclipping_mod``)."""
 
     clipping = "client"
 
 
-def wrap_central_dp(strategy: fl.Strategy, study: Mapping[str, Any], n_nodes: int
-                    ) -> fl.Strategy:
+def wrap_central_dp(strategy: fl.Strategy, study: Mapping[str, Any], n_nodes: int) -> fl.Strategy:
     """``strategy`` wrapped for client-level DP when the study asks for ``privacy=central``
     (the noise planned for the whole study when ``privacy.target_epsilon`` is set); otherwise
     ``strategy`` itself."""
@@ -277,15 +333,25 @@ def wrap_central_dp(strategy: fl.Strategy, study: Mapping[str, Any], n_nodes: in
     if priv.get("target_epsilon") is not None:
         noise = plan_noise(float(priv["target_epsilon"]), delta, int(study["rounds"]), n_nodes)
     elif noise == 0:
-        warnings.warn("privacy.noise_multiplier is 0: central DP only clips; epsilon is "
-                      "infinite.", RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            "privacy.noise_multiplier is 0: central DP only clips; epsilon is infinite.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     cfg = study["strategy"]
     cohort = max(int(n_nodes * float(cfg.get("fraction_train", 1.0))), int(cfg["min_nodes"]))
     wrapper = ClientSideCentralDP if priv["clipping"] == "client" else ServerSideCentralDP
-    return wrapper(strategy, noise, float(priv["clipping_norm"]), cohort, delta=delta,
-                   population=n_nodes, seed=int(study["seed"]),
-                   secure_rng=bool(priv["secure_rng"]),
-                   target_epsilon=priv.get("target_epsilon"))
+    return wrapper(
+        strategy,
+        noise,
+        float(priv["clipping_norm"]),
+        cohort,
+        delta=delta,
+        population=n_nodes,
+        seed=int(study["seed"]),
+        secure_rng=bool(priv["secure_rng"]),
+        target_epsilon=priv.get("target_epsilon"),
+    )
 
 
 def central_dp_report(strategy: fl.Strategy) -> dict[str, Any]:

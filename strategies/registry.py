@@ -65,26 +65,34 @@ def build_strategy(cfg: Mapping[str, Any], n_nodes: int) -> fl.Strategy:
     """
     name = cfg.get("name")
     if name not in STRATEGIES:
-        raise StrategyConfigError(f"strategy={name!r} is unknown; "
-                                  f"choose one of {sorted(STRATEGIES)}")
+        raise StrategyConfigError(
+            f"strategy={name!r} is unknown; choose one of {sorted(STRATEGIES)}"
+        )
     allowed = set(_COMMON) | set(_HYPER_PARAMETERS.get(name, ()))
     unknown = sorted(set(cfg) - allowed)
     if unknown:
-        raise StrategyConfigError(f"strategy.{unknown[0]} is not a setting of {name}; "
-                                  f"settings: {sorted(allowed)}")
+        raise StrategyConfigError(
+            f"strategy.{unknown[0]} is not a setting of {name}; settings: {sorted(allowed)}"
+        )
     fraction = float(cfg.get("fraction_train", 1.0))
     if not 0.0 < fraction <= 1.0:
         raise StrategyConfigError(f"strategy.fraction_train must be in (0, 1], got {fraction}")
     min_nodes = int(cfg.get("min_nodes", 2))
     if not 1 <= min_nodes <= n_nodes:
-        raise StrategyConfigError(f"strategy.min_nodes={min_nodes} must be between 1 and the "
-                                  f"number of hospitals ({n_nodes})")
+        raise StrategyConfigError(
+            f"strategy.min_nodes={min_nodes} must be between 1 and the "
+            f"number of hospitals ({n_nodes})"
+        )
     params = {key: cfg[key] for key in _HYPER_PARAMETERS.get(name, ()) if key in cfg}
     if name == "scaffold":
         params["n_nodes"] = n_nodes
     return STRATEGIES[name](
-        fraction_train=fraction, fraction_evaluate=1.0, min_train_nodes=min_nodes,
-        min_evaluate_nodes=min_nodes, min_available_nodes=min_nodes,
-        train_metrics_aggr_fn=sum_metric_records, evaluate_metrics_aggr_fn=sum_metric_records,
+        fraction_train=fraction,
+        fraction_evaluate=1.0,
+        min_train_nodes=min_nodes,
+        min_evaluate_nodes=min_nodes,
+        min_available_nodes=min_nodes,
+        train_metrics_aggr_fn=sum_metric_records,
+        evaluate_metrics_aggr_fn=sum_metric_records,
         **params,
     )

@@ -53,12 +53,14 @@ class ScreeningConfig:
 
 def _form_problem(received: ArrayRecord, sent: ArrayRecord) -> str | None:
     if list(received) != list(sent):
-        return (f"its arrays {sorted(received)} are not the model's layers {sorted(sent)}")
+        return f"its arrays {sorted(received)} are not the model's layers {sorted(sent)}"
     for key in sent:
         a, b = sent[key], received[key]
         if tuple(a.shape) != tuple(b.shape) or a.dtype != b.dtype:
-            return (f"array '{key}' has shape {tuple(b.shape)} {b.dtype}, the model's is "
-                    f"{tuple(a.shape)} {a.dtype}")
+            return (
+                f"array '{key}' has shape {tuple(b.shape)} {b.dtype}, the model's is "
+                f"{tuple(a.shape)} {a.dtype}"
+            )
     return None
 
 
@@ -71,9 +73,13 @@ def update_norm(received: Mapping[str, np.ndarray], sent: Mapping[str, np.ndarra
     return math.sqrt(total)
 
 
-def screen_replies(replies: list[Message], sent: ArrayRecord, declared: Mapping[int, int],
-                   config: ScreeningConfig, name: Callable[[Message], str]
-                   ) -> tuple[list[Message], dict[str, str]]:
+def screen_replies(
+    replies: list[Message],
+    sent: ArrayRecord,
+    declared: Mapping[int, int],
+    config: ScreeningConfig,
+    name: Callable[[Message], str],
+) -> tuple[list[Message], dict[str, str]]:
     """Split train ``replies`` into the ones fit to aggregate and the rejected ones.
 
     Parameters
@@ -108,13 +114,18 @@ def screen_replies(replies: list[Message], sent: ArrayRecord, declared: Mapping[
             rejected[name(reply)] = reason
     norms = [norm for _, norm in candidates]
     for i, (reply, norm) in enumerate(candidates):
-        others = norms[:i] + norms[i + 1:]
-        limit = (config.max_norm_ratio * float(np.median(others))
-                 if config.max_norm_ratio is not None and others else None)
+        others = norms[:i] + norms[i + 1 :]
+        limit = (
+            config.max_norm_ratio * float(np.median(others))
+            if config.max_norm_ratio is not None and others
+            else None
+        )
         if limit is not None and norm > limit:
-            rejected[name(reply)] = (f"update norm {norm:.4g} is more than "
-                                     f"screening.max_norm_ratio={config.max_norm_ratio:g} times "
-                                     f"the median of the others ({limit:.4g})")
+            rejected[name(reply)] = (
+                f"update norm {norm:.4g} is more than "
+                f"screening.max_norm_ratio={config.max_norm_ratio:g} times "
+                f"the median of the others ({limit:.4g})"
+            )
         else:
             passed.append(reply)
     for hospital, reason in rejected.items():
@@ -122,8 +133,13 @@ def screen_replies(replies: list[Message], sent: ArrayRecord, declared: Mapping[
     return passed, {h: f"update rejected: {r}" for h, r in rejected.items()}
 
 
-def _check(reply: Message, sent: ArrayRecord, base: Mapping[str, np.ndarray],
-           declared: Mapping[int, int], config: ScreeningConfig) -> tuple[str | None, float]:
+def _check(
+    reply: Message,
+    sent: ArrayRecord,
+    base: Mapping[str, np.ndarray],
+    declared: Mapping[int, int],
+    config: ScreeningConfig,
+) -> tuple[str | None, float]:
     """The first problem of one reply (or ``None``) and its update norm."""
     records = reply.content.array_records
     if len(records) != 1:
@@ -137,16 +153,20 @@ def _check(reply: Message, sent: ArrayRecord, base: Mapping[str, np.ndarray],
         if not np.all(np.isfinite(value)):
             return f"array '{key}' holds NaN or infinite values", math.nan
     metrics: Mapping[str, MetricRecordValues] = next(
-        iter(reply.content.metric_records.values()), {})
+        iter(reply.content.metric_records.values()), {}
+    )
     examples = float(scalar(metrics.get("num-examples", math.nan)))
     limit = declared.get(reply.metadata.src_node_id)
     if not math.isfinite(examples) or examples <= 0:
         return f"num-examples={examples:g} is not a positive count", math.nan
     if limit is not None and examples > limit:
-        return (f"it claims {examples:g} training examples but declared {limit} in round 0",
-                math.nan)
+        return (
+            f"it claims {examples:g} training examples but declared {limit} in round 0",
+            math.nan,
+        )
     norm = update_norm(arrays, base)
     if config.max_update_norm is not None and norm > config.max_update_norm:
-        return (f"update norm {norm:.4g} exceeds screening.max_update_norm="
-                f"{config.max_update_norm:g}"), norm
+        return (
+            f"update norm {norm:.4g} exceeds screening.max_update_norm={config.max_update_norm:g}"
+        ), norm
     return None, norm

@@ -68,10 +68,14 @@ ARRAY_NAMES = "array-names"  # FitIns config key: the model's layer names (legac
 def workflow(cfg: dict[str, Any], max_weight: float, timeout: float | None) -> SecAggPlusWorkflow:
     """Flower's SecAgg+ workflow with the ``secagg`` settings (Flower checks them)."""
     return SecAggPlusWorkflow(
-        num_shares=cfg["num_shares"], reconstruction_threshold=cfg["reconstruction_threshold"],
-        max_weight=float(max_weight), clipping_range=float(cfg["clipping_range"]),
-        quantization_range=cfg["quantization_range"], modulus_range=cfg["modulus_range"],
-        timeout=timeout)
+        num_shares=cfg["num_shares"],
+        reconstruction_threshold=cfg["reconstruction_threshold"],
+        max_weight=float(max_weight),
+        clipping_range=float(cfg["clipping_range"]),
+        quantization_range=cfg["quantization_range"],
+        modulus_range=cfg["modulus_range"],
+        timeout=timeout,
+    )
 
 
 def config_error(study: dict[str, Any]) -> str | None:
@@ -80,14 +84,21 @@ def config_error(study: dict[str, Any]) -> str | None:
         return None
     name = study["strategy"]["name"]
     if name not in LINEAR_STRATEGIES:
-        return (f"strategy={name} needs each hospital's own update, which "
-                f"secure_aggregation=true hides from the server; use one of "
-                f"{', '.join(LINEAR_STRATEGIES)} or secure_aggregation=false")
+        return (
+            f"strategy={name} needs each hospital's own update, which "
+            f"secure_aggregation=true hides from the server; use one of "
+            f"{', '.join(LINEAR_STRATEGIES)} or secure_aggregation=false"
+        )
     if federation_size(study["federation"]) < 2:
         return "secure_aggregation=true needs at least 2 hospitals (it hides one among the others)"
     cfg = study.get("secagg")
-    keys = ("num_shares", "reconstruction_threshold", "clipping_range", "quantization_range",
-            "modulus_range")
+    keys = (
+        "num_shares",
+        "reconstruction_threshold",
+        "clipping_range",
+        "quantization_range",
+        "modulus_range",
+    )
     if not isinstance(cfg, dict) or any(key not in cfg for key in keys):
         return f"secure_aggregation=true needs a secagg section with {', '.join(keys)}"
     if not isinstance(cfg["clipping_range"], int | float) or not cfg["clipping_range"] > 0:
@@ -106,15 +117,18 @@ class _RoundStrategy(LegacyStrategy):
     def __init__(self, messages: list[Message], grid: Grid) -> None:
         self.instructions: list[tuple[ClientProxy, FitIns]] = [
             (GridClientProxy(m.metadata.dst_node_id, grid, grid.run.run_id), _fitins(m))
-            for m in messages]
+            for m in messages
+        ]
         self.average: Parameters | None = None
 
-    def configure_fit(self, server_round: int, parameters: Parameters,
-                      client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
+    def configure_fit(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, FitIns]]:
         return self.instructions
 
-    def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
-                      failures: list[Any]) -> tuple[Parameters | None, dict[str, Scalar]]:
+    def aggregate_fit(
+        self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures: list[Any]
+    ) -> tuple[Parameters | None, dict[str, Scalar]]:
         if results:  # every result carries the same unmasked average
             self.average = results[0][1].parameters
         return self.average, {}
@@ -122,12 +136,14 @@ class _RoundStrategy(LegacyStrategy):
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
         return None
 
-    def configure_evaluate(self, server_round: int, parameters: Parameters,
-                           client_manager: ClientManager) -> list[tuple[ClientProxy, Any]]:
+    def configure_evaluate(
+        self, server_round: int, parameters: Parameters, client_manager: ClientManager
+    ) -> list[tuple[ClientProxy, Any]]:
         return []
 
-    def aggregate_evaluate(self, server_round: int, results: list[Any], failures: list[Any]
-                           ) -> tuple[float | None, dict[str, Scalar]]:
+    def aggregate_evaluate(
+        self, server_round: int, results: list[Any], failures: list[Any]
+    ) -> tuple[float | None, dict[str, Scalar]]:
         return None, {}
 
     def evaluate(self, server_round: int, parameters: Parameters) -> None:
@@ -137,8 +153,10 @@ class _RoundStrategy(LegacyStrategy):
 def _fitins(message: Message) -> FitIns:
     arrays = message.content.array_records["arrays"]
     config = dict(message.content.config_records["config"])
-    return FitIns(compat.arrayrecord_to_parameters(arrays, keep_input=True),
-                  {**config, ARRAY_NAMES: list(arrays)})  # type: ignore[dict-item]
+    return FitIns(
+        compat.arrayrecord_to_parameters(arrays, keep_input=True),
+        {**config, ARRAY_NAMES: list(arrays)},  # type: ignore[dict-item]
+    )
 
 
 class _Recorder:
@@ -150,8 +168,9 @@ class _Recorder:
         self.errors: dict[int, Message] = {}
         self.metrics: dict[int, MetricRecord] = {}
 
-    def send_and_receive(self, messages: Iterable[Message], *,
-                         timeout: float | None = None) -> list[Message]:
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> list[Message]:
         from medfed.infra.polling import send_and_receive
 
         replies = send_and_receive(self.grid, messages, timeout)
@@ -164,9 +183,14 @@ class _Recorder:
         return replies
 
 
-def secure_train_round(grid: Grid, strategy: Strategy, messages: list[Message], server_round: int,
-                       study: dict[str, Any], hospitals: dict[int, dict[str, Any]]
-                       ) -> tuple[list[Message], ArrayRecord | None]:
+def secure_train_round(
+    grid: Grid,
+    strategy: Strategy,
+    messages: list[Message],
+    server_round: int,
+    study: dict[str, Any],
+    hospitals: dict[int, dict[str, Any]],
+) -> tuple[list[Message], ArrayRecord | None]:
     """Run one train round under SecAgg+; return a reply per hospital and the aggregate.
 
     The replies are what the study records: each hospital's plain ``metrics`` (as if it had
@@ -177,11 +201,15 @@ def secure_train_round(grid: Grid, strategy: Strategy, messages: list[Message], 
     messages = list(messages)
     if not messages:
         return [], None
-    context = LegacyContext(Context(run_id=grid.run.run_id, node_id=0, node_config={},
-                                    state=RecordDict(), run_config={}),
-                            strategy=_RoundStrategy(messages, grid))
+    context = LegacyContext(
+        Context(
+            run_id=grid.run.run_id, node_id=0, node_config={}, state=RecordDict(), run_config={}
+        ),
+        strategy=_RoundStrategy(messages, grid),
+    )
     context.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord(
-        {Key.CURRENT_ROUND: server_round})
+        {Key.CURRENT_ROUND: server_round}
+    )
     context.state.array_records[MAIN_PARAMS_RECORD] = messages[0].content.array_records["arrays"]
     recorder = _Recorder(grid)
     largest = max(h["n_train"] for h in hospitals.values())
@@ -191,26 +219,31 @@ def secure_train_round(grid: Grid, strategy: Strategy, messages: list[Message], 
     if average is None:
         return replies, None
     template = messages[0].content.array_records["arrays"]
-    arrays = ArrayRecord({name: Array(np.asarray(value, dtype=template[name].numpy().dtype))
-                          for name, value in zip(template, parameters_to_ndarrays(average),
-                                                 strict=True)})
+    arrays = ArrayRecord(
+        {
+            name: Array(np.asarray(value, dtype=template[name].numpy().dtype))
+            for name, value in zip(template, parameters_to_ndarrays(average), strict=True)
+        }
+    )
     total = sum(float(scalar(m["num-examples"])) for m in recorder.metrics.values())
-    single = Message(RecordDict({"arrays": arrays,
-                                 "metrics": MetricRecord({"num-examples": total})}),
-                     reply_to=messages[0])
+    single = Message(
+        RecordDict({"arrays": arrays, "metrics": MetricRecord({"num-examples": total})}),
+        reply_to=messages[0],
+    )
     aggregated, _ = strategy.aggregate_train(server_round, [single])
     return replies, aggregated
 
 
 def _replies(messages: list[Message], recorder: _Recorder, halted: bool) -> list[Message]:
-    reason = ("secure aggregation halted: fewer hospitals than secagg.reconstruction_threshold "
-              "took part in every SecAgg+ stage; the round's updates could not be unmasked")
+    reason = (
+        "secure aggregation halted: fewer hospitals than secagg.reconstruction_threshold "
+        "took part in every SecAgg+ stage; the round's updates could not be unmasked"
+    )
     replies = []
     for sent in messages:
         node = sent.metadata.dst_node_id
         if node in recorder.metrics and not halted:  # its masked vector is in the sum
-            replies.append(Message(RecordDict({"metrics": recorder.metrics[node]}),
-                                   reply_to=sent))
+            replies.append(Message(RecordDict({"metrics": recorder.metrics[node]}), reply_to=sent))
         elif node in recorder.errors:
             replies.append(recorder.errors[node])
         elif halted:

@@ -27,8 +27,12 @@ settings.register_profile("ci", deadline=None, print_blob=True, derandomize=True
 settings.load_profile(os.environ.get("MEDFED_HYPOTHESIS", "local"))
 
 # Three hospitals of 60-120 rows: a whole study takes well under a second.
-SMALL = ["federation.hospitals=3", "federation.min_size=60", "federation.max_size=120",
-         "policy.min_cell_count=1"]  # tiny test splits: metrics are checked, not disclosure
+SMALL = [
+    "federation.hospitals=3",
+    "federation.min_size=60",
+    "federation.max_size=120",
+    "policy.min_cell_count=1",
+]  # tiny test splits: metrics are checked, not disclosure
 MEDFED = Path(sys.executable).with_name("medfed")
 
 
@@ -38,8 +42,9 @@ def flower_env(flwr_home: Path) -> dict[str, str]:
 
 
 @pytest.fixture(autouse=True)
-def isolated_flower_home(tmp_path_factory: pytest.TempPathFactory,
-                         monkeypatch: pytest.MonkeyPatch) -> Path:
+def isolated_flower_home(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Path:
     """Every test gets its own ``FLWR_HOME`` and never phones home or installs packages."""
     home = tmp_path_factory.mktemp("flwr-home")
     for key, value in FLOWER_ENV.items():
@@ -84,9 +89,11 @@ def run_inprocess() -> Callable[..., Any]:
 
     def run(study: dict[str, Any], client_app: Any = None, offline: tuple[int, ...] = ()):
         n = federation_size(study["federation"])
-        grid = InProcessGrid(client_app or medfed_client,
-                             [{"partition-id": i, "num-partitions": n} for i in range(n)],
-                             run_config={})
+        grid = InProcessGrid(
+            client_app or medfed_client,
+            [{"partition-id": i, "num-partitions": n} for i in range(n)],
+            run_config={},
+        )
         for node_id in offline:
             grid.set_online(node_id, False)
         return run_study(grid, study)
@@ -101,9 +108,15 @@ class Launched:
         self.args, self.cwd = args, cwd
         self._out, self._err = cwd / "stdout.txt", cwd / "stderr.txt"
         with self._out.open("wb") as out, self._err.open("wb") as err:
-            self.process = subprocess.Popen([str(MEDFED), *args], cwd=cwd, env=env, stdout=out,
-                                            stderr=err, stdin=subprocess.DEVNULL,
-                                            start_new_session=True)
+            self.process = subprocess.Popen(
+                [str(MEDFED), *args],
+                cwd=cwd,
+                env=env,
+                stdout=out,
+                stderr=err,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
 
     def wait(self, timeout: float = 180) -> subprocess.CompletedProcess[str]:
         try:
@@ -111,8 +124,9 @@ class Launched:
         except subprocess.TimeoutExpired:
             stop_group(self.process)
             raise
-        return subprocess.CompletedProcess(self.args, self.process.returncode,
-                                           self._out.read_text(), self._err.read_text())
+        return subprocess.CompletedProcess(
+            self.args, self.process.returncode, self._out.read_text(), self._err.read_text()
+        )
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -142,8 +156,9 @@ def launch(tmp_path_factory: pytest.TempPathFactory):
 
     def start(*args: str) -> Launched:
         cwd = tmp_path_factory.mktemp("cli-run")
-        started.append(Launched([a.replace("{cwd}", str(cwd)) for a in args], cwd,
-                                flower_env(home)))
+        started.append(
+            Launched([a.replace("{cwd}", str(cwd)) for a in args], cwd, flower_env(home))
+        )
         return started[-1]
 
     yield start
@@ -158,8 +173,11 @@ def launch(tmp_path_factory: pytest.TempPathFactory):
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "cli(name, *args): the test reads the background "
-                            "`medfed *args` run called name (via the `cli` fixture)")
+    config.addinivalue_line(
+        "markers",
+        "cli(name, *args): the test reads the background "
+        "`medfed *args` run called name (via the `cli` fixture)",
+    )
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -183,8 +201,7 @@ def cli_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
     runs: dict[str, Launched] = {}
     for name, args in _cli_specs(request.session.items).items():
         cwd = tmp_path_factory.mktemp(f"cli-{name}")
-        runs[name] = Launched([a.replace("{cwd}", str(cwd)) for a in args], cwd,
-                              flower_env(home))
+        runs[name] = Launched([a.replace("{cwd}", str(cwd)) for a in args], cwd, flower_env(home))
     yield runs
     for run in runs.values():
         run.stop()
@@ -199,8 +216,7 @@ def _start_cli_runs_early(request: pytest.FixtureRequest) -> None:
 @pytest.fixture
 def cli(request: pytest.FixtureRequest, cli_runs: dict[str, Launched]) -> dict[str, Launched]:
     """The background runs this test's ``cli`` markers name, by name."""
-    return {marker.args[0]: cli_runs[marker.args[0]]
-            for marker in request.node.iter_markers("cli")}
+    return {marker.args[0]: cli_runs[marker.args[0]] for marker in request.node.iter_markers("cli")}
 
 
 @pytest.fixture(scope="session")

@@ -52,8 +52,10 @@ def preflight(args: argparse.Namespace) -> dict[str, str]:
     dataset = Path(args.dataset).expanduser().resolve()
     status, report = check_dataset(dataset)
     if status != 0:
-        raise DeployError(f"node check failed: {_first_error(report)} (run `medfed node check "
-                          f"--dataset {dataset}` for the full report)")
+        raise DeployError(
+            f"node check failed: {_first_error(report)} (run `medfed node check "
+            f"--dataset {dataset}` for the full report)"
+        )
     policy = Path(args.policy).expanduser().resolve()
     try:
         load_policy(policy)
@@ -80,12 +82,17 @@ def _bind_ledger(dataset: Path, ledger_dir: str | None, new_ledger: bool) -> Non
     from medfed.client.ledger_binding import LedgerBindingError, bind
     from medfed.models.ingest.cardspec import load_card
 
-    ledger = (Path(ledger_dir) / f"{load_card(dataset).name}{SUFFIX}" if ledger_dir
-              else ledger_path(dataset))
+    ledger = (
+        Path(ledger_dir) / f"{load_card(dataset).name}{SUFFIX}"
+        if ledger_dir
+        else ledger_path(dataset)
+    )
     try:
         bind(dataset, ledger, new_ledger=new_ledger)
     except LedgerBindingError as exc:
         raise DeployError(str(exc)) from None
+
+
 def _record_check(dataset: Path, policy: Path) -> None:
     """Record the data check in the node's audit log (a damaged log stops the start)."""
     from medfed.client.audit import AuditTampered
@@ -94,8 +101,10 @@ def _record_check(dataset: Path, policy: Path) -> None:
     try:
         start_check(dataset, policy)
     except AuditTampered as exc:
-        raise DeployError(f"audit log tampered: {exc} (acknowledge it with medfed node audit "
-                          f"--dataset {dataset} --acknowledge REASON)") from None
+        raise DeployError(
+            f"audit log tampered: {exc} (acknowledge it with medfed node audit "
+            f"--dataset {dataset} --acknowledge REASON)"
+        ) from None
 
 
 def held_for(flower_defaults: bool) -> float:
@@ -109,40 +118,56 @@ def start_node(args: argparse.Namespace) -> int:
     node_config = preflight(args)
     key = Path(args.key).expanduser().resolve()
     port = args.port or free_port()
-    command = supernode_command(args.superlink, port, node_config,
-                                root_certificates=Path(args.ca).expanduser().resolve(),
-                                private_key=key, fast=not args.flower_defaults)
+    command = supernode_command(
+        args.superlink,
+        port,
+        node_config,
+        root_certificates=Path(args.ca).expanduser().resolve(),
+        private_key=key,
+        fast=not args.flower_defaults,
+    )
     setup = "Flower's default setup" if args.flower_defaults else "fast setup"
-    print(f"medfed node: joining {args.superlink} with {node_config['dataset']} ({setup}, local "
-          f"port {port}; Ctrl-C stops)", flush=True)
+    print(
+        f"medfed node: joining {args.superlink} with {node_config['dataset']} ({setup}, local "
+        f"port {port}; Ctrl-C stops)",
+        flush=True,
+    )
     # After a crash the SuperLink holds the key online for two heartbeat intervals and refuses
     # it meanwhile: keep trying that long (and a little more) before giving up.
     hold = held_for(args.flower_defaults)
     deadline = time.monotonic() + hold
     while True:
         seen: set[str] = set()
-        status = run_child(command, flower_env(key.parent / "flwr"),
-                           watch=[HELD, NOT_REGISTERED], seen=seen)
+        status = run_child(
+            command, flower_env(key.parent / "flwr"), watch=[HELD, NOT_REGISTERED], seen=seen
+        )
         if NOT_REGISTERED in seen:
-            raise DeployError(f"key not registered at the coordinator: {args.superlink} does "
-                              f"not know the public key of {key}; send "
-                              f"{key.with_suffix('.pub')} to the coordinator, who registers it "
-                              "with `medfed coordinator add-node DIR NAME node.pub`")
+            raise DeployError(
+                f"key not registered at the coordinator: {args.superlink} does "
+                f"not know the public key of {key}; send "
+                f"{key.with_suffix('.pub')} to the coordinator, who registers it "
+                "with `medfed coordinator add-node DIR NAME node.pub`"
+            )
         if status == EXIT_OK or HELD not in seen or time.monotonic() > deadline:
             break
-        print(f"medfed node: the coordinator still holds this node's previous connection (for "
-              f"up to {hold:.0f} s after a crash); trying again in "
-              f"{HELD_RETRY:.0f} s", flush=True)
+        print(
+            f"medfed node: the coordinator still holds this node's previous connection (for "
+            f"up to {hold:.0f} s after a crash); trying again in "
+            f"{HELD_RETRY:.0f} s",
+            flush=True,
+        )
         try:
             time.sleep(HELD_RETRY)
         except KeyboardInterrupt:
             return EXIT_OK
     if status != EXIT_OK:  # Flower ends every error with status 1; its log names the code
-        raise DeployError(f"the SuperNode stopped with status {status}; its log above says "
-                          f"why (Exit Code 305: the SuperLink at {args.superlink} refused this "
-                          f"node: is the public key of {key} registered with `medfed coordinator "
-                          f"add-node`? '{HELD}' for {hold:.0f} s: is this node's key already "
-                          "in use by another running node?)")
+        raise DeployError(
+            f"the SuperNode stopped with status {status}; its log above says "
+            f"why (Exit Code 305: the SuperLink at {args.superlink} refused this "
+            f"node: is the public key of {key} registered with `medfed coordinator "
+            f"add-node`? '{HELD}' for {hold:.0f} s: is this node's key already "
+            "in use by another running node?)"
+        )
     return EXIT_OK
 
 
@@ -155,20 +180,38 @@ def _parser() -> argparse.ArgumentParser:
     start = commands.add_parser("start", help="join a federation (runs flower-supernode)")
     start.add_argument("--dataset", required=True, metavar="CARD", help="the dataset card")
     start.add_argument("--policy", required=True, metavar="POLICY", help="the node policy YAML")
-    start.add_argument("--superlink", required=True, metavar="HOST:PORT",
-                       help="the coordinator's address (printed by `medfed coordinator start`)")
+    start.add_argument(
+        "--superlink",
+        required=True,
+        metavar="HOST:PORT",
+        help="the coordinator's address (printed by `medfed coordinator start`)",
+    )
     start.add_argument("--ca", required=True, metavar="CA_CRT", help="the coordinator's ca.crt")
     start.add_argument("--key", required=True, metavar="KEY", help="the node's private key")
-    start.add_argument("--ledger-dir", metavar="D", help="privacy ledgers go here as "
-                       "<site>.ledger.jsonl (default: <card>.ledger.jsonl beside the card)")
-    start.add_argument("--new-ledger", action="store_true",
-                       help="start a new privacy ledger although this dataset spent budget "
-                       "before and its ledger is missing (logged)")
-    start.add_argument("--port", type=int, default=0,
-                       help="local Runtime API port, one per node on a host (default: a free one)")
-    start.add_argument("--flower-defaults", action="store_true",
-                       help="run Flower's plain SuperNode (a new ClientApp process per message, "
-                            "3 s polls, 30 s heartbeats): ~10x slower rounds; for comparison")
+    start.add_argument(
+        "--ledger-dir",
+        metavar="D",
+        help="privacy ledgers go here as "
+        "<site>.ledger.jsonl (default: <card>.ledger.jsonl beside the card)",
+    )
+    start.add_argument(
+        "--new-ledger",
+        action="store_true",
+        help="start a new privacy ledger although this dataset spent budget "
+        "before and its ledger is missing (logged)",
+    )
+    start.add_argument(
+        "--port",
+        type=int,
+        default=0,
+        help="local Runtime API port, one per node on a host (default: a free one)",
+    )
+    start.add_argument(
+        "--flower-defaults",
+        action="store_true",
+        help="run Flower's plain SuperNode (a new ClientApp process per message, "
+        "3 s polls, 30 s heartbeats): ~10x slower rounds; for comparison",
+    )
     return parser
 
 
@@ -181,9 +224,11 @@ def node_deploy_main(argv: list[str]) -> int:
     try:
         if args.command == "keys":
             private, public = create_node_keys(Path(args.dir).expanduser(), force=args.force)
-            print(f"private key {private} (keep it here, mode 0600)\npublic key  {public}: send "
-                  "it to the coordinator, who runs\n  medfed coordinator add-node COORD_DIR "
-                  f"<hospital name> {public.name}")
+            print(
+                f"private key {private} (keep it here, mode 0600)\npublic key  {public}: send "
+                "it to the coordinator, who runs\n  medfed coordinator add-node COORD_DIR "
+                f"<hospital name> {public.name}"
+            )
             return EXIT_OK
         return start_node(args)
     except DeployError as exc:

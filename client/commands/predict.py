@@ -7,7 +7,8 @@
 
 The bundle is verified first (signature and every hash; a bundle that does not verify is refused,
 exit 1). The rows are read through the dataset card exactly as in training
-(:mod:`medfed.models.ingest.score_rows`), in chunks, so a file of millions of rows streams through in
+(:mod:`medfed.models.ingest.score_rows`), in chunks, so a file of millions of rows streams through
+in
 bounded memory. ``predictions.csv`` holds per scorable row its row number (or the card's
 ``id_column``) and the task's prediction columns (:meth:`medfed.models.scorer.Scorer.columns`);
 ``<out>.unscorable.csv`` lists every row that could not be scored with its reason, never a cell

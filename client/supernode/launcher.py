@@ -72,17 +72,29 @@ from medfed.infra.launch import DEFAULT_HEARTBEAT, DEFAULT_POLL, clientapp_comma
 from medfed.infra.processes import Supervised
 
 
-def run_supernode(argv: Sequence[str], poll: float = DEFAULT_POLL,
-                  heartbeat: float = DEFAULT_HEARTBEAT, host: str = "127.0.0.1",
-                  port: int = 9094) -> None:
+def run_supernode(
+    argv: Sequence[str],
+    poll: float = DEFAULT_POLL,
+    heartbeat: float = DEFAULT_HEARTBEAT,
+    host: str = "127.0.0.1",
+    port: int = 9094,
+) -> None:
     """Run Flower's ``flower-supernode`` with ``argv`` in process isolation, its loop's sleeps
     capped, and its worker as a child process for as long as it runs."""
     patch_supernode(poll, heartbeat)
     from flwr.supernode.cli.flower_supernode import flower_supernode
 
     worker = Supervised(clientapp_command(port, host=host, parent_pid=os.getpid()), "worker")
-    sys.argv = ["flower-supernode", *argv, "--isolation", "process", "--host", host,
-                "--port", str(port)]
+    sys.argv = [
+        "flower-supernode",
+        *argv,
+        "--isolation",
+        "process",
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
     try:
         flower_supernode()
     finally:
@@ -95,20 +107,32 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m medfed.client.supernode.launcher",
         description="flower-supernode with short polls and a long-lived ClientApp worker; "
-                    "every other argument goes to flower-supernode.")
-    parser.add_argument("--poll", type=float, default=DEFAULT_POLL,
-                        help=f"the SuperNode's idle poll in seconds (default {DEFAULT_POLL})")
-    parser.add_argument("--heartbeat", type=float, default=DEFAULT_HEARTBEAT,
-                        help="heartbeat interval announced to the SuperLink, 10-1800 s "
-                             f"(default {DEFAULT_HEARTBEAT:g})")
+        "every other argument goes to flower-supernode.",
+    )
+    parser.add_argument(
+        "--poll",
+        type=float,
+        default=DEFAULT_POLL,
+        help=f"the SuperNode's idle poll in seconds (default {DEFAULT_POLL})",
+    )
+    parser.add_argument(
+        "--heartbeat",
+        type=float,
+        default=DEFAULT_HEARTBEAT,
+        help="heartbeat interval announced to the SuperLink, 10-1800 s "
+        f"(default {DEFAULT_HEARTBEAT:g})",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="the Runtime API's host")
     parser.add_argument("--port", type=int, default=9094, help="the Runtime API's port")
     args, rest = parser.parse_known_args(argv)
     if not 0 < args.poll <= 3:
         parser.exit(2, f"--poll must be between 0 and 3 seconds (got {args.poll})\n")
     if not 10 <= args.heartbeat <= 1800:
-        parser.exit(2, f"--heartbeat must be between 10 and 1800 seconds, the range the "
-                       f"SuperLink accepts (got {args.heartbeat})\n")
+        parser.exit(
+            2,
+            f"--heartbeat must be between 10 and 1800 seconds, the range the "
+            f"SuperLink accepts (got {args.heartbeat})\n",
+        )
     run_supernode(rest, args.poll, args.heartbeat, args.host, args.port)
 
 

@@ -69,21 +69,34 @@ def retry_invoker(max_seconds: float | None = RETRY_SECONDS) -> Any:
     from flwr.supercore.retry import RetryInvoker, exponential
 
     def give_up(exc: Exception) -> bool:
-        return (isinstance(exc, httpx.HTTPStatusError)
-                and exc.response.status_code not in _RETRY_STATUS)
+        return (
+            isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code not in _RETRY_STATUS
+        )
 
-    return RetryInvoker(lambda: exponential(max_delay=5), (httpx.TransportError,
-                                                           httpx.HTTPStatusError),
-                        max_tries=None, max_time=max_seconds, should_giveup=give_up)
+    return RetryInvoker(
+        lambda: exponential(max_delay=5),
+        (httpx.TransportError, httpx.HTTPStatusError),
+        max_tries=None,
+        max_time=max_seconds,
+        should_giveup=give_up,
+    )
 
 
-def _runtime_client(address: str, certificates: bytes | None, interceptors: list,
-                    max_seconds: float | None = RETRY_SECONDS) -> Any:
+def _runtime_client(
+    address: str,
+    certificates: bytes | None,
+    interceptors: list,
+    max_seconds: float | None = RETRY_SECONDS,
+) -> Any:
     from flwr.supercore.runtime import RuntimeHttpClient
 
     return RuntimeHttpClient.from_server_address(
-        server_address=address, insecure=certificates is None, root_certificates=certificates,
-        interceptors=interceptors, retry_invoker=retry_invoker(max_seconds))
+        server_address=address,
+        insecure=certificates is None,
+        root_certificates=certificates,
+        interceptors=interceptors,
+        retry_invoker=retry_invoker(max_seconds),
+    )
 
 
 class TaskHeartbeat:
@@ -146,8 +159,13 @@ class Worker:
         Seconds between two task requests while there is nothing to do.
     """
 
-    def __init__(self, runtime_api_address: str, certificates: bytes | None = None,
-                 auth_secret: bytes | None = None, poll: float = DEFAULT_POLL) -> None:
+    def __init__(
+        self,
+        runtime_api_address: str,
+        certificates: bytes | None = None,
+        auth_secret: bytes | None = None,
+        poll: float = DEFAULT_POLL,
+    ) -> None:
         from flwr.supercore.interceptors import (
             RuntimeVersionHttpInterceptor,
             SuperExecAuthHttpInterceptor,
@@ -158,16 +176,21 @@ class Worker:
         self.address, self.certificates, self.poll = runtime_api_address, certificates, poll
         interceptors: list = [RuntimeVersionHttpInterceptor(component_name="SuperExec")]
         if auth_secret:
-            interceptors.append(SuperExecAuthHttpInterceptor(
-                master_secret=auth_secret, protected_methods={_ACQUIRE_TASK}))
+            interceptors.append(
+                SuperExecAuthHttpInterceptor(
+                    master_secret=auth_secret, protected_methods={_ACQUIRE_TASK}
+                )
+            )
         self._tasks = _runtime_client(runtime_api_address, certificates, interceptors)
         from flwr.supernode.runtime import run_clientapp
 
         from medfed.infra.flower_patches import quick_object_pulls
 
         if not quick_object_pulls(run_clientapp, "pull_and_inflate_object_from_tree"):
-            LOG.warning("this Flower's ClientApp runtime differs from flwr 1.41's: a message "
-                        "whose objects are late costs Flower's 1 s backoff")
+            LOG.warning(
+                "this Flower's ClientApp runtime differs from flwr 1.41's: a message "
+                "whose objects are late costs Flower's 1 s backoff"
+            )
         self._apps: dict[str, Any] = {}
         self.served = 0
 
@@ -184,8 +207,12 @@ class Worker:
             try:
                 response = self._tasks.AcquireTask(request)
             except Exception as exc:  # noqa: BLE001 - the SuperNode restarts or refuses: go on
-                LOG.warning("cannot ask the SuperNode at %s for tasks (%s); trying again in "
-                            "%.0f s", self.address, _short(exc), pause)
+                LOG.warning(
+                    "cannot ask the SuperNode at %s for tasks (%s); trying again in %.0f s",
+                    self.address,
+                    _short(exc),
+                    pause,
+                )
                 time.sleep(pause)
                 pause = min(max(2 * pause, 1.0), 30.0)
                 continue
@@ -199,12 +226,21 @@ class Worker:
             try:
                 outcome = self.run_task(response.token)
             except Exception as exc:  # noqa: BLE001 - one task's trouble must not end the node
-                LOG.error("task %d of run %d failed outside the ClientApp: %s", task.task_id,
-                          task.run_id, _short(exc))
+                LOG.error(
+                    "task %d of run %d failed outside the ClientApp: %s",
+                    task.task_id,
+                    task.run_id,
+                    _short(exc),
+                )
                 outcome = "failed"
             self.served += 1
-            LOG.info("task %d of run %d %s in %.3f s", task.task_id, task.run_id, outcome,
-                     time.perf_counter() - started)
+            LOG.info(
+                "task %d of run %d %s in %.3f s",
+                task.task_id,
+                task.run_id,
+                outcome,
+                time.perf_counter() - started,
+            )
 
     def _client_app(self, run: Any, fab: Any) -> Any:
         """The run's ClientApp, unpacked and loaded once per app bundle."""
@@ -238,9 +274,14 @@ class Worker:
             push_task_output,
         )
 
-        client = _runtime_client(self.address, self.certificates, [
-            RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
-            RuntimeTokenHttpInterceptor(token)])
+        client = _runtime_client(
+            self.address,
+            self.certificates,
+            [
+                RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
+                RuntimeTokenHttpInterceptor(token),
+            ],
+        )
         beat = TaskHeartbeat(client)
         heartbeat = HeartbeatSender(beat)
         heartbeat.start()
@@ -248,11 +289,17 @@ class Worker:
             try:
                 message, context, run, fab = pull_task_input(client)
             except Exception as exc:  # noqa: BLE001 - no message, nothing to answer: next task
-                LOG.warning("could not pull this task's message (%s); its run was probably "
-                            "stopped", _short(exc))
+                LOG.warning(
+                    "could not pull this task's message (%s); its run was probably stopped",
+                    _short(exc),
+                )
                 with contextlib.suppress(Exception):  # refused when the task is finished
-                    push_task_output(client, None, SubStatus.FAILED,
-                                     f"the message could not be pulled: {_short(exc)}")
+                    push_task_output(
+                        client,
+                        None,
+                        SubStatus.FAILED,
+                        f"the message could not be pulled: {_short(exc)}",
+                    )
                 return "not pulled"
             reply, status, details = self._answer(message, context, run, fab)
             if beat.cancelled.is_set():
@@ -261,8 +308,11 @@ class Worker:
                 push_message(client, reply, context)
                 push_task_output(client, context, status, details)
             except Exception as exc:  # noqa: BLE001 - the run ended meanwhile, most likely
-                LOG.warning("the SuperNode did not take this task's reply (%s); its run was "
-                            "probably stopped", _short(exc))
+                LOG.warning(
+                    "the SuperNode did not take this task's reply (%s); its run was "
+                    "probably stopped",
+                    _short(exc),
+                )
                 return "undelivered"
             return "done"
         finally:
@@ -285,10 +335,15 @@ class Worker:
             code = ErrorCode.CLIENT_APP_RAISED_EXCEPTION
             details = f"{type(exc)}:<'{exc}'>"
             if isinstance(exc, LoadClientAppError):
-                code, details = (ErrorCode.LOAD_CLIENT_APP_EXCEPTION,
-                                 "An exception was raised when attempting to load `ClientApp`")
-            return Message(Error(code=code, reason=details), reply_to=message), \
-                SubStatus.FAILED, details
+                code, details = (
+                    ErrorCode.LOAD_CLIENT_APP_EXCEPTION,
+                    "An exception was raised when attempting to load `ClientApp`",
+                )
+            return (
+                Message(Error(code=code, reason=details), reply_to=message),
+                SubStatus.FAILED,
+                details,
+            )
 
 
 def _short(exc: BaseException) -> str:
@@ -300,28 +355,49 @@ def _short(exc: BaseException) -> str:
 def main(argv: list[str] | None = None) -> None:
     """``python -m medfed.client.supernode.worker``: serve one SuperNode's ClientApp tasks until
     stopped."""
-    parser = argparse.ArgumentParser(prog="python -m medfed.client.supernode.worker",
-                                     description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runtime-api-address", required=True,
-                        help="the SuperNode's Runtime API, host:port (flower-supernode --port)")
+    parser = argparse.ArgumentParser(
+        prog="python -m medfed.client.supernode.worker", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--runtime-api-address",
+        required=True,
+        help="the SuperNode's Runtime API, host:port (flower-supernode --port)",
+    )
     tls = parser.add_mutually_exclusive_group(required=True)
     tls.add_argument("--insecure", action="store_true", help="plain HTTP to the Runtime API")
-    tls.add_argument("--root-certificates", type=Path,
-                     help="CA certificate of the SuperNode's TLS Runtime API")
-    parser.add_argument("--superexec-auth-secret-file", type=Path,
-                        help="the same file as flower-supernode --superexec-auth-secret-file")
-    parser.add_argument("--poll", type=float, default=DEFAULT_POLL,
-                        help=f"seconds between task requests when idle (default {DEFAULT_POLL})")
-    parser.add_argument("--parent-pid", type=int,
-                        help="exit when this process (the SuperNode) exits")
-    parser.add_argument("--preload", action="append", default=[], metavar="MODULE",
-                        help="import MODULE at start (e.g. medfed.client.app), so the first "
-                             "message does not pay for torch's import")
+    tls.add_argument(
+        "--root-certificates", type=Path, help="CA certificate of the SuperNode's TLS Runtime API"
+    )
+    parser.add_argument(
+        "--superexec-auth-secret-file",
+        type=Path,
+        help="the same file as flower-supernode --superexec-auth-secret-file",
+    )
+    parser.add_argument(
+        "--poll",
+        type=float,
+        default=DEFAULT_POLL,
+        help=f"seconds between task requests when idle (default {DEFAULT_POLL})",
+    )
+    parser.add_argument(
+        "--parent-pid", type=int, help="exit when this process (the SuperNode) exits"
+    )
+    parser.add_argument(
+        "--preload",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE at start (e.g. medfed.client.app), so the first "
+        "message does not pay for torch's import",
+    )
     args = parser.parse_args(argv)
     try:
         certificates = args.root_certificates.read_bytes() if args.root_certificates else None
-        secret = (args.superexec_auth_secret_file.read_bytes()
-                  if args.superexec_auth_secret_file else None)
+        secret = (
+            args.superexec_auth_secret_file.read_bytes()
+            if args.superexec_auth_secret_file
+            else None
+        )
     except OSError as exc:
         parser.exit(2, f"medfed worker: cannot read {exc.filename}: {exc.strerror}\n")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")

@@ -1,5 +1,6 @@
 """The dataset-card keys for real multi-centre exports: ``column_missing``, ``derive``, ``drop``,
-``role`` (see :mod:`medfed.models.ingest.cardspec` for the card and :mod:`medfed.models.ingest.derive` for the
+``role`` (see :mod:`medfed.models.ingest.cardspec` for the card and
+:mod:`medfed.models.ingest.derive` for the
 expression language).
 
 * ``column_missing: {chol: [0], thal: ["?", "-9"]}``: per export column, the codes that mean "not
@@ -29,7 +30,8 @@ EVALUATE_ADVICE = "; to use its test rows for evaluation only, set role: evaluat
 
 @dataclass(frozen=True)
 class DerivedColumn:
-    """A feature computed from export columns (:mod:`medfed.models.ingest.derive`); ``fill`` replaces a
+    """A feature computed from export columns (:mod:`medfed.models.ingest.derive`); ``fill``
+    replaces a
     missing input (``None``: the derived value is missing then)."""
 
     expr: str
@@ -96,5 +98,3 @@ def card_extensions(where: str, raw: Mapping[str, Any]) -> dict[str, Any]:
         "drop": drop or (),
         "role": role,
     }
-
-

@@ -26,9 +26,19 @@ from medfed.models.ingest.tables import RawTable, TableReader
 from medfed.models.ingest.validation import Level, ValidationReport, file_done, record_overlap
 from medfed.models.schema import SchemaError, TaskSchema, load_task
 
-__all__ = ["DEFAULT_MIN_COHORT", "CardData", "CardError", "DatasetCard", "ValidationReport",
-           "canonical_code", "card_schema", "check_task", "load_card", "read_card_data",
-           "split_rows"]
+__all__ = [
+    "DEFAULT_MIN_COHORT",
+    "CardData",
+    "CardError",
+    "DatasetCard",
+    "ValidationReport",
+    "canonical_code",
+    "card_schema",
+    "check_task",
+    "load_card",
+    "read_card_data",
+    "split_rows",
+]
 
 DEFAULT_MIN_COHORT = 20
 
@@ -64,20 +74,25 @@ def check_task(card: DatasetCard, schema: TaskSchema) -> None:
     """Raise :class:`CardError` unless the card's task is ``schema``'s task."""
     declared = card_schema(card).name
     if declared != schema.name:
-        raise CardError(f"{card.path} describes data for task '{declared}', but the study's task "
-                        f"is '{schema.name}'; use a card written for '{schema.name}'")
+        raise CardError(
+            f"{card.path} describes data for task '{declared}', but the study's task "
+            f"is '{schema.name}'; use a card written for '{schema.name}'"
+        )
 
 
-def split_rows(y: np.ndarray | None, n: int, test_fraction: float,
-               seed: int) -> tuple[np.ndarray, np.ndarray]:
+def split_rows(
+    y: np.ndarray | None, n: int, test_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Seeded train/test row indices; stratified by class when ``y`` (class labels) is given.
 
     Each class sends ``round(count * test_fraction)`` rows to the test split (half rounds up).
     """
     rng = np.random.default_rng(seed)
     groups = [np.arange(n)] if y is None else [np.flatnonzero(y == c) for c in np.unique(y)]
-    test = [rng.permutation(group)[:int(np.floor(len(group) * test_fraction + 0.5))]
-            for group in groups]
+    test = [
+        rng.permutation(group)[: int(np.floor(len(group) * test_fraction + 0.5))]
+        for group in groups
+    ]
     test_rows = np.sort(np.concatenate(test)) if test else np.array([], dtype=np.int64)
     return np.setdiff1d(np.arange(n), test_rows), test_rows
 
@@ -85,8 +100,9 @@ def split_rows(y: np.ndarray | None, n: int, test_fraction: float,
 Columns = dict[str, np.ndarray]
 
 
-def _read(card: DatasetCard, path: Path, schema: TaskSchema, role: str,
-          report: ValidationReport) -> list[Columns] | None:
+def _read(
+    card: DatasetCard, path: Path, schema: TaskSchema, role: str, report: ValidationReport
+) -> list[Columns] | None:
     """The file's valid rows, converted chunk by chunk, as column arrays per chunk (None when
     its columns do not fit)."""
     reader = TableReader(path, card.csv, card.columns, role=role)
@@ -133,13 +149,21 @@ def _check_header(card: DatasetCard, reader: TableReader, schema: TaskSchema) ->
     (a patient's cells), which must then not be echoed as column names."""
     if not card.csv.header or reader.parquet:
         return
-    known = {*schema.feature_names, schema.target.name, *card.rename, *card.values, *card.units,
-             card.target.column}
+    known = {
+        *schema.feature_names,
+        schema.target.name,
+        *card.rename,
+        *card.values,
+        *card.units,
+        card.target.column,
+    }
     if not known & set(reader.names):
-        raise CardError(f"{reader.path} row 1: none of the header's {len(reader.names)} names "
-                        f"is a column of task '{schema.name}' or of the card; if row 1 holds "
-                        "data, set csv.header: false and list the columns under 'columns', else "
-                        "map the names under rename")
+        raise CardError(
+            f"{reader.path} row 1: none of the header's {len(reader.names)} names "
+            f"is a column of task '{schema.name}' or of the card; if row 1 holds "
+            "data, set csv.header: false and list the columns under 'columns', else "
+            "map the names under rename"
+        )
 
 
 def _empty_chunk(reader: TableReader) -> RawTable:
@@ -148,27 +172,34 @@ def _empty_chunk(reader: TableReader) -> RawTable:
     return RawTable(reader.path, frame, np.zeros(0, np.int64))
 
 
-def _split(card: DatasetCard, parts: list[Columns], schema: TaskSchema,
-           report: ValidationReport) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _split(
+    card: DatasetCard, parts: list[Columns], schema: TaskSchema, report: ValidationReport
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     spec = card.split
     stratify = spec.stratify and schema.target.kind != "continuous"
     n = sum(len(part[schema.target.name]) for part in parts)
     y = np.concatenate([part[schema.target.name] for part in parts]) if stratify else None
     train, test = split_rows(y, n, spec.test_fraction, spec.seed)
-    report.split = (f"{'stratified ' if stratify else ''}seeded split of {card.train.name}: "
-                    f"test_fraction {spec.test_fraction:g}, seed {spec.seed}")
+    report.split = (
+        f"{'stratified ' if stratify else ''}seeded split of {card.train.name}: "
+        f"test_fraction {spec.test_fraction:g}, seed {spec.seed}"
+    )
     train_frame, test_frame = stack(parts, [train, test])
     return train_frame, test_frame
 
 
-def _target_summary(train: pd.DataFrame, test: pd.DataFrame, schema: TaskSchema,
-                    report: ValidationReport) -> None:
+def _target_summary(
+    train: pd.DataFrame, test: pd.DataFrame, schema: TaskSchema, report: ValidationReport
+) -> None:
     target = schema.target
     if target.kind == "continuous":
         y = train[target.name].to_numpy(dtype=float)
         if len(y):
-            report.target_range = {"min": float(y.min()), "mean": float(y.mean()),
-                                   "max": float(y.max())}
+            report.target_range = {
+                "min": float(y.min()),
+                "mean": float(y.mean()),
+                "max": float(y.max()),
+            }
         return
     labels = target.classes or ("0", "1")
     for part, frame in (("train", train), ("test", test)):
@@ -176,9 +207,12 @@ def _target_summary(train: pd.DataFrame, test: pd.DataFrame, schema: TaskSchema,
         report.classes[part] = {label: int(n) for label, n in zip(labels, counts, strict=False)}
     present = [label for label, n in report.classes["train"].items() if n > 0]
     if len(train) and len(present) < 2:
-        report.add("error", f"{card_file(report)}: the training split has a single class "
-                            f"({present[0]!r}) of '{target.name}'; a model cannot learn from "
-                            "it: export rows of every class")
+        report.add(
+            "error",
+            f"{card_file(report)}: the training split has a single class "
+            f"({present[0]!r}) of '{target.name}'; a model cannot learn from "
+            "it: export rows of every class",
+        )
 
 
 def card_file(report: ValidationReport) -> str:
@@ -186,8 +220,9 @@ def card_file(report: ValidationReport) -> str:
     return report.files[0] if report.files else report.card
 
 
-def _feature_summary(parts: tuple[pd.DataFrame, ...], schema: TaskSchema,
-                     report: ValidationReport) -> None:
+def _feature_summary(
+    parts: tuple[pd.DataFrame, ...], schema: TaskSchema, report: ValidationReport
+) -> None:
     """Missing shares over all kept rows (the parts are not concatenated: a big export's
     frames are not copied once more)."""
     rows = sum(len(part) for part in parts)
@@ -199,20 +234,26 @@ def _feature_summary(parts: tuple[pd.DataFrame, ...], schema: TaskSchema,
         if share == 1.0 and feat.name not in report.absent:
             level: Level = "error" if feat.required else "warning"
             fix = "fix the export" if feat.required else "it adds nothing"
-            report.add(level, f"{card_file(report)}: column '{feat.name}' is missing in every "
-                              f"kept row; {fix}")
+            report.add(
+                level,
+                f"{card_file(report)}: column '{feat.name}' is missing in every kept row; {fix}",
+            )
 
 
 def _cohort(report: ValidationReport, min_cohort: int) -> None:
     if report.train_size < min_cohort:
         rows = f"{report.train_size} valid row{'' if report.train_size == 1 else 's'}"
-        report.add("error", f"{card_file(report)}: the training split has {rows}, fewer than "
-                            f"the minimum cohort of {min_cohort}; add rows or lower the minimum "
-                            "(--min-cohort)")
+        report.add(
+            "error",
+            f"{card_file(report)}: the training split has {rows}, fewer than "
+            f"the minimum cohort of {min_cohort}; add rows or lower the minimum "
+            "(--min-cohort)",
+        )
 
 
-def read_card_data(card: DatasetCard, schema: TaskSchema, *,
-                   min_cohort: int | None = None) -> CardData:
+def read_card_data(
+    card: DatasetCard, schema: TaskSchema, *, min_cohort: int | None = None
+) -> CardData:
     """Read, validate and split the data a card describes, against ``schema``.
 
     ``min_cohort`` (default: the card's ``min_cohort``, else 20) is the fewest valid training rows
@@ -225,8 +266,13 @@ def read_card_data(card: DatasetCard, schema: TaskSchema, *,
     CardError
         When a data file is missing, unreadable, empty or has no data rows.
     """
-    report = ValidationReport(card=str(card.path), site=card.name, task=schema.name,
-                              target=schema.target.name, on_invalid_row=card.on_invalid_row)
+    report = ValidationReport(
+        card=str(card.path),
+        site=card.name,
+        task=schema.name,
+        target=schema.target.name,
+        on_invalid_row=card.on_invalid_row,
+    )
     parts = _read(card, card.train, schema, "train", report)
     tested = None if card.test is None else _read(card, card.test, schema, "test", report)
     empty = pd.DataFrame(columns=[*schema.feature_names, schema.target.name])
@@ -244,8 +290,11 @@ def read_card_data(card: DatasetCard, schema: TaskSchema, *,
     if not report.rows_kept:
         report.add("error", f"{card_file(report)}: no valid rows are left; see the problems above")
     elif not len(test) and (card.test is not None or card.split.test_fraction > 0):
-        report.add("warning", f"{card.test or card.train}: the test split is empty, so this "
-                              "site reports no test metrics")
+        report.add(
+            "warning",
+            f"{card.test or card.train}: the test split is empty, so this "
+            "site reports no test metrics",
+        )
     _feature_summary((train, test), schema, report)
     errors = len(report.errors)
     _target_summary(train, test, schema, report)
@@ -271,4 +320,3 @@ def training_problems(card: Any, report: ValidationReport, first: int) -> None:
             )
         else:
             report.add("error", message + EVALUATE_ADVICE)
-

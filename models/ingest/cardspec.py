@@ -49,9 +49,26 @@ from medfed.models.ingest.cardvalues import keys as _keys
 from medfed.models.ingest.cardvalues import names as _names
 from medfed.models.ingest.cardvalues import text as _text
 
-_CARD_KEYS = {"name", "task", "train", "test", "split", "csv", "columns", "rename", "values",
-              "units", "target", "on_invalid_row", "min_cohort", "column_missing", "derive",
-              "drop", "role", "id_column"}
+_CARD_KEYS = {
+    "name",
+    "task",
+    "train",
+    "test",
+    "split",
+    "csv",
+    "columns",
+    "rename",
+    "values",
+    "units",
+    "target",
+    "on_invalid_row",
+    "min_cohort",
+    "column_missing",
+    "derive",
+    "drop",
+    "role",
+    "id_column",
+}
 _SPLIT_KEYS = {"test_fraction", "seed", "stratify"}
 _CSV_KEYS = {"header", "delimiter", "missing", "encoding", "decimal", "thousands"}
 _TARGET_KEYS = {"column", "map"}
@@ -62,13 +79,19 @@ class _CardLoader(yaml.SafeLoader):
 
 
 _CardLoader.yaml_implicit_resolvers = {
-    first: [(tag, rx) for tag, rx in resolvers
-            if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int")]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    first: [
+        (tag, rx)
+        for tag, rx in resolvers
+        if tag not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int")
+    ]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
 _CardLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
-_CardLoader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^[-+]?[0-9]+$"),
-                                  list("-+0123456789"))
+    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
+)
+_CardLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:int", re.compile(r"^[-+]?[0-9]+$"), list("-+0123456789")
+)
 
 
 @dataclass(frozen=True)
@@ -119,7 +142,8 @@ class DatasetCard:
     on_invalid_row: Literal["drop", "fail"] = "drop"
     min_cohort: int | None = None
     column_missing: Mapping[str, frozenset[str]] = field(
-        default_factory=lambda: MappingProxyType({}))
+        default_factory=lambda: MappingProxyType({})
+    )
     derive: Mapping[str, DerivedColumn] = field(default_factory=lambda: MappingProxyType({}))
     drop: tuple[str, ...] = ()
     role: Literal["train", "evaluate"] = "train"
@@ -146,8 +170,7 @@ def _code_map(where: str, raw: Any) -> Mapping[str, str]:
 def _split(where: str, raw: Any) -> SplitSpec:
     raw = _keys(where, raw, _SPLIT_KEYS)
     fraction, seed = raw.get("test_fraction", 0.25), raw.get("seed", 0)
-    if isinstance(fraction, bool) or not isinstance(fraction, int | float) \
-            or not 0 <= fraction < 1:
+    if isinstance(fraction, bool) or not isinstance(fraction, int | float) or not 0 <= fraction < 1:
         raise CardError(f"{where}: test_fraction must be a number in [0, 1), got {fraction!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise CardError(f"{where}: seed must be a non-negative integer, got {seed!r}")
@@ -164,9 +187,10 @@ def _csv(where: str, raw: Any) -> CsvSpec:
         raise CardError(f"{where}: header must be true or false, got {header!r}")
     given = raw.get("delimiter", ",")
     delimiter = {"tab": "\t", "\\t": "\t"}.get(given, given) if isinstance(given, str) else given
-    if not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in "\"\r\n":
-        raise CardError(f"{where}: delimiter must be one character such as \",\" \";\" or "
-                        f"\"\\t\", got {given!r}")
+    if not isinstance(delimiter, str) or len(delimiter) != 1 or delimiter in '"\r\n':
+        raise CardError(
+            f'{where}: delimiter must be one character such as "," ";" or "\\t", got {given!r}'
+        )
     missing = raw.get("missing", ["NA"])
     if not isinstance(missing, list):
         missing = [missing]
@@ -175,14 +199,17 @@ def _csv(where: str, raw: Any) -> CsvSpec:
     try:
         codecs.lookup(encoding)
     except LookupError:
-        raise CardError(f"{where}: unknown encoding {encoding!r}; use e.g. utf-8, latin-1 or "
-                        "cp1252") from None
+        raise CardError(
+            f"{where}: unknown encoding {encoding!r}; use e.g. utf-8, latin-1 or cp1252"
+        ) from None
     decimal, thousands = raw.get("decimal", "."), raw.get("thousands", "") or ""
     if decimal not in (".", ","):
-        raise CardError(f"{where}: decimal must be \".\" or \",\", got {decimal!r}")
+        raise CardError(f'{where}: decimal must be "." or ",", got {decimal!r}')
     if thousands not in ("", ".", ",", " ", "'", "\u00a0") or thousands == decimal:
-        raise CardError(f"{where}: thousands must be one of \".\" \",\" \" \" \"'\" and not "
-                        f"the decimal mark {decimal!r}, got {thousands!r}")
+        raise CardError(
+            f'{where}: thousands must be one of "." "," " " "\'" and not '
+            f"the decimal mark {decimal!r}, got {thousands!r}"
+        )
     return CsvSpec(header, delimiter, markers, encoding, decimal, thousands)
 
 
@@ -190,9 +217,10 @@ def _target(where: str, raw: Any) -> TargetSpec:
     raw = _keys(where, raw, _TARGET_KEYS)
     column = raw.get("column")
     mapping = raw.get("map")
-    return TargetSpec(None if column is None else _text(f"{where}.column", column),
-                      MappingProxyType({}) if mapping is None else _code_map(f"{where}.map",
-                                                                             mapping))
+    return TargetSpec(
+        None if column is None else _text(f"{where}.column", column),
+        MappingProxyType({}) if mapping is None else _code_map(f"{where}.map", mapping),
+    )
 
 
 def _text_map(where: str, raw: Any) -> Mapping[str, str]:
@@ -200,8 +228,9 @@ def _text_map(where: str, raw: Any) -> Mapping[str, str]:
         return MappingProxyType({})
     if not isinstance(raw, dict):
         raise CardError(f"{where} must map local column names to names")
-    return MappingProxyType({_text(f"{where} key", k): _text(f"{where}.{k}", v)
-                             for k, v in raw.items()})
+    return MappingProxyType(
+        {_text(f"{where} key", k): _text(f"{where}.{k}", v) for k, v in raw.items()}
+    )
 
 
 def _file(card: Path, where: str, raw: Any) -> Path:
@@ -248,11 +277,14 @@ def load_card(path: str | Path) -> DatasetCard:
     csv = _csv(f"{where}: csv", raw.get("csv"))
     columns = _names(f"{where}: columns", raw.get("columns"))
     if not csv.header and columns is None:
-        raise CardError(f"{where}: csv.header is false, so list the file's column names under "
-                        "'columns'")
+        raise CardError(
+            f"{where}: csv.header is false, so list the file's column names under 'columns'"
+        )
     if csv.header and columns is not None:
-        raise CardError(f"{where}: 'columns' is for a header-less file; set csv.header: false or "
-                        "drop 'columns' (use 'rename' to change header names)")
+        raise CardError(
+            f"{where}: 'columns' is for a header-less file; set csv.header: false or "
+            "drop 'columns' (use 'rename' to change header names)"
+        )
     on_invalid = raw.get("on_invalid_row", "drop")
     if on_invalid not in ("drop", "fail"):
         raise CardError(f"{where}: on_invalid_row must be drop or fail, got {on_invalid!r}")
@@ -260,16 +292,27 @@ def load_card(path: str | Path) -> DatasetCard:
     if not isinstance(values, dict):
         raise CardError(f"{where}: values must map column names to code mappings")
     return DatasetCard(
-        path=card, name=_text(f"{where}: name", raw.get("name", card.stem)),
-        task=_text(f"{where}: task", raw["task"]), train=_file(card, f"{where}: train",
-                                                                raw["train"]),
+        path=card,
+        name=_text(f"{where}: name", raw.get("name", card.stem)),
+        task=_text(f"{where}: task", raw["task"]),
+        train=_file(card, f"{where}: train", raw["train"]),
         test=None if raw.get("test") is None else _file(card, f"{where}: test", raw["test"]),
-        split=_split(f"{where}: split", raw.get("split")), csv=csv, columns=columns,
+        split=_split(f"{where}: split", raw.get("split")),
+        csv=csv,
+        columns=columns,
         rename=_text_map(f"{where}: rename", raw.get("rename")),
-        values=MappingProxyType({_text(f"{where}: values key", k): _code_map(
-            f"{where}: values.{k}", v) for k, v in values.items()}),
+        values=MappingProxyType(
+            {
+                _text(f"{where}: values key", k): _code_map(f"{where}: values.{k}", v)
+                for k, v in values.items()
+            }
+        ),
         units=_text_map(f"{where}: units", raw.get("units")),
-        target=_target(f"{where}: target", raw.get("target")), on_invalid_row=on_invalid,
-        min_cohort=_min_cohort(where, raw.get("min_cohort")), **card_extensions(where, raw),
-        id_column=None if raw.get("id_column") is None else _text(f"{where}: id_column",
-                                                                  raw["id_column"]))
+        target=_target(f"{where}: target", raw.get("target")),
+        on_invalid_row=on_invalid,
+        min_cohort=_min_cohort(where, raw.get("min_cohort")),
+        **card_extensions(where, raw),
+        id_column=None
+        if raw.get("id_column") is None
+        else _text(f"{where}: id_column", raw["id_column"]),
+    )

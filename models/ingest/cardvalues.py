@@ -46,7 +46,6 @@ def canonical_code(value: Any) -> str | None:
     return text
 
 
-
 def keys(where: str, raw: Any, allowed: set[str]) -> dict[str, Any]:
     if raw is None:
         return {}
@@ -76,4 +75,3 @@ def names(where: str, raw: Any) -> tuple[str, ...] | None:
     if dupes:
         raise CardError(f"{where} names column(s) {dupes} more than once")
     return names
-

@@ -76,25 +76,38 @@ def _numbers(values: Cells, convert: Converter | None) -> tuple[np.ndarray, np.n
     return floats, text
 
 
-def _numeric(values: Cells, feat: Feature, column: ColumnPlan, flags: RowFlags,
-             report: ValidationReport) -> np.ndarray:
+def _numeric(
+    values: Cells, feat: Feature, column: ColumnPlan, flags: RowFlags, report: ValidationReport
+) -> np.ndarray:
     floats, text = _numbers(values, column.convert)
-    flags.flag("text in a numeric column", column.local, text,
-               "text where a number is expected (list missing-value markers under csv.missing)")
+    flags.flag(
+        "text in a numeric column",
+        column.local,
+        text,
+        "text where a number is expected (list missing-value markers under csv.missing)",
+    )
     with np.errstate(invalid="ignore"):
         absurd = ~np.isnan(floats) & ~(np.abs(floats) <= _MAX_ABS)
-    flags.flag("non-finite number", column.local, absurd,
-               "inf, nan or a number too large to be a measurement")
+    flags.flag(
+        "non-finite number",
+        column.local,
+        absurd,
+        "inf, nan or a number too large to be a measurement",
+    )
     floats[absurd] = np.nan
     low = -np.inf if feat.low is None else feat.low
     high = np.inf if feat.high is None else feat.high
     with np.errstate(invalid="ignore"):
         outside = ~np.isnan(floats) & ((floats < low) | (floats > high))
     unit = f" {feat.unit}" if feat.unit else ""
-    count = flags.flag("out of range", column.local, outside,
-                       f"outside the valid range [{feat.low:g}, {feat.high:g}]{unit} of "
-                       f"'{feat.name}'" if feat.low is not None and feat.high is not None else
-                       f"outside the valid range of '{feat.name}'")
+    count = flags.flag(
+        "out of range",
+        column.local,
+        outside,
+        f"outside the valid range [{feat.low:g}, {feat.high:g}]{unit} of '{feat.name}'"
+        if feat.low is not None and feat.high is not None
+        else f"outside the valid range of '{feat.name}'",
+    )
     report.out_of_range[feat.name] = report.out_of_range.get(feat.name, 0) + count
     floats[outside] = np.nan
     return floats
@@ -109,9 +122,12 @@ def _binary(values: Cells, feat: Feature, column: ColumnPlan, flags: RowFlags) -
     out = np.array(per_value(values, _yes_no, np.nan), dtype=np.float64)
     bad = np.isinf(out)
     out[bad] = np.nan
-    flags.flag("not 0 or 1", column.local, bad,
-               f"a value other than 0 or 1 for yes/no feature '{feat.name}' (map codes under "
-               "values)")
+    flags.flag(
+        "not 0 or 1",
+        column.local,
+        bad,
+        f"a value other than 0 or 1 for yes/no feature '{feat.name}' (map codes under values)",
+    )
     return out
 
 
@@ -123,11 +139,16 @@ def _categorical(values: Cells, feat: Feature, column: ColumnPlan, flags: RowFla
         return code if code in known else None
 
     out = per_value(values, category)
-    bad = np.array([v is not None and o is None for v, o in zip(values, out, strict=True)],
-                   dtype=bool)
-    flags.flag("unknown category", column.local, bad,  # the codes: node check --show-values
-               f"unknown code(s) for '{feat.name}' (categories: {list(feat.categories)}); "
-               f"map them under values.{column.local} or list them under csv.missing")
+    bad = np.array(
+        [v is not None and o is None for v, o in zip(values, out, strict=True)], dtype=bool
+    )
+    flags.flag(
+        "unknown category",
+        column.local,
+        bad,  # the codes: node check --show-values
+        f"unknown code(s) for '{feat.name}' (categories: {list(feat.categories)}); "
+        f"map them under values.{column.local} or list them under csv.missing",
+    )
     return out
 
 
@@ -156,27 +177,41 @@ def _target(values: Cells, schema: TaskSchema, column: ColumnPlan, flags: RowFla
     else:
         y = np.array(per_value(values, lambda v: _class_index(v, schema), np.nan), dtype=float)
         expected = f"one of the classes {list(target.classes) or [0, 1]} or a class index"
-    flags.flag("invalid target", column.local, ~missing & np.isnan(y),
-               f"a target value that is not {expected} (map codes under target.map)")
+    flags.flag(
+        "invalid target",
+        column.local,
+        ~missing & np.isnan(y),
+        f"a target value that is not {expected} (map codes under target.map)",
+    )
     return y
 
 
-def _typed_parquet(table: RawTable, feat: Feature, column: ColumnPlan,
-                   report: ValidationReport) -> bool:
+def _typed_parquet(
+    table: RawTable, feat: Feature, column: ColumnPlan, report: ValidationReport
+) -> bool:
     """Whether a Parquet column can feed a numeric or yes/no feature (else an error)."""
     if not table.parquet or feat.kind == "categorical" or column.codes:
         return True
     dtype = table.frame[column.local].dtype
     if ptypes.is_bool_dtype(dtype) or ptypes.is_numeric_dtype(dtype):
         return True
-    report.add("error", f"{table.path} column '{column.local}': Parquet type {dtype} cannot hold "
-                        f"the numbers of {feat.kind} feature '{feat.name}'; store it as int or "
-                        "float, or map its codes under values")
+    report.add(
+        "error",
+        f"{table.path} column '{column.local}': Parquet type {dtype} cannot hold "
+        f"the numbers of {feat.kind} feature '{feat.name}'; store it as int or "
+        "float, or map its codes under values",
+    )
     return False
 
 
-def _feature(table: RawTable, feat: Feature, column: ColumnPlan, flags: RowFlags,
-             card: DatasetCard, report: ValidationReport) -> pd.Series:
+def _feature(
+    table: RawTable,
+    feat: Feature,
+    column: ColumnPlan,
+    flags: RowFlags,
+    card: DatasetCard,
+    report: ValidationReport,
+) -> pd.Series:
     absent = column.local is None or not _typed_parquet(table, feat, column, report)
     if absent and feat.kind == "categorical":
         return pd.Series([None] * flags.n, dtype=object)
@@ -190,8 +225,14 @@ def _feature(table: RawTable, feat: Feature, column: ColumnPlan, flags: RowFlags
     return pd.Series(_numeric(values, feat, column, flags, report))
 
 
-def convert_table(table: RawTable, card: DatasetCard, schema: TaskSchema,
-                  report: ValidationReport, *, duplicates: bool = True) -> pd.DataFrame | None:
+def convert_table(
+    table: RawTable,
+    card: DatasetCard,
+    schema: TaskSchema,
+    report: ValidationReport,
+    *,
+    duplicates: bool = True,
+) -> pd.DataFrame | None:
     """The file's valid rows in the data conventions (``None`` when its columns do not fit).
 
     Counts, row numbers and one message per problem go to ``report``: warnings when the card
@@ -207,14 +248,23 @@ def convert_table(table: RawTable, card: DatasetCard, schema: TaskSchema,
     for problem in problems:
         flags.flag("text in a numeric column", problem.column, problem.mask, problem.detail)
     width = len(table.frame.columns)
-    flags.flag("wrong number of fields", None, np.isin(table.rows, list(table.widths)),
-               f"a number of fields other than the {width} columns expected (a stray "
-               f"delimiter or quote?)")
-    data = {feat.name: _feature(table, feat, plan[feat.name], flags, card, report)
-            for feat in schema.features}
+    flags.flag(
+        "wrong number of fields",
+        None,
+        np.isin(table.rows, list(table.widths)),
+        f"a number of fields other than the {width} columns expected (a stray delimiter or quote?)",
+    )
+    data = {
+        feat.name: _feature(table, feat, plan[feat.name], flags, card, report)
+        for feat in schema.features
+    }
     target = plan[schema.target.name]
-    y = _target(cells(table.frame[target.local], column_markers(card, target.local),
-                      target.codes), schema, target, flags)
+    y = _target(
+        cells(table.frame[target.local], column_markers(card, target.local), target.codes),
+        schema,
+        target,
+        flags,
+    )
     invalid = flags.invalid()
     drop = card.on_invalid_row == "drop"
     flags.record(report, drop)
@@ -222,8 +272,9 @@ def convert_table(table: RawTable, card: DatasetCard, schema: TaskSchema,
         record_duplicates(table, report)
     report.rows_read += flags.n
     frame = pd.DataFrame(data)
-    frame[schema.target.name] = y if schema.target.kind == "continuous" else \
-        np.nan_to_num(y, nan=-1).astype(np.int64)
+    frame[schema.target.name] = (
+        y if schema.target.kind == "continuous" else np.nan_to_num(y, nan=-1).astype(np.int64)
+    )
     kept = frame.loc[~invalid].reset_index(drop=True)
     report.rows_kept += len(kept)
     return kept

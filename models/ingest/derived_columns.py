@@ -3,7 +3,8 @@
 :func:`prepare_table` runs before the columns are planned (:mod:`medfed.models.ingest.columns`): it
 removes the dropped columns, checks that every ``column_missing`` key is a column of the file, and
 adds one column ``derive.<feature>`` per derived feature, computed on whole columns with
-:mod:`medfed.models.ingest.derive` from the export's cells after the missing-value markers (file-wide and
+:mod:`medfed.models.ingest.derive` from the export's cells after the missing-value markers
+(file-wide and
 per column) are applied. Cells an expression cannot read (text where a number or a date is
 expected) are returned as row problems, flagged once the row flags exist.
 """

@@ -35,9 +35,15 @@ def _defaults() -> dict[str, Any]:
 
 
 def _card(schema: TaskSchema, task: str, name: str) -> dict[str, Any]:
-    return {"name": name, "task": task, "train": f"{name}-train.csv", "test": f"{name}-test.csv",
-            "csv": {"header": True, "delimiter": ",", "missing": [""], "encoding": "utf-8"},
-            "target": {"column": schema.target.name}, "on_invalid_row": "drop"}
+    return {
+        "name": name,
+        "task": task,
+        "train": f"{name}-train.csv",
+        "test": f"{name}-test.csv",
+        "csv": {"header": True, "delimiter": ",", "missing": [""], "encoding": "utf-8"},
+        "target": {"column": schema.target.name},
+        "on_invalid_row": "drop",
+    }
 
 
 class ExportExists(ValueError):
@@ -45,17 +51,21 @@ class ExportExists(ValueError):
 
 
 def _refuse_existing(out: Path, names: list[str]) -> None:
-    paths = [out / f"{name}{suffix}" for name in names
-             for suffix in ("-train.csv", "-test.csv", ".yaml")]
+    paths = [
+        out / f"{name}{suffix}" for name in names for suffix in ("-train.csv", "-test.csv", ".yaml")
+    ]
     taken = [path for path in paths if path.exists()]
     if taken:
         more = f" and {len(taken) - 1} more" if len(taken) > 1 else ""
-        raise ExportExists(f"{taken[0]}{more} already exist(s); nothing was written (give "
-                           "--force to replace them, or another folder)")
+        raise ExportExists(
+            f"{taken[0]}{more} already exist(s); nothing was written (give "
+            "--force to replace them, or another folder)"
+        )
 
 
-def export_synthetic(task: str | Path, hospitals: int, out_dir: str | Path,
-                     seed: int = 0, force: bool = False) -> list[Path]:
+def export_synthetic(
+    task: str | Path, hospitals: int, out_dir: str | Path, seed: int = 0, force: bool = False
+) -> list[Path]:
     """Write each synthetic hospital's CSV files and dataset card into ``out_dir``.
 
     ``task`` is a shipped task name or a schema path (written into the cards as an absolute
@@ -74,10 +84,15 @@ def export_synthetic(task: str | Path, hospitals: int, out_dir: str | Path,
     text = str(task)
     task_ref = text if Path(text).suffix not in (".yaml", ".yml") else str(Path(text).resolve())
     fed = _defaults()
-    sites = generate_federation(schema, hospitals=hospitals, min_size=int(fed["min_size"]),
-                                max_size=int(fed["max_size"]),
-                                test_fraction=float(fed["test_fraction"]),
-                                skew=SkewConfig(**fed["skew"]), seed=seed)
+    sites = generate_federation(
+        schema,
+        hospitals=hospitals,
+        min_size=int(fed["min_size"]),
+        max_size=int(fed["max_size"]),
+        test_fraction=float(fed["test_fraction"]),
+        skew=SkewConfig(**fed["skew"]),
+        seed=seed,
+    )
     out = Path(out_dir)
     if not force:
         _refuse_existing(out, [site.name for site in sites])
@@ -85,8 +100,9 @@ def export_synthetic(task: str | Path, hospitals: int, out_dir: str | Path,
     cards = []
     for site in sites:
         path = out / f"{site.name}.yaml"
-        body = yaml.safe_dump(_card(schema, task_ref, site.name), sort_keys=False,
-                              default_flow_style=None)
+        body = yaml.safe_dump(
+            _card(schema, task_ref, site.name), sort_keys=False, default_flow_style=None
+        )
         atomic_write(path, _CARD_HEADER.format(card=path) + body)
         cards.append(path)
     return cards
@@ -95,13 +111,17 @@ def export_synthetic(task: str | Path, hospitals: int, out_dir: str | Path,
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="medfed synth", description="Synthetic hospitals.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    export = commands.add_parser("export", help="write CSV files plus dataset cards",
-                                 description=__doc__.splitlines()[0])
+    export = commands.add_parser(
+        "export", help="write CSV files plus dataset cards", description=__doc__.splitlines()[0]
+    )
     export.add_argument("--task", default="diagnosis", help="task name or schema path")
     export.add_argument("--hospitals", type=int, default=4, help="number of hospitals")
     export.add_argument("--seed", type=int, default=0, help="seed of the synthetic draw")
-    export.add_argument("--force", action="store_true",
-                        help="replace files of an earlier export (refused otherwise)")
+    export.add_argument(
+        "--force",
+        action="store_true",
+        help="replace files of an earlier export (refused otherwise)",
+    )
     export.add_argument("dir", help="output folder (created if needed)")
     return parser
 
@@ -114,8 +134,9 @@ def synth_main(argv: list[str]) -> int:
     except SystemExit as exc:  # argparse has printed the usage or the help
         return exc.code if isinstance(exc.code, int) else 2
     try:
-        cards = export_synthetic(args.task, args.hospitals, args.dir, seed=args.seed,
-                                 force=args.force)
+        cards = export_synthetic(
+            args.task, args.hospitals, args.dir, seed=args.seed, force=args.force
+        )
     except ExportExists as exc:
         print(f"medfed: error: {exc}", file=sys.stderr)
         return 1
@@ -125,7 +146,9 @@ def synth_main(argv: list[str]) -> int:
     for card in cards:
         print(card)
     listing = ",".join(str(c) for c in cards)
-    print(f"check one with:  medfed node check --dataset {cards[0]}\n"
-          f"run a study with: medfed simulate task={load_task(args.task).name} federation=sites "
-          f"'federation.cards=[{listing}]'")
+    print(
+        f"check one with:  medfed node check --dataset {cards[0]}\n"
+        f"run a study with: medfed simulate task={load_task(args.task).name} federation=sites "
+        f"'federation.cards=[{listing}]'"
+    )
     return 0

@@ -1,6 +1,7 @@
 """New patients' rows through the training card machinery, chunk by chunk, ready to score.
 
-Scoring reads a hospital's export exactly as training did (:mod:`medfed.models.ingest.conversion`: the
+Scoring reads a hospital's export exactly as training did (:mod:`medfed.models.ingest.conversion`:
+the
 card's mapping, codes, units and missing-value markers, the schema's valid ranges), with two
 differences made on a copy of the card, never in the conversion code: the target is not needed
 (new patients have no outcome yet: a stand-in target column of one valid value replaces whatever

@@ -57,8 +57,9 @@ def federation_size(federation: Mapping[str, Any]) -> int:
         if n is None:
             return MAX_NODES
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise DataConfigError(f"federation.hospitals must be a positive number of hospitals "
-                                  f"or null, got {n!r}")
+            raise DataConfigError(
+                f"federation.hospitals must be a positive number of hospitals or null, got {n!r}"
+            )
         return n
     if federation.get("name") == "synthetic":
         n = int(federation.get("hospitals", 0))
@@ -71,11 +72,14 @@ def federation_size(federation: Mapping[str, Any]) -> int:
     if federation.get("name") == "sites":
         cards = federation.get("cards")
         if isinstance(cards, str) or not cards:
-            raise DataConfigError("federation=sites needs a list of dataset cards, e.g. "
-                                  "federation.cards=[a.yaml,b.yaml]")
+            raise DataConfigError(
+                "federation=sites needs a list of dataset cards, e.g. "
+                "federation.cards=[a.yaml,b.yaml]"
+            )
         return len(cards)
-    raise DataConfigError(f"federation={federation.get('name')!r} is unknown; use synthetic, "
-                          "sites or nodes")
+    raise DataConfigError(
+        f"federation={federation.get('name')!r} is unknown; use synthetic, sites or nodes"
+    )
 
 
 def _card_site(schema: TaskSchema, federation: Mapping[str, Any], index: int) -> SiteData:
@@ -85,20 +89,22 @@ def _card_site(schema: TaskSchema, federation: Mapping[str, Any], index: int) ->
     try:
         card = load_card(path)
         check_task(card, schema)
-        data = read_card_data(card, schema, min_cohort=None if min_cohort is None
-                              else int(min_cohort))
+        data = read_card_data(
+            card, schema, min_cohort=None if min_cohort is None else int(min_cohort)
+        )
     except CardError as exc:
         raise DataConfigError(str(exc)) from None
     if not data.report.usable:
         more = len(data.report.errors) - 1
         extra = f" (and {more} more problem(s))" if more else ""
-        raise DataConfigError(f"{data.report.errors[0]}{extra}; run `medfed node check "
-                              f"--dataset {path}` for the full report")
+        raise DataConfigError(
+            f"{data.report.errors[0]}{extra}; run `medfed node check "
+            f"--dataset {path}` for the full report"
+        )
     return SiteData(data.name, data.train, data.test, role=card.role)
 
 
-def load_site(schema: TaskSchema, federation: Mapping[str, Any], index: int,
-              seed: int) -> SiteData:
+def load_site(schema: TaskSchema, federation: Mapping[str, Any], index: int, seed: int) -> SiteData:
     """Load hospital ``index`` of the federation (its rows only).
 
     Parameters
@@ -114,17 +120,30 @@ def load_site(schema: TaskSchema, federation: Mapping[str, Any], index: int,
         split has its own seed, so a hospital's test rows do not change with the study).
     """
     if federation.get("name") == "nodes":
-        raise DataConfigError("federation=nodes has no rows of its own: each deployed node "
-                              "reads its dataset card (medfed node start --dataset CARD)")
+        raise DataConfigError(
+            "federation=nodes has no rows of its own: each deployed node "
+            "reads its dataset card (medfed node start --dataset CARD)"
+        )
     n = federation_size(federation)
     if not 0 <= index < n:
         raise DataConfigError(f"hospital index {index} is outside the federation of {n}")
     if federation.get("name") == "sites":
         return _card_site(schema, federation, index)
-    sizes = site_sizes(n, min_size=int(federation["min_size"]),
-                       max_size=int(federation["max_size"]), seed=seed,
-                       sizes=federation.get("sizes"))
+    sizes = site_sizes(
+        n,
+        min_size=int(federation["min_size"]),
+        max_size=int(federation["max_size"]),
+        seed=seed,
+        sizes=federation.get("sizes"),
+    )
     skew = SkewConfig(**dict(federation.get("skew") or {}))
-    site = generate_site(schema, index, n, n_rows=sizes[index],
-                         test_fraction=float(federation["test_fraction"]), skew=skew, seed=seed)
+    site = generate_site(
+        schema,
+        index,
+        n,
+        n_rows=sizes[index],
+        test_fraction=float(federation["test_fraction"]),
+        skew=skew,
+        seed=seed,
+    )
     return SiteData(site.name, site.train, site.test, site.test_oracle)

@@ -55,16 +55,24 @@ from medfed.models.schema import Feature, SchemaError, TaskSchema, _check_keys
 _TAG_SIZES, _TAG_LAYOUT, _TAG_TRUTH = 0x512E, 0x1A70, 0x7207
 _MAX_MISSING = 0.6
 _ROLE_NAMES = {"age": ("age", "age_band", "age_group"), "sex": ("sex", "gender")}
-_FEATURE_HINTS = {"numeric": {"dist", "mean", "sd", "clip", "decimals"}, "binary": {"p"},
-                  "categorical": {"probs"}}
+_FEATURE_HINTS = {
+    "numeric": {"dist", "mean", "sd", "clip", "decimals"},
+    "binary": {"p"},
+    "categorical": {"probs"},
+}
 _COMMON_HINTS = {"role", "missing", "effects"}
-_OUTCOME_HINTS = {"logit": set(), "softmax": set(), "log": {"link", "shape", "decimals"},
-                  "identity": {"link", "sd", "decimals"}}
+_OUTCOME_HINTS = {
+    "logit": set(),
+    "softmax": set(),
+    "log": {"link", "shape", "decimals"},
+    "identity": {"link", "sd", "decimals"},
+}
 _LOG_PREVALENCE, _LOG_SITE = 0.4, 0.5
 
 # Generator hints of the shipped diagnosis task. They belong in conf/task/diagnosis.yaml (key
 # ``synthetic``); they apply only while that schema carries no hints of its own.
-_BUILTIN_HINTS = {"diagnosis": """
+_BUILTIN_HINTS = {
+    "diagnosis": """
 features:
   age: {mean: 54, sd: 9, clip: [29, 80], decimals: 0, role: age}
   sex: {probs: [0.32, 0.68], role: sex}
@@ -107,7 +115,8 @@ outcome:
     major_vessels: 1.2
     "thal=reversible_defect": 1.65
     "thal=fixed_defect": 0.9
-"""}
+"""
+}
 
 
 @dataclass(frozen=True)
@@ -228,11 +237,14 @@ def _parse_term(schema: TaskSchema, where: str, text: str) -> _Term:
             raise SchemaError(f"{where}: term '{text}' names unknown feature '{name}'")
         feat = schema.feature(name)
         if feat.kind == "categorical" and cat not in feat.categories:
-            raise SchemaError(f"{where}: term '{text}' must pick a category of '{name}' as "
-                              f"'{name}=<category>' (one of {list(feat.categories)})")
+            raise SchemaError(
+                f"{where}: term '{text}' must pick a category of '{name}' as "
+                f"'{name}=<category>' (one of {list(feat.categories)})"
+            )
         if feat.kind != "categorical" and eq:
-            raise SchemaError(f"{where}: term '{text}' uses '=' on '{name}', which is not "
-                              "categorical")
+            raise SchemaError(
+                f"{where}: term '{text}' uses '=' on '{name}', which is not categorical"
+            )
         factors.append((name, feat.categories.index(cat) if eq else None))
     return _Term(tuple(factors))
 
@@ -241,19 +253,23 @@ def _coefficient(where: str, key: str, value: Any, labels: tuple[str, ...]) -> n
     if not labels:
         return np.array([_number(where, key, value)])
     if not isinstance(value, Mapping):
-        raise SchemaError(f"{where}: '{key}' must map categories to shifts, e.g. "
-                          f"{{{labels[-1]}: 0.5}}")
+        raise SchemaError(
+            f"{where}: '{key}' must map categories to shifts, e.g. {{{labels[-1]}: 0.5}}"
+        )
     shifts = {str(k): v for k, v in value.items()}
     unknown = sorted(set(shifts) - set(labels))
     if unknown:
-        raise SchemaError(f"{where}: '{key}' names unknown categories {unknown} "
-                          f"(choose from {list(labels)})")
+        raise SchemaError(
+            f"{where}: '{key}' names unknown categories {unknown} (choose from {list(labels)})"
+        )
     return np.array([_number(where, f"{key}.{c}", shifts.get(c, 0.0)) for c in labels])
 
 
 def _effects(schema: TaskSchema, where: str, raw: Any, labels: tuple[str, ...]) -> Effects:
-    return tuple((_parse_term(schema, where, key), _coefficient(where, key, value, labels))
-                 for key, value in _mapping(f"{where}.effects", raw).items())
+    return tuple(
+        (_parse_term(schema, where, key), _coefficient(where, key, value, labels))
+        for key, value in _mapping(f"{where}.effects", raw).items()
+    )
 
 
 def _clip(where: str, low: float | None, high: float | None, raw: Any) -> tuple[float, float]:
@@ -286,19 +302,28 @@ def _default_moments(clip: tuple[float, float]) -> tuple[float, float]:
 def _probabilities(where: str, feat: Feature, raw: Any, rng: np.random.Generator) -> np.ndarray:
     if raw is None:
         return rng.dirichlet(np.full(len(feat.categories), 5.0))
-    if isinstance(raw, str | Mapping) or not isinstance(raw, Sequence) \
-            or len(raw) != len(feat.categories):
-        raise SchemaError(f"{where}: 'probs' must list one probability per category "
-                          f"({len(feat.categories)})")
+    if (
+        isinstance(raw, str | Mapping)
+        or not isinstance(raw, Sequence)
+        or len(raw) != len(feat.categories)
+    ):
+        raise SchemaError(
+            f"{where}: 'probs' must list one probability per category ({len(feat.categories)})"
+        )
     probs = np.array([_number(where, "probs", p, positive=True) for p in raw])
     return probs / probs.sum()
 
 
-def _distribution(where: str, feat: Feature, hint: dict[str, Any], clip: tuple[float, float],
-                  rng: np.random.Generator) -> tuple[str, np.ndarray, float, float]:
+def _distribution(
+    where: str,
+    feat: Feature,
+    hint: dict[str, Any],
+    clip: tuple[float, float],
+    rng: np.random.Generator,
+) -> tuple[str, np.ndarray, float, float]:
     """The sampling family, base logits (binary/categorical), reference mean and sd."""
     if feat.kind == "categorical":
-        return "categorical", np.log(_probabilities(where, feat, hint.get("probs"), rng)), 0., 1.
+        return "categorical", np.log(_probabilities(where, feat, hint.get("probs"), rng)), 0.0, 1.0
     if feat.kind == "binary":
         p = _number(where, "p", hint.get("p", rng.uniform(0.2, 0.8)), positive=True)
         if p >= 1:
@@ -314,8 +339,9 @@ def _distribution(where: str, feat: Feature, hint: dict[str, Any], clip: tuple[f
     return dist, np.zeros(1), mean, _number(where, "sd", hint.get("sd", sd), positive=True)
 
 
-def _feature_gen(schema: TaskSchema, feat: Feature, raw: Any,
-                 rng: np.random.Generator) -> _FeatureGen:
+def _feature_gen(
+    schema: TaskSchema, feat: Feature, raw: Any, rng: np.random.Generator
+) -> _FeatureGen:
     where = f"task '{schema.name}': synthetic.features.{feat.name}"
     hint = _mapping(where, raw)
     _check_keys(where, hint, _COMMON_HINTS | _FEATURE_HINTS[feat.kind])
@@ -328,23 +354,37 @@ def _feature_gen(schema: TaskSchema, feat: Feature, raw: Any,
     missing = _number(where, "missing", hint.get("missing", 0.0 if feat.required else 1.0))
     if missing < 0:
         raise SchemaError(f"{where}: 'missing' must be >= 0, got {missing}")
-    return _FeatureGen(feature=feat, dist=dist, base=base, mean=mean, sd=sd, clip=clip,
-                       decimals=_decimals(where, hint.get("decimals", 0 if feat.unit == "count"
-                                                          else None)),
-                       role=role, missing=missing,
-                       effects=_effects(schema, where, hint.get("effects"), feat.categories))
+    return _FeatureGen(
+        feature=feat,
+        dist=dist,
+        base=base,
+        mean=mean,
+        sd=sd,
+        clip=clip,
+        decimals=_decimals(where, hint.get("decimals", 0 if feat.unit == "count" else None)),
+        role=role,
+        missing=missing,
+        effects=_effects(schema, where, hint.get("effects"), feat.categories),
+    )
 
 
 def _dependency_order(schema: TaskSchema, gens: list[_FeatureGen]) -> tuple[_FeatureGen, ...]:
     """Order features so each is drawn after the features its effects refer to."""
     pending, done, order = list(gens), set[str](), []
     while pending:
-        ready = next((g for g in pending if {name for term, _ in g.effects
-                                             for name, _ in term.factors} <= done), None)
+        ready = next(
+            (
+                g
+                for g in pending
+                if {name for term, _ in g.effects for name, _ in term.factors} <= done
+            ),
+            None,
+        )
         if ready is None:
             names = sorted(g.feature.name for g in pending)
-            raise SchemaError(f"task '{schema.name}': synthetic feature effects form a cycle "
-                              f"among {names}")
+            raise SchemaError(
+                f"task '{schema.name}': synthetic feature effects form a cycle among {names}"
+            )
         order.append(ready)
         done.add(ready.feature.name)
         pending.remove(ready)
@@ -376,8 +416,9 @@ def _outcome_link(schema: TaskSchema, where: str, hint: dict[str, Any]) -> str:
     return link
 
 
-def _random_effects(gens: Sequence[_FeatureGen], width: int, scale: float,
-                    rng: np.random.Generator) -> Effects:
+def _random_effects(
+    gens: Sequence[_FeatureGen], width: int, scale: float, rng: np.random.Generator
+) -> Effects:
     """A seeded linear ground truth on every feature (all categories but the first)."""
     scale /= math.sqrt(max(len(gens), 1))
     effects = []
@@ -388,8 +429,9 @@ def _random_effects(gens: Sequence[_FeatureGen], width: int, scale: float,
     return tuple(effects)
 
 
-def _outcome_gen(schema: TaskSchema, raw: Any, gens: Sequence[_FeatureGen],
-                 rng: np.random.Generator) -> _OutcomeGen:
+def _outcome_gen(
+    schema: TaskSchema, raw: Any, gens: Sequence[_FeatureGen], rng: np.random.Generator
+) -> _OutcomeGen:
     where = f"task '{schema.name}': synthetic.outcome"
     hint = _mapping(where, raw)
     link = _outcome_link(schema, where, hint)
@@ -402,11 +444,14 @@ def _outcome_gen(schema: TaskSchema, raw: Any, gens: Sequence[_FeatureGen],
     else:
         effects = _effects(schema, where, hint.get("effects"), labels)
     noise_key = "sd" if link == "identity" else "shape"
-    return _OutcomeGen(intercept=_coefficient(where, "intercept", raw_intercept, labels),
-                       effects=effects, link=link,
-                       noise=_number(where, noise_key, hint.get(noise_key, noise), positive=True),
-                       clip=_clip(where, schema.target.low, schema.target.high, None),
-                       decimals=_decimals(where, hint.get("decimals")))
+    return _OutcomeGen(
+        intercept=_coefficient(where, "intercept", raw_intercept, labels),
+        effects=effects,
+        link=link,
+        noise=_number(where, noise_key, hint.get(noise_key, noise), positive=True),
+        clip=_clip(where, schema.target.low, schema.target.high, None),
+        decimals=_decimals(where, hint.get("decimals")),
+    )
 
 
 def _build(schema: TaskSchema, hints: dict[str, Any], seed: int) -> _TaskGen:
@@ -449,10 +494,18 @@ def _spread(seed: int, index: int, n_hospitals: int, tag: int) -> float:
     return math.sqrt(3.0) * (2.0 * quantile - 1.0)
 
 
-def _layout(gen: _TaskGen, seed: int, index: int, n_hospitals: int, skew: SkewConfig,
-            rng: np.random.Generator) -> _Layout:
-    roles = {"age": skew.age * _spread(seed, index, n_hospitals, 1),
-             "sex": skew.sex * _spread(seed, index, n_hospitals, 2)}
+def _layout(
+    gen: _TaskGen,
+    seed: int,
+    index: int,
+    n_hospitals: int,
+    skew: SkewConfig,
+    rng: np.random.Generator,
+) -> _Layout:
+    roles = {
+        "age": skew.age * _spread(seed, index, n_hospitals, 1),
+        "sex": skew.sex * _spread(seed, index, n_hospitals, 2),
+    }
     prevalence = skew.prevalence * _spread(seed, index, n_hospitals, 3)
     out = gen.outcome
     width = len(out.intercept)
@@ -466,12 +519,14 @@ def _layout(gen: _TaskGen, seed: int, index: int, n_hospitals: int, skew: SkewCo
         shift = out.noise * (prevalence + shift)
     else:
         shift = prevalence + shift
-    return _Layout(roles=roles, outcome_shift=shift,
-                   missing=skew.missing * float(rng.uniform(0.0, 2.0)))
+    return _Layout(
+        roles=roles, outcome_shift=shift, missing=skew.missing * float(rng.uniform(0.0, 2.0))
+    )
 
 
-def _term_value(term: _Term, cols: dict[str, np.ndarray], gens: dict[str, _FeatureGen],
-                n: int) -> np.ndarray:
+def _term_value(
+    term: _Term, cols: dict[str, np.ndarray], gens: dict[str, _FeatureGen], n: int
+) -> np.ndarray:
     value = np.ones(n)
     for name, level in term.factors:
         gen, x = gens[name], cols[name]
@@ -484,8 +539,9 @@ def _term_value(term: _Term, cols: dict[str, np.ndarray], gens: dict[str, _Featu
     return value
 
 
-def _linear(effects: Effects, cols: dict[str, np.ndarray], gens: dict[str, _FeatureGen],
-            n: int, width: int) -> np.ndarray:
+def _linear(
+    effects: Effects, cols: dict[str, np.ndarray], gens: dict[str, _FeatureGen], n: int, width: int
+) -> np.ndarray:
     eta = np.zeros((n, width))
     for term, coef in effects:
         eta += _term_value(term, cols, gens, n)[:, None] * coef[None, :]
@@ -540,8 +596,9 @@ def _role_shift(gen: _FeatureGen, layout: _Layout) -> np.ndarray | float:
     return shift
 
 
-def _draw_features(gen: _TaskGen, layout: _Layout, n: int,
-                   rng: np.random.Generator) -> dict[str, np.ndarray]:
+def _draw_features(
+    gen: _TaskGen, layout: _Layout, n: int, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
     cols: dict[str, np.ndarray] = {}
     gens = gen.by_name()
     for fgen in gen.features:
@@ -550,12 +607,16 @@ def _draw_features(gen: _TaskGen, layout: _Layout, n: int,
     return cols
 
 
-def _draw_outcome(gen: _TaskGen, cols: dict[str, np.ndarray], layout: _Layout, n: int,
-                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _draw_outcome(
+    gen: _TaskGen, cols: dict[str, np.ndarray], layout: _Layout, n: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Outcomes and their ground truth (P(y=1), class probabilities or E[y])."""
     out = gen.outcome
-    eta = out.intercept + layout.outcome_shift + _linear(out.effects, cols, gen.by_name(), n,
-                                                         len(out.intercept))
+    eta = (
+        out.intercept
+        + layout.outcome_shift
+        + _linear(out.effects, cols, gen.by_name(), n, len(out.intercept))
+    )
     if out.link == "logit":
         p = _sigmoid(eta[:, 0])
         return (rng.random(n) < p).astype(np.int64), p
@@ -571,8 +632,9 @@ def _draw_outcome(gen: _TaskGen, cols: dict[str, np.ndarray], layout: _Layout, n
     return _finish(y, out.clip, out.decimals).astype(float), np.clip(mu, *out.clip)
 
 
-def _mask(gen: _TaskGen, cols: dict[str, np.ndarray], layout: _Layout,
-          rng: np.random.Generator) -> dict[str, np.ndarray]:
+def _mask(
+    gen: _TaskGen, cols: dict[str, np.ndarray], layout: _Layout, rng: np.random.Generator
+) -> dict[str, np.ndarray]:
     """Copies of the columns with values missing at site-specific rates (NaN)."""
     masked = {}
     for fgen in gen.features:
@@ -583,8 +645,9 @@ def _mask(gen: _TaskGen, cols: dict[str, np.ndarray], layout: _Layout,
     return masked
 
 
-def _frame(schema: TaskSchema, cols: dict[str, np.ndarray], y: np.ndarray,
-           rows: slice) -> pd.DataFrame:
+def _frame(
+    schema: TaskSchema, cols: dict[str, np.ndarray], y: np.ndarray, rows: slice
+) -> pd.DataFrame:
     """A frame in the data conventions: floats with NaN, object categories with None."""
     data: dict[str, pd.Series] = {}
     for feat in schema.features:
@@ -600,8 +663,9 @@ def _frame(schema: TaskSchema, cols: dict[str, np.ndarray], y: np.ndarray,
     return pd.DataFrame(data)
 
 
-def _check_site_args(index: int, n_hospitals: int, n_rows: int, test_fraction: float,
-                     seed: int) -> int:
+def _check_site_args(
+    index: int, n_hospitals: int, n_rows: int, test_fraction: float, seed: int
+) -> int:
     """Validate the arguments of :func:`generate_site`; return the number of test rows."""
     if not isinstance(seed, int | np.integer) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
@@ -616,8 +680,16 @@ def _check_site_args(index: int, n_hospitals: int, n_rows: int, test_fraction: f
     return min(max(round(n_rows * test_fraction), 1), n_rows - 1)
 
 
-def generate_site(schema: TaskSchema, index: int, n_hospitals: int, *, n_rows: int,
-                  test_fraction: float, skew: SkewConfig, seed: int) -> Site:
+def generate_site(
+    schema: TaskSchema,
+    index: int,
+    n_hospitals: int,
+    *,
+    n_rows: int,
+    test_fraction: float,
+    skew: SkewConfig,
+    seed: int,
+) -> Site:
     """Simulate hospital ``index`` of ``n_hospitals``: ``n_rows`` patients, split train/test.
 
     Deterministic given ``(seed, index, n_hospitals)``: its random stream comes from
@@ -639,12 +711,17 @@ def generate_site(schema: TaskSchema, index: int, n_hospitals: int, *, n_rows: i
     y, truth = _draw_outcome(gen, cols, layout, n_rows, rng)
     masked = _mask(gen, cols, layout, rng)
     train, test = slice(0, n_rows - n_test), slice(n_rows - n_test, n_rows)
-    return Site(name=f"hospital-{index}", train=_frame(schema, masked, y, train),
-                test=_frame(schema, masked, y, test), test_oracle=truth[test])
+    return Site(
+        name=f"hospital-{index}",
+        train=_frame(schema, masked, y, train),
+        test=_frame(schema, masked, y, test),
+        test_oracle=truth[test],
+    )
 
 
-def site_sizes(hospitals: int, min_size: int, max_size: int, *, seed: int,
-               sizes: Sequence[int] | None = None) -> list[int]:
+def site_sizes(
+    hospitals: int, min_size: int, max_size: int, *, seed: int, sizes: Sequence[int] | None = None
+) -> list[int]:
     """Row counts per site: ``sizes`` when given, else drawn log-uniformly in [min_size, max_size].
 
     The draw is stratified (one draw per equal slice of the log range, slices shuffled over the
@@ -664,16 +741,28 @@ def site_sizes(hospitals: int, min_size: int, max_size: int, *, seed: int,
     return [int(np.clip(round(math.exp(v)), min_size, max_size)) for v in logs]
 
 
-def generate_federation(schema: TaskSchema, *, hospitals: int, min_size: int, max_size: int,
-                        test_fraction: float, skew: SkewConfig, seed: int,
-                        sizes: list[int] | None = None) -> list[Site]:
+def generate_federation(
+    schema: TaskSchema,
+    *,
+    hospitals: int,
+    min_size: int,
+    max_size: int,
+    test_fraction: float,
+    skew: SkewConfig,
+    seed: int,
+    sizes: list[int] | None = None,
+) -> list[Site]:
     """Simulate ``hospitals`` sites; site i equals ``generate_site(schema, i, hospitals, ...)``.
 
     ``sizes`` fixes the row count of each site; otherwise :func:`site_sizes` draws them.
     """
     sizes = site_sizes(hospitals, min_size, max_size, seed=seed, sizes=sizes)
-    return [generate_site(schema, i, hospitals, n_rows=n, test_fraction=test_fraction,
-                          skew=skew, seed=seed) for i, n in enumerate(sizes)]
+    return [
+        generate_site(
+            schema, i, hospitals, n_rows=n, test_fraction=test_fraction, skew=skew, seed=seed
+        )
+        for i, n in enumerate(sizes)
+    ]
 
 
 def oracle_score(schema: TaskSchema, sites: list[Site]) -> dict[str, float]:

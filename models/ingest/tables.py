@@ -47,29 +47,39 @@ class RawTable:
     notes: list[str] = field(default_factory=list)
 
 
-def _check_delimiter(path: Path, row: int, first: list[str], delimiter: str,
-                     expected: int | None) -> None:
+def _check_delimiter(
+    path: Path, row: int, first: list[str], delimiter: str, expected: int | None
+) -> None:
     """A record of one field where more are expected means the delimiter is wrong."""
     if len(first) != 1 or expected == 1:
         return
     guess = next((d for d in _CANDIDATES if d != delimiter and len(first[0].split(d)) > 1), None)
-    hint = (f"the file seems to be separated by {guess!r}: set csv.delimiter: {guess!r}"
-            if guess else "check csv.delimiter in the card")
-    raise CardError(f"{path} row {row}: found a single column where the card's delimiter "
-                    f"{delimiter!r} should split the row into several; {hint}")
+    hint = (
+        f"the file seems to be separated by {guess!r}: set csv.delimiter: {guess!r}"
+        if guess
+        else "check csv.delimiter in the card"
+    )
+    raise CardError(
+        f"{path} row {row}: found a single column where the card's delimiter "
+        f"{delimiter!r} should split the row into several; {hint}"
+    )
 
 
 def _header(path: Path, row: int, record: list[str]) -> tuple[str, ...]:
     names = tuple(cell.strip() for cell in record)
     for index, name in enumerate(names):
         if not name:
-            raise CardError(f"{path} row {row}: header column {index + 1} has no name; name it "
-                            "or read the file with csv.header: false and 'columns'")
+            raise CardError(
+                f"{path} row {row}: header column {index + 1} has no name; name it "
+                "or read the file with csv.header: false and 'columns'"
+            )
     repeated = [i + 1 for i, n in enumerate(names) if names.count(n) > 1]
     if repeated:  # positions, not names: a header that is really a patient's row is data
-        raise CardError(f"{path} row {row}: the header repeats a column name (columns "
-                        f"{', '.join(map(str, repeated))}); give every column its own name, or "
-                        "set csv.header: false and list the columns if row 1 holds data")
+        raise CardError(
+            f"{path} row {row}: the header repeats a column name (columns "
+            f"{', '.join(map(str, repeated))}); give every column its own name, or "
+            "set csv.header: false and list the columns if row 1 holds data"
+        )
     return names
 
 
@@ -101,8 +111,9 @@ def local_numbers(frame: pd.DataFrame, spec: CsvSpec) -> pd.DataFrame:
     return pd.DataFrame(out, columns=frame.columns)
 
 
-def _decode_error(path: Path, sniffed: Sniffed, spec: CsvSpec,
-                  names: tuple[str, ...] | None) -> str:
+def _decode_error(
+    path: Path, sniffed: Sniffed, spec: CsvSpec, names: tuple[str, ...] | None
+) -> str:
     """Where the first byte that is not valid in the encoding is: row and column, never text."""
     delimiter = spec.delimiter.encode("ascii", "replace")
     encoding = sniffed.encoding
@@ -116,17 +127,22 @@ def _decode_error(path: Path, sniffed: Sniffed, spec: CsvSpec,
             except UnicodeDecodeError as exc:
                 index = line.count(delimiter, 0, exc.start)
                 column = f", column '{names[index]}'" if names and index < len(names) else ""
-                return (f"{path} row {row}{column}: byte 0x{line[exc.start]:02x} is not valid "
-                        f"{encoding} (the file is probably latin-1 or cp1252); re-export it as "
-                        f"{encoding} or set csv.encoding: cp1252 in the card")
-    return (f"{path}: the text is not valid {encoding}; re-export it as UTF-8 or set "
-            "csv.encoding in the card")
+                return (
+                    f"{path} row {row}{column}: byte 0x{line[exc.start]:02x} is not valid "
+                    f"{encoding} (the file is probably latin-1 or cp1252); re-export it as "
+                    f"{encoding} or set csv.encoding: cp1252 in the card"
+                )
+    return (
+        f"{path}: the text is not valid {encoding}; re-export it as UTF-8 or set "
+        "csv.encoding in the card"
+    )
 
 
 class TableReader:
     """One data file read in chunks of at most ``chunk_rows`` rows, every line accounted for.
 
-    CSV files go through :mod:`medfed.models.ingest.sniff` (what the file really is, its encoding) and
+    CSV files go through :mod:`medfed.models.ingest.sniff` (what the file really is, its encoding)
+    and
     :class:`~medfed.models.csvlines.LineReader` (records by physical line); Parquet files are
     read by row group with pyarrow. Only one chunk of raw cells is in memory at a time, so the
     peak memory of reading does not grow with the file.
@@ -139,14 +155,22 @@ class TableReader:
         applies, the row.
     """
 
-    def __init__(self, path: Path, spec: CsvSpec, columns: tuple[str, ...] | None,
-                 role: str = "data", chunk_rows: int | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        spec: CsvSpec,
+        columns: tuple[str, ...] | None,
+        role: str = "data",
+        chunk_rows: int | None = None,
+    ) -> None:
         if path.is_dir():
             raise CardError(f"the {role} file {path} is a folder; name a CSV or Parquet file")
         if not path.is_file():
-            raise CardError(f"the {role} file {path} does not exist; fix the path in the card "
-                            "(it is relative to the card's folder)")
-        fix_mmap_threshold()  # chunk-sized arrays must not pin the heap (see medfed.models.ingest.heap)
+            raise CardError(
+                f"the {role} file {path} does not exist; fix the path in the card "
+                "(it is relative to the card's folder)"
+            )
+        fix_mmap_threshold()  # chunk arrays must not pin the heap (ingest.heap)
         self.path, self.spec, self.columns = path, spec, columns
         self.chunk_rows = chunk_rows or CHUNK_ROWS
         self.parquet = path.suffix.lower() in PARQUET_SUFFIXES
@@ -177,14 +201,17 @@ class TableReader:
             names = self.names or (None if self.spec.header else self.columns)
             raise CardError(_decode_error(self.path, self._sniffed, self.spec, names)) from None
         except (OSError, EOFError) as exc:
-            raise CardError(f"{self.path} cannot be read to the end ({type(exc).__name__}); the "
-                            "file is damaged or was cut short: export it again") from None
+            raise CardError(
+                f"{self.path} cannot be read to the end ({type(exc).__name__}); the "
+                "file is damaged or was cut short: export it again"
+            ) from None
 
     def _open_csv(self) -> None:
         self._sniffed = sniff(self.path, self.spec)
         self.notes += self._sniffed.notes
-        stream = io.TextIOWrapper(self._sniffed.open(), encoding=self._sniffed.encoding,
-                                  errors="strict", newline="")
+        stream = io.TextIOWrapper(
+            self._sniffed.open(), encoding=self._sniffed.encoding, errors="strict", newline=""
+        )
         self._lines = LineReader(stream, self.spec.delimiter)
         records, numbers = self._read(1)
         if not records:
@@ -206,16 +233,23 @@ class TableReader:
     def _table(self, records: list[list[str]], numbers: list[int]) -> RawTable:
         width = len(self.names)
         records = [cells if len(cells) <= width else _trim(cells, width) for cells in records]
-        widths = {row: len(cells) for row, cells in zip(numbers, records, strict=True)
-                  if len(cells) != width}
+        widths = {
+            row: len(cells)
+            for row, cells in zip(numbers, records, strict=True)
+            if len(cells) != width
+        }
         if widths and not self.rows and len(widths) == len(records):
             source = "header" if self.spec.header else "card's columns"
-            raise CardError(f"{self.path}: no data row has the {width} fields the {source} name "
-                            f"(row {numbers[0]} has {len(records[0])}); check csv.delimiter and "
-                            f"{'the header' if self.spec.header else 'columns'}")
+            raise CardError(
+                f"{self.path}: no data row has the {width} fields the {source} name "
+                f"(row {numbers[0]} has {len(records[0])}); check csv.delimiter and "
+                f"{'the header' if self.spec.header else 'columns'}"
+            )
         if widths:
-            records = [cells if len(cells) == width else (cells + [""] * width)[:width]
-                       for cells in records]
+            records = [
+                cells if len(cells) == width else (cells + [""] * width)[:width]
+                for cells in records
+            ]
         frame = pd.DataFrame(records, columns=list(self.names), dtype=object)
         if self.spec.decimal != "." or self.spec.thousands:
             frame = local_numbers(frame, self.spec)
@@ -242,8 +276,10 @@ class TableReader:
                 self.rows += len(frame)
                 yield RawTable(self.path, frame, rows, parquet=True)
         except (OSError, ValueError, pa.ArrowException) as exc:
-            raise CardError(f"{self.path} is a damaged Parquet file ({type(exc).__name__} after "
-                            f"{self.rows} rows); export it again") from None
+            raise CardError(
+                f"{self.path} is a damaged Parquet file ({type(exc).__name__} after "
+                f"{self.rows} rows); export it again"
+            ) from None
         if not self.rows:
             raise CardError(f"{self.path} has no data rows")
 
@@ -256,21 +292,26 @@ def open_parquet(path: Path) -> pq.ParquetFile:
         problem = not_csv(path, head)
         if problem and "Parquet" not in problem:
             raise CardError(problem.replace("not CSV text", "not Parquet"))
-        raise CardError(f"{path} is not a Parquet file (it lacks Parquet's signature); if it is "
-                        "CSV text, rename it to end in .csv")
+        raise CardError(
+            f"{path} is not a Parquet file (it lacks Parquet's signature); if it is "
+            "CSV text, rename it to end in .csv"
+        )
     try:
         return pq.ParquetFile(path)
     except (OSError, ValueError, pa.ArrowException) as exc:
-        raise CardError(f"{path} is not a readable Parquet file ({type(exc).__name__}); export "
-                        "it again") from None
+        raise CardError(
+            f"{path} is not a readable Parquet file ({type(exc).__name__}); export it again"
+        ) from None
 
 
-def read_table(path: Path, spec: CsvSpec, columns: tuple[str, ...] | None,
-               role: str = "data") -> RawTable:
+def read_table(
+    path: Path, spec: CsvSpec, columns: tuple[str, ...] | None, role: str = "data"
+) -> RawTable:
     """The whole file as one :class:`RawTable` (small files and tests; studies read chunks)."""
     reader = TableReader(path, spec, columns, role)
     parts = list(reader.chunks())
     frame = pd.concat([p.frame for p in parts], ignore_index=True)
     widths = {row: n for p in parts for row, n in p.widths.items()}
-    return RawTable(path, frame, np.concatenate([p.rows for p in parts]), reader.parquet,
-                    widths, reader.notes)
+    return RawTable(
+        path, frame, np.concatenate([p.rows for p in parts]), reader.parquet, widths, reader.notes
+    )

@@ -23,8 +23,16 @@ import pandas as pd
 from medfed.models.ingest.tables import RawTable
 
 Level = Literal["note", "warning", "error"]
-REASONS = ("wrong number of fields", "text in a numeric column", "non-finite number",
-           "out of range", "not 0 or 1", "unknown category", "missing target", "invalid target")
+REASONS = (
+    "wrong number of fields",
+    "text in a numeric column",
+    "non-finite number",
+    "out of range",
+    "not 0 or 1",
+    "unknown category",
+    "missing target",
+    "invalid target",
+)
 QUOTE = "stray or unbalanced quote"
 _SHOWN_ROWS = 5
 _SHOWN_VALUES = 5
@@ -72,8 +80,9 @@ class ValidationReport:
     continuation_lines: int = 0
     cell_values: dict[str, list[str]] = field(default_factory=dict, repr=False)
     _merged: dict[tuple, _Merged] = field(default_factory=dict, repr=False)
-    _hashes: dict[str, list[tuple[np.ndarray, np.ndarray]]] = field(default_factory=dict,
-                                                                    repr=False)
+    _hashes: dict[str, list[tuple[np.ndarray, np.ndarray]]] = field(
+        default_factory=dict, repr=False
+    )
     missing: dict[str, float] = field(default_factory=dict)
     absent: list[str] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)  # export columns the task does not use
@@ -108,8 +117,13 @@ class ValidationReport:
 
     def unaccounted(self) -> int:
         """Lines read that are neither kept, dropped, blank nor continuation lines (0)."""
-        return self.lines_read - self.rows_kept - sum(self.dropped.values()) \
-            - self.blank_lines - self.continuation_lines
+        return (
+            self.lines_read
+            - self.rows_kept
+            - sum(self.dropped.values())
+            - self.blank_lines
+            - self.continuation_lines
+        )
 
 
 def row_list(rows: np.ndarray) -> str:
@@ -182,28 +196,49 @@ class RowFlags:
             if first:
                 report.dropped[reason] = report.dropped.get(reason, 0) + first
             report.dropped_rows.setdefault(reason, []).extend(
-                (name, int(r)) for r in self.table.rows[mask])
+                (name, int(r)) for r in self.table.rows[mask]
+            )
         for problem in self.problems:
-            merge_problem(report, self.table.path, problem.reason, problem.column,
-                          problem.detail, self.table.rows[problem.mask], drop,
-                          _sample(self.table, problem.column, problem.mask))
+            merge_problem(
+                report,
+                self.table.path,
+                problem.reason,
+                problem.column,
+                problem.detail,
+                self.table.rows[problem.mask],
+                drop,
+                _sample(self.table, problem.column, problem.mask),
+            )
 
 
-def merge_problem(report: ValidationReport, path: Path, reason: str, column: str | None,
-                  detail: str, rows: np.ndarray, drop: bool, values: list[str]) -> None:
+def merge_problem(
+    report: ValidationReport,
+    path: Path,
+    reason: str,
+    column: str | None,
+    detail: str,
+    rows: np.ndarray,
+    drop: bool,
+    values: list[str],
+) -> None:
     """Fold ``rows`` into the report's message for (file, reason, column, detail)."""
     merged = report._merged.setdefault((str(path), reason, column, detail), _Merged())
     merged.count += len(rows)
-    merged.rows += [int(r) for r in rows[:_SHOWN_ROWS + 1 - len(merged.rows)]]
+    merged.rows += [int(r) for r in rows[: _SHOWN_ROWS + 1 - len(merged.rows)]]
     merged.values = list(dict.fromkeys(merged.values + values))[:_SHOWN_VALUES]
     where = f"column '{column}'" if column else ""
     if merged.count == 1:
         head = f"{path} row {merged.rows[0]}{', ' + where if where else ''}"
     else:
-        head = f"{path} {where + ', ' if where else ''}{merged.count} rows " \
-               f"({row_list(np.asarray(merged.rows))})"
-    action = ("row dropped" if merged.count == 1 else "rows dropped") if drop else \
-        "fix the data or set on_invalid_row: drop in the card"
+        head = (
+            f"{path} {where + ', ' if where else ''}{merged.count} rows "
+            f"({row_list(np.asarray(merged.rows))})"
+        )
+    action = (
+        ("row dropped" if merged.count == 1 else "rows dropped")
+        if drop
+        else "fix the data or set on_invalid_row: drop in the card"
+    )
     message = f"{head}: {detail}; {action}"
     report.add("warning" if drop else "error", message, replaces=merged.message)
     report.cell_values[message] = merged.values
@@ -248,9 +283,12 @@ def file_done(report: ValidationReport, path: Path, role: str = "train") -> None
         return
     first = int(np.flatnonzero(repeat)[0])
     original = int(np.flatnonzero(hashes == hashes[first])[0])
-    report.add("warning", f"{path}: {int(repeat.sum())} row(s) repeat an earlier row exactly "
-                          f"(e.g. row {int(rows[first])} repeats row {int(rows[original])}); "
-                          "they are kept: remove them if a patient was exported twice")
+    report.add(
+        "warning",
+        f"{path}: {int(repeat.sum())} row(s) repeat an earlier row exactly "
+        f"(e.g. row {int(rows[first])} repeats row {int(rows[original])}); "
+        "they are kept: remove them if a patient was exported twice",
+    )
 
 
 def record_overlap(report: ValidationReport, train: Path, test: Path) -> None:
@@ -264,9 +302,13 @@ def record_overlap(report: ValidationReport, train: Path, test: Path) -> None:
     if not count:
         return
     same = count == len(test_hashes) == len(train_hashes)
-    what = "holds the same rows as" if same else \
-        f"shares {count} of its {len(test_hashes)} rows with"
-    report.add("warning", f"{test} {what} the training file {train} (e.g. row "
-                          f"{int(rows[shared][0])}); a test row "
-                          "seen in training makes the test metrics look better than they are: "
-                          "remove the shared rows from one of the files")
+    what = (
+        "holds the same rows as" if same else f"shares {count} of its {len(test_hashes)} rows with"
+    )
+    report.add(
+        "warning",
+        f"{test} {what} the training file {train} (e.g. row "
+        f"{int(rows[shared][0])}); a test row "
+        "seen in training makes the test metrics look better than they are: "
+        "remove the shared rows from one of the files",
+    )

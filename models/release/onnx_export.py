@@ -45,7 +45,8 @@ def input_columns(schema: TaskSchema) -> list[str]:
 
 
 def onnx_inputs(frame: pd.DataFrame, schema: TaskSchema) -> np.ndarray:
-    """Rows in the data conventions of :mod:`medfed.models.ingest.cards` as the graph's input matrix."""
+    """Rows in the data conventions of :mod:`medfed.models.ingest.cards` as the graph's input
+    matrix."""
     blocks = []
     for feat in schema.features:
         if feat.kind == "categorical":

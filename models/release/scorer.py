@@ -3,7 +3,8 @@
 :func:`load_scorer` verifies the bundle (:func:`medfed.models.bundle.verify_bundle`) before it
 reads a byte of it, rebuilds the task schema, the :class:`~medfed.models.encoding.Encoder` with the
 stored statistics (global, or the site's own under per-site normalisation) and the network, and
-:meth:`Scorer.score` turns frames in the data conventions of :mod:`medfed.models.ingest.cards` into the
+:meth:`Scorer.score` turns frames in the data conventions of :mod:`medfed.models.ingest.cards` into
+the
 prediction columns of the task.
 """
 

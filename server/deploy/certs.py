@@ -41,36 +41,53 @@ def san_entries(hosts: Iterable[str]) -> list[x509.GeneralName]:
     return names
 
 
-def _certificate(subject: str, public_key: ec.EllipticCurvePublicKey, issuer: x509.Name,
-                 signer: ec.EllipticCurvePrivateKey, *, ca: bool,
-                 sans: list[x509.GeneralName] | None = None) -> x509.Certificate:
+def _certificate(
+    subject: str,
+    public_key: ec.EllipticCurvePublicKey,
+    issuer: x509.Name,
+    signer: ec.EllipticCurvePrivateKey,
+    *,
+    ca: bool,
+    sans: list[x509.GeneralName] | None = None,
+) -> x509.Certificate:
     now = dt.datetime.now(dt.UTC)
-    builder = (x509.CertificateBuilder()
-               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-               .issuer_name(issuer).public_key(public_key)
-               .serial_number(x509.random_serial_number())
-               .not_valid_before(now - dt.timedelta(minutes=5))
-               .not_valid_after(now + dt.timedelta(days=VALID_DAYS if not ca else 3650))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None),
-                              critical=True)
-               .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key),
-                              critical=False))
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .issuer_name(issuer)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=VALID_DAYS if not ca else 3650))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=0 if ca else None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
+    )
     if ca:
-        builder = builder.add_extension(x509.KeyUsage(
-            digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
-            key_encipherment=False, data_encipherment=False, key_agreement=False,
-            encipher_only=False, decipher_only=False), critical=True)
+        builder = builder.add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                crl_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
     else:
-        builder = (builder
-                   .add_extension(x509.SubjectAlternativeName(sans or []), critical=False)
-                   .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
-                                  critical=False))
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(sans or []), critical=False
+        ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
     return builder.sign(signer, hashes.SHA256())
 
 
 def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
-    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.NoEncryption())
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
 
 
 def create_tls(folder: Path, hosts: Iterable[str], name: str = "medfed") -> dict[str, Path]:
@@ -81,14 +98,24 @@ def create_tls(folder: Path, hosts: Iterable[str], name: str = "medfed") -> dict
     """
     folder.mkdir(parents=True, exist_ok=True)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_cert = _certificate(f"{name} coordinator CA", ca_key.public_key(), x509.Name(
-        [x509.NameAttribute(NameOID.COMMON_NAME, f"{name} coordinator CA")]), ca_key, ca=True)
+    ca_cert = _certificate(
+        f"{name} coordinator CA",
+        ca_key.public_key(),
+        x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, f"{name} coordinator CA")]),
+        ca_key,
+        ca=True,
+    )
     server_key = ec.generate_private_key(ec.SECP256R1())
     sans = san_entries(hosts)
-    server_cert = _certificate(f"{name} SuperLink", server_key.public_key(), ca_cert.subject,
-                               ca_key, ca=False, sans=sans)
-    paths = {"ca": folder / "ca.crt", "ca_key": folder / "ca.key",
-             "cert": folder / "server.crt", "key": folder / "server.key"}
+    server_cert = _certificate(
+        f"{name} SuperLink", server_key.public_key(), ca_cert.subject, ca_key, ca=False, sans=sans
+    )
+    paths = {
+        "ca": folder / "ca.crt",
+        "ca_key": folder / "ca.key",
+        "cert": folder / "server.crt",
+        "key": folder / "server.key",
+    }
     paths["ca"].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
     paths["cert"].write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
     write_private(paths["ca_key"], _pem_key(ca_key))

@@ -45,29 +45,40 @@ class Connection:
         (self.home / "config.toml").write_text(
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
             f"address = {toml_string(self.address)}\n"
-            f"root-certificates = {toml_string(str(self.ca.resolve()))}\n")
+            f"root-certificates = {toml_string(str(self.ca.resolve()))}\n"
+        )
         return env
 
     def call(self, *args: str) -> Any:
         """Run ``flwr ARGS medfed --format json``; the parsed JSON, or one-line error."""
-        done = subprocess.run([str(FLWR), *args, CONNECTION, "--format", "json"],
-                              env=self.env(), capture_output=True, text=True, timeout=120,
-                              stdin=subprocess.DEVNULL)
+        done = subprocess.run(
+            [str(FLWR), *args, CONNECTION, "--format", "json"],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
         try:
-            reply = json.loads(done.stdout[done.stdout.index("{"):])
+            reply = json.loads(done.stdout[done.stdout.index("{") :])
         except ValueError:
             reply = {"success": False, "error-message": (done.stderr or done.stdout).strip()}
         if not reply.get("success", False):
             message = str(reply.get("error-message", "")).strip().splitlines()
-            raise DeployError(f"`flwr {' '.join(args)}` at {self.address} failed: "
-                              f"{(message or ['no answer'])[-1]}")
+            raise DeployError(
+                f"`flwr {' '.join(args)}` at {self.address} failed: "
+                f"{(message or ['no answer'])[-1]}"
+            )
         return reply
 
     def register(self, public_key: Path, name: str) -> int | str:
         """Register a node's public key; its SuperNode id (``"registered"`` if it already was)."""
         try:
-            return int(self.call("supernode", "register", str(public_key.resolve()),
-                                 "--name", name)["node-id"])
+            return int(
+                self.call("supernode", "register", str(public_key.resolve()), "--name", name)[
+                    "node-id"
+                ]
+            )
         except DeployError as exc:
             if "already in use" in str(exc):
                 return "registered"
@@ -82,7 +93,6 @@ class Connection:
         return list(self.call("ls")["runs"])
 
 
-
 CONFIG = "coordinator.yaml"
 
 
@@ -95,17 +105,24 @@ def load_config(folder: Path) -> dict[str, Any]:
     folder."""
     path = folder / CONFIG
     if not path.is_file():
-        raise DeployError(f"{folder} is not a coordinator folder (no {CONFIG}); create one with "
-                          "`medfed coordinator init DIR`")
+        raise DeployError(
+            f"{folder} is not a coordinator folder (no {CONFIG}); create one with "
+            "`medfed coordinator init DIR`"
+        )
     try:
         config = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise DeployError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    missing = [k for k in ("listen", "port", "address", "ca", "cert", "key", "database")
-               if not isinstance(config, dict) or config.get(k) in (None, "")]
+    missing = [
+        k
+        for k in ("listen", "port", "address", "ca", "cert", "key", "database")
+        if not isinstance(config, dict) or config.get(k) in (None, "")
+    ]
     if missing:
-        raise DeployError(f"{path}: missing setting(s) {missing}; run `medfed coordinator init` "
-                          "again in a new folder")
+        raise DeployError(
+            f"{path}: missing setting(s) {missing}; run `medfed coordinator init` "
+            "again in a new folder"
+        )
     config["nodes"] = dict(config.get("nodes") or {})
     return config
 
@@ -119,6 +136,4 @@ def local_address(config: dict[str, Any]) -> str:
 
 def connection_for(folder: Path, config: dict[str, Any]) -> Connection:
     """This machine's connection to its own SuperLink (``flwr`` home ``DIR/cli``)."""
-    return Connection(local_address(config), (folder / config["ca"]).resolve(),
-                               folder / "cli")
-
+    return Connection(local_address(config), (folder / config["ca"]).resolve(), folder / "cli")

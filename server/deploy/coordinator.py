@@ -57,24 +57,35 @@ def _is_loopback(host: str) -> bool:
 def save_config(folder: Path, config: dict[str, Any]) -> None:
     """Write ``coordinator.yaml`` atomically (a reader never sees half a file)."""
     tmp = folder / f".{CONFIG}.tmp"
-    tmp.write_text("# medfed coordinator: paths are relative to this folder\n"
-                   + yaml.safe_dump(config, sort_keys=False))
+    tmp.write_text(
+        "# medfed coordinator: paths are relative to this folder\n"
+        + yaml.safe_dump(config, sort_keys=False)
+    )
     os.replace(tmp, folder / CONFIG)
 
 
 def init(folder: Path, hosts: list[str], port: int, listen: str | None) -> dict[str, Any]:
     """Create the coordinator folder: TLS material and ``coordinator.yaml``."""
     if (folder / CONFIG).exists():
-        raise DeployError(f"{folder / CONFIG} exists already; use another folder (the CA in it "
-                          "is the one hospitals trust)")
+        raise DeployError(
+            f"{folder / CONFIG} exists already; use another folder (the CA in it "
+            "is the one hospitals trust)"
+        )
     hosts = hosts or ["127.0.0.1"]
     public = [h for h in hosts if not _is_loopback(h)]
     create_tls(folder, hosts)
-    config = {"listen": listen or ("0.0.0.0" if public else "127.0.0.1"), "port": port,
-              "address": address_of((public or hosts)[0], port), "hosts": hosts,
-              "ca": "ca.crt", "cert": "server.crt", "key": "server.key", "database": "state.db",
-              "signing_key": write_key_pair(folder)[0].name,  # signs every study's model bundle
-              "nodes": {}}
+    config = {
+        "listen": listen or ("0.0.0.0" if public else "127.0.0.1"),
+        "port": port,
+        "address": address_of((public or hosts)[0], port),
+        "hosts": hosts,
+        "ca": "ca.crt",
+        "cert": "server.crt",
+        "key": "server.key",
+        "database": "state.db",
+        "signing_key": write_key_pair(folder)[0].name,  # signs every study's model bundle
+        "nodes": {},
+    }
     save_config(folder, config)
     return config
 
@@ -83,8 +94,13 @@ def coordinator_superlink(folder: Path, config: dict[str, Any]) -> list[str]:
     """The coordinator's ``flower-superlink`` command: its folder's TLS material, node
     authentication and database (:func:`medfed.infra.launch.superlink_command`)."""
     path = lambda key: (folder / config[key]).resolve()  # noqa: E731
-    return superlink_command(int(config["port"]), path("database"), host=str(config["listen"]),
-                             tls=(path("ca"), path("cert"), path("key")), node_auth=True)
+    return superlink_command(
+        int(config["port"]),
+        path("database"),
+        host=str(config["listen"]),
+        tls=(path("ca"), path("cert"), path("key")),
+        node_auth=True,
+    )
 
 
 def _answers(address: str) -> bool:
@@ -97,9 +113,13 @@ def _answers(address: str) -> bool:
 
 
 def _check_public_key(path: Path) -> bytes:
-    return load_ssh_key(path, public=True, where=str(path),
-                        hint="not an ECDSA public key in OpenSSH format (the hospital's node.pub "
-                             "from `medfed node keys`)")
+    return load_ssh_key(
+        path,
+        public=True,
+        where=str(path),
+        hint="not an ECDSA public key in OpenSSH format (the hospital's node.pub "
+        "from `medfed node keys`)",
+    )
 
 
 def register_pending(folder: Path, config: dict[str, Any]) -> list[str]:
@@ -113,8 +133,9 @@ def register_pending(folder: Path, config: dict[str, Any]) -> list[str]:
     if done:
         fresh = load_config(folder)  # keep nodes another add-node wrote meanwhile
         for name in done:
-            fresh["nodes"].setdefault(name, config["nodes"][name])["node_id"] = \
-                config["nodes"][name]["node_id"]
+            fresh["nodes"].setdefault(name, config["nodes"][name])["node_id"] = config["nodes"][
+                name
+            ]["node_id"]
         save_config(folder, fresh)
     return done
 
@@ -129,15 +150,18 @@ def add_node(folder: Path, name: str, public_key: Path) -> str:
     for other, node in config["nodes"].items():
         same = (folder / node["key"]).read_bytes().split()[:2] == data.split()[:2]
         if same != (other == name):
-            raise DeployError(f"node '{other}' is recorded with {'this' if same else 'another'}"
-                              f" key ({folder / node['key']}); one name per key")
+            raise DeployError(
+                f"node '{other}' is recorded with {'this' if same else 'another'}"
+                f" key ({folder / node['key']}); one name per key"
+            )
     stored.parent.mkdir(exist_ok=True)
     shutil.copyfile(public_key, stored)
     config["nodes"].setdefault(name, {"key": f"nodes/{name}.pub", "node_id": None})
     save_config(folder, config)
     if not _answers(local_address(config)):
-        return (f"recorded {name}; its key is registered when `medfed coordinator start "
-                f"{folder}` runs")
+        return (
+            f"recorded {name}; its key is registered when `medfed coordinator start {folder}` runs"
+        )
     register_pending(folder, config)
     return f"registered {name} (SuperNode id {load_config(folder)['nodes'][name]['node_id']})"
 
@@ -149,12 +173,15 @@ def start(folder: Path, fast: bool = True) -> int:
     config = load_config(folder)
     for key in ("ca", "cert", "key"):
         if not (folder / config[key]).is_file():
-            raise DeployError(f"{folder / config[key]} is missing (setting '{key}' of "
-                              f"{folder / CONFIG})")
+            raise DeployError(
+                f"{folder / config[key]} is missing (setting '{key}' of {folder / CONFIG})"
+            )
     address = local_address(config)
     if _answers(address):
-        raise DeployError(f"something already listens on {address} (another SuperLink?); stop "
-                          f"it or change 'port' in {folder / CONFIG}")
+        raise DeployError(
+            f"something already listens on {address} (another SuperLink?); stop "
+            f"it or change 'port' in {folder / CONFIG}"
+        )
     if not (folder / config["database"]).exists():  # a fresh database knows no keys
         for node in config["nodes"].values():
             node["node_id"] = None
@@ -170,10 +197,12 @@ def start(folder: Path, fast: bool = True) -> int:
         names = register_pending(folder, config)
         if names:
             print(f"medfed coordinator: registered {', '.join(names)}", flush=True)
-        print(f"medfed coordinator: SuperLink running; hospitals join with\n  medfed node start "
-              f"--superlink {config['address']} --ca ca.crt --key node.key --dataset CARD "
-              f"--policy POLICY\n(ca.crt: {(folder / config['ca']).resolve()}; Ctrl-C stops)",
-              flush=True)
+        print(
+            f"medfed coordinator: SuperLink running; hospitals join with\n  medfed node start "
+            f"--superlink {config['address']} --ca ca.crt --key node.key --dataset CARD "
+            f"--policy POLICY\n(ca.crt: {(folder / config['ca']).resolve()}; Ctrl-C stops)",
+            flush=True,
+        )
 
     try:
         env = superlink_env((folder / "flwr").resolve(), fast)
@@ -188,22 +217,32 @@ def start(folder: Path, fast: bool = True) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="medfed coordinator",
-                                     description="The coordinator's SuperLink.")
+    parser = argparse.ArgumentParser(
+        prog="medfed coordinator", description="The coordinator's SuperLink."
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     init_cmd = commands.add_parser("init", help="create CA, TLS certificate and configuration")
     init_cmd.add_argument("dir", metavar="DIR")
-    init_cmd.add_argument("--host", action="append", default=[], metavar="HOST",
-                          help="a name or IP hospitals dial (repeatable); loopback is always "
-                               "covered")
+    init_cmd.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        metavar="HOST",
+        help="a name or IP hospitals dial (repeatable); loopback is always covered",
+    )
     init_cmd.add_argument("--port", type=int, default=DEFAULT_PORT)
-    init_cmd.add_argument("--listen", help="interface to listen on (default: 0.0.0.0 when a "
-                                           "non-loopback --host is given, else 127.0.0.1)")
+    init_cmd.add_argument(
+        "--listen",
+        help="interface to listen on (default: 0.0.0.0 when a "
+        "non-loopback --host is given, else 127.0.0.1)",
+    )
     start_cmd = commands.add_parser("start", help="run the SuperLink (Ctrl-C stops it)")
     start_cmd.add_argument("dir", metavar="DIR")
-    start_cmd.add_argument("--flower-defaults", action="store_true",
-                           help="keep Flower's 1 s SuperExec and 3 s Grid polls (slower rounds; "
-                                "for comparison)")
+    start_cmd.add_argument(
+        "--flower-defaults",
+        action="store_true",
+        help="keep Flower's 1 s SuperExec and 3 s Grid polls (slower rounds; for comparison)",
+    )
     add = commands.add_parser("add-node", help="register a hospital's node.pub")
     add.add_argument("dir", metavar="DIR")
     add.add_argument("name", metavar="NAME")
@@ -221,10 +260,12 @@ def coordinator_main(argv: list[str]) -> int:
     try:
         if args.command == "init":
             config = init(folder, args.host, args.port, args.listen)
-            print(f"coordinator folder {folder}: hospitals dial {config['address']} and trust "
-                  f"{folder / 'ca.crt'}; model bundles are signed with {folder / 'signing.key'} "
-                  f"(hospitals verify them with {folder / 'signing.pub'})\n"
-                  f"next: medfed coordinator start {folder}")
+            print(
+                f"coordinator folder {folder}: hospitals dial {config['address']} and trust "
+                f"{folder / 'ca.crt'}; model bundles are signed with {folder / 'signing.key'} "
+                f"(hospitals verify them with {folder / 'signing.pub'})\n"
+                f"next: medfed coordinator start {folder}"
+            )
         elif args.command == "add-node":
             print(add_node(folder, args.name, args.public_key))
         else:

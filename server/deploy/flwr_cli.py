@@ -83,15 +83,18 @@ def _study(args: argparse.Namespace) -> dict[str, Any]:
             run_dir = Path(args.resume).expanduser().resolve()
             saved = run_dir / "config.yaml"
             if not saved.is_file():
-                raise ConfigError(f"--resume {run_dir}: no config.yaml there; give the run "
-                                  "directory of the study to continue")
+                raise ConfigError(
+                    f"--resume {run_dir}: no config.yaml there; give the run "
+                    "directory of the study to continue"
+                )
             if args.overrides:  # composing a resumed study checks that it is unfinished
                 study = compose_study([*overrides, f"resume={run_dir}"])
             else:  # the same study continues, in its own run directory
                 check_unfinished(run_dir)
                 study = yaml.safe_load(saved.read_text())
-                study.update(resume=str(run_dir), output_dir=study.get("output_dir")
-                             or str(run_dir))
+                study.update(
+                    resume=str(run_dir), output_dir=study.get("output_dir") or str(run_dir)
+                )
                 validate_study(study)
         else:
             study = compose_study(overrides)
@@ -102,11 +105,15 @@ def _study(args: argparse.Namespace) -> dict[str, Any]:
         print(f"medfed: error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     if study.get("compare"):
-        print("medfed: error: compare=true needs every hospital's rows in one place: it is for "
-              "`medfed simulate` only", file=sys.stderr)
+        print(
+            "medfed: error: compare=true needs every hospital's rows in one place: it is for "
+            "`medfed simulate` only",
+            file=sys.stderr,
+        )
         raise SystemExit(2)
-    study["output_dir"] = str(Path(study.get("output_dir") or default_output_dir(study))
-                              .expanduser().resolve())
+    study["output_dir"] = str(
+        Path(study.get("output_dir") or default_output_dir(study)).expanduser().resolve()
+    )
     try:
         check_output_dir(study)
     except ConfigError as exc:
@@ -121,12 +128,27 @@ def submit(connection: Connection, study: dict[str, Any], work: Path) -> int:
     project.mkdir()
     (project / "pyproject.toml").write_text(PYPROJECT.format(version=version("medfed")))
     run_toml = work / "run.toml"
-    run_toml.write_text(f"config-json = {toml_string(json.dumps(study))}\n"
-                        f"output-dir = {toml_string(study['output_dir'])}\n")
-    command = [str(FLWR), "run", str(project), CONNECTION, "--run-config", str(run_toml),
-               "--stream"]
-    child = subprocess.Popen(command, env=connection.env(), stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True, stdin=subprocess.DEVNULL)
+    run_toml.write_text(
+        f"config-json = {toml_string(json.dumps(study))}\n"
+        f"output-dir = {toml_string(study['output_dir'])}\n"
+    )
+    command = [
+        str(FLWR),
+        "run",
+        str(project),
+        CONNECTION,
+        "--run-config",
+        str(run_toml),
+        "--stream",
+    ]
+    child = subprocess.Popen(
+        command,
+        env=connection.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
     run_id = ""
     try:
         for line in child.stdout or []:
@@ -137,8 +159,13 @@ def submit(connection: Connection, study: dict[str, Any], work: Path) -> int:
         child.terminate()
         child.wait()
         if run_id:
-            subprocess.run([str(FLWR), "stop", run_id, CONNECTION], env=connection.env(),
-                           capture_output=True, timeout=60, stdin=subprocess.DEVNULL)
+            subprocess.run(
+                [str(FLWR), "stop", run_id, CONNECTION],
+                env=connection.env(),
+                capture_output=True,
+                timeout=60,
+                stdin=subprocess.DEVNULL,
+            )
         print(f"medfed: run {run_id or '(not started)'} stopped", file=sys.stderr)
         return 130
     from medfed.server.study.runstate import run_state
@@ -146,8 +173,10 @@ def submit(connection: Connection, study: dict[str, Any], work: Path) -> int:
     summary = Path(study["output_dir"]) / "summary.json"
     state = run_state(study["output_dir"])
     if state is None or state[0] == "interrupted":
-        raise DeployError(f"run {run_id or '(not started)'} ended without {summary} (flwr "
-                          f"status {child.returncode}); Flower's log above says why")
+        raise DeployError(
+            f"run {run_id or '(not started)'} ended without {summary} (flwr "
+            f"status {child.returncode}); Flower's log above says why"
+        )
     print(f"run directory: {study['output_dir']}")
     if state[0] != "finished":
         print(f"medfed: the study {state[0]}: {state[1]}", file=sys.stderr)
@@ -161,38 +190,57 @@ def _interrupt(signum: int, _frame: object) -> None:
 
 
 def _connection_args(parser: argparse.ArgumentParser, *, required: bool) -> None:
-    parser.add_argument("--superlink", required=required, metavar="HOST:PORT",
-                        help="the SuperLink (on the coordinator: 127.0.0.1:PORT)")
-    parser.add_argument("--ca", required=required, metavar="CA_CRT",
-                        help="the coordinator's ca.crt")
+    parser.add_argument(
+        "--superlink",
+        required=required,
+        metavar="HOST:PORT",
+        help="the SuperLink (on the coordinator: 127.0.0.1:PORT)",
+    )
+    parser.add_argument(
+        "--ca", required=required, metavar="CA_CRT", help="the coordinator's ca.crt"
+    )
 
 
 def run_main(argv: list[str]) -> int:
     """``medfed run --superlink HOST:PORT --ca ca.crt [--resume RUN_DIR] [overrides]``."""
     parser = argparse.ArgumentParser(
-        prog="medfed run", description="Submit a study to a running SuperLink and wait for it. "
+        prog="medfed run",
+        description="Submit a study to a running SuperLink and wait for it. "
         "Run it on the coordinator's machine: the ServerApp runs inside the SuperLink and "
-        "writes the run directory (output_dir=...) there.")
+        "writes the run directory (output_dir=...) there.",
+    )
     _connection_args(parser, required=True)
-    parser.add_argument("--resume", metavar="RUN_DIR",
-                        help="continue that run's study from its checkpoint (resume=RUN_DIR)")
-    parser.add_argument("--metrics-port", type=int, metavar="P", help="serve Prometheus metrics "
-                        "on 127.0.0.1:P while the study runs (metrics_port=P)")
-    parser.add_argument("--manifest", metavar="FILE", help="the approved manifest (medfed study "
-                        "manifest): its sites and coordinator; a study that differs is refused")
+    parser.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue that run's study from its checkpoint (resume=RUN_DIR)",
+    )
+    parser.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="P",
+        help="serve Prometheus metrics on 127.0.0.1:P while the study runs (metrics_port=P)",
+    )
+    parser.add_argument(
+        "--manifest",
+        metavar="FILE",
+        help="the approved manifest (medfed study "
+        "manifest): its sites and coordinator; a study that differs is refused",
+    )
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for medfed simulate")
     try:
         args = parser.parse_intermixed_args(argv)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 2
-    if args.metrics_port is not None:  # checked with the other settings (medfed.server.monitor.alerts)
+    if (
+        args.metrics_port is not None
+    ):  # checked with the other settings (medfed.server.monitor.alerts)
         args.overrides.append(f"metrics_port={args.metrics_port}")
     study = governed(_study(args), args)
     signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops the study as Ctrl-C does
     try:
         with tempfile.TemporaryDirectory(prefix="medfed-run-") as work:
-            connection = Connection(args.superlink, Path(args.ca).expanduser(),
-                                    Path(work) / "flwr")
+            connection = Connection(args.superlink, Path(args.ca).expanduser(), Path(work) / "flwr")
             return submit(connection, study, Path(work))
     except DeployError as exc:
         print(f"medfed: error: {exc}", file=sys.stderr)
@@ -206,8 +254,9 @@ def governed(study: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
 
     governance = study.setdefault("governance", {})
     if not governance.get("audit_file"):
-        governance["audit_file"] = str(Path(args.ca).expanduser().resolve().with_name(
-            "audit.jsonl"))
+        governance["audit_file"] = str(
+            Path(args.ca).expanduser().resolve().with_name("audit.jsonl")
+        )
     if args.manifest:
         try:
             apply_manifest(study, Path(args.manifest).expanduser())
@@ -219,8 +268,9 @@ def governed(study: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
 
 def status_main(argv: list[str]) -> int:
     """``medfed status DIR`` or ``medfed status --superlink HOST:PORT --ca ca.crt``."""
-    parser = argparse.ArgumentParser(prog="medfed status",
-                                     description="Connected hospitals and studies of a SuperLink.")
+    parser = argparse.ArgumentParser(
+        prog="medfed status", description="Connected hospitals and studies of a SuperLink."
+    )
     parser.add_argument("dir", nargs="?", metavar="DIR", help="a coordinator folder")
     _connection_args(parser, required=False)
     parser.add_argument("--json", action="store_true", help="print JSON")
@@ -241,16 +291,22 @@ def status_main(argv: list[str]) -> int:
         return 0
     print(f"SuperLink {report['superlink']}\n\nnodes:")
     for node in report["nodes"]:
-        print(f"  {node['name'] or '-':20s} {node['node-id']:>20s}  {node['status']:10s} "
-              f"last online {node.get('online-at', 'N/A')}")
+        print(
+            f"  {node['name'] or '-':20s} {node['node-id']:>20s}  {node['status']:10s} "
+            f"last online {node.get('online-at', 'N/A')}"
+        )
     for study in report.get("approvals", []):  # studies waiting in round 0 (medfed run)
-        print(f"\nmanifest {study['manifest'][:8]}: approved by node(s) "
-              f"{', '.join(study['approved']) or '(none)'}; not approved by "
-              f"{', '.join(study['not_approved']) or '(none)'}")
+        print(
+            f"\nmanifest {study['manifest'][:8]}: approved by node(s) "
+            f"{', '.join(study['approved']) or '(none)'}; not approved by "
+            f"{', '.join(study['not_approved']) or '(none)'}"
+        )
     print("\nstudies:")
     for run in report["runs"]:
-        print(f"  {run.get('run-id', '?'):>20}  {run.get('status', '?'):20s} "
-              f"{float(run.get('elapsed') or 0):8.0f} s")
+        print(
+            f"  {run.get('run-id', '?'):>20}  {run.get('status', '?'):20s} "
+            f"{float(run.get('elapsed') or 0):8.0f} s"
+        )
     return 0
 
 
@@ -258,21 +314,26 @@ def status(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     """Nodes (with the hospital names the coordinator folder records) and runs."""
     names: dict[str, str] = {}
     if args.dir:
-
         folder = Path(args.dir).expanduser()
         config = load_config(folder)
         connection = connection_for(folder, config)
         names = {str(node.get("node_id")): name for name, node in config["nodes"].items()}
     else:
         connection = Connection(args.superlink, Path(args.ca).expanduser(), work / "flwr")
-    nodes = [{**node, "node-id": str(node["node-id"]),
-              "name": names.get(str(node["node-id"]), "")} for node in connection.nodes()]
+    nodes = [
+        {**node, "node-id": str(node["node-id"]), "name": names.get(str(node["node-id"]), "")}
+        for node in connection.nodes()
+    ]
     report = {"superlink": connection.address, "nodes": nodes, "runs": connection.runs()}
     if args.dir and (Path(args.dir).expanduser() / "audit.jsonl").exists():
         from medfed.server.deploy.coordinator_audit import pending
 
         report["approvals"] = [  # node ids by the hospital names the coordinator registered
-            {**study, "approved": [names.get(n, n) for n in study["approved"]],
-             "not_approved": {names.get(n, n): why for n, why in study["not_approved"].items()}}
-            for study in pending(Path(args.dir).expanduser())]
+            {
+                **study,
+                "approved": [names.get(n, n) for n in study["approved"]],
+                "not_approved": {names.get(n, n): why for n, why in study["not_approved"].items()},
+            }
+            for study in pending(Path(args.dir).expanduser())
+        ]
     return report

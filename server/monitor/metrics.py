@@ -2,7 +2,8 @@
 
 The exporter serves ``http://127.0.0.1:P/metrics`` from a registry of its own (not the process-wide
 default, so two studies in one process never clash) and is updated once per round by
-:class:`medfed.server.monitor.status.StatusTracker`. Only counts, durations and epsilon leave the process:
+:class:`medfed.server.monitor.status.StatusTracker`. Only counts, durations and epsilon leave the
+process:
 never a value of a hospital's data.
 
 =======================================  ==========================================================

@@ -65,8 +65,9 @@ def tick_label(value: float, ticks: Sequence[float]) -> str:
     return f"{value:.{max(0, decimals)}f}"
 
 
-def legend_entries(names: Iterable[str], highlight: str | None = None
-                   ) -> list[tuple[str, str | None]]:
+def legend_entries(
+    names: Iterable[str], highlight: str | None = None
+) -> list[tuple[str, str | None]]:
     """The legend's (text, series) lines: highlighted first, names shortened, ``LEGEND_CAP`` max.
 
     Past the cap, one last line ``+N more`` (series None) counts the series left out.
@@ -74,8 +75,9 @@ def legend_entries(names: Iterable[str], highlight: str | None = None
     names = list(names)
     ordered = [n for n in names if n == highlight] + [n for n in names if n != highlight]
     lines: list[tuple[str, str | None]] = [
-        (n if len(n) <= NAME_CHARS else n[:NAME_CHARS - 3] + "...", n)
-        for n in ordered[:LEGEND_CAP]]
+        (n if len(n) <= NAME_CHARS else n[: NAME_CHARS - 3] + "...", n)
+        for n in ordered[:LEGEND_CAP]
+    ]
     if len(ordered) > LEGEND_CAP:
         lines.append((f"+{len(ordered) - LEGEND_CAP} more", None))
     return lines
@@ -91,8 +93,11 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
 
 def _finite(points: Sequence[Point]) -> list[Point]:
     """Points sorted by x; a missing or non-finite y becomes None, a gap in the line."""
-    return sorted((float(x), float(y) if y is not None and math.isfinite(y) else None)
-                  for x, y in points if x is not None and math.isfinite(x))
+    return sorted(
+        (float(x), float(y) if y is not None and math.isfinite(y) else None)
+        for x, y in points
+        if x is not None and math.isfinite(x)
+    )
 
 
 class _Canvas:
@@ -125,22 +130,29 @@ class _Canvas:
         self.image.paste(_INK, (*corner, corner[0] + mask.width, corner[1] + mask.height), mask)
 
     def line(self, points: Sequence[Pixel], colour: Rgb, width: float) -> None:
-        self.draw.line([(x * _SS, y * _SS) for x, y in points], fill=colour,
-                       width=max(1, round(width * _SS)), joint="curve")
+        self.draw.line(
+            [(x * _SS, y * _SS) for x, y in points],
+            fill=colour,
+            width=max(1, round(width * _SS)),
+            joint="curve",
+        )
 
     def marker(self, x: float, y: float, shape: str, radius: float, colour: Rgb) -> None:
         x, y, r = x * _SS, y * _SS, radius * _SS
         if shape == "circle":
             self.draw.ellipse((x - r, y - r, x + r, y + r), fill=colour)
         elif shape == "square":
-            self.draw.rectangle((x - r * 0.85, y - r * 0.85, x + r * 0.85, y + r * 0.85),
-                                fill=colour)
+            self.draw.rectangle(
+                (x - r * 0.85, y - r * 0.85, x + r * 0.85, y + r * 0.85), fill=colour
+            )
         elif shape == "triangle":
-            self.draw.polygon([(x, y - r * 1.15), (x + r, y + r * 0.7), (x - r, y + r * 0.7)],
-                              fill=colour)
+            self.draw.polygon(
+                [(x, y - r * 1.15), (x + r, y + r * 0.7), (x - r, y + r * 0.7)], fill=colour
+            )
         else:
-            self.draw.polygon([(x, y - r * 1.2), (x + r, y), (x, y + r * 1.2), (x - r, y)],
-                              fill=colour)
+            self.draw.polygon(
+                [(x, y - r * 1.2), (x + r, y), (x, y + r * 1.2), (x - r, y)], fill=colour
+            )
 
     def save(self, path: Path) -> None:
         """Average 2 x 2 blocks down to the final size; write to a temporary name, then rename."""
@@ -170,8 +182,15 @@ def _styles(names: Sequence[str], highlight: str | None) -> dict[str, _Style]:
     return styles
 
 
-def _axes(canvas: _Canvas, box: Box, xlim: tuple[float, float], xticks: list[float],
-          yticks: list[float], xlabel: str, ylabel: str) -> Callable[[float, float], Pixel]:
+def _axes(
+    canvas: _Canvas,
+    box: Box,
+    xlim: tuple[float, float],
+    xticks: list[float],
+    yticks: list[float],
+    xlabel: str,
+    ylabel: str,
+) -> Callable[[float, float], Pixel]:
     """Grid, frame, ticks and axis labels; returns the data-to-pixel mapping.
 
     x spans ``xlim``, y spans the first to the last of ``yticks``.
@@ -194,16 +213,22 @@ def _axes(canvas: _Canvas, box: Box, xlim: tuple[float, float], xticks: list[flo
         canvas.line([(left, y), (right, y)], _GRID, 1)
         canvas.line([(left - 5, y), (left, y)], _FRAME, 1)
         canvas.text((left - 8, y), tick_label(tick, yticks), "tick", "rm")
-    canvas.line([(left, top), (right, top), (right, bottom), (left, bottom), (left, top)],
-                _FRAME, 1)
+    canvas.line(
+        [(left, top), (right, top), (right, bottom), (left, bottom), (left, top)], _FRAME, 1
+    )
     height = canvas.image.height / _SS
     canvas.text(((left + right) / 2, height - 12), xlabel, "label", "mb")
     canvas.vertical_text((18, (top + bottom) / 2), ylabel, "label")
     return to_px
 
 
-def _legend(canvas: _Canvas, corner: tuple[float, float], width: float,
-            lines: list[tuple[str, str | None]], styles: dict[str, _Style]) -> None:
+def _legend(
+    canvas: _Canvas,
+    corner: tuple[float, float],
+    width: float,
+    lines: list[tuple[str, str | None]],
+    styles: dict[str, _Style],
+) -> None:
     """One row per line: a short stroke with the series' marker, then its (shortened) name."""
     x0, y0 = corner
     for row, (text, name) in enumerate(lines):
@@ -214,8 +239,9 @@ def _legend(canvas: _Canvas, corner: tuple[float, float], width: float,
             canvas.marker(x0 + 21, y, style.marker, style.radius, style.colour)
         canvas.text((x0 + 42, y), text, "tick", "lm")
     bottom = y0 + 20 * len(lines) + 8
-    canvas.line([(x0, y0), (x0 + width, y0), (x0 + width, bottom), (x0, bottom), (x0, y0)],
-                _GRID, 1)
+    canvas.line(
+        [(x0, y0), (x0 + width, y0), (x0 + width, bottom), (x0, bottom), (x0, y0)], _GRID, 1
+    )
 
 
 def _series(canvas: _Canvas, pixels: list[Pixel | None], style: _Style) -> None:
@@ -232,9 +258,16 @@ def _series(canvas: _Canvas, pixels: list[Pixel | None], style: _Style) -> None:
         segment = []
 
 
-def line_chart(series: Mapping[str, Sequence[Point]], *, title: str, xlabel: str, ylabel: str,
-               path: Path, highlight: str | None = None,
-               size: tuple[int, int] = (900, 540)) -> None:
+def line_chart(
+    series: Mapping[str, Sequence[Point]],
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    path: Path,
+    highlight: str | None = None,
+    size: tuple[int, int] = (900, 540),
+) -> None:
     """Write a PNG line chart of ``series`` (name -> (x, y) points) to ``path``, atomically.
 
     Each series is a polyline with markers in its own colour; ``highlight`` names the series
@@ -245,8 +278,9 @@ def line_chart(series: Mapping[str, Sequence[Point]], *, title: str, xlabel: str
     data = {name: _finite(points) for name, points in series.items()}
     xs = [x for points in data.values() for x, y in points if y is not None]
     ys = [y for points in data.values() for _, y in points if y is not None]
-    xticks = nice_ticks(min(xs, default=0.0), max(xs, default=1.0), 10,
-                        all(x.is_integer() for x in xs))
+    xticks = nice_ticks(
+        min(xs, default=0.0), max(xs, default=1.0), 10, all(x.is_integer() for x in xs)
+    )
     xlim = (min(xs), max(xs)) if xs and min(xs) < max(xs) else (xticks[0], xticks[-1])
     xticks = [t for t in xticks if xlim[0] <= t <= xlim[1]]
     yticks = nice_ticks(min(ys, default=0.0), max(ys, default=1.0))
@@ -259,8 +293,9 @@ def line_chart(series: Mapping[str, Sequence[Point]], *, title: str, xlabel: str
     canvas.text(((box[0] + box[2]) / 2, 14), title, "title", "mt")
     to_px = _axes(canvas, box, xlim, xticks, yticks, xlabel, ylabel)
     for name in sorted(data, key=lambda n: n == highlight):
-        _series(canvas, [(to_px(x, y) if y is not None else None) for x, y in data[name]],
-                styles[name])
+        _series(
+            canvas, [(to_px(x, y) if y is not None else None) for x, y in data[name]], styles[name]
+        )
     if lines:
         _legend(canvas, (box[2] + 16, box[1]), legend_w, lines, styles)
     canvas.save(path)

@@ -23,12 +23,20 @@ class ProgressObserver:
 
     def on_start(self, study: dict[str, Any], hospitals: list[str]) -> None:
         self._metric = study["task"].get("primary_metric") or study["task"]["metrics"][0]
-        self.console.print(f"[bold]medfed[/]: {study['task']['name']} with "
-                           f"{study['strategy']['name']} on {len(hospitals)} hospitals "
-                           f"({', '.join(hospitals)}), engine {study['engine']['name']}")
-        self._progress = Progress(TextColumn("round"), MofNCompleteColumn(), BarColumn(),
-                                  TextColumn("{task.fields[metric]}"), TimeElapsedColumn(),
-                                  console=self.console, transient=False)
+        self.console.print(
+            f"[bold]medfed[/]: {study['task']['name']} with "
+            f"{study['strategy']['name']} on {len(hospitals)} hospitals "
+            f"({', '.join(hospitals)}), engine {study['engine']['name']}"
+        )
+        self._progress = Progress(
+            TextColumn("round"),
+            MofNCompleteColumn(),
+            BarColumn(),
+            TextColumn("{task.fields[metric]}"),
+            TimeElapsedColumn(),
+            console=self.console,
+            transient=False,
+        )
         self._progress.start()
         self._task = self._progress.add_task("rounds", total=int(study["rounds"]), metric="")
 
@@ -41,7 +49,6 @@ class ProgressObserver:
         for name, reason in {**record.refusals, **record.failures, **record.rejected}.items():
             self._progress.console.print(f"[yellow]round {server_round}: {name}: {reason}")
 
-
     def final_table(self, summary: dict[str, Any], out_dir: str) -> None:
         """Print the final metrics per hospital, globally and for the baselines."""
         if self._progress is not None:
@@ -51,18 +58,27 @@ class ProgressObserver:
         for column in ["evaluated on", "rows"] + metrics:
             table.add_column(column, justify="left" if column == "evaluated on" else "right")
         for h in summary["hospitals"]:
-            table.add_row(h["name"] + (" (evaluation only)" if h.get("role") == "evaluate" else ""),
-                          str(h["n_test"]),
-                          *(_fmt(h["metrics"].get(m)) for m in metrics))
+            table.add_row(
+                h["name"] + (" (evaluation only)" if h.get("role") == "evaluate" else ""),
+                str(h["n_test"]),
+                *(_fmt(h["metrics"].get(m)) for m in metrics),
+            )
         total = sum(h["n_test"] for h in summary["hospitals"])
-        table.add_row("[bold]all hospitals", str(total),
-                      *(_fmt(summary["global"].get(m)) for m in metrics))
+        table.add_row(
+            "[bold]all hospitals", str(total), *(_fmt(summary["global"].get(m)) for m in metrics)
+        )
         if "baselines" in summary:
             base = summary["baselines"]
-            table.add_row("pooled baseline", str(total),
-                          *(_fmt(base["pooled"]["global"].get(m)) for m in metrics))
-            table.add_row("local-only (mean)", str(total),
-                          *(_fmt(base["local"]["mean"].get(m)) for m in metrics))
+            table.add_row(
+                "pooled baseline",
+                str(total),
+                *(_fmt(base["pooled"]["global"].get(m)) for m in metrics),
+            )
+            table.add_row(
+                "local-only (mean)",
+                str(total),
+                *(_fmt(base["local"]["mean"].get(m)) for m in metrics),
+            )
         self.console.print(table)
         if summary.get("stopped"):
             self.console.print(f"[bold red]{summary['stopped']}")

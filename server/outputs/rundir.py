@@ -69,13 +69,20 @@ def metric_rows(result: StudyResult) -> list[dict[str, Any]]:
             per_site[GLOBAL] = record.global_metrics
         for name, metrics in per_site.items():
             train = record.train.get(name, {})
-            rows.append({"round": record.server_round, "hospital": name,
-                         "n_test": sizes.get(name, {}).get("n_test", all_test),
-                         **metrics, "train_loss": train.get("loss"),
-                         "train_steps": train.get("steps"), "epsilon": train.get("epsilon"),
-                         **extra,
-                         "seconds": record.seconds,
-                         "wire_bytes": record.wire_bytes})
+            rows.append(
+                {
+                    "round": record.server_round,
+                    "hospital": name,
+                    "n_test": sizes.get(name, {}).get("n_test", all_test),
+                    **metrics,
+                    "train_loss": train.get("loss"),
+                    "train_steps": train.get("steps"),
+                    "epsilon": train.get("epsilon"),
+                    **extra,
+                    "seconds": record.seconds,
+                    "wire_bytes": record.wire_bytes,
+                }
+            )
     return rows
 
 
@@ -97,30 +104,45 @@ def _privacy_spent(result: StudyResult, name: str) -> dict[str, Any]:
         train = record.train.get(name, {})
         if "epsilon" in train:
             spent = {"epsilon": train["epsilon"], "delta": train["delta"]}
-    missed = [r.server_round for r in result.rounds
-              if name in r.refusals or name in r.failures or name in r.rejected]
+    missed = [
+        r.server_round
+        for r in result.rounds
+        if name in r.refusals or name in r.failures or name in r.rejected
+    ]
     return {**spent, "rounds_missed": missed}
 
 
 def summary(result: StudyResult) -> dict[str, Any]:
     """The content of ``summary.json``."""
     final = result.final
-    hospitals = [{"name": h["name"], "role": h.get("role", "train"), "n_train": h["n_train"],
-                  "n_test": h["n_test"],
-                  "metrics": final.hospital_metrics.get(h["name"], {}),
-                  **_privacy_spent(result, h["name"])}
-                 for h in result.hospitals.values()]
+    hospitals = [
+        {
+            "name": h["name"],
+            "role": h.get("role", "train"),
+            "n_train": h["n_train"],
+            "n_test": h["n_test"],
+            "metrics": final.hospital_metrics.get(h["name"], {}),
+            **_privacy_spent(result, h["name"]),
+        }
+        for h in result.hospitals.values()
+    ]
     metric_names = list(result.schema.metrics) + ["loss"]
-    mean = {m: sum(h["metrics"].get(m, math.nan) for h in hospitals) / max(len(hospitals), 1)
-            for m in metric_names}
+    mean = {
+        m: sum(h["metrics"].get(m, math.nan) for h in hospitals) / max(len(hospitals), 1)
+        for m in metric_names
+    }
     study = result.study
     data = {
-        "task": result.schema.name, "strategy": study["strategy"]["name"],
-        "engine": study["engine"]["name"], "rounds": study["rounds"], "seed": study["seed"],
+        "task": result.schema.name,
+        "strategy": study["strategy"]["name"],
+        "engine": study["engine"]["name"],
+        "rounds": study["rounds"],
+        "seed": study["seed"],
         "federation": study["federation"]["name"],
         "primary_metric": result.schema.primary_metric,
         "wall_seconds": round(result.wall_seconds, 3),
-        "global": final.global_metrics, "global_mean_over_hospitals": mean,
+        "global": final.global_metrics,
+        "global_mean_over_hospitals": mean,
         "hospitals": hospitals,
         "sites": [h["name"] for h in hospitals],
         "missing_sites": study["federation"].get("missing_sites") or [],
@@ -133,7 +155,8 @@ def summary(result: StudyResult) -> dict[str, Any]:
         "refusals": {str(r.server_round): r.refusals for r in result.rounds if r.refusals},
         "rejected": {str(r.server_round): r.rejected for r in result.rounds if r.rejected},
         "skipped": {str(r.server_round): r.skipped for r in result.rounds if r.skipped},
-        "privacy": study["privacy"]["name"], "study_id": study.get("study_id"),
+        "privacy": study["privacy"]["name"],
+        "study_id": study.get("study_id"),
         "wire_bytes": result.wire_bytes,
         "governance": governance_summary(result),  # manifest, approvals, suppressed metrics
     }
@@ -157,9 +180,14 @@ def site_statistics(result: StudyResult) -> dict[str, Any]:
     norm = result.study["preprocessing"]["normalisation"]
     if norm != "site":
         return {"normalisation": norm}
-    return {"normalisation": norm, "site_statistics": {
-        h["name"]: h["site_statistics"] for h in result.hospitals.values()
-        if "site_statistics" in h}}
+    return {
+        "normalisation": norm,
+        "site_statistics": {
+            h["name"]: h["site_statistics"]
+            for h in result.hospitals.values()
+            if "site_statistics" in h
+        },
+    }
 
 
 def write_run(result: StudyResult) -> Path:
@@ -173,11 +201,18 @@ def write_run(result: StudyResult) -> Path:
     atomic_write(out / "metrics.csv", _csv_bytes(rows))
     data = summary(result)
     buffer = io.BytesIO()
-    torch.save({"state_dict": result.final_state, "task": result.schema.name,
-                "statistics": result.statistics.to_dict(), "encoder": encoder_state(
-                    result.statistics, result.study["preprocessing"]["missing_indicators"]),
-                **site_statistics(result)},
-               buffer)
+    torch.save(
+        {
+            "state_dict": result.final_state,
+            "task": result.schema.name,
+            "statistics": result.statistics.to_dict(),
+            "encoder": encoder_state(
+                result.statistics, result.study["preprocessing"]["missing_indicators"]
+            ),
+            **site_statistics(result),
+        },
+        buffer,
+    )
     atomic_write(out / "model.pt", buffer.getvalue())
     from medfed.server.outputs.bundle import write_model_bundle
     from medfed.server.outputs.calibration import calibration_report

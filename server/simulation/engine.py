@@ -82,15 +82,23 @@ class InProcessGrid(Grid):
         Identifier of the run.
     """
 
-    def __init__(self, client_app: ClientApp,
-                 node_configs: Sequence[Mapping[str, UserConfigValue]],
-                 run_config: Mapping[str, UserConfigValue], run_id: int = 1) -> None:
+    def __init__(
+        self,
+        client_app: ClientApp,
+        node_configs: Sequence[Mapping[str, UserConfigValue]],
+        run_config: Mapping[str, UserConfigValue],
+        run_id: int = 1,
+    ) -> None:
         self._app = client_app
         self._run = Run.create_empty(run_id)
         self._contexts = {
-            FIRST_NODE_ID + i: Context(run_id=run_id, node_id=FIRST_NODE_ID + i,
-                                       node_config=dict(cfg), state=RecordDict(),
-                                       run_config=dict(run_config))
+            FIRST_NODE_ID + i: Context(
+                run_id=run_id,
+                node_id=FIRST_NODE_ID + i,
+                node_config=dict(cfg),
+                state=RecordDict(),
+                run_config=dict(run_config),
+            )
             for i, cfg in enumerate(node_configs)
         }
         self._offline: set[int] = set()
@@ -105,8 +113,14 @@ class InProcessGrid(Grid):
     def run(self) -> Run:
         return self._run
 
-    def create_message(self, content: RecordDict, message_type: str, dst_node_id: int,
-                       group_id: str, ttl: float | None = None) -> Message:
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
         return Message(content, dst_node_id, message_type, ttl=ttl, group_id=group_id)
 
     def get_node_ids(self) -> Iterable[int]:
@@ -137,8 +151,9 @@ class InProcessGrid(Grid):
             reply = self._app(inbound, context)
         except Exception as exc:  # a ClientApp exception becomes an error reply, as in Flower
             reason = f"{type(exc).__name__}: {exc}"
-            reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason),
-                            reply_to=inbound)
+            reply = Message(
+                Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=inbound
+            )
         finally:
             _use_identity(self._run.run_id, SUPERLINK_NODE_ID)
         reply.metadata.__dict__["_message_id"] = str(uuid4())
@@ -149,8 +164,9 @@ class InProcessGrid(Grid):
     def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
         return [self._replies.pop(mid) for mid in list(message_ids) if mid in self._replies]
 
-    def send_and_receive(self, messages: Iterable[Message], *,
-                         timeout: float | None = None) -> Iterable[Message]:
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
         """Deliver every message and return the replies (nodes answer synchronously here)."""
         del timeout
         return list(self.pull_messages(list(self.push_messages(messages))))

@@ -59,8 +59,16 @@ def run_simulated_study(study: dict[str, Any]) -> StudyResult:
             client_app = MaliciousClientApp(client_app, targets, kind, scale, int(study["seed"]))
 
         grid = InProcessGrid(client_app, _node_configs(n), run_config={})
-        server_app(grid, Context(run_id=1, node_id=SUPERLINK_NODE_ID, node_config={},
-                                 state=RecordDict(), run_config={}))
+        server_app(
+            grid,
+            Context(
+                run_id=1,
+                node_id=SUPERLINK_NODE_ID,
+                node_config={},
+                state=RecordDict(),
+                run_config={},
+            ),
+        )
     elif engine == "ray":
         _run_on_ray(server_app, client_app, n, study)
     else:
@@ -83,10 +91,22 @@ def _run_on_ray(server_app: Any, client_app: Any, n: int, study: dict[str, Any])
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     cfg = study["engine"]
     backend: dict[str, dict[str, ConfigRecordValues]]  # Flower's BackendConfig
-    backend = {"client_resources": {"num_cpus": float(cfg.get("num_cpus_per_client", 1)),
-                                    "num_gpus": float(cfg.get("num_gpus_per_client", 0.0))},
-               "init_args": {"logging_level": "ERROR", "log_to_driver": bool(study["verbose"]),
-                             "include_dashboard": False}}
-    run_simulation(server_app=server_app, client_app=client_app, num_supernodes=n,
-                   backend_config=backend, verbose_logging=bool(study["verbose"]))
+    backend = {
+        "client_resources": {
+            "num_cpus": float(cfg.get("num_cpus_per_client", 1)),
+            "num_gpus": float(cfg.get("num_gpus_per_client", 0.0)),
+        },
+        "init_args": {
+            "logging_level": "ERROR",
+            "log_to_driver": bool(study["verbose"]),
+            "include_dashboard": False,
+        },
+    }
+    run_simulation(
+        server_app=server_app,
+        client_app=client_app,
+        num_supernodes=n,
+        backend_config=backend,
+        verbose_logging=bool(study["verbose"]),
+    )
     sys.stdout.flush()

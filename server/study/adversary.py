@@ -40,14 +40,20 @@ def attack_targets(study: Mapping[str, Any], n_hospitals: int) -> tuple[set[int]
     targets = set()
     for item in raw:
         if isinstance(item, bool) or not isinstance(item, int) or not 0 <= item < n_hospitals:
-            raise AttackConfigError(f"attack.hospitals lists {item!r}; give hospital positions "
-                                    f"0..{n_hospitals - 1}")
+            raise AttackConfigError(
+                f"attack.hospitals lists {item!r}; give hospital positions 0..{n_hospitals - 1}"
+            )
         targets.add(item)
     return targets, kind, float(section.get("scale", 1.0))
 
 
-def poison(received: Mapping[str, np.ndarray], honest: Mapping[str, np.ndarray], kind: str,
-           scale: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def poison(
+    received: Mapping[str, np.ndarray],
+    honest: Mapping[str, np.ndarray],
+    kind: str,
+    scale: float,
+    rng: np.random.Generator,
+) -> dict[str, np.ndarray]:
     """The poisoned version of ``honest`` given the global ``received`` weights."""
     out = {}
     for key, w in received.items():
@@ -67,23 +73,33 @@ def poison(received: Mapping[str, np.ndarray], honest: Mapping[str, np.ndarray],
 class MaliciousClientApp:
     """A ClientApp wrapper whose hospitals in ``targets`` poison their train replies."""
 
-    def __init__(self, client_app: Any, targets: set[int], kind: str, scale: float,
-                 seed: int) -> None:
+    def __init__(
+        self, client_app: Any, targets: set[int], kind: str, scale: float, seed: int
+    ) -> None:
         self._app, self._targets = client_app, targets
         self._kind, self._scale, self._seed = kind, scale, seed
 
     def __call__(self, message: Message, context: Context) -> Message:
         reply = self._app(message, context)
         index = int(context.node_config.get("partition-id", -1))
-        if (message.metadata.message_type != "train" or index not in self._targets
-                or reply.has_error()):
+        if (
+            message.metadata.message_type != "train"
+            or index not in self._targets
+            or reply.has_error()
+        ):
             return reply
         received = message.content.array_records["arrays"]
         honest = reply.content.array_records["arrays"]
         server_round = int(scalar(message.content.config_records["config"]["server-round"]))
         rng = np.random.default_rng([self._seed, index, server_round])
-        poisoned = poison({k: v.numpy() for k, v in received.items()},
-                          {k: v.numpy() for k, v in honest.items()}, self._kind, self._scale, rng)
+        poisoned = poison(
+            {k: v.numpy() for k, v in received.items()},
+            {k: v.numpy() for k, v in honest.items()},
+            self._kind,
+            self._scale,
+            rng,
+        )
         reply.content.array_records["arrays"] = ArrayRecord(
-            array_dict={key: Array(poisoned[key]) for key in honest})
+            array_dict={key: Array(poisoned[key]) for key in honest}
+        )
         return reply

@@ -168,12 +168,15 @@ def _local(
     local: dict[str, Any] = {"steps": steps, "hospitals": {}}
     for index, site in enumerate(sites):
         if site.role != "train":
-            local["hospitals"][site.name] = {"role": site.role, "not_run": "evaluation-only site "
-                                             "(role: evaluate): no local model"}
+            local["hospitals"][site.name] = {
+                "role": site.role,
+                "not_run": "evaluation-only site (role: evaluate): no local model",
+            }
             continue
         try:
-            local["hospitals"][site.name] = _one_local(result, sites, encoders, steps, budget,
-                                                       index, site)
+            local["hospitals"][site.name] = _one_local(
+                result, sites, encoders, steps, budget, index, site
+            )
         except Exception as exc:  # noqa: BLE001 - reported, the other sites go on
             not_run[f"local {site.name}"] = f"could not run: {_first_line(exc)}"
     trained = [h for h in local["hospitals"].values() if "all_test_rows" in h]
@@ -182,15 +185,29 @@ def _local(
     return local
 
 
-def _one_local(result: StudyResult, sites: list[SiteData], encoders: dict[str, Encoder],
-               steps: dict[str, int], budget: tuple[float, float] | None, index: int,
-               site: SiteData) -> dict[str, Any]:
+def _one_local(
+    result: StudyResult,
+    sites: list[SiteData],
+    encoders: dict[str, Encoder],
+    steps: dict[str, int],
+    budget: tuple[float, float] | None,
+    index: int,
+    site: SiteData,
+) -> dict[str, Any]:
     """One training hospital's own model, scored on every site's and on its own test rows."""
     schema, seed = result.schema, int(result.study["seed"])
     encoder = encoders[site.name]
     model = new_model(schema, encoder.stats, encoder.n_inputs)
-    _train(model, encoder.transform(site.train), encode_target(site.train, schema), result,
-           encoder.stats, seed + index + 1, max(steps.get(site.name, 0), 1), budget)
+    _train(
+        model,
+        encoder.transform(site.train),
+        encode_target(site.train, schema),
+        result,
+        encoder.stats,
+        seed + index + 1,
+        max(steps.get(site.name, 0), 1),
+        budget,
+    )
     scored = _score(model, {s.name: encoder for s in sites}, encoder.stats, sites, result)
     return {"all_test_rows": scored["global"], "own_test_rows": scored["hospitals"][site.name]}
 
@@ -230,8 +247,10 @@ def run_baselines(result: StudyResult) -> dict[str, Any]:
         out["pooled"] = _pooled(result, sites, encoders, total, budget)
         if budget is not None:
             out["pooled"]["privacy"] = f"DP-SGD at epsilon {budget[0]:g}, delta {budget[1]:g}"
-            out["pooled_non_private"] = {"privacy": "none (not private)",
-                                         **_pooled(result, sites, encoders, total, None)}
+            out["pooled_non_private"] = {
+                "privacy": "none (not private)",
+                **_pooled(result, sites, encoders, total, None),
+            }
     except Exception as exc:  # noqa: BLE001 - reported, the study's results are kept
         not_run["pooled"] = f"could not run: {_first_line(exc)}"
     out["local"] = _local(result, sites, encoders, steps, budget, not_run)

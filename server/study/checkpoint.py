@@ -56,8 +56,10 @@ def read_key(key_file: str | os.PathLike | None) -> bytes | None:
     try:
         Fernet(key)
     except ValueError:
-        raise CheckpointError(f"checkpoint.key_file {path} does not hold a Fernet key (create "
-                              "one with `medfed checkpoint-key FILE`)") from None
+        raise CheckpointError(
+            f"checkpoint.key_file {path} does not hold a Fernet key (create "
+            "one with `medfed checkpoint-key FILE`)"
+        ) from None
     return key
 
 
@@ -67,8 +69,9 @@ def new_key(path: str | os.PathLike) -> Path:
 
     target = Path(path)
     if target.exists():
-        raise CheckpointError(f"{target} exists; a key is never overwritten (its checkpoints "
-                              "would become unreadable)")
+        raise CheckpointError(
+            f"{target} exists; a key is never overwritten (its checkpoints would become unreadable)"
+        )
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(Fernet.generate_key() + b"\n")
@@ -108,8 +111,11 @@ def strategy_state(strategy: Any) -> list[dict[str, Any]]:
     """The cross-round state of ``strategy`` and of every strategy it wraps."""
     states = []
     for item in _strategies(strategy):
-        state = {name: _tensors(getattr(item, name)) for name in _STRATEGY_STATE
-                 if getattr(item, name, None) is not None}
+        state = {
+            name: _tensors(getattr(item, name))
+            for name in _STRATEGY_STATE
+            if getattr(item, name, None) is not None
+        }
         if hasattr(item, "state_dict"):
             state["__own__"] = json.dumps(item.state_dict())
         states.append(state)
@@ -178,41 +184,59 @@ def load(path: Path, key: bytes | None) -> dict[str, Any]:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise CheckpointError(f"{path} does not exist: the run wrote no checkpoint "
-                              "(checkpoint.every=0, or it stopped before round 1)") from None
-    if not raw.startswith(MAGIC) or raw[len(MAGIC):len(MAGIC) + 1] not in (b"P", b"F"):
+        raise CheckpointError(
+            f"{path} does not exist: the run wrote no checkpoint "
+            "(checkpoint.every=0, or it stopped before round 1)"
+        ) from None
+    if not raw.startswith(MAGIC) or raw[len(MAGIC) : len(MAGIC) + 1] not in (b"P", b"F"):
         raise CheckpointError(f"{path} is not a medfed checkpoint (or its header is damaged)")
-    mode = raw[len(MAGIC):len(MAGIC) + 1]
-    digest, body = raw[len(MAGIC) + 1:len(MAGIC) + 33], raw[len(MAGIC) + 33:]
+    mode = raw[len(MAGIC) : len(MAGIC) + 1]
+    digest, body = raw[len(MAGIC) + 1 : len(MAGIC) + 33], raw[len(MAGIC) + 33 :]
     if mode == b"F":
         if key is None:
-            raise CheckpointError(f"{path} is encrypted: give the key with "
-                                  "checkpoint.key_file=FILE")
+            raise CheckpointError(
+                f"{path} is encrypted: give the key with checkpoint.key_file=FILE"
+            )
         from cryptography.fernet import Fernet, InvalidToken
 
         try:
             body = Fernet(key).decrypt(body)
         except InvalidToken:
-            raise CheckpointError(f"{path} cannot be decrypted with the configured "
-                                  "checkpoint.key_file: wrong key, or the file is damaged; it "
-                                  "was left untouched") from None
+            raise CheckpointError(
+                f"{path} cannot be decrypted with the configured "
+                "checkpoint.key_file: wrong key, or the file is damaged; it "
+                "was left untouched"
+            ) from None
     if hashlib.sha256(body).digest() != digest:
-        raise CheckpointError(f"{path} is corrupted (its SHA-256 does not match its content); "
-                              "it was left untouched")
+        raise CheckpointError(
+            f"{path} is corrupted (its SHA-256 does not match its content); it was left untouched"
+        )
     try:
         return torch.load(io.BytesIO(body), weights_only=True)
     except Exception as exc:
         raise CheckpointError(f"{path} cannot be read: {exc}") from None
 
 
-def payload(study: dict[str, Any], server_round: int, state: dict[str, torch.Tensor],
-            rounds: list[Any], statistics: dict[str, Any], strategy: Any) -> dict[str, Any]:
+def payload(
+    study: dict[str, Any],
+    server_round: int,
+    state: dict[str, torch.Tensor],
+    rounds: list[Any],
+    statistics: dict[str, Any],
+    strategy: Any,
+) -> dict[str, Any]:
     """Everything the rounds after ``server_round`` depend on (see the module docstring)."""
-    return {"version": 1, "server_round": server_round, "study": json.dumps(study),
-            "state": dict(state), "rounds": json.dumps([asdict(r) for r in rounds]),
-            "statistics": json.dumps(statistics), "strategy": strategy_state(strategy),
-            "python_random": json.dumps(random.getstate()),
-            "torch_random": torch.get_rng_state()}
+    return {
+        "version": 1,
+        "server_round": server_round,
+        "study": json.dumps(study),
+        "state": dict(state),
+        "rounds": json.dumps([asdict(r) for r in rounds]),
+        "statistics": json.dumps(statistics),
+        "strategy": strategy_state(strategy),
+        "python_random": json.dumps(random.getstate()),
+        "torch_random": torch.get_rng_state(),
+    }
 
 
 def restore_random(data: Mapping[str, Any]) -> None:

@@ -36,11 +36,19 @@ LOG = logging.getLogger("medfed")
 NO_STATE = "no study configuration"  # how medfed.client.app words a node that lost its state
 
 
-def query(grid: Grid, node_ids: Iterable[int], action: str, record: ConfigRecord,
-          timeout: float) -> list[Message]:
+def query(
+    grid: Grid, node_ids: Iterable[int], action: str, record: ConfigRecord, timeout: float
+) -> list[Message]:
     """Send a round-0 ``query.<action>`` to ``node_ids`` and return the replies that came back."""
-    messages = [Message(RecordDict({"study": record}), dst_node_id=nid,
-                        message_type=f"query.{action}", group_id="0") for nid in node_ids]
+    messages = [
+        Message(
+            RecordDict({"study": record}),
+            dst_node_id=nid,
+            message_type=f"query.{action}",
+            group_id="0",
+        )
+        for nid in node_ids
+    ]
     return send_and_receive(grid, messages, timeout)
 
 
@@ -50,8 +58,10 @@ def site_of(reply: Message) -> tuple[dict[str, Any], dict[str, Any]]:
     counts = reply.content.metric_records["counts"]
     statistics: dict[str, Any] = json.loads(str(site["statistics-json"]))
     entry: dict[str, Any] = {
-        "name": str(site["name"]), "n_train": int(scalar(counts["num-examples"])),
-        "n_test": int(scalar(counts["num-test"])), "role": str(site.get("role", "train")),
+        "name": str(site["name"]),
+        "n_train": int(scalar(counts["num-examples"])),
+        "n_test": int(scalar(counts["num-test"])),
+        "role": str(site.get("role", "train")),
         "min_cohort": int(scalar(counts.get("min-cohort", 1))),
         "statistics": statistics,  # for the model card
     }
@@ -86,8 +96,13 @@ class Cohort:
         The global statistics every node prepares its data with.
     """
 
-    def __init__(self, grid: Grid, study: dict[str, Any], hospitals: dict[int, dict[str, Any]],
-                 statistics_json: str) -> None:
+    def __init__(
+        self,
+        grid: Grid,
+        study: dict[str, Any],
+        hospitals: dict[int, dict[str, Any]],
+        statistics_json: str,
+    ) -> None:
         self.grid, self.hospitals = grid, hospitals
         self._config = ConfigRecord({"config-json": json.dumps(study)})
         self._statistics = ConfigRecord({"statistics-json": statistics_json})
@@ -118,8 +133,10 @@ class Cohort:
             if len(ready) >= self._min_nodes:
                 break
             if time.monotonic() > deadline:
-                return None, (f"only {len(ready)} of the strategy.min_nodes={self._min_nodes} "
-                              f"hospitals needed were connected within {self._timeout:.0f} s")
+                return None, (
+                    f"only {len(ready)} of the strategy.min_nodes={self._min_nodes} "
+                    f"hospitals needed were connected within {self._timeout:.0f} s"
+                )
             time.sleep(0.5)
         for node_id, hospital in self.hospitals.items():
             if node_id not in connected:
@@ -127,15 +144,17 @@ class Cohort:
                 self._stale.add(node_id)  # it may come back restarted: catch it up then
         return CohortView(self.grid, ready), ""
 
-    def missing(self, sent: Iterable[Message], replies: Iterable[Message],
-                failures: dict[str, str]) -> None:
+    def missing(
+        self, sent: Iterable[Message], replies: Iterable[Message], failures: dict[str, str]
+    ) -> None:
         """Record the hospitals sent a message that did not answer within the timeout."""
         answered = {reply.metadata.src_node_id for reply in replies}
         for message in sent:
             node_id = message.metadata.dst_node_id
             if node_id not in answered and node_id in self.hospitals:
                 failures[self.hospitals[node_id]["name"]] = (
-                    f"no reply within timeout={self._timeout:.0f} s")
+                    f"no reply within timeout={self._timeout:.0f} s"
+                )
 
     def _catch_up(self, node_ids: list[int], failures: dict[str, str]) -> None:
         """Round 0 for nodes that joined late or restarted; the global statistics stay fixed."""
@@ -150,8 +169,12 @@ class Cohort:
             entry, _ = site_of(reply)
             previous = by_name.get(entry["name"])
             if previous not in (None, node_id) and previous in connected:
-                LOG.warning("node %s claims to be %s, which is connected as node %s; ignored",
-                            node_id, entry["name"], previous)
+                LOG.warning(
+                    "node %s claims to be %s, which is connected as node %s; ignored",
+                    node_id,
+                    entry["name"],
+                    previous,
+                )
                 continue
             accepted[node_id] = entry
         for reply in query(self.grid, accepted, "prepare", self._statistics, self._timeout):

@@ -50,8 +50,10 @@ def check_unfinished(run_dir: Path) -> None:
             rounds = json.loads((run_dir / "summary.json").read_text()).get("rounds")
         except (OSError, ValueError, AttributeError):
             rounds = "its"
-        raise NothingToResume(f"{run_dir} already finished all {rounds} rounds; "
-                              "nothing to resume (the run directory is unchanged)")
+        raise NothingToResume(
+            f"{run_dir} already finished all {rounds} rounds; "
+            "nothing to resume (the run directory is unchanged)"
+        )
 
 
 def check_output_dir(study: dict[str, Any]) -> None:
@@ -127,9 +129,11 @@ def added_keys(overrides: list[str]) -> str | None:
         key = override.lstrip("+").split("=", 1)[0]
         if key in groups or key.startswith("hydra") or key.startswith("policy.hospitals"):
             continue
-        return (f"{override} adds a setting medfed does not have ({key}); check the spelling "
-                "and drop the + to change an existing one (`medfed simulate --cfg job` lists "
-                "every setting)")
+        return (
+            f"{override} adds a setting medfed does not have ({key}); check the spelling "
+            "and drop the + to change an existing one (`medfed simulate --cfg job` lists "
+            "every setting)"
+        )
     return None
 
 
@@ -151,14 +155,18 @@ def resumed_study(study: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     for override in overrides:
         key = override.lstrip("+~").split("=", 1)[0].split(".", 1)[0].split("/", 1)[0]
         if key not in RESUME_MAY_CHANGE and not override.startswith("hydra.searchpath="):
-            raise ConfigError(f"resume={run_dir} continues the study configured in that run "
-                              f"directory; drop the override {override} (a resumed study may "
-                              f"only change {', '.join(RESUME_MAY_CHANGE[1:])})")
+            raise ConfigError(
+                f"resume={run_dir} continues the study configured in that run "
+                f"directory; drop the override {override} (a resumed study may "
+                f"only change {', '.join(RESUME_MAY_CHANGE[1:])})"
+            )
     try:
         original = yaml.safe_load((run_dir / "config.yaml").read_text())
     except OSError:
-        raise ConfigError(f"resume={run_dir}: no config.yaml there; give the run directory of "
-                          "the study to continue") from None
+        raise ConfigError(
+            f"resume={run_dir}: no config.yaml there; give the run directory of "
+            "the study to continue"
+        ) from None
     if not isinstance(original, dict) or "task" not in original:
         raise ConfigError(f"resume={run_dir}: config.yaml is not a medfed study")
     for key in RESUME_MAY_CHANGE:
@@ -183,13 +191,18 @@ def _hydra_message(exc: Exception) -> str:
     if text.startswith("In 'config': Could not find"):
         text = text.replace("In 'config': ", "")
     if "Could not find" in text:
-        options = list(itertools.takewhile(lambda line: not line.startswith("Config search"),
-                                           (line for line in lines[1:]
-                                            if not line.startswith("Available"))))
+        options = list(
+            itertools.takewhile(
+                lambda line: not line.startswith("Config search"),
+                (line for line in lines[1:] if not line.startswith("Available")),
+            )
+        )
         text += f"; available: {', '.join(options)}" if options else ""
     elif "Could not override" in text or "not in struct" in str(exc):
-        text = (text.rstrip(".") + ": no such setting (check the spelling; "
-                "`medfed simulate --cfg job` lists every setting)")
+        text = (
+            text.rstrip(".") + ": no such setting (check the spelling; "
+            "`medfed simulate --cfg job` lists every setting)"
+        )
     return text
 
 
@@ -206,8 +219,9 @@ def expand_sweeps(overrides: list[str]) -> list[list[str]]:
     return [list(combo) for combo in itertools.product(*choices)]
 
 
-def _positive(study: dict[str, Any], dotted: str, *, integer: bool = False,
-              allow_none: bool = False) -> None:
+def _positive(
+    study: dict[str, Any], dotted: str, *, integer: bool = False, allow_none: bool = False
+) -> None:
     value: Any = study
     for part in dotted.split("."):
         value = value.get(part) if isinstance(value, dict) else None
@@ -227,16 +241,20 @@ def _check_federation(federation: dict[str, Any]) -> None:
         return
     low, high = federation.get("min_size"), federation.get("max_size")
     if not isinstance(low, int) or not isinstance(high, int) or not 20 <= low <= high:
-        raise ConfigError(f"federation.min_size ({low}) and max_size ({high}) must be integers "
-                          "with 20 <= min_size <= max_size")
+        raise ConfigError(
+            f"federation.min_size ({low}) and max_size ({high}) must be integers "
+            "with 20 <= min_size <= max_size"
+        )
     fraction = federation.get("test_fraction")
     if not isinstance(fraction, int | float) or not 0.05 <= fraction <= 0.9:
-        raise ConfigError("federation.test_fraction must be between 0.05 and 0.9, got "
-                          f"{fraction!r}")
+        raise ConfigError(
+            f"federation.test_fraction must be between 0.05 and 0.9, got {fraction!r}"
+        )
     for size in federation.get("sizes") or []:
         if not isinstance(size, int) or size < 20:
-            raise ConfigError("federation.sizes must be integers of at least 20 rows, got "
-                              f"{size!r}")
+            raise ConfigError(
+                f"federation.sizes must be integers of at least 20 rows, got {size!r}"
+            )
 
 
 def _check_shared(study: dict[str, Any], n_nodes: int | None) -> None:
@@ -244,10 +262,14 @@ def _check_shared(study: dict[str, Any], n_nodes: int | None) -> None:
     from medfed.models import settings
 
     deployed = study["federation"].get("name") == "nodes"  # each node brings its own policy
-    for error in (settings.list_errors(study), settings.privacy_errors(study["privacy"]),
-                  None if deployed else settings.policy_errors(study.get("policy"),
-                                                               study["privacy"], n_nodes),
-                  settings.robust_strategy_errors(study["strategy"], n_nodes)):
+    for error in (
+        settings.list_errors(study),
+        settings.privacy_errors(study["privacy"]),
+        None
+        if deployed
+        else settings.policy_errors(study.get("policy"), study["privacy"], n_nodes),
+        settings.robust_strategy_errors(study["strategy"], n_nodes),
+    ):
         if error:
             raise ConfigError(error)
 
@@ -258,8 +280,14 @@ def validate_study(study: dict[str, Any]) -> None:
 
     if error := list_errors(study):
         raise ConfigError(error)
-    for key in ("rounds", "train.batch_size", "evaluate.every", "evaluate.auroc_bins",
-                "threads", "preprocessing.min_cell"):
+    for key in (
+        "rounds",
+        "train.batch_size",
+        "evaluate.every",
+        "evaluate.auroc_bins",
+        "threads",
+        "preprocessing.min_cell",
+    ):
         _positive(study, key, integer=True)
     _positive(study, "train.local_steps", integer=True, allow_none=True)
     _positive(study, "stop_after_skipped", integer=True, allow_none=True)
@@ -271,23 +299,31 @@ def validate_study(study: dict[str, Any]) -> None:
         raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
     _check_federation(study["federation"])
     if study["train"]["optimizer"] not in ("sgd", "adam"):
-        raise ConfigError("train.optimizer must be sgd or adam, got "
-                          f"{study['train']['optimizer']!r}")
+        raise ConfigError(
+            f"train.optimizer must be sgd or adam, got {study['train']['optimizer']!r}"
+        )
     if study["preprocessing"]["normalisation"] not in ("global", "site"):
-        raise ConfigError("preprocessing.normalisation must be global or site, got "
-                          f"{study['preprocessing']['normalisation']!r}")
+        raise ConfigError(
+            "preprocessing.normalisation must be global or site, got "
+            f"{study['preprocessing']['normalisation']!r}"
+        )
     if (problem := check_preprocessing(study["preprocessing"])) is not None:
         raise ConfigError(problem)
-    problem = (personalise_problem(study) or qfedavg_problem(study) or scaffold_problem(study)
-               or early_stopping_problem(study))
+    problem = (
+        personalise_problem(study)
+        or qfedavg_problem(study)
+        or scaffold_problem(study)
+        or early_stopping_problem(study)
+    )
     if problem is not None:
         raise ConfigError(problem)
     for key in ("screening.max_norm_ratio", "screening.max_update_norm"):
         _positive(study, key, allow_none=True)
     every = (study.get("checkpoint") or {}).get("every", 1)
     if not isinstance(every, int) or isinstance(every, bool) or every < 0:
-        raise ConfigError(f"checkpoint.every must be a whole number of rounds (0: never), got "
-                          f"{every!r}")
+        raise ConfigError(
+            f"checkpoint.every must be a whole number of rounds (0: never), got {every!r}"
+        )
     try:
         task_from_dict(study["task"], source=f"task '{study['task'].get('name')}'")
         n_nodes = federation_size(study["federation"])
@@ -301,8 +337,10 @@ def validate_study(study: dict[str, Any]) -> None:
     except (SchemaError, DataConfigError, StrategyConfigError, ValueError) as exc:
         raise ConfigError(str(exc)) from None
     if targets and study["engine"]["name"] != "inprocess":
-        raise ConfigError("attack.hospitals needs engine=inprocess (malicious hospitals are a "
-                          "simulation of the in-process engine)")
+        raise ConfigError(
+            "attack.hospitals needs engine=inprocess (malicious hospitals are a "
+            "simulation of the in-process engine)"
+        )
     from medfed.server.monitor.alerts import config_error as alerts_error  # alerts.*, metrics_port
 
     if error := alerts_error(study):

@@ -105,15 +105,21 @@ def _wait_for_nodes(grid: Grid, needed: int, timeout: float) -> list[int]:
     deadline = time.monotonic() + timeout
     while len(node_ids := sorted(grid.get_node_ids())) < needed:
         if time.monotonic() > deadline:
-            raise StudyError(f"only {len(node_ids)} of the {needed} hospitals needed connected "
-                             f"within {timeout:.0f} s")
+            raise StudyError(
+                f"only {len(node_ids)} of the {needed} hospitals needed connected "
+                f"within {timeout:.0f} s"
+            )
         time.sleep(0.5)
     return node_ids
 
 
-def federated_statistics(grid: Grid, study: dict[str, Any], node_ids: list[int],
-                         failures: dict[str, str], fixed: GlobalStats | None = None
-                         ) -> tuple[dict[int, dict[str, Any]], GlobalStats]:
+def federated_statistics(
+    grid: Grid,
+    study: dict[str, Any],
+    node_ids: list[int],
+    failures: dict[str, str],
+    fixed: GlobalStats | None = None,
+) -> tuple[dict[int, dict[str, Any]], GlobalStats]:
     """Round 0: collect each node's additive statistics and send back the merged ones.
 
     A node that fails here is left out (and listed in ``failures``); the study goes on when at
@@ -124,16 +130,21 @@ def federated_statistics(grid: Grid, study: dict[str, Any], node_ids: list[int],
     record = ConfigRecord({"config-json": json.dumps(study)})
     hospitals: dict[int, dict[str, Any]] = {}
     summaries: dict[int, dict[str, Any]] = {}
-    for reply in sorted(approvals.stats_with_approvals(grid, study, node_ids, record, timeout),
-                        key=lambda reply: reply.metadata.src_node_id):
+    for reply in sorted(
+        approvals.stats_with_approvals(grid, study, node_ids, record, timeout),
+        key=lambda reply: reply.metadata.src_node_id,
+    ):
         if reply.has_error():
-            failures[f"node-{reply.metadata.src_node_id}"] = approvals.reason(reply.error.reason or "")
+            failures[f"node-{reply.metadata.src_node_id}"] = approvals.reason(
+                reply.error.reason or ""
+            )
             continue
         entry, summary = site_of(reply)
         twin = next((nid for nid, h in hospitals.items() if h["name"] == entry["name"]), None)
         if twin is not None:  # two nodes serving one dataset would count its rows twice
             failures[f"node-{reply.metadata.src_node_id}"] = (
-                f"claims to be {entry['name']} like node {twin}; left out")
+                f"claims to be {entry['name']} like node {twin}; left out"
+            )
             continue
         hospitals[reply.metadata.src_node_id] = entry
         summaries[reply.metadata.src_node_id] = summary
@@ -144,30 +155,41 @@ def federated_statistics(grid: Grid, study: dict[str, Any], node_ids: list[int],
     if study["preprocessing"]["normalisation"] == "site":  # each site's own, for model.pt
         for node_id, entry in hospitals.items():
             entry["site_statistics"] = merge_statistics(
-                [summaries[node_id]], **statistics_options(study)).to_dict()
-    stats = fixed or merge_statistics([summaries[nid] for nid in roles.trainers(hospitals)],
-                                      **statistics_options(study))
-    prepared = query(grid, hospitals, "prepare",
-                     ConfigRecord({"statistics-json": json.dumps(stats.to_dict())}), timeout)
+                [summaries[node_id]], **statistics_options(study)
+            ).to_dict()
+    stats = fixed or merge_statistics(
+        [summaries[nid] for nid in roles.trainers(hospitals)], **statistics_options(study)
+    )
+    prepared = query(
+        grid,
+        hospitals,
+        "prepare",
+        ConfigRecord({"statistics-json": json.dumps(stats.to_dict())}),
+        timeout,
+    )
     answered = set()
     for reply in prepared:
         if not reply.has_error():
             answered.add(reply.metadata.src_node_id)
             continue
         failures[hospitals[reply.metadata.src_node_id]["name"]] = (
-            f"could not prepare its data: {reply.error.reason}")
+            f"could not prepare its data: {reply.error.reason}"
+        )
     hospitals = {nid: h for nid, h in hospitals.items() if nid in answered}
     _enough(study, hospitals, failures, "prepared its data")
     return hospitals, stats
 
 
-def _enough(study: dict[str, Any], hospitals: dict[int, Any], failures: dict[str, str],
-            what: str) -> None:
+def _enough(
+    study: dict[str, Any], hospitals: dict[int, Any], failures: dict[str, str], what: str
+) -> None:
     needed = int(study["strategy"]["min_nodes"])
     if len(hospitals) < needed:
         detail = "; ".join(f"{name}: {reason}" for name, reason in failures.items())
-        raise StudyError(f"only {len(hospitals)} hospital(s) {what} in round 0, "
-                         f"strategy.min_nodes={needed}" + (f" ({detail})" if detail else ""))
+        raise StudyError(
+            f"only {len(hospitals)} hospital(s) {what} in round 0, "
+            f"strategy.min_nodes={needed}" + (f" ({detail})" if detail else "")
+        )
 
 
 def _hospital(hospitals: dict[int, dict[str, Any]], reply: Message) -> str:
@@ -175,8 +197,12 @@ def _hospital(hospitals: dict[int, dict[str, Any]], reply: Message) -> str:
     return str(hospitals.get(node_id, {}).get("name", f"node-{node_id}"))
 
 
-def record_evaluation(record: RoundRecord, replies: list[Message], schema: TaskSchema,
-                      hospitals: dict[int, dict[str, Any]]) -> None:
+def record_evaluation(
+    record: RoundRecord,
+    replies: list[Message],
+    schema: TaskSchema,
+    hospitals: dict[int, dict[str, Any]],
+) -> None:
     """Per-hospital and global test metrics of ``record``'s model from the replies' statistics.
 
     The global metrics are computed from the *summed* statistics: they are the metrics over all
@@ -190,7 +216,8 @@ def record_evaluation(record: RoundRecord, replies: list[Message], schema: TaskS
         evaluation = {k[5:]: v for k, v in metrics.items() if k.startswith("eval-")}
         if evaluation:
             record.hospital_metrics[_hospital(hospitals, reply)] = metrics_from_statistics(
-                schema, evaluation)
+                schema, evaluation
+            )
             record.statistics[_hospital(hospitals, reply)] = dict(evaluation)
             add_into(total, MetricRecord(evaluation))
     if total:
@@ -198,16 +225,18 @@ def record_evaluation(record: RoundRecord, replies: list[Message], schema: TaskS
         record.statistics[GLOBAL] = dict(total)
 
 
-def record_training(record: RoundRecord, replies: list[Message],
-                    hospitals: dict[int, dict[str, Any]]) -> None:
+def record_training(
+    record: RoundRecord, replies: list[Message], hospitals: dict[int, dict[str, Any]]
+) -> None:
     """Per-hospital training loss and steps of one round, and the hospitals that failed."""
     for reply in replies:
         name = _hospital(hospitals, reply)
         if reply.has_error():
             reason = reply.error.reason or ""
             refused = REFUSED in reason
-            (record.refusals if refused else record.failures)[name] = \
-                reason[reason.index(REFUSED):] if refused else reason
+            (record.refusals if refused else record.failures)[name] = (
+                reason[reason.index(REFUSED) :] if refused else reason
+            )
             continue
         metrics = next(iter(reply.content.metric_records.values()))
         examples = max(float(scalar(metrics["train-examples"])), 1.0)
@@ -255,8 +284,11 @@ class StudyRun:
         _quiet_flower(study)
         self._key = ckpt.read_key((study.get("checkpoint") or {}).get("key_file"))
         self._writer = ckpt.Writer(self._key)
-        saved = (ckpt.load(Path(study["resume"]) / ckpt.FILENAME, self._key)
-                 if study.get("resume") else None)
+        saved = (
+            ckpt.load(Path(study["resume"]) / ckpt.FILENAME, self._key)
+            if study.get("resume")
+            else None
+        )
         if saved is not None:
             study["study_id"] = _check_resumable(study, json.loads(saved["study"]))
         study.setdefault("study_id", f"{study['task']['name']}-{uuid.uuid4().hex[:12]}")
@@ -265,24 +297,29 @@ class StudyRun:
         torch.manual_seed(int(study["seed"]))
         self.schema = study_schema(study)
         n_nodes = federation_size(study["federation"])
-        self.strategy = wrap_central_dp(build_strategy(study["strategy"], n_nodes), study,
-                                        n_nodes)
-        node_ids = _wait_for_nodes(grid, int(study["strategy"]["min_nodes"]),
-                                   float(study["timeout"]))
+        self.strategy = wrap_central_dp(build_strategy(study["strategy"], n_nodes), study, n_nodes)
+        node_ids = _wait_for_nodes(
+            grid, int(study["strategy"]["min_nodes"]), float(study["timeout"])
+        )
         self.rounds = [RoundRecord(0)]
-        fixed = (GlobalStats.from_dict(json.loads(saved["statistics"]))
-                 if saved is not None else None)
-        approvals.begin(study)  # the manifest hash every node checks (medfed.server.study.approvals)
+        fixed = (
+            GlobalStats.from_dict(json.loads(saved["statistics"])) if saved is not None else None
+        )
+        approvals.begin(
+            study
+        )  # the manifest hash every node checks (medfed.server.study.approvals)
         try:
-            self.hospitals, self.stats = federated_statistics(grid, study, node_ids,
-                                                              self.rounds[0].failures, fixed)
+            self.hospitals, self.stats = federated_statistics(
+                grid, study, node_ids, self.rounds[0].failures, fixed
+            )
         except StudyError as exc:
             approvals.finish(study, {}, self.rounds[0].failures, "study-end", str(exc))
             raise
         approvals.finish(study, self.hospitals, self.rounds[0].failures, "study-started")
         self.cohort = Cohort(grid, study, self.hospitals, json.dumps(self.stats.to_dict()))
-        self.layout = new_model(self.schema, self.stats,
-                                n_inputs(self.schema, self.stats, study), study).state_dict()
+        self.layout = new_model(
+            self.schema, self.stats, n_inputs(self.schema, self.stats, study), study
+        ).state_dict()
         initial = pack(self.layout)  # the weights travel as one flat vector per dtype
         self.dtypes = {key: tensor.dtype for key, tensor in initial.items()}
         self.arrays = ArrayRecord(initial)
@@ -290,7 +327,8 @@ class StudyRun:
         if saved is not None:
             self._restore(saved)
         study["privacy"]["planned_noise_multiplier"] = planned_noise(  # config.yaml records it
-            study, {h["name"]: int(h["n_train"]) for h in self.hospitals.values()})
+            study, {h["name"]: int(h["n_train"]) for h in self.hospitals.values()}
+        )
         ckpt.write_config(study)
         if observer:
             observer.on_start(study, [h["name"] for h in self.hospitals.values()])
@@ -321,39 +359,51 @@ class StudyRun:
         t0, bytes0 = time.perf_counter(), _wire_total(grid)
         rounds.append(RoundRecord(server_round))
         self.view, reason = self.cohort.ready(rounds[-1].failures)
-        self.view, self.ready, reason = roles.training_view(grid, study, hospitals, self.view,
-                                                            reason)
+        self.view, self.ready, reason = roles.training_view(
+            grid, study, hospitals, self.view, reason
+        )
         if self.view is None:
             self.stopped = f"round {server_round}: {reason}; the study stopped there"
             rounds.pop()  # the round that could not start is not part of the study
             return False
-        messages = list(self.strategy.configure_train(server_round, self.arrays,
-                                                      self.train_config, self.view))
+        messages = list(
+            self.strategy.configure_train(server_round, self.arrays, self.train_config, self.view)
+        )
         aggregated = None
         if self.secure:  # SecAgg+: the server only ever holds the masked sum (nothing to screen)
             from medfed.strategies.secagg import secure_train_round
 
-            replies, aggregated = secure_train_round(grid, self.strategy, messages, server_round,
-                                                     study, hospitals)
+            replies, aggregated = secure_train_round(
+                grid, self.strategy, messages, server_round, study, hospitals
+            )
         else:
             replies = send_and_receive(grid, messages, float(study["timeout"]))
         evaluating, evaluated = roles.evaluate_only(
-            grid, self.arrays, roles.evaluators({n: hospitals[n] for n in self.ready}),
-            server_round, study)
+            grid,
+            self.arrays,
+            roles.evaluators({n: hospitals[n] for n in self.ready}),
+            server_round,
+            study,
+        )
         self.cohort.missing(messages + evaluating, replies + evaluated, rounds[-1].failures)
         self.cohort.lost_state(replies + evaluated)
         record_evaluation(rounds[-2], replies + evaluated, self.schema, hospitals)
         if self.early is not None:  # the sent model (after the previous round) on validation
             self.early.observe(server_round - 1, self.arrays, replies + evaluated)
-        rounds[-1].failures.update({_hospital(hospitals, r): r.error.reason or ""
-                                    for r in evaluated if r.has_error()})
+        rounds[-1].failures.update(
+            {_hospital(hospitals, r): r.error.reason or "" for r in evaluated if r.has_error()}
+        )
         record_training(rounds[-1], replies, hospitals)
         if not self.secure:
             replies = getattr(self.strategy, "take_controls", list)(replies)  # SCAFFOLD's
             declared = {node_id: int(h["n_train"]) for node_id, h in hospitals.items()}
             replies, rounds[-1].rejected = screen_replies(
-                replies, self.arrays, declared, self.screening,
-                lambda reply: _hospital(hospitals, reply))
+                replies,
+                self.arrays,
+                declared,
+                self.screening,
+                lambda reply: _hospital(hospitals, reply),
+            )
             for name in rounds[-1].rejected:
                 rounds[-1].train.pop(name, None)
         rounds[-1].skipped = self.gate.admit(server_round, replies)
@@ -366,9 +416,11 @@ class StudyRun:
             rounds[-1].wire_bytes = bytes1 - bytes0
         if not rounds[-1].train:
             last = rounds[-1]
-            self.stopped = (f"round {server_round}: no hospital trained ({len(last.refusals)} "
-                            f"refused, {len(last.failures)} failed, {len(last.rejected)} "
-                            "rejected); the study stopped there")
+            self.stopped = (
+                f"round {server_round}: no hospital trained ({len(last.refusals)} "
+                f"refused, {len(last.failures)} failed, {len(last.rejected)} "
+                "rejected); the study stopped there"
+            )
         elif rounds[-1].skipped:
             self.stopped = self.gate.stop_reason(rounds[-1].skipped)
         self._checkpoint(server_round)
@@ -384,9 +436,17 @@ class StudyRun:
         every = int((self.study.get("checkpoint") or {}).get("every", 1) or 0)
         last = server_round == int(self.study["rounds"])
         if every and self.study.get("output_dir") and (server_round % every == 0 or last):
-            self._writer.submit(Path(self.study["output_dir"]) / ckpt.FILENAME, ckpt.payload(
-                self.study, server_round, self.arrays.to_torch_state_dict(), self.rounds,
-                self.stats.to_dict(), self.strategy))
+            self._writer.submit(
+                Path(self.study["output_dir"]) / ckpt.FILENAME,
+                ckpt.payload(
+                    self.study,
+                    server_round,
+                    self.arrays.to_torch_state_dict(),
+                    self.rounds,
+                    self.stats.to_dict(),
+                    self.strategy,
+                ),
+            )
 
     def flush(self) -> None:
         """Wait until the checkpoint of the last finished round is on disk."""
@@ -396,29 +456,40 @@ class StudyRun:
         """Score the final model everywhere (under early stopping: the best round's, the test
         split once) and return the result."""
         if self.early is not None and not self.stopped:
-            self.early.last_look(self.grid, self.arrays, self.rounds[-1].server_round,
-                                 sorted(set(self.grid.get_node_ids()) & set(self.hospitals)),
-                                 float(self.study["timeout"]))
+            self.early.last_look(
+                self.grid,
+                self.arrays,
+                self.rounds[-1].server_round,
+                sorted(set(self.grid.get_node_ids()) & set(self.hospitals)),
+                float(self.study["timeout"]),
+            )
             self.arrays = self.early.arrays or self.arrays
-        _final_evaluation(self.grid, self.arrays, self.rounds[-1], self.schema, self.hospitals,
-                          self.study)
+        _final_evaluation(
+            self.grid, self.arrays, self.rounds[-1], self.schema, self.hospitals, self.study
+        )
         if self.observer:
             self.observer.on_round(self.rounds[-1].server_round, self.rounds[-1])
         personalised: dict[str, Any] = {}
         if not self.stopped and personalise.wanted(self.study):
             personalised = personalise.personalise_hospitals(
-                self.grid, self.arrays, self.hospitals, self.rounds, self.study, self.schema)
+                self.grid, self.arrays, self.hospitals, self.rounds, self.study, self.schema
+            )
         approvals.end(self.study, self.stopped)
         wire = getattr(self.grid, "wire", None)
         return StudyResult(
-            study=self.study, schema=self.schema, hospitals=self.hospitals,
-            statistics=self.stats, rounds=self.rounds,
+            study=self.study,
+            schema=self.schema,
+            hospitals=self.hospitals,
+            statistics=self.stats,
+            rounds=self.rounds,
             final_state=unpack(self.arrays.to_torch_state_dict(), self.layout),
             wall_seconds=wall_seconds,
             wire_bytes={"sent": wire.sent, "received": wire.received} if wire else {},
-            stopped=self.stopped, central_dp=central_dp_report(self.strategy),
+            stopped=self.stopped,
+            central_dp=central_dp_report(self.strategy),
             personalised=personalised,
-            early_stopping=self.early.best.summary() if self.early is not None else {})
+            early_stopping=self.early.best.summary() if self.early is not None else {},
+        )
 
 
 def _check_resumable(study: dict[str, Any], saved: dict[str, Any]) -> str:
@@ -427,24 +498,40 @@ def _check_resumable(study: dict[str, Any], saved: dict[str, Any]) -> str:
 
     for key in ("task", "strategy", "federation", "seed", "train", "privacy", "preprocessing"):
         if saved.get(key) != study.get(key):
-            raise CheckpointError(f"the checkpoint in {study['resume']} belongs to a study with "
-                                  f"another {key} setting; resume it with its own config.yaml")
+            raise CheckpointError(
+                f"the checkpoint in {study['resume']} belongs to a study with "
+                f"another {key} setting; resume it with its own config.yaml"
+            )
     return str(saved["study_id"])
 
 
-def _final_evaluation(grid: Grid, arrays: ArrayRecord, record: RoundRecord, schema: TaskSchema,
-                      hospitals: dict[int, dict[str, Any]], study: dict[str, Any]) -> None:
+def _final_evaluation(
+    grid: Grid,
+    arrays: ArrayRecord,
+    record: RoundRecord,
+    schema: TaskSchema,
+    hospitals: dict[int, dict[str, Any]],
+    study: dict[str, Any],
+) -> None:
     """Score the final model at every connected hospital.
 
     The messages are built here rather than by the strategy: evaluation is not bound by
     ``min_nodes`` (Flower's sampling would wait for that many nodes without a timeout).
     """
-    messages = [Message(RecordDict({"arrays": arrays, "config": ConfigRecord(
-                    {"server-round": record.server_round})}), dst_node_id=node_id,
-                        message_type="evaluate", group_id=str(record.server_round))
-                for node_id in sorted(set(grid.get_node_ids()) & set(hospitals))]
-    record_evaluation(record, send_and_receive(grid, messages, float(study["timeout"])), schema,
-                      hospitals)
+    messages = [
+        Message(
+            RecordDict(
+                {"arrays": arrays, "config": ConfigRecord({"server-round": record.server_round})}
+            ),
+            dst_node_id=node_id,
+            message_type="evaluate",
+            group_id=str(record.server_round),
+        )
+        for node_id in sorted(set(grid.get_node_ids()) & set(hospitals))
+    ]
+    record_evaluation(
+        record, send_and_receive(grid, messages, float(study["timeout"])), schema, hospitals
+    )
 
 
 def keep_dtypes(arrays: ArrayRecord, dtypes: dict[str, torch.dtype]) -> ArrayRecord:
@@ -455,8 +542,9 @@ def keep_dtypes(arrays: ArrayRecord, dtypes: dict[str, torch.dtype]) -> ArrayRec
     return ArrayRecord({key: state[key].to(dtype) for key, dtype in dtypes.items()})
 
 
-def cohort_gate(study: dict[str, Any], hospitals: dict[int, dict[str, Any]],
-                rounds: list[RoundRecord]) -> CohortGate:
+def cohort_gate(
+    study: dict[str, Any], hospitals: dict[int, dict[str, Any]], rounds: list[RoundRecord]
+) -> CohortGate:
     """The study's cohort gate: ``strategy.min_nodes``, the largest ``min_cohort`` the hospitals
     declared in round 0, and the skipped rounds a resumed study ended with."""
     in_a_row = 0
@@ -464,9 +552,12 @@ def cohort_gate(study: dict[str, Any], hospitals: dict[int, dict[str, Any]],
         if not record.skipped:
             break
         in_a_row += 1
-    return CohortGate(int(study["strategy"]["min_nodes"]),
-                      max((int(h.get("min_cohort", 1)) for h in hospitals.values()), default=1),
-                      int(study.get("stop_after_skipped", 3)), in_a_row)
+    return CohortGate(
+        int(study["strategy"]["min_nodes"]),
+        max((int(h.get("min_cohort", 1)) for h in hospitals.values()), default=1),
+        int(study.get("stop_after_skipped", 3)),
+        in_a_row,
+    )
 
 
 def round_config(study: dict[str, Any], hospitals: dict[int, dict[str, Any]]) -> ConfigRecord:

@@ -9,8 +9,9 @@ from medfed.client import privacy_round
 from medfed.server.simulation.engine import FIRST_NODE_ID
 
 
-def test_an_exception_in_training_costs_the_hospital_one_round(small_study, run_inprocess,
-                                                                monkeypatch):
+def test_an_exception_in_training_costs_the_hospital_one_round(
+    small_study, run_inprocess, monkeypatch
+):
     real = privacy_round.train_round
     calls = {"n": 0}
 
@@ -25,8 +26,11 @@ def test_an_exception_in_training_costs_the_hospital_one_round(small_study, run_
     assert calls["n"] == 1
     assert "out of memory while training" in result.rounds[2].failures["hospital-1"]
     assert [sorted(r.train) for r in result.rounds[1:]] == [
-        ["hospital-0", "hospital-1", "hospital-2"], ["hospital-0", "hospital-2"],
-        ["hospital-0", "hospital-1", "hospital-2"], ["hospital-0", "hospital-1", "hospital-2"]]
+        ["hospital-0", "hospital-1", "hospital-2"],
+        ["hospital-0", "hospital-2"],
+        ["hospital-0", "hospital-1", "hospital-2"],
+        ["hospital-0", "hospital-1", "hospital-2"],
+    ]
     assert "hospital-1" in result.final.hospital_metrics
 
 
@@ -40,8 +44,9 @@ def test_a_malformed_train_message_is_answered_with_an_error(small_study, broken
     from medfed.server.study.loop import StudyRun
 
     study = small_study("rounds=2")
-    grid = InProcessGrid(client_app, [{"partition-id": i, "num-partitions": 3} for i in range(3)],
-                         run_config={})
+    grid = InProcessGrid(
+        client_app, [{"partition-id": i, "num-partitions": 3} for i in range(3)], run_config={}
+    )
     run = StudyRun(grid, study, None)  # round 0 done: every node holds the study
     good = list(run.strategy.configure_train(1, run.arrays, run.train_config, grid))
     message = good[0]
@@ -56,5 +61,8 @@ def test_a_malformed_train_message_is_answered_with_an_error(small_study, broken
     (reply,) = grid.send_and_receive([bad])
     assert reply.has_error() and reply.error.reason
     assert run.train_round(1) and sorted(run.rounds[1].train) == [
-        "hospital-0", "hospital-1", "hospital-2"]
+        "hospital-0",
+        "hospital-1",
+        "hospital-2",
+    ]
     assert FIRST_NODE_ID in run.hospitals

@@ -14,8 +14,19 @@ from medfed.models.ingest.export import export_synthetic, synth_main
 from medfed.models.ingest.sources import federation_size, load_site
 from medfed.models.schema import load_task
 
-HEADER = ["age", "sex", "chest_pain", "resting_bp", "cholesterol", "fasting_blood_sugar_high",
-          "resting_ecg", "max_heart_rate", "exercise_angina", "st_depression", "cad"]
+HEADER = [
+    "age",
+    "sex",
+    "chest_pain",
+    "resting_bp",
+    "cholesterol",
+    "fasting_blood_sugar_high",
+    "resting_ecg",
+    "max_heart_rate",
+    "exercise_angina",
+    "st_depression",
+    "cad",
+]
 PAIN = ["typical_angina", "atypical_angina", "non_anginal", "asymptomatic"]
 ECG = ["normal", "st_t_abnormality", "lv_hypertrophy"]
 CARD = "name: site-a\ntask: diagnosis\ntrain: data.csv\nsplit: {test_fraction: 0.25, seed: 1}\n"
@@ -23,9 +34,19 @@ CARD = "name: site-a\ntask: diagnosis\ntrain: data.csv\nsplit: {test_fraction: 0
 
 def good_row(i: int) -> list[str]:
     """A valid, unique diagnosis row; the target alternates in pairs."""
-    return [str(40 + i % 30), ["female", "male"][i % 2], PAIN[i % 4], str(120 + i % 30),
-            str(200 + i), str(i % 2), ECG[i % 3], str(140 + i % 40), str(i // 2 % 2),
-            f"{i % 5 / 2:.1f}", str(i // 3 % 2)]
+    return [
+        str(40 + i % 30),
+        ["female", "male"][i % 2],
+        PAIN[i % 4],
+        str(120 + i % 30),
+        str(200 + i),
+        str(i % 2),
+        ECG[i % 3],
+        str(140 + i % 40),
+        str(i // 2 % 2),
+        f"{i % 5 / 2:.1f}",
+        str(i // 3 % 2),
+    ]
 
 
 def rows(n: int = 40) -> list[list[str]]:
@@ -112,8 +133,7 @@ def test_missing_required_column(site: Site, capsys: pytest.CaptureFixture[str])
     assert "data.csv" in line_with(out, "error:", "required column 'cholesterol'")
 
 
-def test_unknown_extra_column_is_a_warning(site: Site,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_unknown_extra_column_is_a_warning(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
     table = [r + [("ward" if i == 0 else "B")] for i, r in enumerate(rows())]
     code, out = check(capsys, site(csv_text(table)))
     assert code == 0
@@ -162,8 +182,9 @@ def test_a_column_that_is_all_missing(site: Site, capsys: pytest.CaptureFixture[
     assert "data.csv" in line_with(out, "error:", "column 'cholesterol' is missing in every")
 
 
-def test_a_training_split_with_a_single_class(site: Site,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_training_split_with_a_single_class(
+    site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
     table = [r[:-1] + ["0"] if i else r for i, r in enumerate(rows())]
     code, out = check(capsys, site(csv_text(table)))
     assert code == 1
@@ -227,11 +248,19 @@ def test_a_cohort_below_the_minimum(site: Site, capsys: pytest.CaptureFixture[st
     assert code == 0
 
 
-def test_a_parquet_column_of_the_wrong_dtype(tmp_path: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_parquet_column_of_the_wrong_dtype(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     frame = pd.DataFrame(rows()[1:], columns=HEADER)
-    for name in ("resting_bp", "cholesterol", "max_heart_rate", "st_depression", "cad",
-                 "fasting_blood_sugar_high", "exercise_angina"):
+    for name in (
+        "resting_bp",
+        "cholesterol",
+        "max_heart_rate",
+        "st_depression",
+        "cad",
+        "fasting_blood_sugar_high",
+        "exercise_angina",
+    ):
         frame[name] = frame[name].astype(float)
     frame.to_parquet(tmp_path / "data.parquet")
     card = tmp_path / "card.yaml"
@@ -245,16 +274,14 @@ def test_a_parquet_column_of_the_wrong_dtype(tmp_path: Path,
     assert check(capsys, card)[0] == 0
 
 
-def test_a_card_pointing_to_a_missing_file(site: Site,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_card_pointing_to_a_missing_file(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
     card = site(card=CARD.replace("data.csv", "nowhere.csv"))
     code, out = check(capsys, card)
     assert code == 2
     assert "nowhere.csv does not exist" in line_with(out, "error:")
 
 
-def test_a_yaml_syntax_error_in_the_card(site: Site,
-                                         capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_yaml_syntax_error_in_the_card(site: Site, capsys: pytest.CaptureFixture[str]) -> None:
     card = site(extra="csv: {header: true\nunits: [\n")
     code, out = check(capsys, card)
     assert code == 2
@@ -314,8 +341,9 @@ def test_export_synthetic_returns_the_cards(tmp_path: Path) -> None:
     assert all(check_dataset(c)[0] == 0 for c in cards)
 
 
-def test_every_line_is_accounted_for_in_the_report(site: Site,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_every_line_is_accounted_for_in_the_report(
+    site: Site, capsys: pytest.CaptureFixture[str]
+) -> None:
     table = rows()
     table[5][6] = '"st_t_\nabnormality"'  # a line break inside quotes: one row (an unknown code)
     text = csv_text(table).replace("\n" + ",".join(table[9]), "\n\n" + ",".join(table[9]))
@@ -328,7 +356,8 @@ def test_every_line_is_accounted_for_in_the_report(site: Site,
 
 
 def test_an_unexpected_error_text_is_shown_only_with_show_values(
-        site: Site, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    site: Site, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     def broken(*args: object, **kwargs: object) -> None:
         raise ValueError("could not convert string to float: 'Zebulon Quackenbush'")
 

@@ -52,12 +52,16 @@ def test_bad_private_key_file_is_one_sentence(tmp_path, content):
 
 @pytest.mark.parametrize("fast", [True, False])
 def test_supernode_command_carries_tls_key_port_and_node_config(fast):
-    command = supernode_command("coord:9093", 9101,
-                                {"dataset": "/d/a b.yaml", "policy": "/p.yaml"},
-                                root_certificates=Path("/c/ca.crt"),
-                                private_key=Path("/k/node.key"), fast=fast)
+    command = supernode_command(
+        "coord:9093",
+        9101,
+        {"dataset": "/d/a b.yaml", "policy": "/p.yaml"},
+        root_certificates=Path("/c/ca.crt"),
+        private_key=Path("/k/node.key"),
+        fast=fast,
+    )
     start = command.index("--superlink")
-    flags = dict(zip(command[start::2], command[start + 1::2], strict=False))
+    flags = dict(zip(command[start::2], command[start + 1 :: 2], strict=False))
     assert flags["--superlink"] == "coord:9093" and flags["--port"] == "9101"
     assert flags["--root-certificates"] == "/c/ca.crt"
     assert flags["--auth-supernode-private-key"] == "/k/node.key"
@@ -65,8 +69,10 @@ def test_supernode_command_carries_tls_key_port_and_node_config(fast):
     assert "--insecure" not in command
     from flwr.common.config import parse_config_args
 
-    assert parse_config_args([flags["--node-config"]]) == {"dataset": "/d/a b.yaml",
-                                                           "policy": "/p.yaml"}
+    assert parse_config_args([flags["--node-config"]]) == {
+        "dataset": "/d/a b.yaml",
+        "policy": "/p.yaml",
+    }
     launcher = ["-m", "medfed.client.supernode.launcher", "--poll", "0.1", "--heartbeat", "10.0"]
     assert (command[1:start] == launcher) == fast
     assert command[0].endswith("flower-supernode") != fast
@@ -77,8 +83,10 @@ def test_supernode_command_carries_tls_key_port_and_node_config(fast):
 def test_launcher_refuses_intervals_flower_would_not_take(capsys):
     from medfed.client.supernode.launcher import main
 
-    for args, message in ((["--poll", "0"], "--poll must be"),
-                          (["--heartbeat", "5"], "--heartbeat must be between 10 and 1800")):
+    for args, message in (
+        (["--poll", "0"], "--poll must be"),
+        (["--heartbeat", "5"], "--heartbeat must be between 10 and 1800"),
+    ):
         with pytest.raises(SystemExit) as exit_info:
             main([*args, "--superlink", "c:1"])
         assert exit_info.value.code == 2 and message in capsys.readouterr().err
@@ -86,8 +94,10 @@ def test_launcher_refuses_intervals_flower_would_not_take(capsys):
 
 @pytest.fixture
 def hospital(tmp_path):
-    assert synth_main(["export", "--task", "diagnosis", "--hospitals", "2",
-                       str(tmp_path / "cards")]) == 0
+    assert (
+        synth_main(["export", "--task", "diagnosis", "--hospitals", "2", str(tmp_path / "cards")])
+        == 0
+    )
     (tmp_path / "policy.yaml").write_text("max_epsilon_total: 3.0\nrequire_dp: true\n")
     create_node_keys(tmp_path / "keys")
     (tmp_path / "ca.crt").write_text("-----BEGIN CERTIFICATE-----\n")
@@ -95,9 +105,14 @@ def hospital(tmp_path):
 
 
 def _start(tmp_path: Path, card: Path, **extra: str) -> list[str]:
-    args = {"--dataset": str(card), "--policy": str(tmp_path / "policy.yaml"),
-            "--superlink": "127.0.0.1:1", "--ca": str(tmp_path / "ca.crt"),
-            "--key": str(tmp_path / "keys" / "node.key"), **extra}
+    args = {
+        "--dataset": str(card),
+        "--policy": str(tmp_path / "policy.yaml"),
+        "--superlink": "127.0.0.1:1",
+        "--ca": str(tmp_path / "ca.crt"),
+        "--key": str(tmp_path / "keys" / "node.key"),
+        **extra,
+    }
     return ["start", *[item for pair in args.items() for item in pair]]
 
 
@@ -110,43 +125,63 @@ def test_node_start_refuses_data_that_fails_the_check(hospital, capsys):
     assert f"medfed node check --dataset {card}" in err
 
 
-@pytest.mark.parametrize("flag, value, message", [
-    ("--policy", "missing.yaml", "no such policy file"),
-    ("--ca", "keys/node.pub", "not a PEM certificate"),
-    ("--key", "keys/node.pub", "not an unencrypted ECDSA private key"),
-])
+@pytest.mark.parametrize(
+    "flag, value, message",
+    [
+        ("--policy", "missing.yaml", "no such policy file"),
+        ("--ca", "keys/node.pub", "not a PEM certificate"),
+        ("--key", "keys/node.pub", "not an unencrypted ECDSA private key"),
+    ],
+)
 def test_node_start_refuses_bad_files_before_starting(hospital, capsys, flag, value, message):
-    args = _start(hospital, hospital / "cards" / "hospital-1.yaml",
-                  **{flag: str(hospital / value)})
+    args = _start(hospital, hospital / "cards" / "hospital-1.yaml", **{flag: str(hospital / value)})
     assert node_deploy_main(args) == 1
     assert message in capsys.readouterr().err
 
 
 def _study(small_study, tmp_path: Path) -> str:
-    study = small_study("privacy=dpsgd", f"output_dir={tmp_path / 'out'}",
-                        "privacy.ledger_dir=/server/chosen", "policy.max_epsilon_total=100")
+    study = small_study(
+        "privacy=dpsgd",
+        f"output_dir={tmp_path / 'out'}",
+        "privacy.ledger_dir=/server/chosen",
+        "policy.max_epsilon_total=100",
+    )
     return json.dumps(study)
 
 
 def test_node_settings_replace_the_servers_data_policy_and_ledger(hospital, small_study):
     card = hospital / "cards" / "hospital-1.yaml"
     config_json = _study(small_study, hospital)
-    local = json.loads(node.local_study(config_json, {
-        "dataset": str(card), "policy": str(hospital / "policy.yaml")}))
+    local = json.loads(
+        node.local_study(
+            config_json, {"dataset": str(card), "policy": str(hospital / "policy.yaml")}
+        )
+    )
     assert local["federation"] == {"name": "sites", "cards": [str(card)], "min_cohort": None}
-    assert local["policy"] == {"max_epsilon_total": 3.0, "require_dp": True,
-                               "require_approval": True}  # a deployed node's default
+    assert local["policy"] == {
+        "max_epsilon_total": 3.0,
+        "require_dp": True,
+        "require_approval": True,
+    }  # a deployed node's default
     assert local["privacy"]["secure_rng"] is True
     assert ledger_for(local, "hospital-1").path == card.with_name("hospital-1.yaml.ledger.jsonl")
     assert node.site_index({"dataset": str(card), "partition-id": 2}) == 0
     site = node._site(json.dumps(local), 0)
     assert site.name == "hospital-1"
 
-    with_dir = json.loads(node.local_study(config_json, {
-        "dataset": str(card), "policy": str(hospital / "policy.yaml"),
-        "ledger-dir": str(hospital / "ledgers")}))
-    assert ledger_for(with_dir, "hospital-1").path == hospital / "ledgers" / \
-        "hospital-1.ledger.jsonl"
+    with_dir = json.loads(
+        node.local_study(
+            config_json,
+            {
+                "dataset": str(card),
+                "policy": str(hospital / "policy.yaml"),
+                "ledger-dir": str(hospital / "ledgers"),
+            },
+        )
+    )
+    assert (
+        ledger_for(with_dir, "hospital-1").path == hospital / "ledgers" / "hospital-1.ledger.jsonl"
+    )
 
 
 def test_simulation_keeps_the_study_as_sent(small_study, tmp_path):
@@ -197,8 +232,9 @@ def fake_supernode(monkeypatch):
     return script, calls
 
 
-def test_node_start_tries_again_while_the_coordinator_holds_its_key(hospital, fake_supernode,
-                                                                     capsys):
+def test_node_start_tries_again_while_the_coordinator_holds_its_key(
+    hospital, fake_supernode, capsys
+):
     script, calls = fake_supernode
     script += ["held", "held", "stopped"]
     assert node_deploy_main(_start(hospital, hospital / "cards" / "hospital-0.yaml")) == 0
@@ -206,8 +242,7 @@ def test_node_start_tries_again_while_the_coordinator_holds_its_key(hospital, fa
     assert capsys.readouterr().out.count("still holds this node's previous connection") == 2
 
 
-def test_node_start_gives_up_when_the_key_stays_held(hospital, fake_supernode, monkeypatch,
-                                                     capsys):
+def test_node_start_gives_up_when_the_key_stays_held(hospital, fake_supernode, monkeypatch, capsys):
     from medfed.client.commands import deploy
 
     script, calls = fake_supernode

@@ -38,12 +38,20 @@ def _numbers_only(value: object) -> bool:
 
 @pytest.mark.parametrize("task", ["diagnosis", "treatment", "pricing"])
 def test_a_study_sends_only_aggregates(task: str, tmp_path) -> None:
-    study = compose_study([f"task={task}", "rounds=2", "federation.hospitals=3",
-                           "federation.min_size=60", "federation.max_size=120",
-                           f"output_dir={tmp_path}"])
+    study = compose_study(
+        [
+            f"task={task}",
+            "rounds=2",
+            "federation.hospitals=3",
+            "federation.min_size=60",
+            "federation.max_size=120",
+            f"output_dir={tmp_path}",
+        ]
+    )
     recorder = RecordingApp()
-    grid = InProcessGrid(recorder, [{"partition-id": i, "num-partitions": 3} for i in range(3)],
-                         run_config={})
+    grid = InProcessGrid(
+        recorder, [{"partition-id": i, "num-partitions": 3} for i in range(3)], run_config={}
+    )
     result = run_study(grid, study)
     shapes = {k: tuple(v.shape) for k, v in pack(result.final_state).items()}
     kinds = {"query.stats", "query.prepare", "train", "evaluate"}
@@ -68,8 +76,12 @@ def test_a_study_sends_only_aggregates(task: str, tmp_path) -> None:
 def _train_request() -> Message:
     _use_identity(1, 1)
     arrays = ArrayRecord(pack({"w": torch.zeros(2, 3), "b": torch.zeros(3)}))  # 9 float32
-    return Message(RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": 1})}),
-                   dst_node_id=5, message_type="train", group_id="1")
+    return Message(
+        RecordDict({"arrays": arrays, "config": ConfigRecord({"server-round": 1})}),
+        dst_node_id=5,
+        message_type="train",
+        group_id="1",
+    )
 
 
 def _reply(request: Message, records: dict) -> Message:
@@ -79,21 +91,29 @@ def _reply(request: Message, records: dict) -> Message:
 
 def test_guard_accepts_a_proper_train_reply() -> None:
     request = _train_request()
-    reply = _reply(request, {"arrays": ArrayRecord({"float32": torch.ones(9)}),
-                             "metrics": MetricRecord({"num-examples": 10, "train-steps": 3})})
+    reply = _reply(
+        request,
+        {
+            "arrays": ArrayRecord({"float32": torch.ones(9)}),
+            "metrics": MetricRecord({"num-examples": 10, "train-steps": 3}),
+        },
+    )
     check_reply(request, reply)
 
 
-@pytest.mark.parametrize(("records", "phrase"), [
-    ({"arrays": ArrayRecord({"float32": torch.ones(10)})}, "shape"),  # one value too many
-    ({"arrays": ArrayRecord({"float32": torch.ones(8)})}, "shape"),
-    ({"arrays": ArrayRecord({"float32": torch.ones(3, 3)})}, "shape"),  # right size, not flat
-    ({"arrays": ArrayRecord({"float64": torch.ones(9, dtype=torch.float64)})}, "layers"),
-    ({"arrays": ArrayRecord({"float32": torch.ones(9, dtype=torch.float64)})}, "float64"),
-    ({"arrays": ArrayRecord({"w": torch.ones(2, 3), "b": torch.ones(3)})}, "layers"),
-    ({"metrics": MetricRecord({"num-examples": 1, "patient-age": 63.0})}, "not whitelisted"),
-    ({"leak": ConfigRecord({"row": "63,male,..."})}, "round-0"),
-])
+@pytest.mark.parametrize(
+    ("records", "phrase"),
+    [
+        ({"arrays": ArrayRecord({"float32": torch.ones(10)})}, "shape"),  # one value too many
+        ({"arrays": ArrayRecord({"float32": torch.ones(8)})}, "shape"),
+        ({"arrays": ArrayRecord({"float32": torch.ones(3, 3)})}, "shape"),  # right size, not flat
+        ({"arrays": ArrayRecord({"float64": torch.ones(9, dtype=torch.float64)})}, "layers"),
+        ({"arrays": ArrayRecord({"float32": torch.ones(9, dtype=torch.float64)})}, "float64"),
+        ({"arrays": ArrayRecord({"w": torch.ones(2, 3), "b": torch.ones(3)})}, "layers"),
+        ({"metrics": MetricRecord({"num-examples": 1, "patient-age": 63.0})}, "not whitelisted"),
+        ({"leak": ConfigRecord({"row": "63,male,..."})}, "round-0"),
+    ],
+)
 def test_guard_refuses_anything_else(records: dict, phrase: str) -> None:
     request = _train_request()
     with pytest.raises(GuardViolation, match=phrase):

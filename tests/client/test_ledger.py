@@ -44,10 +44,18 @@ def test_entries_chain_and_carry_the_round(tmp_path):
     assert [e["status"] for e in entries] == ["reserved", "committed"] * 2
     assert entries[0]["prev_hash"] == GENESIS and entries[1]["prev_hash"] == entries[0]["hash"]
     assert entries[1]["ref"] == 0 and entries[1]["epsilon"] == pytest.approx(0.1)
-    assert {k: entries[2][k] for k in ("study", "task", "round", "noise_multiplier",
-                                       "sample_rate", "steps", "delta")} == {
-        "study": "s1", "task": "diagnosis", "round": 2, "noise_multiplier": 1.0,
-        "sample_rate": 0.08, "steps": 50, "delta": DELTA}
+    assert {
+        k: entries[2][k]
+        for k in ("study", "task", "round", "noise_multiplier", "sample_rate", "steps", "delta")
+    } == {
+        "study": "s1",
+        "task": "diagnosis",
+        "round": 2,
+        "noise_multiplier": 1.0,
+        "sample_rate": 0.08,
+        "steps": 50,
+        "delta": DELTA,
+    }
     body = {k: v for k, v in entries[0].items() if k != "hash"}
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
     assert entries[0]["hash"] == hashlib.sha256(canonical).hexdigest()
@@ -66,8 +74,7 @@ def test_spend_survives_a_node_restart(tmp_path):
     ledger = filled(tmp_path, rounds=3)
     reserve(ledger, study="s2", spend=(2.0, 0.1, 10))
     spend = Ledger(ledger.path).spent()
-    assert spend.total == pytest.approx(
-        epsilon_from_history([ROUND] * 3 + [(2.0, 0.1, 10)], DELTA))
+    assert spend.total == pytest.approx(epsilon_from_history([ROUND] * 3 + [(2.0, 0.1, 10)], DELTA))
     assert spend.studies["s1"] == pytest.approx(epsilon_from_history([ROUND] * 3, DELTA))
     assert spend.rounds == {"s1": 3, "s2": 1} and spend.open_reservations == 1
     assert Ledger(ledger.path).spent("s2").studies.keys() == {"s2"}
@@ -88,9 +95,17 @@ def node_round(ledger: Ledger, policy: Policy, rnd: int) -> str | None:
     with ledger.locked():
         total = epsilon_from_history(ledger.history() + [ROUND], DELTA)
         study = epsilon_from_history(ledger.history("s1") + [ROUND], DELTA)
-        refusal = check_round(policy, task="diagnosis", dp=True, noise_multiplier=1.0,
-                              max_grad_norm=1.0, delta=DELTA, projected_epsilon_total=total,
-                              projected_epsilon_study=study, cohort_size=3)
+        refusal = check_round(
+            policy,
+            task="diagnosis",
+            dp=True,
+            noise_multiplier=1.0,
+            max_grad_norm=1.0,
+            delta=DELTA,
+            projected_epsilon_total=total,
+            projected_epsilon_study=study,
+            cohort_size=3,
+        )
         if refusal is not None:
             return refusal.reason
         entry = reserve(ledger, rnd=rnd)
@@ -104,8 +119,10 @@ def test_overspend_is_refused_and_stays_refused_after_restart(tmp_path):
     outcomes = [node_round(Ledger(path), policy, rnd) for rnd in range(1, 9)]
     # epsilon after k rounds: 4.80, 6.34, 7.60, 8.71, then 9.72 > 9.0
     assert outcomes[:4] == [None] * 4
-    assert outcomes[4:] == ["budget: this round would bring epsilon to 9.72 > "
-                            "max_epsilon_total 9.0"] * 4
+    assert (
+        outcomes[4:]
+        == ["budget: this round would bring epsilon to 9.72 > max_epsilon_total 9.0"] * 4
+    )
     assert len(Ledger(path).history()) == 4
     assert Ledger(path).spent().total == pytest.approx(8.709, abs=1e-3)
 
@@ -125,13 +142,16 @@ def test_an_edited_field_is_detected(tmp_path):
         ledger.history()
 
 
-@pytest.mark.parametrize("damage,message", [
-    (lambda rows: rows[:3] + rows[4:], "out of sequence"),
-    (lambda rows: [rows[1], rows[0], *rows[2:]], "out of sequence"),
-    (lambda rows: rows[:-1], "head records 8"),
-    (lambda rows: rows[:-1] + [rows[-1][:40]], "head records 8"),
-    (lambda rows: rows[:5] + ["{not json\n"] + rows[6:], "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    "damage,message",
+    [
+        (lambda rows: rows[:3] + rows[4:], "out of sequence"),
+        (lambda rows: [rows[1], rows[0], *rows[2:]], "out of sequence"),
+        (lambda rows: rows[:-1], "head records 8"),
+        (lambda rows: rows[:-1] + [rows[-1][:40]], "head records 8"),
+        (lambda rows: rows[:5] + ["{not json\n"] + rows[6:], "not valid JSON"),
+    ],
+)
 def test_removed_reordered_or_truncated_entries_are_detected(tmp_path, damage, message):
     ledger = filled(tmp_path)
     ledger.path.write_text("".join(damage(lines(ledger))))

@@ -10,8 +10,17 @@ from medfed.client.commands.privacy import EXIT_OK, EXIT_TAMPERED, ledger_main, 
 from medfed.client.ledger import Ledger, ledger_path
 from medfed.models.privacy import epsilon_from_history, noise_for_target
 
-PLAN = ["--sizes", "120,400,900", "--batch-size", "32", "--local-steps", "10", "--rounds", "6",
-        "--json"]
+PLAN = [
+    "--sizes",
+    "120,400,900",
+    "--batch-size",
+    "32",
+    "--local-steps",
+    "10",
+    "--rounds",
+    "6",
+    "--json",
+]
 
 
 def plan_json(capsys, *extra: str) -> dict:
@@ -63,7 +72,8 @@ def test_ledger_report_prints_spend_and_verifies(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     assert report["chain"] == "ok" and report["entries"] == 3
     assert report["total_epsilon"] == pytest.approx(
-        epsilon_from_history([(1.0, 0.08, 50), (2.0, 0.08, 50)], 1e-5))
+        epsilon_from_history([(1.0, 0.08, 50), (2.0, 0.08, 50)], 1e-5)
+    )
     assert report["studies"]["study-b"]["rounds"] == 1 and report["open_reservations"] == 1
     assert ledger_main(["--dataset", str(ledger.path)]) == EXIT_OK
     out = capsys.readouterr().out
@@ -81,7 +91,8 @@ def test_ledger_report_exits_non_zero_when_tampered(tmp_path, capsys):
 def test_a_missing_ledger_is_an_error_not_zero_spent(tmp_path, capsys):
     assert ledger_main(["--dataset", str(tmp_path / "new.csv")]) == 1
     assert capsys.readouterr().err.startswith(
-        f"error: no privacy ledger at {tmp_path / 'new.csv.ledger.jsonl'}")
+        f"error: no privacy ledger at {tmp_path / 'new.csv.ledger.jsonl'}"
+    )
 
 
 def test_plan_from_cards_reads_sizes_and_counts_what_the_ledgers_already_spent(tmp_path, capsys):
@@ -93,9 +104,23 @@ def test_plan_from_cards_reads_sizes_and_counts_what_the_ledgers_already_spent(t
     ledger = Ledger(ledger_path(cards[1]))
     entry = ledger.reserve("earlier-study", "diagnosis", 1, 1.5, 32 / sizes[1], 30, 1e-4, 0.0)
     ledger.commit(entry, 1.0)
-    args = ["--cards", ",".join(cards), "--batch-size", "32", "--local-steps", "10",
-            "--rounds", "6", "--noise-multiplier", "1.5", "--budget", "3.0", "--delta", "1e-4",
-            "--json"]
+    args = [
+        "--cards",
+        ",".join(cards),
+        "--batch-size",
+        "32",
+        "--local-steps",
+        "10",
+        "--rounds",
+        "6",
+        "--noise-multiplier",
+        "1.5",
+        "--budget",
+        "3.0",
+        "--delta",
+        "1e-4",
+        "--json",
+    ]
     assert plan_main(args) == EXIT_OK
     rows = json.loads(capsys.readouterr().out)["hospitals"]
     assert [row["rows"] for row in rows] == sizes
@@ -104,22 +129,36 @@ def test_plan_from_cards_reads_sizes_and_counts_what_the_ledgers_already_spent(t
     assert rows[0]["epsilon_spent"] == 0.0
     assert rows[1]["epsilon_spent"] == pytest.approx(epsilon_from_history([earlier], 1e-4))
     assert rows[1]["epsilon_per_round"][0] == pytest.approx(
-        epsilon_from_history([earlier, (1.5, 32 / sizes[1], 10)], 1e-4))
+        epsilon_from_history([earlier, (1.5, 32 / sizes[1], 10)], 1e-4)
+    )
     fresh = plan_main(["--cards", cards[1], *args[2:]])
     assert fresh == EXIT_OK
     alone = json.loads(capsys.readouterr().out)["hospitals"][0]
     assert alone["rounds_affordable"] == rows[1]["rounds_affordable"]
     k = rows[1]["rounds_affordable"]
-    fresh_k = next(r for r in range(1, 1000)
-                   if epsilon_from_history([(1.5, 32 / sizes[1], 10 * (r + 1))], 1e-4) > 3.0)
+    fresh_k = next(
+        r
+        for r in range(1, 1000)
+        if epsilon_from_history([(1.5, 32 / sizes[1], 10 * (r + 1))], 1e-4) > 3.0
+    )
     assert 0 < k < fresh_k  # the earlier study's spend costs this hospital rounds
     assert epsilon_from_history([earlier, (1.5, 32 / sizes[1], 10 * k)], 1e-4) <= 3.0
     assert epsilon_from_history([earlier, (1.5, 32 / sizes[1], 10 * (k + 1))], 1e-4) > 3.0
 
 
 def test_plan_from_a_missing_card_is_one_error_line(tmp_path, capsys):
-    args = ["--cards", str(tmp_path / "nope.yaml"), "--batch-size", "32", "--local-steps", "10",
-            "--rounds", "6", "--noise-multiplier", "1.5"]
+    args = [
+        "--cards",
+        str(tmp_path / "nope.yaml"),
+        "--batch-size",
+        "32",
+        "--local-steps",
+        "10",
+        "--rounds",
+        "6",
+        "--noise-multiplier",
+        "1.5",
+    ]
     assert plan_main(args) == 2  # a usage error
     err = capsys.readouterr().err
     assert err.startswith("medfed: error: ") and "nope.yaml" in err and err.count("\n") == 1

@@ -14,15 +14,26 @@ from medfed.server.study.loop import run_study
 
 
 def _study(tmp_path: Path, *extra: str) -> dict:
-    return compose_study(["rounds=2", "federation.hospitals=3", "federation.min_size=60",
-                          "federation.max_size=120", "privacy=dpsgd",
-                          "privacy.noise_multiplier=2.0", f"privacy.ledger_dir={tmp_path / 'led'}",
-                          f"output_dir={tmp_path / 'out'}", "overwrite=true", *extra])
+    return compose_study(
+        [
+            "rounds=2",
+            "federation.hospitals=3",
+            "federation.min_size=60",
+            "federation.max_size=120",
+            "privacy=dpsgd",
+            "privacy.noise_multiplier=2.0",
+            f"privacy.ledger_dir={tmp_path / 'led'}",
+            f"output_dir={tmp_path / 'out'}",
+            "overwrite=true",
+            *extra,
+        ]
+    )
 
 
 def _run(study: dict):
-    grid = InProcessGrid(client_app, [{"partition-id": i, "num-partitions": 3} for i in range(3)],
-                         run_config={})
+    grid = InProcessGrid(
+        client_app, [{"partition-id": i, "num-partitions": 3} for i in range(3)], run_config={}
+    )
     return run_study(grid, study)
 
 
@@ -48,8 +59,10 @@ def test_a_refusal_is_a_dropout_not_a_crash(tmp_path: Path) -> None:
     by_name = {h["name"]: h for h in data["hospitals"]}
     assert by_name["hospital-1"]["rounds_missed"] == [1, 2]
     assert "epsilon" in by_name["hospital-0"] and by_name["hospital-0"]["rounds_missed"] == []
-    assert not (tmp_path / "led" / "hospital-1.ledger.jsonl").exists() or \
-        Ledger(tmp_path / "led" / "hospital-1.ledger.jsonl").history() == []
+    assert (
+        not (tmp_path / "led" / "hospital-1.ledger.jsonl").exists()
+        or Ledger(tmp_path / "led" / "hospital-1.ledger.jsonl").history() == []
+    )
 
 
 def test_epsilon_composes_across_studies_and_tampering_stops_training(tmp_path: Path) -> None:

@@ -23,8 +23,9 @@ from medfed.client.supernode.worker import TaskHeartbeat, Worker, retry_invoker
 
 def _status_error(code: int) -> httpx.HTTPStatusError:
     request = httpx.Request("POST", "http://127.0.0.1:9094/flwr.proto.Runtime/PushMessages")
-    return httpx.HTTPStatusError(f"status {code}", request=request,
-                                 response=httpx.Response(code, request=request))
+    return httpx.HTTPStatusError(
+        f"status {code}", request=request, response=httpx.Response(code, request=request)
+    )
 
 
 @pytest.fixture
@@ -94,8 +95,9 @@ def test_a_stopped_task_is_marked_cancelled_not_signalled(no_sigint):
 
 
 def test_heartbeat_retries_an_unreachable_supernode_and_cancels_on_a_refused_token():
-    beat = TaskHeartbeat(_HeartbeatClient(httpx.ConnectError("down"), _status_error(503),
-                                          _status_error(401)))
+    beat = TaskHeartbeat(
+        _HeartbeatClient(httpx.ConnectError("down"), _status_error(503), _status_error(401))
+    )
     assert beat() is False and beat() is False and not beat.cancelled.is_set()
     assert beat() is True and beat.cancelled.is_set()
 
@@ -112,8 +114,11 @@ class _Tasks:
             raise answer
         if answer is None:
             return SimpleNamespace(HasField=lambda name: False, token="")
-        return SimpleNamespace(HasField=lambda name: True, token=f"token-{answer}",
-                               task=SimpleNamespace(task_id=answer, run_id=7))
+        return SimpleNamespace(
+            HasField=lambda name: True,
+            token=f"token-{answer}",
+            task=SimpleNamespace(task_id=answer, run_id=7),
+        )
 
 
 def test_the_worker_goes_on_after_a_task_or_a_supernode_call_fails(monkeypatch, caplog):
@@ -170,12 +175,17 @@ def runtime(monkeypatch):
         return "reply"
 
     monkeypatch.setattr(heartbeat, "HeartbeatSender", Sender)
-    monkeypatch.setattr(run_clientapp, "pull_task_input",
-                        lambda client: ("message", "context", "run", "fab"))
+    monkeypatch.setattr(
+        run_clientapp, "pull_task_input", lambda client: ("message", "context", "run", "fab")
+    )
     monkeypatch.setattr(run_clientapp, "push_message", push_message)
-    monkeypatch.setattr(run_clientapp, "push_task_output",
-                        lambda client, context, status, details:
-                        calls["push_task_output"].append((status, details)))
+    monkeypatch.setattr(
+        run_clientapp,
+        "push_task_output",
+        lambda client, context, status, details: calls["push_task_output"].append(
+            (status, details)
+        ),
+    )
     worker = Worker("127.0.0.1:9")
     monkeypatch.setattr(worker, "_client_app", lambda run, fab: app)
     return worker, state, calls
@@ -208,13 +218,15 @@ def test_an_exception_in_the_client_app_is_an_error_reply(runtime, monkeypatch, 
 
     worker, state, calls = runtime
     state.app_error = ZeroDivisionError("division by zero")
-    monkeypatch.setattr(run_clientapp, "pull_task_input",
-                        lambda client: (_message(), "context", "run", "fab"))
+    monkeypatch.setattr(
+        run_clientapp, "pull_task_input", lambda client: (_message(), "context", "run", "fab")
+    )
     assert worker.run_task("token") == "done"
     [reply] = calls["push_message"]
     assert reply.has_error() and "division by zero" in reply.error.reason
     assert calls["push_task_output"] == [
-        ("failed", "<class 'ZeroDivisionError'>:<'division by zero'>")]
+        ("failed", "<class 'ZeroDivisionError'>:<'division by zero'>")
+    ]
 
 
 def _message():
@@ -225,8 +237,9 @@ def _message():
     return message
 
 
-def test_a_task_whose_message_cannot_be_pulled_ends_without_a_reply(runtime, monkeypatch,
-                                                                     caplog, no_sigint):
+def test_a_task_whose_message_cannot_be_pulled_ends_without_a_reply(
+    runtime, monkeypatch, caplog, no_sigint
+):
     """The SuperNode dropped the message (its run was stopped while it arrived) and revoked the
     task's token: the pull is refused, the worker says so in one line and is free again."""
     from flwr.supernode.runtime import run_clientapp
@@ -243,4 +256,5 @@ def test_a_task_whose_message_cannot_be_pulled_ends_without_a_reply(runtime, mon
     assert "Traceback" not in caplog.text and no_sigint == []
     assert calls["push_message"] == []
     assert calls["push_task_output"] == [
-        ("failed", "the message could not be pulled: HTTPStatusError: status 401")]
+        ("failed", "the message could not be pulled: HTTPStatusError: status 401")
+    ]

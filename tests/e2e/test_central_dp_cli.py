@@ -7,14 +7,26 @@ import json
 
 import pytest
 
-SMALL = ["federation.hospitals=4", "federation.min_size=60", "federation.max_size=120",
-         "policy.min_cell_count=1"]
+SMALL = [
+    "federation.hospitals=4",
+    "federation.min_size=60",
+    "federation.max_size=120",
+    "policy.min_cell_count=1",
+]
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.cli("central_target", "simulate", "privacy=central", "privacy.clipping=client",
-                 "privacy.target_epsilon=3", "rounds=3", "quiet=true", *SMALL,
-                 "output_dir={cwd}/run")
+@pytest.mark.cli(
+    "central_target",
+    "simulate",
+    "privacy=central",
+    "privacy.clipping=client",
+    "privacy.target_epsilon=3",
+    "rounds=3",
+    "quiet=true",
+    *SMALL,
+    "output_dir={cwd}/run",
+)
 def test_a_central_dp_study_ends_at_its_target_epsilon(cli):
     done = cli["central_target"].wait()
     assert done.returncode == 0, done.stderr[-3000:]
@@ -28,8 +40,15 @@ def test_a_central_dp_study_ends_at_its_target_epsilon(cli):
     assert dp["noise_multiplier"] > 1
 
 
-@pytest.mark.cli("central_bad", "simulate", "privacy=central", "privacy.clipping=nodes",
-                 "quiet=true", *SMALL, "output_dir={cwd}/run")
+@pytest.mark.cli(
+    "central_bad",
+    "simulate",
+    "privacy=central",
+    "privacy.clipping=nodes",
+    "quiet=true",
+    *SMALL,
+    "output_dir={cwd}/run",
+)
 def test_a_bad_central_setting_is_one_line(cli):
     done = cli["central_bad"].wait()
 

@@ -36,24 +36,55 @@ MESSAGES_PER_NODE = 2 + DP_ROUNDS + 1  # query.stats, query.prepare, train round
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory):
     work = tmp_path_factory.mktemp("deploy")
-    with LoopbackFederation(work, node_args={"hospital-2": ["--ledger-dir",
-                                                            str(work / "ledgers")]}) as fed:
-        sim = fed.start("simulate", [MEDFED, "simulate", "rounds=1", "privacy=dpsgd",
-                                     "quiet=true", f"output_dir={work / 'sim'}",
-                                     f"privacy.ledger_dir={work}/sl"])
+    with LoopbackFederation(
+        work, node_args={"hospital-2": ["--ledger-dir", str(work / "ledgers")]}
+    ) as fed:
+        sim = fed.start(
+            "simulate",
+            [
+                MEDFED,
+                "simulate",
+                "rounds=1",
+                "privacy=dpsgd",
+                "quiet=true",
+                f"output_dir={work / 'sim'}",
+                f"privacy.ledger_dir={work}/sl",
+            ],
+        )
         for name in ("plain", "stranger"):
             assert node_deploy_main(["keys", str(work / name)]) == 0
-        fed.added = fed.medfed("coordinator", "add-node", str(fed.coord), "plain",
-                               str(work / "plain" / "node.pub"))  # registered at once
+        fed.added = fed.medfed(
+            "coordinator", "add-node", str(fed.coord), "plain", str(work / "plain" / "node.pub")
+        )  # registered at once
         fed.start("stranger", fed.node_command("stranger", 0))
-        fed.start("plain", [*supernode_command(
-            fed.superlink, free_port(), {}, root_certificates=None,
-            private_key=work / "plain" / "node.key", fast=False), "--max-retries", "3"])
-        fed.trees = {name: [_cmdline(pid) for pid in descendants(fed.processes[name].pid)]
-                     for name in HOSPITALS}
+        fed.start(
+            "plain",
+            [
+                *supernode_command(
+                    fed.superlink,
+                    free_port(),
+                    {},
+                    root_certificates=None,
+                    private_key=work / "plain" / "node.key",
+                    fast=False,
+                ),
+                "--max-retries",
+                "3",
+            ],
+        )
+        fed.trees = {
+            name: [_cmdline(pid) for pid in descendants(fed.processes[name].pid)]
+            for name in HOSPITALS
+        }
         started = time.monotonic()
-        fed.dp = fed.run(f"rounds={DP_ROUNDS}", "privacy=dpsgd", "strategy.min_nodes=3",
-                         "timeout=120", f"output_dir={work / 'run'}", timeout=300)
+        fed.dp = fed.run(
+            f"rounds={DP_ROUNDS}",
+            "privacy=dpsgd",
+            "strategy.min_nodes=3",
+            "timeout=120",
+            f"output_dir={work / 'run'}",
+            timeout=300,
+        )
         fed.dp_seconds = time.monotonic() - started
         fed.tasks = {name: fed.log(name).count(" done in ") for name in HOSPITALS}
         fed.status = json.loads(fed.medfed("status", str(fed.coord), "--json").stdout or "{}")
@@ -74,8 +105,11 @@ def _rows(run: Path) -> list[dict]:
 
 
 def _round_seconds(run: Path) -> dict[int, float]:
-    return {int(r["round"]): round(float(r["seconds"]), 1) for r in _rows(run)
-            if r["hospital"] == "all hospitals" and int(r["round"]) > 0}
+    return {
+        int(r["round"]): round(float(r["seconds"]), 1)
+        for r in _rows(run)
+        if r["hospital"] == "all hospitals" and int(r["round"]) > 0
+    }
 
 
 def _summary(run: Path) -> dict:
@@ -89,15 +123,17 @@ def _checkpointed(run: Path) -> int:
     return int(load(run / FILENAME, None)["server_round"]) if (run / FILENAME).exists() else 0
 
 
-def _wait_round(run: Path, server_round: int, process: subprocess.Popen,
-                timeout: float = 120) -> float:
+def _wait_round(
+    run: Path, server_round: int, process: subprocess.Popen, timeout: float = 120
+) -> float:
     """Wait until the study checkpointed ``server_round``; the time it was seen."""
     deadline = time.monotonic() + timeout
     while True:
         if _checkpointed(run) >= server_round:
             return time.monotonic()
-        assert process.poll() is None and time.monotonic() < deadline, \
+        assert process.poll() is None and time.monotonic() < deadline, (
             f"round {server_round} not checkpointed in {run}"
+        )
         time.sleep(0.2)
 
 
@@ -110,8 +146,7 @@ def test_deployed_study_writes_the_run_directory_of_a_simulated_one(fed):
     assert summary["rounds"] == DP_ROUNDS and summary["engine"] == "flwr-run"
     assert [h["name"] for h in summary["hospitals"]] == list(HOSPITALS)
     assert not summary["refusals"] and not summary["failures"]
-    print(f"deployment: {fed.dp_seconds:.1f} s for `medfed run`, rounds "
-          f"{_round_seconds(run)} s")
+    print(f"deployment: {fed.dp_seconds:.1f} s for `medfed run`, rounds {_round_seconds(run)} s")
 
 
 def test_every_message_ran_in_the_long_lived_workers(fed):
@@ -130,8 +165,11 @@ def test_each_node_spends_on_its_own_ledger(fed):
     from medfed.client.ledger import Ledger
 
     cards = fed.workdir / "cards"
-    ledgers = [cards / "hospital-0.yaml.ledger.jsonl", cards / "hospital-1.yaml.ledger.jsonl",
-               fed.workdir / "ledgers" / "hospital-2.ledger.jsonl"]
+    ledgers = [
+        cards / "hospital-0.yaml.ledger.jsonl",
+        cards / "hospital-1.yaml.ledger.jsonl",
+        fed.workdir / "ledgers" / "hospital-2.ledger.jsonl",
+    ]
     for ledger in ledgers:
         assert len(Ledger(ledger).history()) == DP_ROUNDS, ledger
     assert not (fed.workdir / "run" / "ledgers").exists()  # the study's default was not used
@@ -161,8 +199,15 @@ def test_secure_aggregation_with_dp_sgd_runs_on_real_nodes(fed):
     """SecAgg+ in deployment: the four-stage exchange through SuperLink, SuperNodes and the
     long-lived workers (the node state carries the masks between messages), with DP-SGD."""
     run = fed.workdir / "secagg"
-    done = fed.run("rounds=2", "secure_aggregation=true", "privacy=dpsgd",
-                   "strategy.min_nodes=3", "timeout=120", f"output_dir={run}", timeout=400)
+    done = fed.run(
+        "rounds=2",
+        "secure_aggregation=true",
+        "privacy=dpsgd",
+        "strategy.min_nodes=3",
+        "timeout=120",
+        f"output_dir={run}",
+        timeout=400,
+    )
     assert done.returncode == 0, done.stdout + done.stderr
     summary = _summary(run)
     assert not summary["failures"] and not summary["refusals"]
@@ -188,17 +233,31 @@ def test_a_killed_node_misses_rounds_then_rejoins(fed):
     came back only after round 11 (with 3 s between starts). Once back it needs up to three
     rounds (a stale reply, the catch-up, a train): 20 rounds leave room."""
     run = fed.workdir / "dropout"
-    study = fed.start("dropout-run", [MEDFED, "run", "--superlink", fed.superlink, "--ca",
-                                      str(fed.coord / "ca.crt"), f"rounds={DROPOUT_ROUNDS}",
-                                      "timeout=15", "privacy=none", "strategy.min_nodes=2",
-                                      f"output_dir={run}"])
+    study = fed.start(
+        "dropout-run",
+        [
+            MEDFED,
+            "run",
+            "--superlink",
+            fed.superlink,
+            "--ca",
+            str(fed.coord / "ca.crt"),
+            f"rounds={DROPOUT_ROUNDS}",
+            "timeout=15",
+            "privacy=none",
+            "strategy.min_nodes=2",
+            f"output_dir={run}",
+        ],
+    )
     started = time.monotonic()
     killed = _wait_round(run, 2, study)
     fed.kill("hospital-2")
     fed.start_node("hospital-2", 2)
     back, back_after = time.monotonic(), _checkpointed(run)
-    timeline = (f"killed at {killed - started:.1f} s after round 2, connected again at "
-                f"{back - started:.1f} s after round {back_after} of {DROPOUT_ROUNDS}")
+    timeline = (
+        f"killed at {killed - started:.1f} s after round 2, connected again at "
+        f"{back - started:.1f} s after round {back_after} of {DROPOUT_ROUNDS}"
+    )
     assert "still holds this node's previous connection" in fed.log("hospital-2"), timeline
     assert study.wait(timeout=240) == 0, fed.log("dropout-run")[-3000:]
     wall = time.monotonic() - started
@@ -206,16 +265,21 @@ def test_a_killed_node_misses_rounds_then_rejoins(fed):
     missed = {h["name"]: h["rounds_missed"] for h in summary["hospitals"]}
     assert missed["hospital-0"] == missed["hospital-1"] == []
     assert 3 in missed["hospital-2"]
-    trained = [int(r["round"]) for r in _rows(run)
-               if r["hospital"] == "hospital-2" and r["train_steps"] not in ("", None)]
+    trained = [
+        int(r["round"])
+        for r in _rows(run)
+        if r["hospital"] == "hospital-2" and r["train_steps"] not in ("", None)
+    ]
     assert trained and max(trained) > max(missed["hospital-2"]), (
         f"{timeline}; trained {trained}, missed {missed['hospital-2']}, round seconds "
-        f"{_round_seconds(run)}, failures {summary['failures']}\n"
-        + fed.log("hospital-2")[-4000:])
+        f"{_round_seconds(run)}, failures {summary['failures']}\n" + fed.log("hospital-2")[-4000:]
+    )
     assert wall < 200
-    print(f"dropout: {timeline}, study done at {wall:.1f} s; round seconds "
-          f"{_round_seconds(run)}; hospital-2 missed {missed['hospital-2']}, trained "
-          f"{trained}; failures {summary['failures']}")
+    print(
+        f"dropout: {timeline}, study done at {wall:.1f} s; round seconds "
+        f"{_round_seconds(run)}; hospital-2 missed {missed['hospital-2']}, trained "
+        f"{trained}; failures {summary['failures']}"
+    )
 
 
 def _running_task(fed: LoopbackFederation, name: str, run_id: str) -> bool:
@@ -244,11 +308,22 @@ def test_a_stopped_study_resumes_from_its_checkpoint(fed):
     from medfed.server.deploy.coordinator import connection_for, load_config
 
     run = fed.workdir / "resumed"
-    study = fed.start("resume-run", [MEDFED, "run", "--superlink", fed.superlink, "--ca",
-                                     str(fed.coord / "ca.crt"), f"rounds={RESUME_ROUNDS}",
-                                     "privacy=none",
-                                     "timeout=60", "train.local_epochs=10",
-                                     f"output_dir={run}"])
+    study = fed.start(
+        "resume-run",
+        [
+            MEDFED,
+            "run",
+            "--superlink",
+            fed.superlink,
+            "--ca",
+            str(fed.coord / "ca.crt"),
+            f"rounds={RESUME_ROUNDS}",
+            "privacy=none",
+            "timeout=60",
+            "train.local_epochs=10",
+            f"output_dir={run}",
+        ],
+    )
     connection = connection_for(fed.coord, load_config(fed.coord))
     _wait_round(run, 1, study)
     run_id = re.findall(r"Successfully started run (\d+)", fed.log("resume-run"))[0]
@@ -261,16 +336,17 @@ def test_a_stopped_study_resumes_from_its_checkpoint(fed):
     connection.call("stop", run_id)
     assert study.wait(timeout=60) != 0
     stopped_at = _checkpointed(run)
-    never_finished = (not (run / "summary.json").exists()
-                      or _summary(run)["status"] != "finished")  # stopped: resume= continues
-    assert 2 <= stopped_at < RESUME_ROUNDS and never_finished, \
+    never_finished = (
+        not (run / "summary.json").exists() or _summary(run)["status"] != "finished"
+    )  # stopped: resume= continues
+    assert 2 <= stopped_at < RESUME_ROUNDS and never_finished, (
         f"the stop took effect after round {stopped_at} of {RESUME_ROUNDS}"
+    )
     status = [r["status"] for r in connection.runs() if str(r["run-id"]) == run_id]
     assert status and status[0].startswith("finished:") and status[0] != "finished:completed"
     done = fed.run("--resume", str(run), timeout=400)
     assert done.returncode == 0, done.stdout + done.stderr + fed.tails()
-    assert _summary(run)["rounds"] == RESUME_ROUNDS and not _summary(run)["failures"], \
-        fed.tails()
+    assert _summary(run)["rounds"] == RESUME_ROUNDS and not _summary(run)["failures"], fed.tails()
     assert sorted(_round_seconds(run)) == list(range(1, RESUME_ROUNDS + 1))
     assert {name: descendants(fed.processes[name].pid) for name in HOSPITALS} == workers
 

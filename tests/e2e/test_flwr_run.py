@@ -47,8 +47,9 @@ def _superlinks(flwr_home: Path) -> list[int]:
             argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
         except OSError:
             continue
-        if (any(Path(a).name == "flower-superlink" for a in argv[:2])
-                and any(str(flwr_home) in a for a in argv)):
+        if any(Path(a).name == "flower-superlink" for a in argv[:2]) and any(
+            str(flwr_home) in a for a in argv
+        ):
             pids.append(int(proc.name))
     return pids
 
@@ -80,21 +81,39 @@ def flwr_run(tmp_path_factory):
     (home / "config.toml").write_text(CONFIG_TOML)
     work = tmp_path_factory.mktemp("flwr-run")
     run = FlwrRun(out=work / "flwr-out")
-    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1",
-           "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1", "FLWR_HOME": str(home),
-           # the local SuperLink and its workers are started by name: use this venv's
-           "PATH": f"{FLWR.parent}{os.pathsep}{os.environ.get('PATH', '')}",
-           # private ports: never reuse (or disturb) another local SuperLink on this machine
-           "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(_free_port()),
-           "FLWR_LOCAL_CONTROL_API_PORT": str(_free_port())}
-    command = [str(FLWR), "run", str(PROJECT), "local",
-               "--run-config", f'overrides="rounds=2 federation.hospitals=3" '
-                               f'output-dir="{run.out}"',
-               "--federation-config", "num-supernodes=3 client-resources-num-cpus=1",
-               "--stream"]
+    env = {
+        **os.environ,
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLWR_HOME": str(home),
+        # the local SuperLink and its workers are started by name: use this venv's
+        "PATH": f"{FLWR.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        # private ports: never reuse (or disturb) another local SuperLink on this machine
+        "FLWR_LOCAL_SUPERLINK_HTTP_API_PORT": str(_free_port()),
+        "FLWR_LOCAL_CONTROL_API_PORT": str(_free_port()),
+    }
+    command = [
+        str(FLWR),
+        "run",
+        str(PROJECT),
+        "local",
+        "--run-config",
+        f'overrides="rounds=2 federation.hospitals=3" output-dir="{run.out}"',
+        "--federation-config",
+        "num-supernodes=3 client-resources-num-cpus=1",
+        "--stream",
+    ]
     try:
-        run.done = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True,
-                                  timeout=RUN_TIMEOUT, stdin=subprocess.DEVNULL)
+        run.done = subprocess.run(
+            command,
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=RUN_TIMEOUT,
+            stdin=subprocess.DEVNULL,
+        )
         deadline = time.monotonic() + SUMMARY_TIMEOUT
         while not (run.out / "summary.json").exists() and time.monotonic() < deadline:
             time.sleep(1.0)
@@ -119,8 +138,7 @@ def test_flwr_run_writes_the_run_directory(flwr_run):
 
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["task"], summary["strategy"], summary["rounds"]) == ("diagnosis", "fedavg", 2)
-    assert [h["name"] for h in summary["hospitals"]] == ["hospital-0", "hospital-1",
-                                                         "hospital-2"]
+    assert [h["name"] for h in summary["hospitals"]] == ["hospital-0", "hospital-1", "hospital-2"]
     assert all(h["metrics"] for h in summary["hospitals"])
     assert math.isfinite(summary["global"]["accuracy"])
     assert summary["total_train_steps"] > 0

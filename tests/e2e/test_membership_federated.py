@@ -30,12 +30,23 @@ from medfed.server.study.config import compose_study
 pytestmark = pytest.mark.slow
 
 SEEDS = (0, 1, 2)
-OVERFIT = ["task=diagnosis", "task.model.family=mlp", "task.model.hidden=[256]",
-           "train.optimizer=adam", "train.lr=0.01", "train.batch_size=64",
-           "train.local_epochs=10", "rounds=20", "federation.test_fraction=0.5",
-           "checkpoint.every=0", "quiet=true"]
-PRIVACY = {"non-private": ["privacy=none"],
-           "dp": ["privacy=dpsgd", "privacy.target_epsilon=1", "privacy.accountant=rdp"]}
+OVERFIT = [
+    "task=diagnosis",
+    "task.model.family=mlp",
+    "task.model.hidden=[256]",
+    "train.optimizer=adam",
+    "train.lr=0.01",
+    "train.batch_size=64",
+    "train.local_epochs=10",
+    "rounds=20",
+    "federation.test_fraction=0.5",
+    "checkpoint.every=0",
+    "quiet=true",
+]
+PRIVACY = {
+    "non-private": ["privacy=none"],
+    "dp": ["privacy=dpsgd", "privacy.target_epsilon=1", "privacy.accountant=rdp"],
+}
 
 
 def attack_study(overrides: list[str], out: str) -> tuple[float, float, float]:
@@ -56,16 +67,24 @@ def attack_study(overrides: list[str], out: str) -> tuple[float, float, float]:
         nonmembers.append(per_example_losses(model, site.x_test, site.y_test, loss))
     inside, outside = np.concatenate(members), np.concatenate(nonmembers)
     epsilons = [t.get("epsilon", np.inf) for t in result.final.train.values()]
-    return (best_threshold(inside, outside)[0],
-            cross_fitted_advantage(inside, outside, seed=int(study["seed"])), max(epsilons))
+    return (
+        best_threshold(inside, outside)[0],
+        cross_fitted_advantage(inside, outside, seed=int(study["seed"])),
+        max(epsilons),
+    )
 
 
 @pytest.fixture(scope="module")
 def attacks(tmp_path_factory) -> dict[str, list[tuple[float, float, float]]]:
-    return {name: [attack_study([*OVERFIT, *privacy, f"seed={seed}"],
-                                str(tmp_path_factory.mktemp(f"{name}-{seed}")))
-                   for seed in SEEDS]
-            for name, privacy in PRIVACY.items()}
+    return {
+        name: [
+            attack_study(
+                [*OVERFIT, *privacy, f"seed={seed}"], str(tmp_path_factory.mktemp(f"{name}-{seed}"))
+            )
+            for seed in SEEDS
+        ]
+        for name, privacy in PRIVACY.items()
+    }
 
 
 def test_the_federated_model_leaks_membership_without_dp(attacks):

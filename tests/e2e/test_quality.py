@@ -25,11 +25,11 @@ SETTINGS = {
     "pricing": ["rounds=60", "train.optimizer=adam", "train.lr=0.01", "train.batch_size=32"],
 }
 CLASSIFICATION = ("diagnosis", "treatment")
-ACCURACY_POINTS = 0.02      # federated may trail pooled by at most 2 accuracy points
-RMSE_RATIO = 1.05           # federated RMSE at most 5% above pooled RMSE
+ACCURACY_POINTS = 0.02  # federated may trail pooled by at most 2 accuracy points
+RMSE_RATIO = 1.05  # federated RMSE at most 5% above pooled RMSE
 ORACLE_ACCURACY_GAP = 0.08  # pooled accuracy within 8 points of the ground truth's
-ORACLE_R2_GAP = 0.2         # pooled R^2 within 0.2 of the ground truth's
-BEYOND_ORACLE = 0.03        # no learned model beats the ground truth by more than test noise
+ORACLE_R2_GAP = 0.2  # pooled R^2 within 0.2 of the ground truth's
+BEYOND_ORACLE = 0.03  # no learned model beats the ground truth by more than test noise
 
 
 @pytest.fixture(scope="module")
@@ -40,12 +40,22 @@ def studies(tmp_path_factory):
     def run(task: str) -> tuple[dict, dict]:
         if task not in done:
             out = tmp_path_factory.mktemp(f"quality-{task}")
-            study = compose_study([f"task={task}", *SETTINGS[task], "seed=0", "compare=true",
-                                   "quiet=true", f"output_dir={out}"])
+            study = compose_study(
+                [
+                    f"task={task}",
+                    *SETTINGS[task],
+                    "seed=0",
+                    "compare=true",
+                    "quiet=true",
+                    f"output_dir={out}",
+                ]
+            )
             result = run_simulated_study(study)
             schema = study_schema(study)
-            sites = [load_site(schema, study["federation"], i, int(study["seed"]))
-                     for i in range(int(study["federation"]["hospitals"]))]
+            sites = [
+                load_site(schema, study["federation"], i, int(study["seed"]))
+                for i in range(int(study["federation"]["hospitals"]))
+            ]
             done[task] = summarise(result), oracle_score(schema, sites)
         return done[task]
 
@@ -54,8 +64,11 @@ def studies(tmp_path_factory):
 
 def _arms(summary: dict, metric: str) -> tuple[float, float, float]:
     base = summary["baselines"]
-    return (summary["global"][metric], base["pooled"]["global"][metric],
-            base["local"]["mean"][metric])
+    return (
+        summary["global"][metric],
+        base["pooled"]["global"][metric],
+        base["local"]["mean"][metric],
+    )
 
 
 @pytest.mark.parametrize("task", CLASSIFICATION)

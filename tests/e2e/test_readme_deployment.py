@@ -36,8 +36,11 @@ from medfed.infra.processes import alive, descendants, flower_env, free_port
 pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 README = Path(__file__).resolve().parents[2] / "README.md"
-CARDS = {"hospital-a": "data/hospital-0.yaml", "hospital-b": "data/hospital-1.yaml",
-         "hospital-c": "data/hospital-2.yaml"}
+CARDS = {
+    "hospital-a": "data/hospital-0.yaml",
+    "hospital-b": "data/hospital-1.yaml",
+    "hospital-c": "data/hospital-2.yaml",
+}
 LONG_RUNNING = ("medfed coordinator start", "medfed node start")
 VARIABLE = re.compile(r"[A-Z_]+=")
 GRACE = 30.0  # seconds a stopped party gets before SIGKILL
@@ -45,8 +48,9 @@ GRACE = 30.0  # seconds a stopped party gets before SIGKILL
 
 def readme_blocks() -> dict[str, str]:
     """The bash block after each ``<!-- readme-test: NAME -->`` marker of README.md, by name."""
-    found = re.findall(r"^<!-- readme-test: ([\w-]+) -->\n```bash\n(.*?)^```", README.read_text(),
-                       re.M | re.S)
+    found = re.findall(
+        r"^<!-- readme-test: ([\w-]+) -->\n```bash\n(.*?)^```", README.read_text(), re.M | re.S
+    )
     assert len(dict(found)) == len(found), "a readme-test marker is used twice"
     return dict(found)
 
@@ -64,10 +68,11 @@ def parts(block: str, **values: str) -> tuple[str, str | None]:
     long = [i for i, line in enumerate(lines) if line.startswith(LONG_RUNNING)]
     if not long:
         return "\n".join(lines) + "\n", None
-    assert len(long) == 1 and all(line.endswith("\\") for line in lines[long[0]:-1]), \
+    assert len(long) == 1 and all(line.endswith("\\") for line in lines[long[0] : -1]), (
         f"the long-running command must be the block's last:\n{block}"
+    )
     head = "\n".join(lines[:top]) + "\n"
-    return head + "\n".join(lines[top:long[0]]) + "\n", head + "\n".join(lines[long[0]:]) + "\n"
+    return head + "\n".join(lines[top : long[0]]) + "\n", head + "\n".join(lines[long[0] :]) + "\n"
 
 
 class Parties:
@@ -83,10 +88,19 @@ class Parties:
     def run(self, scripts: dict[str, str], timeout: float = 120) -> dict[str, str]:
         """Run each party's script (at the same time, as on separate machines) with
         ``bash -euo pipefail``; their output, once all exited 0."""
-        started = {name: subprocess.Popen(
-            ["bash", "-euo", "pipefail", "-c", script], cwd=self.root / name, env=self.env,
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            stdin=subprocess.DEVNULL, start_new_session=True) for name, script in scripts.items()}
+        started = {
+            name: subprocess.Popen(
+                ["bash", "-euo", "pipefail", "-c", script],
+                cwd=self.root / name,
+                env=self.env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            for name, script in scripts.items()
+        }
         outputs = {}
         for name, process in started.items():
             try:
@@ -94,32 +108,41 @@ class Parties:
             except subprocess.TimeoutExpired:
                 self._stop(process)
                 raise
-            assert process.returncode == 0, (f"{name}: status {process.returncode} of\n"
-                                             f"{scripts[name]}\n{outputs[name]}\n{self.tails()}")
+            assert process.returncode == 0, (
+                f"{name}: status {process.returncode} of\n"
+                f"{scripts[name]}\n{outputs[name]}\n{self.tails()}"
+            )
         return outputs
 
     def start(self, name: str, script: str) -> None:
         """Start ``name``'s long-running line in the background, its output in ``name.log``."""
         with (self.root / f"{name}.log").open("ab") as log:
             self.background[name] = subprocess.Popen(
-                ["bash", "-euo", "pipefail", "-c", script], cwd=self.root / name, env=self.env,
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True)
+                ["bash", "-euo", "pipefail", "-c", script],
+                cwd=self.root / name,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
 
     def log(self, name: str) -> str:
         path = self.root / f"{name}.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
     def tails(self) -> str:
-        return "\n".join(f"--- {name}.log ---\n{self.log(name)[-2500:]}"
-                         for name in self.background)
+        return "\n".join(
+            f"--- {name}.log ---\n{self.log(name)[-2500:]}" for name in self.background
+        )
 
     def wait_for(self, name: str, *texts: str, timeout: float = 120) -> None:
         """Wait until ``name``'s log shows every text (error if its line ends first)."""
         deadline = time.monotonic() + timeout
         while not all(text in self.log(name) for text in texts):
-            assert self.background[name].poll() is None and time.monotonic() < deadline, \
+            assert self.background[name].poll() is None and time.monotonic() < deadline, (
                 f"no {texts} in {name}.log:\n{self.log(name)[-3000:]}"
+            )
             time.sleep(0.2)
 
     def close(self) -> dict[str, int]:
@@ -165,14 +188,16 @@ def readme_run(tmp_path_factory):
         clock[0] = time.monotonic()
 
     try:
-        prepare = {name: parts(blocks["hospital-prepare"], CARD=card)[0]
-                   for name, card in CARDS.items()}
+        prepare = {
+            name: parts(blocks["hospital-prepare"], CARD=card)[0] for name, card in CARDS.items()
+        }
         parties.run(prepare)
         lap("hospitals prepare")
         for name in CARDS:
             (root / "coordinator" / "received").mkdir(exist_ok=True)
-            shutil.copyfile(root / name / "keys" / "node.pub",
-                            root / "coordinator" / "received" / f"{name}.pub")
+            shutil.copyfile(
+                root / name / "keys" / "node.pub", root / "coordinator" / "received" / f"{name}.pub"
+            )
         setup, serve = parts(blocks["coordinator-start"], PORT=port)
         parties.run({"coordinator": setup})
         parties.start("coordinator", serve)
@@ -180,18 +205,22 @@ def readme_run(tmp_path_factory):
         lap("coordinator init, add-node, start")
         for name, card in CARDS.items():
             shutil.copyfile(root / "coordinator" / "coord" / "ca.crt", root / name / "ca.crt")
-            parties.start(name, parts(blocks["hospital-start"], SUPERLINK=f"127.0.0.1:{port}",
-                                      CARD=card)[1])
+            parties.start(
+                name, parts(blocks["hospital-start"], SUPERLINK=f"127.0.0.1:{port}", CARD=card)[1]
+            )
         for name in CARDS:
             parties.wait_for(name, "SuperNode ID:", READY)
         lap("nodes start")
-        parties.study = parties.run({"coordinator": parts(blocks["coordinator-run"],
-                                                          PORT=port)[0]}, timeout=240)
+        parties.study = parties.run(
+            {"coordinator": parts(blocks["coordinator-run"], PORT=port)[0]}, timeout=240
+        )
         lap("status, run, resume")
-        parties.ledgers = parties.run({name: parts(blocks["hospital-ledger"], CARD=card)[0]
-                                       for name, card in CARDS.items()})
-        parties.status = json.loads(parties.run({"coordinator": "medfed status coord --json"})
-                                    ["coordinator"])
+        parties.ledgers = parties.run(
+            {name: parts(blocks["hospital-ledger"], CARD=card)[0] for name, card in CARDS.items()}
+        )
+        parties.status = json.loads(
+            parties.run({"coordinator": "medfed status coord --json"})["coordinator"]
+        )
         lap("ledgers, status")
         yield parties
         stopped = parties.close()
@@ -203,12 +232,18 @@ def readme_run(tmp_path_factory):
 def test_every_readme_block_has_a_marker_and_is_run():
     """Each bash block of the two sections is one of the blocks this test runs."""
     text = README.read_text()
-    sections = text[text.index("## Run a federation across hospitals"):
-                    text.index("## Privacy: DP-SGD")]
+    sections = text[
+        text.index("## Run a federation across hospitals") : text.index("## Privacy: DP-SGD")
+    ]
     fences = re.findall(r"^(.*)\n```bash$", sections, re.M)
     assert fences and all(line.startswith("<!-- readme-test: ") for line in fences), fences
-    assert sorted(readme_blocks()) == ["coordinator-run", "coordinator-start", "hospital-ledger",
-                                       "hospital-prepare", "hospital-start"]
+    assert sorted(readme_blocks()) == [
+        "coordinator-run",
+        "coordinator-start",
+        "hospital-ledger",
+        "hospital-prepare",
+        "hospital-start",
+    ]
     with pytest.raises(AssertionError, match="no variable line"):
         parts(readme_blocks()["hospital-ledger"], PORT="1")
 
@@ -217,13 +252,15 @@ def test_the_study_ran_on_three_hospitals(readme_run):
     run = readme_run.root / "coordinator" / "runs" / "first"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["rounds"] == 3 and summary["engine"] == "flwr-run"
-    assert [h["name"] for h in summary["hospitals"]] == ["hospital-0", "hospital-1",
-                                                         "hospital-2"]
+    assert [h["name"] for h in summary["hospitals"]] == ["hospital-0", "hospital-1", "hospital-2"]
     assert all(h["epsilon"] > 0 and h["rounds_missed"] == [] for h in summary["hospitals"])
     assert not summary["failures"] and not summary["refusals"] and not summary["stopped"]
     with (run / "metrics.csv").open(newline="") as handle:
-        seconds = {int(r["round"]): round(float(r["seconds"]), 1) for r in csv.DictReader(handle)
-                   if r["hospital"] == "all hospitals" and int(r["round"]) > 0}
+        seconds = {
+            int(r["round"]): round(float(r["seconds"]), 1)
+            for r in csv.DictReader(handle)
+            if r["hospital"] == "all hospitals" and int(r["round"]) > 0
+        }
     assert sorted(seconds) == [1, 2, 3]
     print(f"README blocks, seconds per step: {readme_run.seconds}; round seconds {seconds}")
 
@@ -232,16 +269,18 @@ def test_the_deployed_bundle_is_signed_by_the_coordinators_key(readme_run):
     from medfed.models.release.bundle import verify_bundle
 
     coordinator = readme_run.root / "coordinator"
-    verified = verify_bundle(coordinator / "runs" / "first" / "model",
-                             coordinator / "coord" / "signing.pub")
+    verified = verify_bundle(
+        coordinator / "runs" / "first" / "model", coordinator / "coord" / "signing.pub"
+    )
     assert verified.signer_kind == "coordinator" and verified.pinned
 
 
 def test_status_lists_the_three_hospitals_online(readme_run):
     out = readme_run.study["coordinator"]
-    nodes = out[out.index("nodes:"):out.index("studies:")]
-    assert sorted(re.findall(r"^\s+(hospital-[abc])\s+\d+\s+online\b", nodes, re.M)) == \
-        list(CARDS), out[:2000]
+    nodes = out[out.index("nodes:") : out.index("studies:")]
+    assert sorted(re.findall(r"^\s+(hospital-[abc])\s+\d+\s+online\b", nodes, re.M)) == list(
+        CARDS
+    ), out[:2000]
     online = sorted(n["name"] for n in readme_run.status["nodes"] if n["status"] == "online")
     assert online == list(CARDS)
 

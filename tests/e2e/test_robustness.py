@@ -21,8 +21,11 @@ pytestmark = pytest.mark.slow
 FEDERATION = ["quiet=true", "federation.hospitals=5", "rounds=8", "seed=0"]
 ATTACK = ["attack.hospitals=[1]", "attack.kind=sign_flip", "attack.scale=100"]
 NO_SCREENING = ["screening.max_norm_ratio=null"]
-ROBUST = {"fedmedian": [], "trimmedmean": ["strategy.beta=0.2"],
-          "krum": ["strategy.num_malicious_nodes=1"]}
+ROBUST = {
+    "fedmedian": [],
+    "trimmedmean": ["strategy.beta=0.2"],
+    "krum": ["strategy.num_malicious_nodes=1"],
+}
 
 
 def _accuracy(tmp_path: Path, name: str, *overrides: str) -> tuple[float, dict]:
@@ -46,15 +49,17 @@ def test_fedavg_is_degraded_by_one_attacker(tmp_path, clean):
 
 @pytest.mark.parametrize("strategy", sorted(ROBUST))
 def test_robust_aggregators_hold_accuracy(tmp_path, clean, strategy):
-    attacked, _ = _accuracy(tmp_path, strategy, f"strategy={strategy}", *ROBUST[strategy],
-                            *ATTACK, *NO_SCREENING)
+    attacked, _ = _accuracy(
+        tmp_path, strategy, f"strategy={strategy}", *ROBUST[strategy], *ATTACK, *NO_SCREENING
+    )
     assert attacked > clean - 0.1, (strategy, attacked, clean)
 
 
 @pytest.mark.parametrize("kind", ["sign_flip", "nan"])
 def test_screening_rejects_the_attacker_and_fedavg_holds(tmp_path, clean, kind):
-    attacked, summary = _accuracy(tmp_path, kind, *ATTACK[:1], f"attack.kind={kind}",
-                                  "attack.scale=100")
+    attacked, summary = _accuracy(
+        tmp_path, kind, *ATTACK[:1], f"attack.kind={kind}", "attack.scale=100"
+    )
     assert abs(attacked - clean) < 0.05
     assert set(summary["rejected"]) == {str(r) for r in range(1, 9)}
     assert all(list(per_round) == ["hospital-1"] for per_round in summary["rejected"].values())

@@ -32,8 +32,12 @@ def _summary(out: Path) -> dict:
 
 
 def _task_run(task: str):
-    return pytest.param(task, marks=pytest.mark.cli(
-        task, "simulate", f"task={task}", "rounds=3", "quiet=true", "output_dir={cwd}/run"))
+    return pytest.param(
+        task,
+        marks=pytest.mark.cli(
+            task, "simulate", f"task={task}", "rounds=3", "quiet=true", "output_dir={cwd}/run"
+        ),
+    )
 
 
 @pytest.mark.parametrize("task", [_task_run(task) for task in TASKS])
@@ -44,7 +48,10 @@ def test_simulate_each_task(cli, task, load_model):
     assert done.stdout.strip() == ""  # quiet=true
     summary = _summary(out)
     assert (summary["task"], summary["strategy"], summary["engine"]) == (
-        task, "fedavg", "inprocess")
+        task,
+        "fedavg",
+        "inprocess",
+    )
     assert summary["rounds"] == 3 and len(summary["hospitals"]) == 4
     assert math.isfinite(summary["global"][TASKS[task]])
     with (out / "metrics.csv").open() as handle:
@@ -68,8 +75,16 @@ def test_without_quiet_a_progress_bar_and_a_table_are_shown(cli):
     assert "results:" in shown
 
 
-@pytest.mark.cli("sweep", "simulate", "-m", "seed=1,2", "rounds=2", "quiet=true", *SMALL,
-                 "hydra.sweep.dir={cwd}/sweep")
+@pytest.mark.cli(
+    "sweep",
+    "simulate",
+    "-m",
+    "seed=1,2",
+    "rounds=2",
+    "quiet=true",
+    *SMALL,
+    "hydra.sweep.dir={cwd}/sweep",
+)
 def test_a_sweep_writes_one_run_directory_per_combination(cli, load_model):
     cwd, _ = _ok(cli["sweep"])
 
@@ -82,15 +97,21 @@ def test_a_sweep_writes_one_run_directory_per_combination(cli, load_model):
 
 
 def _config_error(name: str, override: str, *named: str):
-    return pytest.param(name, named, marks=pytest.mark.cli(
-        name, "simulate", override, "quiet=true", "output_dir={cwd}/run"))
+    return pytest.param(
+        name,
+        named,
+        marks=pytest.mark.cli(name, "simulate", override, "quiet=true", "output_dir={cwd}/run"),
+    )
 
 
-@pytest.mark.parametrize("name, named", [
-    _config_error("unknown_task", "task=nope", "nope", "diagnosis", "pricing"),
-    _config_error("unknown_key", "foo=1", "foo"),
-    _config_error("zero_rounds", "rounds=0", "rounds", "0"),
-])
+@pytest.mark.parametrize(
+    "name, named",
+    [
+        _config_error("unknown_task", "task=nope", "nope", "diagnosis", "pricing"),
+        _config_error("unknown_key", "foo=1", "foo"),
+        _config_error("zero_rounds", "rounds=0", "rounds", "0"),
+    ],
+)
 def test_a_config_error_is_one_line_on_stderr(cli, name, named):
     done = cli[name].wait()
 
@@ -127,8 +148,17 @@ def test_a_failing_study_is_one_line_on_stderr(monkeypatch, capfd, tmp_path):
 
 
 @pytest.mark.slow  # not slow, but two more studies: kept out of the fast tier's time budget
-@pytest.mark.cli("sweep_output_dir", "simulate", "-m", "seed=1,2", "rounds=1", "quiet=true",
-                 *SMALL, "output_dir={cwd}/run", "hydra.sweep.dir={cwd}/sweep")
+@pytest.mark.cli(
+    "sweep_output_dir",
+    "simulate",
+    "-m",
+    "seed=1,2",
+    "rounds=1",
+    "quiet=true",
+    *SMALL,
+    "output_dir={cwd}/run",
+    "hydra.sweep.dir={cwd}/sweep",
+)
 def test_a_sweep_with_output_dir_keeps_every_run(cli):
     cwd, _ = _ok(cli["sweep_output_dir"])
     seeds = sorted(_summary(p.parent)["seed"] for p in cwd.rglob("summary.json"))
@@ -137,8 +167,15 @@ def test_a_sweep_with_output_dir_keeps_every_run(cli):
 
 @pytest.mark.slow
 def test_ray_engine_reaches_the_in_process_weights(launch, load_model):
-    args = ["simulate", "rounds=2", "quiet=true", "federation.hospitals=4",
-            "federation.min_size=60", "federation.max_size=120", "output_dir={cwd}/run"]
+    args = [
+        "simulate",
+        "rounds=2",
+        "quiet=true",
+        "federation.hospitals=4",
+        "federation.min_size=60",
+        "federation.max_size=120",
+        "output_dir={cwd}/run",
+    ]
     on_ray = launch(*args, "engine=ray")
     in_process = launch(*args, "engine=inprocess")
     ray_out, local_out = _ok(on_ray)[0] / "run", _ok(in_process)[0] / "run"
@@ -148,7 +185,10 @@ def test_ray_engine_reaches_the_in_process_weights(launch, load_model):
     assert ray_summary["total_train_steps"] == local_summary["total_train_steps"]
     for on, off in zip(ray_summary["hospitals"], local_summary["hospitals"], strict=True):
         assert (on["name"], on["n_train"], on["n_test"]) == (
-            off["name"], off["n_train"], off["n_test"])
+            off["name"],
+            off["n_train"],
+            off["n_test"],
+        )
         assert on["metrics"] == pytest.approx(off["metrics"], rel=1e-4, nan_ok=True)
     ray_state, local_state = load_model(ray_out), load_model(local_out)
     assert ray_state.keys() == local_state.keys()

@@ -51,8 +51,7 @@ def test_quick_pulls_wrap_once_and_refuse_a_function_they_do_not_know():
     module = SimpleNamespace(pull_objects=pull_objects, other=lambda ids, fn: None)
     assert quick_object_pulls(module) and quick_object_pulls(module)
     assert module.pull_objects.func is pull_objects  # one partial, not a partial of a partial
-    assert module.pull_objects.keywords == {"initial_backoff": PULL_BACKOFF,
-                                            "backoff_cap": 2.0}
+    assert module.pull_objects.keywords == {"initial_backoff": PULL_BACKOFF, "backoff_cap": 2.0}
     assert not quick_object_pulls(module, "other") and not quick_object_pulls(module, "missing")
 
 
@@ -73,9 +72,20 @@ def _message(run_id: int, reply_to=None):
     content = RecordDict({"config": ConfigRecord({"lr": 0.1})})
     if reply_to is not None:
         return Message(content, reply_to=reply_to)
-    message = Message(content, metadata=Metadata(
-        run_id=run_id, message_id="", src_node_id=0, dst_node_id=1, reply_to_message_id="",
-        group_id="3", created_at=time.time(), ttl=600, message_type="train"))
+    message = Message(
+        content,
+        metadata=Metadata(
+            run_id=run_id,
+            message_id="",
+            src_node_id=0,
+            dst_node_id=1,
+            reply_to_message_id="",
+            group_id="3",
+            created_at=time.time(),
+            ttl=600,
+            message_type="train",
+        ),
+    )
     message.metadata.__dict__["_message_id"] = message.object_id
     return message
 
@@ -91,10 +101,17 @@ def _node():
 
 
 def _receive_step(state, store, receive, pull_object=None):
-    return dict(state=state, object_store=store, node_config={}, receive=receive,
-                get_run=None, get_fab=None, pull_object=pull_object,
-                confirm_message_received=lambda run_id, message_id: None,
-                trusted_entities=None)
+    return dict(
+        state=state,
+        object_store=store,
+        node_config={},
+        receive=receive,
+        get_run=None,
+        get_fab=None,
+        pull_object=pull_object,
+        confirm_message_received=lambda run_id, message_id: None,
+        trusted_entities=None,
+    )
 
 
 def test_a_reply_left_by_a_stopped_run_is_sent_at_the_next_empty_receive():
@@ -109,8 +126,12 @@ def test_a_reply_left_by_a_stopped_run_is_sent_at_the_next_empty_receive():
     wrapped = robust_receive(loop._pull_and_store_message)
     assert wrapped(**arguments) == 7
     sent = []
-    loop._push_messages(state=state, object_store=store, push_object=lambda *a: None,
-                        send=lambda msg, tree, runtime: sent.append(msg) or (set(), "s"))
+    loop._push_messages(
+        state=state,
+        object_store=store,
+        push_object=lambda *a: None,
+        send=lambda msg, tree, runtime: sent.append(msg) or (set(), "s"),
+    )
     assert [m.metadata.run_id for m in sent] == [7]
     assert waiting_reply_run(state) is None and wrapped(**arguments) is None
 
@@ -132,8 +153,7 @@ def test_a_run_stopped_while_its_message_is_received_leaves_no_task_behind(robus
     def refused(run_id, object_id):
         raise RunNotRunningException
 
-    step = robust_receive(loop._pull_and_store_message) if robust else \
-        loop._pull_and_store_message
+    step = robust_receive(loop._pull_and_store_message) if robust else loop._pull_and_store_message
     assert step(**_receive_step(state, store, lambda: next(received), refused)) is None
     tasks = state.get_tasks(run_ids=[7])
     assert len(tasks) == 1
@@ -142,8 +162,10 @@ def test_a_run_stopped_while_its_message_is_received_leaves_no_task_behind(robus
         assert tasks[0].status.sub_status == SubStatus.STOPPED
         assert not state.msg_store
     else:  # what Flower 1.41 leaves behind
-        assert tasks[0].status.status == Status.PENDING and message.metadata.message_id in \
-            state.msg_store
+        assert (
+            tasks[0].status.status == Status.PENDING
+            and message.metadata.message_id in state.msg_store
+        )
 
 
 def test_dropping_a_stopped_run_keeps_other_runs():
@@ -195,8 +217,10 @@ def test_the_installed_flower_has_everything_the_patches_replace():
 def test_a_moved_internal_is_named_with_its_patch(monkeypatch):
     from medfed.infra import flower_patches
 
-    moved = flower_patches.Internal("flwr.supernode.start_client_internal", "no_such_loop",
-                                    "capped_sleep")
+    moved = flower_patches.Internal(
+        "flwr.supernode.start_client_internal", "no_such_loop", "capped_sleep"
+    )
     monkeypatch.setattr(flower_patches, "INTERNALS", (moved,))
     assert flower_patches.missing_internals() == [
-        "capped_sleep: flwr has no flwr.supernode.start_client_internal.no_such_loop"]
+        "capped_sleep: flwr has no flwr.supernode.start_client_internal.no_such_loop"
+    ]

@@ -77,8 +77,12 @@ def test_a_headerless_cleveland_export_maps_onto_the_diagnosis_schema(cleveland:
     data = read_card_data(load_card(cleveland), schema)
     report = data.report
     assert report.usable, report.errors
-    assert (report.rows_read, report.rows_kept, report.train_size, report.test_size) == \
-        (16, 16, 11, 5)
+    assert (report.rows_read, report.rows_kept, report.train_size, report.test_size) == (
+        16,
+        16,
+        11,
+        5,
+    )
     rows = pd.concat([data.train, data.test]).sort_values("max_heart_rate")
     first = rows[rows.max_heart_rate == 150].iloc[0]
     assert first.sex == "male" and first.chest_pain == "typical_angina"
@@ -137,13 +141,21 @@ target: {name: outcome, type: binary, classes: ["no", "yes"]}
 
 def test_none_is_a_category_and_only_listed_markers_are_missing(tmp_path: Path) -> None:
     (tmp_path / "smoking.yaml").write_text(NONE_TASK, encoding="utf-8")
-    lines = ["age,smoking,smoker_flag,outcome", "50,None,no,yes", "60,?,yes,no",
-             "70,current,TRUE,yes", "55,Former,,no", "45,NA,false,no"]
+    lines = [
+        "age,smoking,smoker_flag,outcome",
+        "50,None,no,yes",
+        "60,?,yes,no",
+        "70,current,TRUE,yes",
+        "55,Former,,no",
+        "45,NA,false,no",
+    ]
     (tmp_path / "d.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (tmp_path / "card.yaml").write_text(
         "task: smoking.yaml\ntrain: d.csv\nsplit: {test_fraction: 0}\n"
         "csv: {missing: ['?', 'NA']}\nvalues: {smoking: {Former: former},"
-        " smoker_flag: {yes: 1, no: 0, true: 1, false: 0}}\nmin_cohort: 1\n", encoding="utf-8")
+        " smoker_flag: {yes: 1, no: 0, true: 1, false: 0}}\nmin_cohort: 1\n",
+        encoding="utf-8",
+    )
     card = load_card(tmp_path / "card.yaml")
     assert card.values["smoker_flag"]["yes"] == "1" and card.values["smoker_flag"]["TRUE"] == "1"
     data = read_card_data(card, load_task(tmp_path / "smoking.yaml"))
@@ -154,57 +166,86 @@ def test_none_is_a_category_and_only_listed_markers_are_missing(tmp_path: Path) 
     assert data.train.outcome.tolist() == [1, 0, 1, 0, 0]
 
 
-@pytest.mark.parametrize(("value", "code"), [
-    (1, "1"), (1.0, "1"), ("1.0", "1"), (" 01 ", "1"), ("1.50", "1.5"), (True, "true"),
-    ("None", "None"), ("", ""), (float("nan"), None), (None, None), (np.int64(4), "4")])
+@pytest.mark.parametrize(
+    ("value", "code"),
+    [
+        (1, "1"),
+        (1.0, "1"),
+        ("1.0", "1"),
+        (" 01 ", "1"),
+        ("1.50", "1.5"),
+        (True, "true"),
+        ("None", "None"),
+        ("", ""),
+        (float("nan"), None),
+        (None, None),
+        (np.int64(4), "4"),
+    ],
+)
 def test_canonical_codes(value: object, code: str | None) -> None:
     assert canonical_code(value) == code
 
 
-@pytest.mark.parametrize(("feature", "local", "unit", "value", "expected"), [
-    ("cholesterol", "chol", "mmol/L", 5.0, 5.0 * 38.67),
-    ("glucose", "glu", "mmol/L", 5.0, 5.0 * 18.016),
-    ("temperature", "temp", "F", 98.6, 37.0),
-    ("weight", "wt", "lb", 100.0, 45.359237),
-    ("height", "ht", "in", 10.0, 25.4),
-])
-def test_unit_conversions(feature: str, local: str, unit: str, value: float,
-                          expected: float) -> None:
-    target = {"cholesterol": "mg/dL", "glucose": "mg/dL", "temperature": "°C", "weight": "kg",
-              "height": "cm"}[feature]
+@pytest.mark.parametrize(
+    ("feature", "local", "unit", "value", "expected"),
+    [
+        ("cholesterol", "chol", "mmol/L", 5.0, 5.0 * 38.67),
+        ("glucose", "glu", "mmol/L", 5.0, 5.0 * 18.016),
+        ("temperature", "temp", "F", 98.6, 37.0),
+        ("weight", "wt", "lb", 100.0, 45.359237),
+        ("height", "ht", "in", 10.0, 25.4),
+    ],
+)
+def test_unit_conversions(
+    feature: str, local: str, unit: str, value: float, expected: float
+) -> None:
+    target = {
+        "cholesterol": "mg/dL",
+        "glucose": "mg/dL",
+        "temperature": "°C",
+        "weight": "kg",
+        "height": "cm",
+    }[feature]
     convert = converter(feature, local, unit, target, "card.yaml")
     assert convert(np.array([value]))[0] == pytest.approx(expected)
 
 
 def test_an_unknown_conversion_names_the_column_and_both_units() -> None:
-    with pytest.raises(ValueError, match=r"card.yaml: cannot convert column 'cost' from 'EUR' "
-                                         r"to 'USD'"):
+    with pytest.raises(
+        ValueError,
+        match=r"card.yaml: cannot convert column 'cost' from 'EUR' "
+        r"to 'USD'",
+    ):
         converter("charges", "cost", "EUR", "USD", "card.yaml")
     with pytest.raises(ValueError, match="column 'x' from 'mmol/L' to 'mg/dL'"):
         converter("sodium", "x", "mmol/L", "mg/dL", "card.yaml")
 
 
 def test_a_bad_unit_is_a_report_error(cleveland: Path) -> None:
-    cleveland.write_text(CLEVELAND_CARD.replace("chol: mmol/L", "chol: stones"),
-                         encoding="utf-8")
+    cleveland.write_text(CLEVELAND_CARD.replace("chol: mmol/L", "chol: stones"), encoding="utf-8")
     report = read_card_data(load_card(cleveland), load_task("diagnosis")).report
     assert not report.usable
-    assert "cleveland.yaml: cannot convert column 'chol' from 'stones' to 'mg/dL'" in \
-        report.errors[0]
+    assert (
+        "cleveland.yaml: cannot convert column 'chol' from 'stones' to 'mg/dL'" in report.errors[0]
+    )
 
 
-@pytest.mark.parametrize(("change", "message"), [
-    ("csv: {header: false, delimiter: ',', quote: x}", r"csv: unknown key\(s\) \['quote'\]"),
-    ("csv: {header: false}\ncolumns: null", "csv.header is false, so list"),
-    ("on_invalid_row: skip", "on_invalid_row must be drop or fail"),
-    ("split: {test_fraction: 1.5}", r"test_fraction must be a number in \[0, 1\)"),
-    ("csv: {encoding: klingon}", "unknown encoding 'klingon'"),
-    ("target: {column: num, map: []}", "target.map must be a non-empty mapping"),
-    ("min_cohort: 0", "min_cohort must be a positive integer"),
-    ("colour: blue", r"unknown key\(s\) \['colour'\]"),
-])
-def test_card_mistakes_name_the_card_and_the_key(cleveland: Path, change: str,
-                                                 message: str) -> None:
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ("csv: {header: false, delimiter: ',', quote: x}", r"csv: unknown key\(s\) \['quote'\]"),
+        ("csv: {header: false}\ncolumns: null", "csv.header is false, so list"),
+        ("on_invalid_row: skip", "on_invalid_row must be drop or fail"),
+        ("split: {test_fraction: 1.5}", r"test_fraction must be a number in \[0, 1\)"),
+        ("csv: {encoding: klingon}", "unknown encoding 'klingon'"),
+        ("target: {column: num, map: []}", "target.map must be a non-empty mapping"),
+        ("min_cohort: 0", "min_cohort must be a positive integer"),
+        ("colour: blue", r"unknown key\(s\) \['colour'\]"),
+    ],
+)
+def test_card_mistakes_name_the_card_and_the_key(
+    cleveland: Path, change: str, message: str
+) -> None:
     key = change.split(":")[0]
     kept = [line for line in CLEVELAND_CARD.splitlines() if not line.startswith(key + ":")]
     cleveland.write_text("\n".join(kept) + "\n" + change + "\n", encoding="utf-8")
@@ -222,31 +263,44 @@ def test_a_rename_to_nowhere_is_an_error(cleveland: Path) -> None:
 def test_a_multiclass_target_by_class_name_or_index(tmp_path: Path) -> None:
     schema = load_task("treatment")
     labels = ["No", "Steady", "Up", "Down", "2", "7"] * 5
-    lines = [",".join([*schema.feature_names, "insulin"]),
-             *(f"50-70,female,urgent,transfer,3,40,12,7,norm,none,{i},{label}"
-               for i, label in enumerate(labels))]
+    lines = [
+        ",".join([*schema.feature_names, "insulin"]),
+        *(
+            f"50-70,female,urgent,transfer,3,40,12,7,norm,none,{i},{label}"
+            for i, label in enumerate(labels)
+        ),
+    ]
     (tmp_path / "t.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (tmp_path / "card.yaml").write_text("task: treatment\ntrain: t.csv\n", encoding="utf-8")
     data = read_card_data(load_card(tmp_path / "card.yaml"), schema)
     assert data.report.dropped == {"invalid target": 5}
-    assert data.report.dropped_rows["invalid target"] == \
-        [(str(tmp_path / "t.csv"), 7 + 6 * k) for k in range(5)]
-    assert sorted(pd.concat([data.train, data.test]).insulin.tolist()) == \
-        sorted([0, 1, 2, 3, 2] * 5)
+    assert data.report.dropped_rows["invalid target"] == [
+        (str(tmp_path / "t.csv"), 7 + 6 * k) for k in range(5)
+    ]
+    assert sorted(pd.concat([data.train, data.test]).insulin.tolist()) == sorted(
+        [0, 1, 2, 3, 2] * 5
+    )
 
 
 def test_a_continuous_target_and_parquet_input(tmp_path: Path) -> None:
     schema = load_task("pricing")
     n = 30
-    frame = pd.DataFrame({"age": np.arange(20, 20 + n), "sex": ["female", "male"] * (n // 2),
-                          "bmi": np.linspace(18, 40, n), "children": [0, 1, None] * (n // 3),
-                          "smoker": [True, False, False] * (n // 3),
-                          "region": ["northeast", "southwest", "southeast"] * (n // 3),
-                          "cost": np.linspace(1000, 30000, n)})
+    frame = pd.DataFrame(
+        {
+            "age": np.arange(20, 20 + n),
+            "sex": ["female", "male"] * (n // 2),
+            "bmi": np.linspace(18, 40, n),
+            "children": [0, 1, None] * (n // 3),
+            "smoker": [True, False, False] * (n // 3),
+            "region": ["northeast", "southwest", "southeast"] * (n // 3),
+            "cost": np.linspace(1000, 30000, n),
+        }
+    )
     frame.loc[3, "cost"] = -5.0
     frame.to_parquet(tmp_path / "p.parquet")
-    (tmp_path / "card.yaml").write_text("task: pricing\ntrain: p.parquet\n"
-                                        "target: {column: cost}\n", encoding="utf-8")
+    (tmp_path / "card.yaml").write_text(
+        "task: pricing\ntrain: p.parquet\ntarget: {column: cost}\n", encoding="utf-8"
+    )
     data = read_card_data(load_card(tmp_path / "card.yaml"), schema)
     report = data.report
     assert report.usable, report.errors
@@ -260,18 +314,23 @@ def test_a_continuous_target_and_parquet_input(tmp_path: Path) -> None:
 
 
 def test_columns_that_do_not_fit_a_headerless_file(cleveland: Path) -> None:
-    cleveland.write_text(CLEVELAND_CARD.replace("thal, num]", "thal, num, extra]"),
-                         encoding="utf-8")
-    with pytest.raises(CardError, match=r"processed.cleveland.data: no data row has the 15 fields "
-                                        r"the card's columns name \(row 1 has 14\)"):
+    cleveland.write_text(
+        CLEVELAND_CARD.replace("thal, num]", "thal, num, extra]"), encoding="utf-8"
+    )
+    with pytest.raises(
+        CardError,
+        match=r"processed.cleveland.data: no data row has the 15 fields "
+        r"the card's columns name \(row 1 has 14\)",
+    ):
         read_card_data(load_card(cleveland), load_task("diagnosis"))
 
 
 def test_tab_separated_with_a_trailing_delimiter(cleveland: Path) -> None:
     data = cleveland.parent / "processed.cleveland.data"
     data.write_text(CLEVELAND.replace(",", "\t").replace("\n", "\t\n"), encoding="utf-8")
-    cleveland.write_text(CLEVELAND_CARD.replace('delimiter: ","', 'delimiter: "\\t"'),
-                         encoding="utf-8")
+    cleveland.write_text(
+        CLEVELAND_CARD.replace('delimiter: ","', 'delimiter: "\\t"'), encoding="utf-8"
+    )
     report = read_card_data(load_card(cleveland), load_task("diagnosis")).report
     assert report.usable, report.errors
     assert report.rows_kept == 16

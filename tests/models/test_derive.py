@@ -116,6 +116,15 @@ def test_arithmetic_matches_numpy(a: list[float], b: list[float]) -> None:
 
 
 def test_as_days_reads_iso_dates_times_time_zones_and_leaves_the_rest_missing() -> None:
-    cells = np.array(["1970-01-11", "1970-01-11T12:00", "01/03/1970", "soon", None,
-                      pd.Timestamp("1970-01-11 01:00", tz="Europe/Paris")], dtype=object)
+    cells = np.array(
+        [
+            "1970-01-11",
+            "1970-01-11T12:00",
+            "01/03/1970",
+            "soon",
+            None,
+            pd.Timestamp("1970-01-11 01:00", tz="Europe/Paris"),
+        ],
+        dtype=object,
+    )
     assert same(as_days(cells).tolist(), [10, 10.5, 2, NAN, NAN, 10])

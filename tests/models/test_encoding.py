@@ -44,9 +44,15 @@ def schema():
 
 
 def frame(x, b, c, opt, y) -> pd.DataFrame:
-    return pd.DataFrame({"x": np.array(x, dtype=float), "b": np.array(b, dtype=float),
-                         "c": pd.Series(c, dtype=object), "opt": np.array(opt, dtype=float),
-                         "y": y})
+    return pd.DataFrame(
+        {
+            "x": np.array(x, dtype=float),
+            "b": np.array(b, dtype=float),
+            "c": pd.Series(c, dtype=object),
+            "opt": np.array(opt, dtype=float),
+            "y": y,
+        }
+    )
 
 
 @pytest.fixture
@@ -119,7 +125,7 @@ def test_global_stats_round_trip_through_json(schema, site_a, site_b):
 
 def test_continuous_target_statistics_use_log1p():
     schema = task_from_dict(COST)
-    costs = np.array([0.0, math.e - 1, math.e ** 3 - 1])
+    costs = np.array([0.0, math.e - 1, math.e**3 - 1])
     df = pd.DataFrame({"x": [1.0, 2.0, 3.0], "charges": costs})
     merged = merge_statistics([site_statistics(df, schema)])
     assert merged.target_log_mean == pytest.approx(4 / 3)
@@ -129,17 +135,21 @@ def test_continuous_target_statistics_use_log1p():
 
 
 def test_encoder_layout_and_imputation(schema, site_a, site_b):
-    merged = merge_statistics([site_statistics(site_a, schema), site_statistics(site_b, schema)],
-                              min_cell=0)
+    merged = merge_statistics(
+        [site_statistics(site_a, schema), site_statistics(site_b, schema)], min_cell=0
+    )
     encoder = Encoder(schema, merged, missing_indicators=True)
     assert encoder.column_names == ("x", "b", "c=lo", "c=mid", "c=hi", "opt", "opt_missing")
     assert encoder.n_inputs == 7
     std = math.sqrt(3.5)
     opt_std = math.sqrt(1 / 4 - 1 / 16)
-    expected = np.array([
-        [(3 - 3) / std, 1.0, 0, 0, 1, (1 - 0.25) / opt_std, 0],  # hi is the mode (2 of 3)
-        [(6 - 3) / std, 1.0, 0, 0, 1, (1 - 0.25) / opt_std, 0],  # 'zzz' -> mode
-    ], dtype=np.float32)
+    expected = np.array(
+        [
+            [(3 - 3) / std, 1.0, 0, 0, 1, (1 - 0.25) / opt_std, 0],  # hi is the mode (2 of 3)
+            [(6 - 3) / std, 1.0, 0, 0, 1, (1 - 0.25) / opt_std, 0],  # 'zzz' -> mode
+        ],
+        dtype=np.float32,
+    )
     expected[0, 5:] = [0.0, 1.0]  # missing opt -> mean, flagged
     out = encoder.transform(site_b)
     assert out.dtype == np.float32 and out.flags.c_contiguous
@@ -167,8 +177,9 @@ def test_absent_required_column_is_named(schema, site_a):
 def test_encode_target_dtypes():
     binary = task_from_dict(TINY)
     assert encode_target(pd.DataFrame({"y": [0, 1]}), binary).dtype == np.float32
-    multi = task_from_dict({**TINY, "target": {"name": "y", "type": "multiclass",
-                                               "classes": ["a", "b", "c"]}})
+    multi = task_from_dict(
+        {**TINY, "target": {"name": "y", "type": "multiclass", "classes": ["a", "b", "c"]}}
+    )
     assert encode_target(pd.DataFrame({"y": [2, 0]}), multi).dtype == np.int64
     cost = encode_target(pd.DataFrame({"charges": [1234.5]}), task_from_dict(COST))
     assert cost.dtype == np.float32 and cost[0] == pytest.approx(1234.5)

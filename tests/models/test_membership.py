@@ -38,14 +38,15 @@ from medfed.models.schema import load_task
 from medfed.models.training import loss_function, make_loader, set_seed, train
 
 SEEDS = (0, 1, 2)
-ROWS = 4000                      # split into ~2,000 members and ~2,000 non-members
+ROWS = 4000  # split into ~2,000 members and ~2,000 non-members
 SETTING = {"lr": 0.02, "batch_size": 100, "steps": 1200, "optimizer": "adam"}
 CLIP, TARGET_EPSILON = 1.0, 1.0
 LEAK, NO_LEAK = 0.1, 0.05
 
 BASE = load_task("diagnosis")
-SCHEMA = dataclasses.replace(BASE, model=dataclasses.replace(BASE.model, family="mlp",
-                                                             hidden=(256,)))
+SCHEMA = dataclasses.replace(
+    BASE, model=dataclasses.replace(BASE.model, family="mlp", hidden=(256,))
+)
 LOSS = loss_function(SCHEMA)
 
 
@@ -60,13 +61,16 @@ def one_thread():
 
 def hospital(seed: int) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """Members and non-members of one synthetic hospital, encoded with the members' statistics."""
-    rows = generate_site(SCHEMA, 0, 1, n_rows=ROWS, test_fraction=0.0, skew=SkewConfig(),
-                         seed=seed).train
+    rows = generate_site(
+        SCHEMA, 0, 1, n_rows=ROWS, test_fraction=0.0, skew=SkewConfig(), seed=seed
+    ).train
     inside, outside = balanced_split(encode_target(rows, SCHEMA), seed=seed)
     members, nonmembers = rows.iloc[inside], rows.iloc[outside]
     encoder = Encoder(SCHEMA, own_statistics(members, SCHEMA, min_cell=5))
-    return ((encoder.transform(members), encode_target(members, SCHEMA)),
-            (encoder.transform(nonmembers), encode_target(nonmembers, SCHEMA)))
+    return (
+        (encoder.transform(members), encode_target(members, SCHEMA)),
+        (encoder.transform(nonmembers), encode_target(nonmembers, SCHEMA)),
+    )
 
 
 def fresh_model(seed: int, n_inputs: int) -> torch.nn.Module:
@@ -76,8 +80,14 @@ def fresh_model(seed: int, n_inputs: int) -> torch.nn.Module:
 
 def non_private(seed: int, x: np.ndarray, y: np.ndarray) -> torch.nn.Module:
     model = fresh_model(seed, x.shape[1])
-    train(model, make_loader(x, y, batch_size=SETTING["batch_size"], seed=seed), LOSS,
-          lr=SETTING["lr"], steps=SETTING["steps"], optimizer=SETTING["optimizer"])
+    train(
+        model,
+        make_loader(x, y, batch_size=SETTING["batch_size"], seed=seed),
+        LOSS,
+        lr=SETTING["lr"],
+        steps=SETTING["steps"],
+        optimizer=SETTING["optimizer"],
+    )
     return model
 
 
@@ -85,11 +95,22 @@ def private(seed: int, x: np.ndarray, y: np.ndarray, noise: float) -> tuple[torc
     model = fresh_model(seed, x.shape[1])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # noise 0 warns; the RDP accountant warns on alphas
-        _, report = dp_train(model, x, y, LOSS, lr=SETTING["lr"],
-                             batch_size=SETTING["batch_size"], noise_multiplier=noise,
-                             max_grad_norm=CLIP, seed=seed, history=[], steps=SETTING["steps"],
-                             optimizer=SETTING["optimizer"], accountant="rdp",
-                             delta=default_delta(len(y)))
+        _, report = dp_train(
+            model,
+            x,
+            y,
+            LOSS,
+            lr=SETTING["lr"],
+            batch_size=SETTING["batch_size"],
+            noise_multiplier=noise,
+            max_grad_norm=CLIP,
+            seed=seed,
+            history=[],
+            steps=SETTING["steps"],
+            optimizer=SETTING["optimizer"],
+            accountant="rdp",
+            delta=default_delta(len(y)),
+        )
     return model, report["epsilon"]
 
 
@@ -100,14 +121,20 @@ def attacks() -> dict[str, list[AttackResult]]:
     for seed in SEEDS:
         members, nonmembers = hospital(seed)
         x, y = members
-        noise = noise_for_target(TARGET_EPSILON, default_delta(len(y)),
-                                 sample_rate(len(y), SETTING["batch_size"]), SETTING["steps"])
+        noise = noise_for_target(
+            TARGET_EPSILON,
+            default_delta(len(y)),
+            sample_rate(len(y), SETTING["batch_size"]),
+            SETTING["steps"],
+        )
         dp_model, epsilon = private(seed, x, y, noise)
         results["epsilon"].append(epsilon)
-        for name, model in (("non-private", non_private(seed, x, y)), ("dp", dp_model),
-                            ("clip-only", private(seed, x, y, 0.0)[0])):
-            results[name].append(loss_threshold_attack(model, LOSS, members, nonmembers,
-                                                       seed=seed))
+        for name, model in (
+            ("non-private", non_private(seed, x, y)),
+            ("dp", dp_model),
+            ("clip-only", private(seed, x, y, 0.0)[0]),
+        ):
+            results[name].append(loss_threshold_attack(model, LOSS, members, nonmembers, seed=seed))
     return results
 
 

@@ -78,8 +78,9 @@ def test_per_example_losses_match_the_task_losses_row_by_row():
     multi = nn.Linear(3, 4)
     labels = np.array([0, 3, 2, 1, 3])
     expected = F.cross_entropy(multi(x), torch.as_tensor(labels), reduction="none")
-    np.testing.assert_allclose(per_example_losses(multi, x, labels, F.cross_entropy),
-                               expected.detach().numpy(), rtol=1e-6)
+    np.testing.assert_allclose(
+        per_example_losses(multi, x, labels, F.cross_entropy), expected.detach().numpy(), rtol=1e-6
+    )
 
 
 def test_attack_on_a_memorised_row():
@@ -90,8 +91,7 @@ def test_attack_on_a_memorised_row():
         model[0].bias.zero_()
     members = (np.ones((4, 1), np.float32), np.ones(4, np.float32))
     nonmembers = (np.zeros((4, 1), np.float32), np.ones(4, np.float32))
-    result = loss_threshold_attack(model, F.binary_cross_entropy_with_logits, members,
-                                   nonmembers)
+    result = loss_threshold_attack(model, F.binary_cross_entropy_with_logits, members, nonmembers)
     assert result.optimal == 1.0 and result.held_out == 1.0
     assert result.nonmember_loss == pytest.approx(math.log(2))
     assert result.noise_level == pytest.approx(math.sqrt(math.pi / 8 * 0.5))

@@ -19,15 +19,38 @@ from medfed.models.metrics import (
 from medfed.models.schema import task_from_dict
 
 FEATURES = [{"name": "x", "type": "numeric"}]
-BINARY = task_from_dict({"name": "b", "features": FEATURES, "model": {"family": "logreg"},
-                         "target": {"name": "y", "type": "binary"}})
-MULTI = task_from_dict({"name": "m", "features": FEATURES, "model": {"family": "logreg"},
-                        "target": {"name": "y", "type": "multiclass", "classes": ["a", "b", "c"]}})
-COST = task_from_dict({"name": "c", "features": FEATURES, "model": {"family": "glm"},
-                       "target": {"name": "y", "type": "continuous"}})
-TWEEDIE = task_from_dict({"name": "t", "features": FEATURES, "target": {"name": "y",
-                          "type": "continuous"}, "model": {"family": "glm", "loss": "tweedie",
-                                                           "tweedie_power": 1.5}})
+BINARY = task_from_dict(
+    {
+        "name": "b",
+        "features": FEATURES,
+        "model": {"family": "logreg"},
+        "target": {"name": "y", "type": "binary"},
+    }
+)
+MULTI = task_from_dict(
+    {
+        "name": "m",
+        "features": FEATURES,
+        "model": {"family": "logreg"},
+        "target": {"name": "y", "type": "multiclass", "classes": ["a", "b", "c"]},
+    }
+)
+COST = task_from_dict(
+    {
+        "name": "c",
+        "features": FEATURES,
+        "model": {"family": "glm"},
+        "target": {"name": "y", "type": "continuous"},
+    }
+)
+TWEEDIE = task_from_dict(
+    {
+        "name": "t",
+        "features": FEATURES,
+        "target": {"name": "y", "type": "continuous"},
+        "model": {"family": "glm", "loss": "tweedie", "tweedie_power": 1.5},
+    }
+)
 
 
 def sigmoid(x: float) -> float:
@@ -52,8 +75,15 @@ def test_binary_metrics_by_hand():
     m = metrics_from_statistics(BINARY, stats)
     assert m["accuracy"] == 0.5 and m["sensitivity"] == 0.5 and m["specificity"] == 0.5
     assert m["auroc"] == pytest.approx(3 / 4)  # 0.88>0.62, 0.88>0.05, 0.27<0.62, 0.27>0.05
-    hand_loss = -(math.log(sigmoid(2)) + math.log(sigmoid(-1)) + math.log(1 - sigmoid(0.5))
-                  + math.log(1 - sigmoid(-3))) / 4
+    hand_loss = (
+        -(
+            math.log(sigmoid(2))
+            + math.log(sigmoid(-1))
+            + math.log(1 - sigmoid(0.5))
+            + math.log(1 - sigmoid(-3))
+        )
+        / 4
+    )
     assert m["loss"] == pytest.approx(hand_loss)
 
 
@@ -72,10 +102,14 @@ def test_auroc_ties_within_a_bin_count_half():
 
 
 def test_multiclass_metrics_by_hand():
-    logits = np.array([[3.0, 2.0, 0.0],    # true 0, predicted 0, top-2 {0, 1}
-                       [0.0, 1.0, 2.0],    # true 1, predicted 2, top-2 {2, 1}
-                       [1.0, 0.0, 3.0],    # true 2, predicted 2
-                       [2.0, 0.0, 1.0]])   # true 1, predicted 0, top-2 {0, 2}
+    logits = np.array(
+        [
+            [3.0, 2.0, 0.0],  # true 0, predicted 0, top-2 {0, 1}
+            [0.0, 1.0, 2.0],  # true 1, predicted 2, top-2 {2, 1}
+            [1.0, 0.0, 3.0],  # true 2, predicted 2
+            [2.0, 0.0, 1.0],
+        ]
+    )  # true 1, predicted 0, top-2 {0, 2}
     y = np.array([0, 1, 2, 1])
     stats = metric_statistics(MULTI, y, logits)
     assert stats["confusion"] == [1, 0, 0, 1, 0, 1, 0, 0, 1]
@@ -101,8 +135,11 @@ def test_continuous_metrics_by_hand():
     assert m["rmse"] == pytest.approx(math.sqrt(2 / 3))
     assert m["r2"] == pytest.approx(0.0)  # SSE 2, total sum of squares 2
     assert m["calibration"] == pytest.approx(1.0)
-    hand = ((math.log(2) - math.log(2)) ** 2 + (math.log(2) - math.log(3)) ** 2
-            + (math.log(2) - math.log(4)) ** 2) / 3
+    hand = (
+        (math.log(2) - math.log(2)) ** 2
+        + (math.log(2) - math.log(3)) ** 2
+        + (math.log(2) - math.log(4)) ** 2
+    ) / 3
     assert m["loss"] == pytest.approx(hand)
     m = metrics_from_statistics(COST, metric_statistics(COST, [5.0], [4.0]))
     assert math.isnan(m["r2"]) and m["calibration"] == pytest.approx(0.8)
@@ -136,48 +173,64 @@ def test_histogram_auroc_close_to_exact_on_continuous_scores():
 
 
 def close(a: dict[str, float], b: dict[str, float]) -> bool:
-    return all(math.isclose(a[k], b[k], rel_tol=1e-9, abs_tol=1e-9)
-               or (math.isnan(a[k]) and math.isnan(b[k])) for k in a)
+    return all(
+        math.isclose(a[k], b[k], rel_tol=1e-9, abs_tol=1e-9)
+        or (math.isnan(a[k]) and math.isnan(b[k]))
+        for k in a
+    )
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 999), st.booleans()), min_size=1, max_size=60),
-       st.data())
+@given(st.lists(st.tuples(st.integers(0, 999), st.booleans()), min_size=1, max_size=60), st.data())
 def test_binary_halves_add_up_to_the_whole(rows, data):
     """Probabilities at bin centres, so the histogram AUROC must match the exact one."""
     cut = data.draw(st.integers(0, len(rows)))
     prob = (np.array([k for k, _ in rows]) + 0.5) / 1000
     logits, y = np.log(prob / (1 - prob)), np.array([p for _, p in rows])
     whole = metrics_from_statistics(BINARY, metric_statistics(BINARY, y, logits))
-    halves = add_statistics(metric_statistics(BINARY, y[:cut], logits[:cut]),
-                            metric_statistics(BINARY, y[cut:], logits[cut:]))
+    halves = add_statistics(
+        metric_statistics(BINARY, y[:cut], logits[:cut]),
+        metric_statistics(BINARY, y[cut:], logits[cut:]),
+    )
     assert close(metrics_from_statistics(BINARY, halves), whole)
     exact = exact_auroc(prob, y)
     assert (math.isnan(exact) and math.isnan(whole["auroc"])) or abs(whole["auroc"] - exact) < 1e-3
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 2), st.lists(st.floats(-5, 5), min_size=3, max_size=3)),
-                min_size=1, max_size=40), st.data())
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 2), st.lists(st.floats(-5, 5), min_size=3, max_size=3)),
+        min_size=1,
+        max_size=40,
+    ),
+    st.data(),
+)
 def test_multiclass_halves_add_up_to_the_whole(rows, data):
     cut = data.draw(st.integers(0, len(rows)))
     y, logits = np.array([c for c, _ in rows]), np.array([v for _, v in rows])
     whole = metrics_from_statistics(MULTI, metric_statistics(MULTI, y, logits))
-    halves = add_statistics(metric_statistics(MULTI, y[:cut], logits[:cut]),
-                            metric_statistics(MULTI, y[cut:], logits[cut:]))
+    halves = add_statistics(
+        metric_statistics(MULTI, y[:cut], logits[:cut]),
+        metric_statistics(MULTI, y[cut:], logits[cut:]),
+    )
     assert close(metrics_from_statistics(MULTI, halves), whole)
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.tuples(st.integers(0, 10_000), st.floats(1, 1e4)), min_size=1, max_size=40),
-       st.data())
+@given(
+    st.lists(st.tuples(st.integers(0, 10_000), st.floats(1, 1e4)), min_size=1, max_size=40),
+    st.data(),
+)
 def test_continuous_halves_add_up_to_the_whole(rows, data):
     cut = data.draw(st.integers(0, len(rows)))
     y, pred = np.array([a for a, _ in rows]), np.array([b for _, b in rows])
     for schema in (COST, TWEEDIE):
         whole = metrics_from_statistics(schema, metric_statistics(schema, y, pred))
-        halves = add_statistics(metric_statistics(schema, y[:cut], pred[:cut]),
-                                metric_statistics(schema, y[cut:], pred[cut:]))
+        halves = add_statistics(
+            metric_statistics(schema, y[:cut], pred[:cut]),
+            metric_statistics(schema, y[cut:], pred[cut:]),
+        )
         got = metrics_from_statistics(schema, halves)
         for key in whole:
             if math.isnan(whole[key]):

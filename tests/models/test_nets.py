@@ -65,9 +65,14 @@ def test_predict_output_leaves_logits_alone():
 
 
 @pytest.mark.filterwarnings("ignore:Full backward hook")
-@pytest.mark.parametrize("target,model", [(BINARY, {"family": "mlp", "hidden": [4]}),
-                                          (MULTI, {"family": "mlp", "hidden": [4, 4]}),
-                                          (COST, {"family": "glm"})])
+@pytest.mark.parametrize(
+    "target,model",
+    [
+        (BINARY, {"family": "mlp", "hidden": [4]}),
+        (MULTI, {"family": "mlp", "hidden": [4, 4]}),
+        (COST, {"family": "glm"}),
+    ],
+)
 def test_models_are_opacus_compatible(target, model):
     net = build_model(schema(target, model), 3)
     assert ModuleValidator.validate(net, strict=False) == []
@@ -91,8 +96,9 @@ def test_zero_inputs_is_an_error():
 
 
 def _stats(kind: str) -> GlobalStats:
-    return GlobalStats(target_kind=kind, rows=10, target_log_mean=5.0, target_log_std=0.5,
-                       target_mean=200.0)
+    return GlobalStats(
+        target_kind=kind, rows=10, target_log_mean=5.0, target_log_std=0.5, target_mean=200.0
+    )
 
 
 def test_output_layer_starts_each_loss_at_its_best_constant():
@@ -100,10 +106,13 @@ def test_output_layer_starts_each_loss_at_its_best_constant():
     mse_log = schema(COST, {"family": "mlp", "hidden": [4], "loss": "mse_log"})
     # Tweedie predicts the mean through a log link: log(mean y) = log 200, not mean log1p(y) = 5
     assert output_layer(tweedie, _stats("continuous")) == {
-        "target_offset": pytest.approx(math.log(200.0)), "output_range": (3.0, 7.0)}
+        "target_offset": pytest.approx(math.log(200.0)),
+        "output_range": (3.0, 7.0),
+    }
     assert output_layer(mse_log, _stats("continuous"))["target_offset"] == 5.0
     assert output_layer(schema(BINARY, {"family": "logreg"}), _stats("binary")) == {
-        "target_offset": 0.0}
+        "target_offset": 0.0
+    }
 
 
 def test_the_log_output_is_bounded_to_mean_plus_minus_four_sds():

@@ -43,8 +43,9 @@ def mlp(d: int = 6, hidden: int = 8, out: int = 1, seed: int = 0) -> nn.Sequenti
 
 
 def run(model: nn.Module, x, y, loss=BCE, **kw):
-    args = dict(lr=0.5, batch_size=16, steps=15, noise_multiplier=1.0, max_grad_norm=1.0,
-                seed=7, history=[])
+    args = dict(
+        lr=0.5, batch_size=16, steps=15, noise_multiplier=1.0, max_grad_norm=1.0, seed=7, history=[]
+    )
     args.update(kw)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -60,7 +61,8 @@ def test_history_order_and_run_length_do_not_change_epsilon():
     split = [(1.5, 0.04, 1000), (2.0, 0.04, 10), (1.5, 0.04, 1250)]
     assert compact_history(split) == [(1.5, 0.04, 2250), (2.0, 0.04, 10)]
     assert epsilon_from_history(split, 1e-5) == pytest.approx(
-        epsilon_from_history([(2.0, 0.04, 10), (1.5, 0.04, 2250)], 1e-5), rel=1e-12)
+        epsilon_from_history([(2.0, 0.04, 10), (1.5, 0.04, 2250)], 1e-5), rel=1e-12
+    )
 
 
 def test_prv_is_a_tighter_bound_than_rdp():
@@ -119,23 +121,51 @@ def test_same_seed_same_weights_other_seed_or_secure_rng_differs():
 def test_secure_rng_without_torchcsprng_warns():
     x, y = data()
     with pytest.warns(UserWarning, match="secure_rng"):
-        dp_train(mlp(), x, y, BCE, lr=0.1, batch_size=16, steps=2, noise_multiplier=1.0,
-                 max_grad_norm=1.0, seed=0, history=[], secure_rng=True)
+        dp_train(
+            mlp(),
+            x,
+            y,
+            BCE,
+            lr=0.1,
+            batch_size=16,
+            steps=2,
+            noise_multiplier=1.0,
+            max_grad_norm=1.0,
+            seed=0,
+            history=[],
+            secure_rng=True,
+        )
 
 
-@pytest.mark.parametrize("make,loss,target", [
-    (lambda: mlp(), BCE, "binary"),
-    (lambda: nn.Sequential(nn.Linear(6, 1), nn.Flatten(0)), BCE, "binary"),
-    (lambda: mlp(out=3), F.cross_entropy, "multiclass"),
-    (lambda: nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 8, bias=False), nn.ReLU(),
-                           nn.Linear(8, 1), nn.Flatten(0)),
-     lambda raw, y: F.mse_loss(raw, y), "continuous"),
-    # the pricing MLP's bounded log-link output (medfed.models.nets.output_layer): rows beyond
-    # the Hardtanh bounds have zero output gradient, rows inside the identity
-    (lambda: nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 1), nn.Hardtanh(-0.3, 0.3),
-                           nn.Flatten(0)),
-     lambda raw, y: F.mse_loss(raw, y), "continuous"),
-])
+@pytest.mark.parametrize(
+    "make,loss,target",
+    [
+        (lambda: mlp(), BCE, "binary"),
+        (lambda: nn.Sequential(nn.Linear(6, 1), nn.Flatten(0)), BCE, "binary"),
+        (lambda: mlp(out=3), F.cross_entropy, "multiclass"),
+        (
+            lambda: nn.Sequential(
+                nn.Linear(6, 8),
+                nn.Tanh(),
+                nn.Linear(8, 8, bias=False),
+                nn.ReLU(),
+                nn.Linear(8, 1),
+                nn.Flatten(0),
+            ),
+            lambda raw, y: F.mse_loss(raw, y),
+            "continuous",
+        ),
+        # the pricing MLP's bounded log-link output (medfed.models.nets.output_layer): rows beyond
+        # the Hardtanh bounds have zero output gradient, rows inside the identity
+        (
+            lambda: nn.Sequential(
+                nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 1), nn.Hardtanh(-0.3, 0.3), nn.Flatten(0)
+            ),
+            lambda raw, y: F.mse_loss(raw, y),
+            "continuous",
+        ),
+    ],
+)
 def test_vectorised_clipping_matches_opacus_per_sample_gradients(make, loss, target):
     x, y = data()
     if target == "multiclass":
@@ -166,8 +196,9 @@ def test_one_step_moves_at_most_lr_clip_examples_over_batch(mode):
     x = x * 100
     model = mlp()
     before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
-    _, report = run(model, x, y, noise_multiplier=0.0, max_grad_norm=0.5, lr=1.0, steps=1,
-                    grad_sample_mode=mode)
+    _, report = run(
+        model, x, y, noise_multiplier=0.0, max_grad_norm=0.5, lr=1.0, steps=1, grad_sample_mode=mode
+    )
     after = torch.cat([p.detach().flatten() for p in model.parameters()])
     bound = 1.0 * 0.5 * report["examples"] / 16
     assert 0 < (after - before).norm().item() <= bound * (1 + 1e-5)
@@ -179,9 +210,18 @@ def test_noise_has_std_noise_times_clip_over_batch(mode):
     model = nn.Sequential(nn.Linear(100, 100), nn.Flatten(1))
     before = model[0].weight.detach().clone()
     x = np.zeros((50, 100), np.float32)
-    weights, _ = run(model, x, np.zeros((50, 100), np.float32), lambda raw, y: (raw * 0).mean(),
-                     lr=1.0, steps=1, batch_size=10, noise_multiplier=2.0, max_grad_norm=0.5,
-                     grad_sample_mode=mode)
+    weights, _ = run(
+        model,
+        x,
+        np.zeros((50, 100), np.float32),
+        lambda raw, y: (raw * 0).mean(),
+        lr=1.0,
+        steps=1,
+        batch_size=10,
+        noise_multiplier=2.0,
+        max_grad_norm=0.5,
+        grad_sample_mode=mode,
+    )
     std = (weights["0.weight"] - before).std().item()
     assert std == pytest.approx(2.0 * 0.5 / 10, rel=0.05)
 
@@ -189,8 +229,9 @@ def test_noise_has_std_noise_times_clip_over_batch(mode):
 def test_poisson_batches_draw_every_step_and_report_the_empty_ones():
     x, y = torch.arange(100.0).unsqueeze(1), torch.arange(100.0)
     empty = []
-    batches = PoissonBatches(x, y, 0.01, 50, torch.Generator().manual_seed(0),
-                             lambda: empty.append(1))
+    batches = PoissonBatches(
+        x, y, 0.01, 50, torch.Generator().manual_seed(0), lambda: empty.append(1)
+    )
     drawn = list(batches)
     assert len(drawn) + len(empty) == 50 and len(empty) > 10
     assert all(len(xb) == len(yb) > 0 and torch.equal(xb[:, 0], yb) for xb, yb in drawn)
@@ -216,8 +257,9 @@ def test_weights_have_no_prefix_and_model_is_left_clean():
         model = mlp()
         weights, _ = run(model, x, y, grad_sample_mode=mode)
         assert list(weights) == list(model.state_dict())
-        assert all(p.requires_grad and p.grad is None or mode == "hooks"
-                   for p in model.parameters())
+        assert all(
+            p.requires_grad and p.grad is None or mode == "hooks" for p in model.parameters()
+        )
         assert not any(hasattr(p, "grad_sample") for p in model.parameters())
         assert all(not m._forward_hooks for m in model.modules())
 
@@ -240,8 +282,9 @@ def test_proximal_pull_survives_dp():
     pulled, _ = run(mlp(), x, y, proximal_mu=5.0, lr=0.1)
     free, _ = run(mlp(), x, y, lr=0.1)
     start = mlp().state_dict()
-    assert ((pulled["0.weight"] - start["0.weight"]).norm()
-            < (free["0.weight"] - start["0.weight"]).norm())
+    assert (pulled["0.weight"] - start["0.weight"]).norm() < (
+        free["0.weight"] - start["0.weight"]
+    ).norm()
 
 
 def test_bad_settings_are_sentences():
@@ -251,20 +294,36 @@ def test_bad_settings_are_sentences():
     with pytest.raises(ValueError, match="grad_sample_mode"):
         run(mlp(), x, y, grad_sample_mode="ghost")
     with pytest.warns(UserWarning, match="epsilon is infinite"):
-        dp_train(mlp(), x, y, BCE, lr=0.1, batch_size=16, steps=1, noise_multiplier=0.0,
-                 max_grad_norm=1.0, seed=0, history=[])
+        dp_train(
+            mlp(),
+            x,
+            y,
+            BCE,
+            lr=0.1,
+            batch_size=16,
+            steps=1,
+            noise_multiplier=0.0,
+            max_grad_norm=1.0,
+            seed=0,
+            history=[],
+        )
 
 
 def test_importing_privacy_loads_neither_opacus_nor_flower():
-    code = ("import sys, medfed.models.privacy, medfed.models.dp_clip; "
-            "print('opacus' in sys.modules, any(m.startswith('flwr') for m in sys.modules))")
+    code = (
+        "import sys, medfed.models.privacy, medfed.models.dp_clip; "
+        "print('opacus' in sys.modules, any(m.startswith('flwr') for m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
 
 
 def _study(privacy: dict, **train) -> dict:
-    return {"rounds": 10, "privacy": {"accountant": "rdp", "delta": None, **privacy},
-            "train": {"batch_size": 32, "local_steps": None, "local_epochs": 1, **train}}
+    return {
+        "rounds": 10,
+        "privacy": {"accountant": "rdp", "delta": None, **privacy},
+        "train": {"batch_size": 32, "local_steps": None, "local_epochs": 1, **train},
+    }
 
 
 def test_planned_noise_is_what_each_node_plans():
@@ -273,11 +332,13 @@ def test_planned_noise_is_what_each_node_plans():
     delta = default_delta(100)  # 1e-4: below 1/n of the smallest site
     assert planned == {  # 10 rounds x n // 32 steps at rate 32 / n, rounded to 4 decimals
         "a": round(noise_for_target(2.0, delta, 0.32, 30), 4),
-        "b": round(noise_for_target(2.0, delta, 0.08, 120), 4)}
+        "b": round(noise_for_target(2.0, delta, 0.08, 120), 4),
+    }
     assert planned["a"] > planned["b"] > 0  # a smaller site samples more of its rows per step
     fixed = _study({"name": "dpsgd", "target_epsilon": None, "noise_multiplier": 1.3})
     assert planned_noise(fixed, sites) == {"a": 1.3, "b": 1.3}
     assert planned_noise(_study({"name": "none"}), sites) is None
     steps = _study({"name": "dpsgd", "target_epsilon": 2.0, "delta": 1e-3}, local_steps=5)
     assert planned_noise(steps, {"a": 100}) == {
-        "a": round(noise_for_target(2.0, 1e-3, 0.32, 50), 4)}
+        "a": round(noise_for_target(2.0, 1e-3, 0.32, 50), 4)
+    }

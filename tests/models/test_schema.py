@@ -57,7 +57,10 @@ def test_diagnosis_schema() -> None:
     assert schema.target.kind == "binary"
     assert schema.model.loss == "bce"
     assert {f.name for f in schema.features if not f.required} == {
-        "st_slope", "major_vessels", "thal"}
+        "st_slope",
+        "major_vessels",
+        "thal",
+    }
 
 
 def test_treatment_schema() -> None:
@@ -72,9 +75,18 @@ def test_treatment_schema() -> None:
     assert schema.model.family == "mlp" and schema.model.hidden == (32,)
     assert schema.metrics == ("accuracy", "macro_f1", "top2_accuracy")
     assert set(schema.feature_names) == {
-        "age_band", "sex", "admission_type", "admission_source", "time_in_hospital",
-        "num_lab_procedures", "num_medications", "number_diagnoses", "a1c_result",
-        "max_glu_serum", "prior_visits"}
+        "age_band",
+        "sex",
+        "admission_type",
+        "admission_source",
+        "time_in_hospital",
+        "num_lab_procedures",
+        "num_medications",
+        "number_diagnoses",
+        "a1c_result",
+        "max_glu_serum",
+        "prior_visits",
+    }
 
 
 def test_pricing_schema() -> None:
@@ -85,7 +97,11 @@ def test_pricing_schema() -> None:
     assert schema.primary_metric == "rmse" and not schema.higher_is_better
     assert schema.feature("smoker").kind == "binary"
     assert schema.feature("region").categories == (
-        "northeast", "northwest", "southeast", "southwest")
+        "northeast",
+        "northwest",
+        "southeast",
+        "southwest",
+    )
     assert schema.extra["synthetic"]["outcome"]["link"] == "log"
 
 
@@ -96,29 +112,38 @@ def test_pricing_accepts_glm_losses(loss: str) -> None:
     assert task_from_dict(raw).model.family == "glm"
 
 
-@pytest.mark.parametrize(("raw", "fragment"), [
-    (_mutated(colour="blue"), "unknown key(s) ['colour']"),
-    (_with_feature(0, type="text"), "type must be numeric, binary or categorical"),
-    (_with_feature(0, range=[100, 18]), "range low 100.0 is above high 18.0"),
-    (_with_feature(0, range=[1, 2, 3]), "'range' must be a list [low, high]"),
-    (_with_feature(0, colour=1), "feature 'age': unknown key(s)"),
-    (_with_feature(1, categories=["female"]), "needs at least two 'categories'"),
-    (_with_feature(2, categories=["a", "b"]), "only categorical features take"),
-    (_mutated(model={"loss": "tweedie"}), "model.loss 'tweedie' does not fit a binary target"),
-    (_mutated(model={"family": "glm"}), "glm is for continuous targets"),
-    (_mutated(model={"family": "mlp", "hidden": [0]}), "positive integers"),
-    (_mutated(target={"name": "y", "type": "multiclass", "classes": ["a", "b"]}),
-     "at least three 'classes'"),
-    (_mutated(target={"name": "age", "type": "binary"}), "also listed as a feature"),
-    (_mutated(target={"name": "y", "type": "continuous"}, model={"tweedie_power": 2.5,
-                                                                  "loss": "tweedie"}),
-     "strictly between 1 and 2"),
-    (_mutated(metrics=["rmse"]), "do not apply to a binary target"),
-    (_mutated(metrics=["accuracy"], primary_metric="auroc"), "is not in metrics"),
-    (_mutated(features=[]), "non-empty list"),
-    (_mutated(features=[MINIMAL["features"][0]] * 2), "duplicated feature name(s) ['age']"),
-    ({k: v for k, v in MINIMAL.items() if k != "target"}, "missing required key 'target'"),
-])
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        (_mutated(colour="blue"), "unknown key(s) ['colour']"),
+        (_with_feature(0, type="text"), "type must be numeric, binary or categorical"),
+        (_with_feature(0, range=[100, 18]), "range low 100.0 is above high 18.0"),
+        (_with_feature(0, range=[1, 2, 3]), "'range' must be a list [low, high]"),
+        (_with_feature(0, colour=1), "feature 'age': unknown key(s)"),
+        (_with_feature(1, categories=["female"]), "needs at least two 'categories'"),
+        (_with_feature(2, categories=["a", "b"]), "only categorical features take"),
+        (_mutated(model={"loss": "tweedie"}), "model.loss 'tweedie' does not fit a binary target"),
+        (_mutated(model={"family": "glm"}), "glm is for continuous targets"),
+        (_mutated(model={"family": "mlp", "hidden": [0]}), "positive integers"),
+        (
+            _mutated(target={"name": "y", "type": "multiclass", "classes": ["a", "b"]}),
+            "at least three 'classes'",
+        ),
+        (_mutated(target={"name": "age", "type": "binary"}), "also listed as a feature"),
+        (
+            _mutated(
+                target={"name": "y", "type": "continuous"},
+                model={"tweedie_power": 2.5, "loss": "tweedie"},
+            ),
+            "strictly between 1 and 2",
+        ),
+        (_mutated(metrics=["rmse"]), "do not apply to a binary target"),
+        (_mutated(metrics=["accuracy"], primary_metric="auroc"), "is not in metrics"),
+        (_mutated(features=[]), "non-empty list"),
+        (_mutated(features=[MINIMAL["features"][0]] * 2), "duplicated feature name(s) ['age']"),
+        ({k: v for k, v in MINIMAL.items() if k != "target"}, "missing required key 'target'"),
+    ],
+)
 def test_bad_schema_raises_one_sentence(raw: dict[str, Any], fragment: str) -> None:
     with pytest.raises(SchemaError) as info:
         task_from_dict(raw, source="mini.yaml")

@@ -48,8 +48,16 @@ def _federation(name: str, seed: int = 0) -> list[Site]:
 
 @cache
 def _large(name: str, seed: int = 0, skew: SkewConfig = DEFAULT_SKEW) -> list[Site]:
-    return generate_federation(_schema(name), hospitals=4, min_size=2, max_size=2,
-                               test_fraction=0.5, skew=skew, seed=seed, sizes=[3000] * 4)
+    return generate_federation(
+        _schema(name),
+        hospitals=4,
+        min_size=2,
+        max_size=2,
+        test_fraction=0.5,
+        skew=skew,
+        seed=seed,
+        sizes=[3000] * 4,
+    )
 
 
 def _check_conventions(schema: TaskSchema, frame: pd.DataFrame) -> None:
@@ -98,16 +106,24 @@ def test_same_seed_same_data_other_seed_other_data(name: str) -> None:
     other = generate_federation(_schema(name), skew=SkewConfig(), seed=1, **DEFAULTS)
     assert [len(s.train) for s in other] != [len(s.train) for s in _federation(name)]
     fixed = dict(DEFAULTS, min_size=300, max_size=300)
-    a, b = (generate_federation(_schema(name), skew=SkewConfig(), seed=s, **fixed)[0]
-            for s in (0, 1))
+    a, b = (
+        generate_federation(_schema(name), skew=SkewConfig(), seed=s, **fixed)[0] for s in (0, 1)
+    )
     assert not a.train.equals(b.train)
 
 
 @pytest.mark.parametrize("name", TASKS)
 def test_a_site_does_not_depend_on_the_other_sites(name: str) -> None:
     for index, site in enumerate(_federation(name)):
-        alone = generate_site(_schema(name), index, 4, n_rows=len(site.train) + len(site.test),
-                              test_fraction=0.25, skew=SkewConfig(), seed=0)
+        alone = generate_site(
+            _schema(name),
+            index,
+            4,
+            n_rows=len(site.train) + len(site.test),
+            test_fraction=0.25,
+            skew=SkewConfig(),
+            seed=0,
+        )
         assert alone.name == site.name == f"hospital-{index}"
         pd.testing.assert_frame_equal(alone.train, site.train)
         pd.testing.assert_frame_equal(alone.test, site.test)
@@ -125,14 +141,29 @@ def test_sizes_are_in_bounds_and_spread(seed: int) -> None:
 
 
 def test_explicit_sizes() -> None:
-    sites = generate_federation(_schema("pricing"), hospitals=3, min_size=120, max_size=1200,
-                                test_fraction=0.2, skew=SkewConfig(), seed=0,
-                                sizes=[10, 50, 2000])
+    sites = generate_federation(
+        _schema("pricing"),
+        hospitals=3,
+        min_size=120,
+        max_size=1200,
+        test_fraction=0.2,
+        skew=SkewConfig(),
+        seed=0,
+        sizes=[10, 50, 2000],
+    )
     assert [len(s.train) for s in sites] == [8, 40, 1600]
     assert site_sizes(3, 120, 1200, seed=0, sizes=[10, 50, 2000]) == [10, 50, 2000]
     with pytest.raises(ValueError, match="sizes lists 2 hospitals but hospitals is 3"):
-        generate_federation(_schema("pricing"), hospitals=3, min_size=120, max_size=1200,
-                            test_fraction=0.2, skew=SkewConfig(), seed=0, sizes=[10, 20])
+        generate_federation(
+            _schema("pricing"),
+            hospitals=3,
+            min_size=120,
+            max_size=1200,
+            test_fraction=0.2,
+            skew=SkewConfig(),
+            seed=0,
+            sizes=[10, 20],
+        )
 
 
 @pytest.mark.parametrize("name", TASKS)
@@ -177,11 +208,14 @@ def test_oracle_metrics_with_default_settings() -> None:
     assert 0.70 <= oracle_score(_schema("pricing"), _federation("pricing"))["r2"] <= 0.85
 
 
-@pytest.mark.parametrize(("name", "metric", "low", "high"), [
-    ("diagnosis", "accuracy", 0.80, 0.88),
-    ("treatment", "accuracy", 0.60, 0.75),
-    ("pricing", "r2", 0.70, 0.85),
-])
+@pytest.mark.parametrize(
+    ("name", "metric", "low", "high"),
+    [
+        ("diagnosis", "accuracy", 0.80, 0.88),
+        ("treatment", "accuracy", 0.60, 0.75),
+        ("pricing", "r2", 0.70, 0.85),
+    ],
+)
 def test_oracle_metrics_on_large_sites(name: str, metric: str, low: float, high: float) -> None:
     for seed in (0, 1):
         assert low <= oracle_score(_schema(name), _large(name, seed))[metric] <= high
@@ -200,15 +234,19 @@ def test_oracle_outputs() -> None:
 def test_clinically_plausible_directions() -> None:
     train = pd.concat([s.train for s in _large("diagnosis")])
     assert train.groupby("chest_pain")["cad"].mean().idxmax() == "asymptomatic"
-    assert train.loc[train["cad"] == 1, "max_heart_rate"].mean() < train.loc[
-        train["cad"] == 0, "max_heart_rate"].mean()
+    assert (
+        train.loc[train["cad"] == 1, "max_heart_rate"].mean()
+        < train.loc[train["cad"] == 0, "max_heart_rate"].mean()
+    )
     cost = pd.concat([s.train for s in _large("pricing")])
     assert 9_000 < cost["charges"].mean() < 18_000
     assert cost["charges"].mean() > cost["charges"].median()
     smokers = cost[cost["smoker"] == 1]
     assert smokers["charges"].mean() > 2.5 * cost.loc[cost["smoker"] == 0, "charges"].mean()
-    assert smokers[smokers["bmi"] > 30]["charges"].mean() > smokers[smokers["bmi"] < 30][
-        "charges"].mean() * 1.4
+    assert (
+        smokers[smokers["bmi"] > 30]["charges"].mean()
+        > smokers[smokers["bmi"] < 30]["charges"].mean() * 1.4
+    )
     treat = pd.concat([s.train for s in _large("treatment")])
     up = treat.groupby("a1c_result")["insulin"].apply(lambda y: (y == 2).mean())
     assert up[">8"] > up["norm"]
@@ -227,18 +265,28 @@ USER_SCHEMA = {
 }
 
 
-@pytest.mark.parametrize("target", [
-    {"name": "readmitted", "type": "binary"},
-    {"name": "ward", "type": "multiclass", "classes": ["a", "b", "c"]},
-    {"name": "cost", "type": "continuous", "range": [0, None]},
-    {"name": "score", "type": "continuous", "range": [-10, 10]},
-])
+@pytest.mark.parametrize(
+    "target",
+    [
+        {"name": "readmitted", "type": "binary"},
+        {"name": "ward", "type": "multiclass", "classes": ["a", "b", "c"]},
+        {"name": "cost", "type": "continuous", "range": [0, None]},
+        {"name": "score", "type": "continuous", "range": [-10, 10]},
+    ],
+)
 def test_user_written_schema_gets_data(tmp_path: Path, target: dict) -> None:
     path = tmp_path / "mine.yaml"
     path.write_text(yaml.safe_dump(dict(USER_SCHEMA, target=target)), encoding="utf-8")
     schema = load_task(path)
-    sites = generate_federation(schema, hospitals=3, min_size=200, max_size=2000,
-                                test_fraction=0.5, skew=SkewConfig(missing=0.3), seed=3)
+    sites = generate_federation(
+        schema,
+        hospitals=3,
+        min_size=200,
+        max_size=2000,
+        test_fraction=0.5,
+        skew=SkewConfig(missing=0.3),
+        seed=3,
+    )
     for site in sites:
         _check_conventions(schema, site.train)
         assert site.train.columns[site.train.isna().any()].tolist() in ([], ["icu"])
@@ -251,40 +299,50 @@ def test_user_written_schema_gets_data(tmp_path: Path, target: dict) -> None:
 
 
 def test_user_hints_drive_the_ground_truth() -> None:
-    hints = {"features": {"los": {"dist": "lognormal", "mean": 5, "sd": 4, "decimals": 1}},
-             "outcome": {"intercept": 0.0, "effects": {"los": 2.0, "gender=m*icu": -1.0}}}
+    hints = {
+        "features": {"los": {"dist": "lognormal", "mean": 5, "sd": 4, "decimals": 1}},
+        "outcome": {"intercept": 0.0, "effects": {"los": 2.0, "gender=m*icu": -1.0}},
+    }
     schema = task_from_dict(dict(USER_SCHEMA, synthetic=hints))
-    site = generate_site(schema, 0, 1, n_rows=4000, test_fraction=0.25,
-                         skew=SkewConfig(missing=0.0), seed=0)
+    site = generate_site(
+        schema, 0, 1, n_rows=4000, test_fraction=0.25, skew=SkewConfig(missing=0.0), seed=0
+    )
     train = site.train
     assert train["los"].corr(train["readmitted"]) > 0.3
-    assert train.loc[(train["gender"] == "m") & (train["icu"] == 1), "readmitted"].mean() < \
-        train.loc[train["gender"] == "f", "readmitted"].mean()
+    assert (
+        train.loc[(train["gender"] == "m") & (train["icu"] == 1), "readmitted"].mean()
+        < train.loc[train["gender"] == "f", "readmitted"].mean()
+    )
 
 
-@pytest.mark.parametrize(("hints", "fragment"), [
-    ({"colour": 1}, "unknown key(s) ['colour']"),
-    ({"features": {"weight": {}}}, "unknown feature(s) ['weight']"),
-    ({"features": {"age": {"spread": 1}}}, "synthetic.features.age: unknown key(s)"),
-    ({"features": {"age": {"dist": "beta"}}}, "'dist' must be normal, lognormal or poisson"),
-    ({"features": {"gender": {"probs": [0.5, 0.5]}}}, "one probability per category (3)"),
-    ({"features": {"icu": {"p": 1.5}}}, "strictly between 0 and 1"),
-    ({"features": {"age": {"sd": -1}}}, "'sd' must be positive"),
-    ({"features": {"age": {"clip": [200, 300]}}}, "does not overlap the schema range"),
-    ({"features": {"age": {"effects": {"los": 0.1}}, "los": {"effects": {"age": 0.1}}}},
-     "form a cycle"),
-    ({"outcome": {"effects": {"gender": 1.0}}}, "must pick a category of 'gender'"),
-    ({"outcome": {"effects": {"age=old": 1.0}}}, "uses '=' on 'age'"),
-    ({"outcome": {"effects": {"bmi": 1.0}}}, "names unknown feature 'bmi'"),
-    ({"outcome": {"link": "log"}}, "'link' applies to continuous targets only"),
-    ({"outcome": {"effects": {"age": "high"}}}, "must be a finite number"),
-    ({"outcome": {"shape": 2.0}}, "synthetic.outcome: unknown key(s) ['shape']"),
-    ({"features": {"age": {"probs": [0.5, 0.5]}}}, "unknown key(s) ['probs']"),
-    ({"features": {"gender": {"p": 0.5}}}, "unknown key(s) ['p']"),
-    ({"features": {"icu": {"missing": -1}}}, "'missing' must be >= 0"),
-    ({"features": {"age": {"role": "income"}}}, "'role' must be age or sex"),
-    ({"features": {"visits": {"decimals": 0.5}}}, "'decimals' must be an integer"),
-])
+@pytest.mark.parametrize(
+    ("hints", "fragment"),
+    [
+        ({"colour": 1}, "unknown key(s) ['colour']"),
+        ({"features": {"weight": {}}}, "unknown feature(s) ['weight']"),
+        ({"features": {"age": {"spread": 1}}}, "synthetic.features.age: unknown key(s)"),
+        ({"features": {"age": {"dist": "beta"}}}, "'dist' must be normal, lognormal or poisson"),
+        ({"features": {"gender": {"probs": [0.5, 0.5]}}}, "one probability per category (3)"),
+        ({"features": {"icu": {"p": 1.5}}}, "strictly between 0 and 1"),
+        ({"features": {"age": {"sd": -1}}}, "'sd' must be positive"),
+        ({"features": {"age": {"clip": [200, 300]}}}, "does not overlap the schema range"),
+        (
+            {"features": {"age": {"effects": {"los": 0.1}}, "los": {"effects": {"age": 0.1}}}},
+            "form a cycle",
+        ),
+        ({"outcome": {"effects": {"gender": 1.0}}}, "must pick a category of 'gender'"),
+        ({"outcome": {"effects": {"age=old": 1.0}}}, "uses '=' on 'age'"),
+        ({"outcome": {"effects": {"bmi": 1.0}}}, "names unknown feature 'bmi'"),
+        ({"outcome": {"link": "log"}}, "'link' applies to continuous targets only"),
+        ({"outcome": {"effects": {"age": "high"}}}, "must be a finite number"),
+        ({"outcome": {"shape": 2.0}}, "synthetic.outcome: unknown key(s) ['shape']"),
+        ({"features": {"age": {"probs": [0.5, 0.5]}}}, "unknown key(s) ['probs']"),
+        ({"features": {"gender": {"p": 0.5}}}, "unknown key(s) ['p']"),
+        ({"features": {"icu": {"missing": -1}}}, "'missing' must be >= 0"),
+        ({"features": {"age": {"role": "income"}}}, "'role' must be age or sex"),
+        ({"features": {"visits": {"decimals": 0.5}}}, "'decimals' must be an integer"),
+    ],
+)
 def test_bad_hints_raise_schema_error(hints: dict, fragment: str) -> None:
     schema = task_from_dict(dict(USER_SCHEMA, synthetic=hints))
     with pytest.raises(SchemaError) as info:
@@ -294,19 +352,26 @@ def test_bad_hints_raise_schema_error(hints: dict, fragment: str) -> None:
 
 
 def test_multiclass_hint_coefficients_map_classes() -> None:
-    schema = task_from_dict(dict(USER_SCHEMA, target={
-        "name": "ward", "type": "multiclass", "classes": ["a", "b", "c"]},
-        synthetic={"outcome": {"effects": {"age": {"d": 1.0}}}}))
+    schema = task_from_dict(
+        dict(
+            USER_SCHEMA,
+            target={"name": "ward", "type": "multiclass", "classes": ["a", "b", "c"]},
+            synthetic={"outcome": {"effects": {"age": {"d": 1.0}}}},
+        )
+    )
     with pytest.raises(SchemaError, match=r"unknown categories \['d'\]"):
         generate_site(schema, 0, 1, n_rows=10, test_fraction=0.2, skew=SkewConfig(), seed=0)
 
 
-@pytest.mark.parametrize(("kwargs", "fragment"), [
-    ({"index": 4}, "site index 4 is outside 0..3"),
-    ({"n_rows": 1}, "too few to split"),
-    ({"test_fraction": 1.0}, "test_fraction must lie in [0, 1)"),
-    ({"seed": -1}, "seed must be a non-negative integer"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "fragment"),
+    [
+        ({"index": 4}, "site index 4 is outside 0..3"),
+        ({"n_rows": 1}, "too few to split"),
+        ({"test_fraction": 1.0}, "test_fraction must lie in [0, 1)"),
+        ({"seed": -1}, "seed must be a non-negative integer"),
+    ],
+)
 def test_bad_site_arguments(kwargs: dict, fragment: str) -> None:
     args = {"index": 0, "n_rows": 100, "test_fraction": 0.25, "seed": 0} | kwargs
     with pytest.raises(ValueError) as info:
@@ -320,9 +385,13 @@ def test_bad_skew_and_sizes() -> None:
     with pytest.raises(ValueError, match="min_size <= max_size"):
         site_sizes(3, 500, 100, seed=0)
     with pytest.raises(ValueError, match="no test rows"):
-        oracle_score(_schema("diagnosis"), [replace(s, test=s.test.iloc[:0],
-                                                    test_oracle=s.test_oracle[:0])
-                                            for s in _federation("diagnosis")])
+        oracle_score(
+            _schema("diagnosis"),
+            [
+                replace(s, test=s.test.iloc[:0], test_oracle=s.test_oracle[:0])
+                for s in _federation("diagnosis")
+            ],
+        )
 
 
 def test_export_csv_round_trips(tmp_path: Path) -> None:
@@ -345,35 +414,51 @@ def test_federation_config_matches_the_generator() -> None:
     conf = yaml.safe_load((task_dir().parent / "federation" / "synthetic.yaml").read_text())
     assert conf["name"] == "synthetic"
     sites = generate_federation(
-        _schema("pricing"), hospitals=conf["hospitals"], min_size=conf["min_size"],
-        max_size=conf["max_size"], test_fraction=conf["test_fraction"],
-        skew=SkewConfig(**conf["skew"]), seed=0, sizes=conf["sizes"])
+        _schema("pricing"),
+        hospitals=conf["hospitals"],
+        min_size=conf["min_size"],
+        max_size=conf["max_size"],
+        test_fraction=conf["test_fraction"],
+        skew=SkewConfig(**conf["skew"]),
+        seed=0,
+        sizes=conf["sizes"],
+    )
     assert len(sites) == conf["hospitals"] == 4
     assert SkewConfig(**conf["skew"]) == SkewConfig()
 
 
 def test_models_do_not_import_flower() -> None:
-    code = ("import sys, medfed.models.schema, medfed.models.ingest.synthetic; "
-            "sys.exit(any(m == 'flwr' or m.startswith('flwr.') for m in sys.modules))")
+    code = (
+        "import sys, medfed.models.schema, medfed.models.ingest.synthetic; "
+        "sys.exit(any(m == 'flwr' or m.startswith('flwr.') for m in sys.modules))"
+    )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
 
 
 @settings(max_examples=25, deadline=None)
-@given(name=st.sampled_from(TASKS), seed=st.integers(0, 2**32 - 1),
-       n_rows=st.integers(2, 80), test_fraction=st.sampled_from([0.0, 0.1, 0.5, 0.9]),
-       index=st.integers(0, 5), skew=st.builds(
-           SkewConfig, **{k: st.floats(0, 3) for k in
-                          ("age", "sex", "prevalence", "site_effect", "missing")}))
-def test_any_site_is_valid_and_reproducible(name: str, seed: int, n_rows: int,
-                                            test_fraction: float, index: int,
-                                            skew: SkewConfig) -> None:
+@given(
+    name=st.sampled_from(TASKS),
+    seed=st.integers(0, 2**32 - 1),
+    n_rows=st.integers(2, 80),
+    test_fraction=st.sampled_from([0.0, 0.1, 0.5, 0.9]),
+    index=st.integers(0, 5),
+    skew=st.builds(
+        SkewConfig,
+        **{k: st.floats(0, 3) for k in ("age", "sex", "prevalence", "site_effect", "missing")},
+    ),
+)
+def test_any_site_is_valid_and_reproducible(
+    name: str, seed: int, n_rows: int, test_fraction: float, index: int, skew: SkewConfig
+) -> None:
     schema = _schema(name)
-    site = generate_site(schema, index, 6, n_rows=n_rows, test_fraction=test_fraction,
-                         skew=skew, seed=seed)
+    site = generate_site(
+        schema, index, 6, n_rows=n_rows, test_fraction=test_fraction, skew=skew, seed=seed
+    )
     assert len(site.train) + len(site.test) == n_rows and len(site.train) >= 1
     for frame in (site.train, site.test):
         _check_conventions(schema, frame)
         assert set(frame.columns[frame.isna().any()]) <= MAY_BE_MISSING[name]
-    again = generate_site(schema, index, 6, n_rows=n_rows, test_fraction=test_fraction,
-                          skew=skew, seed=seed)
+    again = generate_site(
+        schema, index, 6, n_rows=n_rows, test_fraction=test_fraction, skew=skew, seed=seed
+    )
     pd.testing.assert_frame_equal(site.train, again.train)

@@ -54,12 +54,15 @@ def test_tweedie_loss_is_zero_at_the_truth_and_scale_free():
     assert 0.1 < expected < 10
 
 
-@pytest.mark.parametrize("schema,y,raw", [
-    (BINARY, [1.0, 0.0, 1.0], [0.3, -2.0, 4.0]),
-    (MULTI, [2, 0, 1], [[0.1, 0.2, 3.0], [1.0, -1.0, 0.0], [0.0, 0.0, 0.0]]),
-    (MSE_LOG, [0.0, 120.0, 5000.0], [0.5, 4.0, 8.0]),
-    (TWEEDIE, [0.0, 120.0, 5000.0], [0.5, 4.0, 8.0]),
-])
+@pytest.mark.parametrize(
+    "schema,y,raw",
+    [
+        (BINARY, [1.0, 0.0, 1.0], [0.3, -2.0, 4.0]),
+        (MULTI, [2, 0, 1], [[0.1, 0.2, 3.0], [1.0, -1.0, 0.0], [0.0, 0.0, 0.0]]),
+        (MSE_LOG, [0.0, 120.0, 5000.0], [0.5, 4.0, 8.0]),
+        (TWEEDIE, [0.0, 120.0, 5000.0], [0.5, 4.0, 8.0]),
+    ],
+)
 def test_training_loss_matches_the_reported_loss(schema, y, raw):
     y_t = torch.tensor(y, dtype=torch.int64 if schema is MULTI else torch.float32)
     raw_t = torch.tensor(raw)
@@ -104,8 +107,9 @@ def test_logistic_regression_separates_a_toy_set():
     set_seed(0)
     X, y = separable()
     model = build_model(BINARY, 2)
-    result = train(model, make_loader(X, y, batch_size=32, seed=0), loss_function(BINARY),
-                   lr=0.5, steps=100)
+    result = train(
+        model, make_loader(X, y, batch_size=32, seed=0), loss_function(BINARY), lr=0.5, steps=100
+    )
     metrics, stats = evaluate(model, X, y, BINARY)
     assert metrics["accuracy"] >= 0.97 and metrics["auroc"] >= 0.99
     assert result["loss"] < 0.5 and stats["n"] == 200
@@ -114,11 +118,18 @@ def test_logistic_regression_separates_a_toy_set():
 def test_same_seed_gives_identical_weights():
     def run(seed: int) -> list[np.ndarray]:
         set_seed(seed)
-        model = build_model(task({"name": "y", "type": "binary"},
-                                 {"family": "mlp", "hidden": [8]}), 2)
+        model = build_model(
+            task({"name": "y", "type": "binary"}, {"family": "mlp", "hidden": [8]}), 2
+        )
         X, y = separable(64)
-        train(model, make_loader(X, y, batch_size=8, seed=seed), loss_function(BINARY),
-              lr=0.1, epochs=2, optimizer="adam")
+        train(
+            model,
+            make_loader(X, y, batch_size=8, seed=seed),
+            loss_function(BINARY),
+            lr=0.1,
+            epochs=2,
+            optimizer="adam",
+        )
         return get_weights(model)
 
     a, b, c = run(5), run(5), run(6)
@@ -134,8 +145,14 @@ def test_proximal_term_equals_adding_it_to_the_loss_for_sgd():
     set_weights(reference, get_weights(ours))
     start = [p.detach().clone() for p in reference.parameters()]
     mu, lr = 0.5, 0.2
-    train(ours, make_loader(X, y, batch_size=8, seed=0), loss_function(BINARY), lr=lr, steps=6,
-          proximal_mu=mu)
+    train(
+        ours,
+        make_loader(X, y, batch_size=8, seed=0),
+        loss_function(BINARY),
+        lr=lr,
+        steps=6,
+        proximal_mu=mu,
+    )
     opt = torch.optim.SGD(reference.parameters(), lr=lr)
     loader = make_loader(X, y, batch_size=8, seed=0)
     for xb, yb in itertools.islice(itertools.chain(loader, loader), 6):
@@ -155,10 +172,17 @@ def test_proximal_term_pulls_towards_the_start():
         set_seed(2)
         model = build_model(BINARY, 2)
         start = get_weights(model)
-        train(model, make_loader(X, y, batch_size=16, seed=0), loss_function(BINARY), lr=0.5,
-              steps=40, proximal_mu=mu)
-        return math.sqrt(sum(((w - s) ** 2).sum() for w, s in zip(get_weights(model), start,
-                                                                   strict=True)))
+        train(
+            model,
+            make_loader(X, y, batch_size=16, seed=0),
+            loss_function(BINARY),
+            lr=0.5,
+            steps=40,
+            proximal_mu=mu,
+        )
+        return math.sqrt(
+            sum(((w - s) ** 2).sum() for w, s in zip(get_weights(model), start, strict=True))
+        )
 
     assert distance(1.0) < 0.6 * distance(0.0)
 
@@ -181,8 +205,9 @@ def test_weights_round_trip_and_cross_the_opacus_prefix():
     wrapped = GradSampleModule(build_model(MULTI, 3))
     assert next(iter(wrapped.state_dict())).startswith("_module.")
     set_weights(wrapped, get_weights(plain))
-    assert all(np.array_equal(a, b) for a, b in zip(get_weights(wrapped), get_weights(plain),
-                                                    strict=True))
+    assert all(
+        np.array_equal(a, b) for a, b in zip(get_weights(wrapped), get_weights(plain), strict=True)
+    )
     weights = get_weights(plain)
     weights[0] += 1.0
     assert not np.array_equal(weights[0], get_weights(plain)[0])  # copies, not views
@@ -192,8 +217,9 @@ def test_weights_round_trip_and_cross_the_opacus_prefix():
         set_weights(plain, [weights[0][:, :2], weights[1]])
 
 
-@pytest.mark.filterwarnings("ignore:Full backward hook", "ignore:Secure RNG",
-                            "ignore:Optimal order")
+@pytest.mark.filterwarnings(
+    "ignore:Full backward hook", "ignore:Secure RNG", "ignore:Optimal order"
+)
 def test_opacus_private_training_counts_steps_and_keeps_the_proximal_pull():
     from opacus import PrivacyEngine
 
@@ -204,16 +230,30 @@ def test_opacus_private_training_counts_steps_and_keeps_the_proximal_pull():
         model = build_model(BINARY, 2)
         engine = PrivacyEngine()
         private, opt, loader = engine.make_private(
-            module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.5),
-            data_loader=make_loader(X, y, batch_size=16, seed=0), noise_multiplier=0.0,
-            max_grad_norm=1.0, poisson_sampling=True)
-        result = train(private, loader, loss_function(BINARY), lr=0.5, steps=9, optimizer_obj=opt,
-                       proximal_mu=mu)
+            module=model,
+            optimizer=torch.optim.SGD(model.parameters(), lr=0.5),
+            data_loader=make_loader(X, y, batch_size=16, seed=0),
+            noise_multiplier=0.0,
+            max_grad_norm=1.0,
+            poisson_sampling=True,
+        )
+        result = train(
+            private,
+            loader,
+            loss_function(BINARY),
+            lr=0.5,
+            steps=9,
+            optimizer_obj=opt,
+            proximal_mu=mu,
+        )
         return result, get_weights(private), engine.accountant.history
 
     free, free_w, history = run(0.0)
     pulled, pulled_w, _ = run(1.0)
     assert free["steps"] == 9 and history == [(0.0, 0.25, 9)]
     start = get_weights((set_seed(3), build_model(BINARY, 2))[1])
-    def moved(w): return sum(float(((a - s) ** 2).sum()) for a, s in zip(w, start, strict=True))
+
+    def moved(w):
+        return sum(float(((a - s) ** 2).sum()) for a, s in zip(w, start, strict=True))
+
     assert moved(pulled_w) < moved(free_w)

@@ -31,8 +31,14 @@ class UpdateNorms:
         if message.metadata.message_type == "train" and not reply.has_error():
             sent = message.content.array_records["arrays"].to_numpy_ndarrays()
             got = reply.content.array_records["arrays"].to_numpy_ndarrays()
-            self.norms.append(math.sqrt(sum(float(((g.astype(np.float64) - s) ** 2).sum())
-                                            for g, s in zip(got, sent, strict=True))))
+            self.norms.append(
+                math.sqrt(
+                    sum(
+                        float(((g.astype(np.float64) - s) ** 2).sum())
+                        for g, s in zip(got, sent, strict=True)
+                    )
+                )
+            )
         return reply
 
 
@@ -40,8 +46,12 @@ class UpdateNorms:
 def clipped(request, small_study, run_inprocess, tmp_path_factory):
     """A 4-hospital study clipped at 0.05 (below every update of these hospitals) on one side."""
     out = tmp_path_factory.mktemp(f"central-{request.param}")
-    study = small_study(*FOUR, f"privacy.clipping={request.param}", "privacy.clipping_norm=0.05",
-                        f"output_dir={out}")
+    study = small_study(
+        *FOUR,
+        f"privacy.clipping={request.param}",
+        "privacy.clipping_norm=0.05",
+        f"output_dir={out}",
+    )
     spy = UpdateNorms()
     result = run_inprocess(study, spy)
     write_run(result)
@@ -54,7 +64,11 @@ def test_the_study_finishes_and_summary_json_has_the_client_level_epsilon(clippe
 
     dp = summary["central_dp"]
     assert (dp["clipping"], dp["clipping_norm"], dp["noise_multiplier"], dp["delta"]) == (
-        clipping, 0.05, 1.0, 1e-5)
+        clipping,
+        0.05,
+        1.0,
+        1e-5,
+    )
     assert dp["released_rounds"] == ROUNDS and summary["stopped"] is None
     assert dp["epsilon"] == pytest.approx(epsilon_after(1.0, ROUNDS, 1e-5, 4), rel=1e-9)
     assert [r["hospitals"] for r in dp["rounds"]] == [4] * ROUNDS
@@ -70,7 +84,8 @@ def test_metrics_csv_and_the_report_show_epsilon_per_round(clipped):
     assert by_round[0] == ""
     for server_round in range(1, ROUNDS + 1):
         assert float(by_round[server_round]) == pytest.approx(
-            epsilon_after(1.0, server_round, 1e-5, 4), rel=1e-9)
+            epsilon_after(1.0, server_round, 1e-5, 4), rel=1e-9
+        )
     report = (out / "report.md").read_text()
     assert "## Client-level (central) DP" in report and "3 of 3 rounds released" in report
 
@@ -104,9 +119,14 @@ def test_without_noise_and_clipping_it_is_fedavg_with_equal_weights(small_study,
     equal = ["federation.hospitals=3", "federation.sizes=[100,100,100]", f"rounds={ROUNDS}"]
     plain = run_inprocess(small_study(*equal))
     with pytest.warns(RuntimeWarning, match="epsilon is infinite"):
-        central = run_inprocess(small_study(*equal, "privacy=central",
-                                            "privacy.noise_multiplier=0",
-                                            "privacy.clipping_norm=1000"))
+        central = run_inprocess(
+            small_study(
+                *equal,
+                "privacy=central",
+                "privacy.noise_multiplier=0",
+                "privacy.clipping_norm=1000",
+            )
+        )
 
     assert len({h["n_train"] for h in plain.hospitals.values()}) == 1
     assert central.central_dp["epsilon"] == math.inf
@@ -114,15 +134,17 @@ def test_without_noise_and_clipping_it_is_fedavg_with_equal_weights(small_study,
         torch.testing.assert_close(central.final_state[key], value, rtol=0, atol=1e-5)
 
 
-def test_a_resumed_study_continues_the_accountant_and_the_noise(small_study, tmp_path,
-                                                                 crash_after):
+def test_a_resumed_study_continues_the_accountant_and_the_noise(small_study, tmp_path, crash_after):
     from medfed.server.simulation.engine import InProcessGrid
     from medfed.server.study.config import compose_study
     from medfed.server.study.loop import run_study
 
     def run(study, observer=None):
-        grid = InProcessGrid(medfed_client, [{"partition-id": i, "num-partitions": 3}
-                                             for i in range(3)], run_config={})
+        grid = InProcessGrid(
+            medfed_client,
+            [{"partition-id": i, "num-partitions": 3} for i in range(3)],
+            run_config={},
+        )
         return run_study(grid, study, observer)
 
     central = ["privacy=central", "rounds=4"]

@@ -15,13 +15,21 @@ from medfed.server.study import checkpoint as ckpt
 from medfed.server.study.config import ConfigError, compose_study
 from medfed.server.study.loop import run_study
 
-SMALL = ["federation.hospitals=3", "federation.min_size=60", "federation.max_size=120",
-         "quiet=true", "strategy=fedadam", "rounds=4", "policy.min_cell_count=1"]
+SMALL = [
+    "federation.hospitals=3",
+    "federation.min_size=60",
+    "federation.max_size=120",
+    "quiet=true",
+    "strategy=fedadam",
+    "rounds=4",
+    "policy.min_cell_count=1",
+]
 
 
 def _run(study, observer=None):
-    grid = InProcessGrid(medfed_client, [{"partition-id": i, "num-partitions": 3}
-                                         for i in range(3)], run_config={})
+    grid = InProcessGrid(
+        medfed_client, [{"partition-id": i, "num-partitions": 3} for i in range(3)], run_config={}
+    )
     return run_study(grid, study, observer)
 
 
@@ -38,7 +46,8 @@ def test_a_checkpoint_round_trips(tmp_path, key, encrypted):
     loaded = ckpt.load(tmp_path / "c.pt", secret)
     assert loaded["server_round"] == 3 and torch.equal(loaded["state"]["w"], data["state"]["w"])
     assert (b"MEDFED-CKPT1F" if encrypted else b"MEDFED-CKPT1P") == (
-        tmp_path / "c.pt").read_bytes()[:13]
+        tmp_path / "c.pt"
+    ).read_bytes()[:13]
     assert not list(tmp_path.glob(".*.tmp"))
 
 
@@ -76,8 +85,9 @@ def test_keys_are_never_overwritten_and_must_be_fernet_keys(tmp_path, key):
 
 
 @pytest.mark.parametrize("encrypted", [False, True])
-def test_an_interrupted_study_resumes_to_the_same_final_weights(tmp_path, key, encrypted,
-                                                                crash_after):
+def test_an_interrupted_study_resumes_to_the_same_final_weights(
+    tmp_path, key, encrypted, crash_after
+):
     extra = [f"checkpoint.key_file={key}"] if encrypted else []
     whole = _run(compose_study([*SMALL, *extra, f"output_dir={tmp_path / 'whole'}"]))
     interrupted = tmp_path / "interrupted"
@@ -134,12 +144,22 @@ def test_medfed_simulate_resumes_a_run_directory(tmp_path, key, load_model, cras
     with pytest.raises(crash_after.Crash):
         _run(compose_study([*SMALL, *extra, f"output_dir={run_dir}"]), crash_after(3))
     medfed = Path(sys.executable).with_name("medfed")
-    wrong = subprocess.run([str(medfed), "simulate", f"resume={run_dir}", "quiet=true"],
-                           capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    wrong = subprocess.run(
+        [str(medfed), "simulate", f"resume={run_dir}", "quiet=true"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,
+    )
     assert wrong.returncode == 1 and "encrypted: give the key" in wrong.stderr
     assert wrong.stderr.count("\n") == 1
-    done = subprocess.run([str(medfed), "simulate", f"resume={run_dir}", "quiet=true", *extra],
-                          capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    done = subprocess.run(
+        [str(medfed), "simulate", f"resume={run_dir}", "quiet=true", *extra],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["rounds"] == 4 and summary["study_id"]

@@ -27,14 +27,16 @@ class Schedule:
 
 
 def _grid(partitions: list[int]) -> InProcessGrid:
-    return InProcessGrid(medfed_client, [{"partition-id": p, "num-partitions": 3}
-                                         for p in partitions], run_config={})
+    return InProcessGrid(
+        medfed_client, [{"partition-id": p, "num-partitions": 3} for p in partitions], run_config={}
+    )
 
 
 def _restart(node_id: int):
     def action(grid: InProcessGrid) -> None:
         grid._contexts[node_id].state = RecordDict()  # a restarted node has lost its state
         grid.set_online(node_id, True)
+
     return action
 
 
@@ -42,8 +44,9 @@ def test_a_hospital_that_drops_out_misses_rounds_and_rejoins_after_a_restart(sma
     study = small_study("rounds=6")
     grid = _grid([0, 1, 2])
     node = FIRST_NODE_ID + 1
-    result = run_study(grid, study, Schedule(grid, {
-        2: lambda g: g.set_online(node, False), 4: _restart(node)}))
+    result = run_study(
+        grid, study, Schedule(grid, {2: lambda g: g.set_online(node, False), 4: _restart(node)})
+    )
     assert result.stopped == ""
     trained = {r.server_round: sorted(r.train) for r in result.rounds[1:]}
     assert trained[3] == trained[4] == ["hospital-0", "hospital-2"]
@@ -66,17 +69,20 @@ def test_a_hospital_rejoining_under_a_new_node_id_keeps_its_name(small_study):
 
     result = run_study(grid, study, Schedule(grid, {2: swap}))
     assert sorted(h["name"] for h in result.hospitals.values()) == [
-        "hospital-0", "hospital-1", "hospital-2"]
+        "hospital-0",
+        "hospital-1",
+        "hospital-2",
+    ]
     assert new in result.hospitals and old not in result.hospitals
     assert all(len(r.train) == 3 for r in result.rounds[1:]), [r.train for r in result.rounds]
 
 
 def test_too_few_hospitals_stops_the_study_after_a_bounded_wait(small_study, tmp_path):
-    study = small_study("rounds=5", "strategy.min_nodes=3", "timeout=1",
-                        f"output_dir={tmp_path}")
+    study = small_study("rounds=5", "strategy.min_nodes=3", "timeout=1", f"output_dir={tmp_path}")
     grid = _grid([0, 1, 2])
-    result = run_study(grid, study, Schedule(grid, {
-        2: lambda g: g.set_online(FIRST_NODE_ID, False)}))
+    result = run_study(
+        grid, study, Schedule(grid, {2: lambda g: g.set_online(FIRST_NODE_ID, False)})
+    )
     assert result.stopped.startswith("round 3: only 2 of the strategy.min_nodes=3 hospitals")
     assert "within 1 s" in result.stopped
     assert [r.server_round for r in result.rounds] == [0, 1, 2]
@@ -90,8 +96,10 @@ def test_a_duplicate_hospital_name_is_not_admitted(small_study):
     result = run_study(grid, study)
     names = [h["name"] for h in result.hospitals.values()]
     assert sorted(names) == ["hospital-0", "hospital-1", "hospital-2"]
-    assert "claims to be hospital-2 like node" in result.rounds[0].failures[
-        f"node-{FIRST_NODE_ID + 3}"]
+    assert (
+        "claims to be hospital-2 like node"
+        in result.rounds[0].failures[f"node-{FIRST_NODE_ID + 3}"]
+    )
     assert all(len(r.train) == 3 for r in result.rounds[1:])
 
 
@@ -100,8 +108,9 @@ def test_metrics_csv_keeps_the_training_row_of_a_hospital_that_then_dropped_out(
 
     study = small_study("rounds=4")
     grid = _grid([0, 1, 2])
-    result = run_study(grid, study, Schedule(grid, {
-        2: lambda g: g.set_online(FIRST_NODE_ID + 1, False)}))
+    result = run_study(
+        grid, study, Schedule(grid, {2: lambda g: g.set_online(FIRST_NODE_ID + 1, False)})
+    )
     rows = {(r["round"], r["hospital"]): r for r in metric_rows(result)}
     assert rows[(2, "hospital-1")]["train_steps"] >= 1  # trained in round 2, never scored after
     assert (3, "hospital-1") not in rows

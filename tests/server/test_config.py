@@ -29,14 +29,31 @@ def test_defaults():
 
 
 def test_overrides_reach_the_study():
-    study = compose_study(["task=pricing", "strategy=fedyogi", "strategy.eta=0.05", "rounds=5",
-                           "seed=3", "train.optimizer=adam", "federation.hospitals=6",
-                           "engine=ray", "output_dir=/tmp/x"])
+    study = compose_study(
+        [
+            "task=pricing",
+            "strategy=fedyogi",
+            "strategy.eta=0.05",
+            "rounds=5",
+            "seed=3",
+            "train.optimizer=adam",
+            "federation.hospitals=6",
+            "engine=ray",
+            "output_dir=/tmp/x",
+        ]
+    )
 
     assert study["task"]["name"] == "pricing"
     assert study["task"]["target"]["type"] == "continuous"
-    assert study["strategy"] == {"name": "fedyogi", "fraction_train": 1.0, "min_nodes": 2,
-                                 "eta": 0.05, "tau": 0.001, "beta_1": 0.9, "beta_2": 0.99}
+    assert study["strategy"] == {
+        "name": "fedyogi",
+        "fraction_train": 1.0,
+        "min_nodes": 2,
+        "eta": 0.05,
+        "tau": 0.001,
+        "beta_1": 0.9,
+        "beta_2": 0.99,
+    }
     assert (study["rounds"], study["seed"]) == (5, 3)
     assert study["train"]["optimizer"] == "adam"
     assert study["federation"]["hospitals"] == 6
@@ -80,9 +97,17 @@ def test_unknown_nested_key_is_named():
     assert "train.momentun" in _error("train.momentun=0.9")
 
 
-@pytest.mark.parametrize("override", ["rounds=0", "train.lr=-1", "train.batch_size=0",
-                                      "preprocessing.normalisation=x", "federation.hospitals=0",
-                                      "strategy.min_nodes=9"])
+@pytest.mark.parametrize(
+    "override",
+    [
+        "rounds=0",
+        "train.lr=-1",
+        "train.batch_size=0",
+        "preprocessing.normalisation=x",
+        "federation.hospitals=0",
+        "strategy.min_nodes=9",
+    ],
+)
 def test_invalid_override_is_one_sentence_naming_the_setting(override: str):
     setting, value = override.split("=", 1)
     message = _error(override)
@@ -95,12 +120,25 @@ def default_study() -> dict:
     return compose_study([])
 
 
-@pytest.mark.parametrize("setting, value", [
-    ("rounds", -3), ("rounds", 2.5), ("rounds", True), ("train.lr", 0), ("train.local_epochs", 0),
-    ("train.local_steps", 0), ("train.optimizer", "lbfgs"), ("evaluate.every", 0),
-    ("seed", "abc"), ("seed", 1.5), ("timeout", 0), ("strategy.fraction_train", 0),
-    ("strategy.fraction_train", 1.5), ("federation.sizes", [100, 200]),
-])
+@pytest.mark.parametrize(
+    "setting, value",
+    [
+        ("rounds", -3),
+        ("rounds", 2.5),
+        ("rounds", True),
+        ("train.lr", 0),
+        ("train.local_epochs", 0),
+        ("train.local_steps", 0),
+        ("train.optimizer", "lbfgs"),
+        ("evaluate.every", 0),
+        ("seed", "abc"),
+        ("seed", 1.5),
+        ("timeout", 0),
+        ("strategy.fraction_train", 0),
+        ("strategy.fraction_train", 1.5),
+        ("federation.sizes", [100, 200]),
+    ],
+)
 def test_invalid_value_is_one_sentence_naming_the_setting(default_study, setting, value):
     """The same checks on an edited study (no Hydra round trip: cheaper, same validator)."""
     study = copy.deepcopy(default_study)
@@ -128,8 +166,9 @@ def test_negative_seed_is_a_config_error():
     assert "seed" in message and "-1" in message
 
 
-@pytest.mark.parametrize("override", ["federation.min_size=1", "federation.max_size=50",
-                                      "federation.test_fraction=1.5"])
+@pytest.mark.parametrize(
+    "override", ["federation.min_size=1", "federation.max_size=50", "federation.test_fraction=1.5"]
+)
 def test_impossible_federation_sizes_are_config_errors(override: str):
     message = _error(override)
     key, value = override.split("=")
@@ -150,8 +189,11 @@ def test_expand_sweeps_gives_every_combination():
 
     assert len(combos) == 4
     assert {tuple(c) for c in combos} == {
-        ("strategy=fedavg", "seed=1", "rounds=3"), ("strategy=fedavg", "seed=2", "rounds=3"),
-        ("strategy=fedyogi", "seed=1", "rounds=3"), ("strategy=fedyogi", "seed=2", "rounds=3")}
+        ("strategy=fedavg", "seed=1", "rounds=3"),
+        ("strategy=fedavg", "seed=2", "rounds=3"),
+        ("strategy=fedyogi", "seed=1", "rounds=3"),
+        ("strategy=fedyogi", "seed=2", "rounds=3"),
+    }
 
 
 def test_expand_sweeps_without_sweep_is_one_combination():
@@ -171,8 +213,17 @@ def finished_run(tmp_path_factory) -> Path:
     from medfed.infra.cli import main
 
     run_dir = tmp_path_factory.mktemp("finished") / "run"
-    main(["simulate", "federation.hospitals=3", "federation.min_size=60",
-          "federation.max_size=120", "rounds=2", "quiet=true", f"output_dir={run_dir}"])
+    main(
+        [
+            "simulate",
+            "federation.hospitals=3",
+            "federation.min_size=60",
+            "federation.max_size=120",
+            "rounds=2",
+            "quiet=true",
+            f"output_dir={run_dir}",
+        ]
+    )
     return run_dir
 
 
@@ -184,8 +235,10 @@ def _resume_says_nothing_to_do(command: list[str], run_dir: Path, capsys) -> Non
         main(command)
     out, err = capsys.readouterr()
     assert exit_info.value.code == 0, err
-    assert out == f"medfed: {run_dir} already finished all 2 rounds; nothing to resume (the run " \
-                  "directory is unchanged)\n"
+    assert (
+        out == f"medfed: {run_dir} already finished all 2 rounds; nothing to resume (the run "
+        "directory is unchanged)\n"
+    )
     assert {str(p): p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
 
 
@@ -197,10 +250,23 @@ def test_resuming_a_finished_simulation_changes_nothing(finished_run, capsys):
 
 @pytest.mark.parametrize("overrides", [[], ["timeout=30"]])
 def test_medfed_run_resume_of_a_finished_study_exits_0_before_connecting(
-        finished_run, capsys, overrides):
+    finished_run, capsys, overrides
+):
     """No SuperLink listens on port 1: the answer comes before any connection is tried."""
-    _resume_says_nothing_to_do(["run", "--superlink", "127.0.0.1:1", "--ca", "ca.crt",
-                                "--resume", str(finished_run), *overrides], finished_run, capsys)
+    _resume_says_nothing_to_do(
+        [
+            "run",
+            "--superlink",
+            "127.0.0.1:1",
+            "--ca",
+            "ca.crt",
+            "--resume",
+            str(finished_run),
+            *overrides,
+        ],
+        finished_run,
+        capsys,
+    )
 
 
 def test_a_study_that_stopped_early_can_still_be_resumed(finished_run, tmp_path):
@@ -226,10 +292,19 @@ def test_each_task_trains_with_its_own_defaults_unless_overridden(task: str):
     defaults = study["task"]["training"]
     assert study["rounds"] == defaults["rounds"]
     assert {k: study["train"][k] for k in ("optimizer", "lr", "batch_size")} == {
-        k: defaults[k] for k in ("optimizer", "lr", "batch_size")}
+        k: defaults[k] for k in ("optimizer", "lr", "batch_size")
+    }
     assert study["privacy"]["max_grad_norm"] == defaults["max_grad_norm"]
-    mine = compose_study([f"task={task}", "privacy=dpsgd", "rounds=3", "train.lr=0.05",
-                          "train.optimizer=adam", "privacy.max_grad_norm=2.5"])
+    mine = compose_study(
+        [
+            f"task={task}",
+            "privacy=dpsgd",
+            "rounds=3",
+            "train.lr=0.05",
+            "train.optimizer=adam",
+            "privacy.max_grad_norm=2.5",
+        ]
+    )
     assert (mine["rounds"], mine["train"]["lr"], mine["train"]["optimizer"]) == (3, 0.05, "adam")
     assert mine["privacy"]["max_grad_norm"] == 2.5
 

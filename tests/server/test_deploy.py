@@ -25,10 +25,13 @@ from medfed.server.deploy.flwr_cli import run_main
 
 def test_sans_cover_the_given_hosts_and_loopback_once():
     names = san_entries(["10.1.2.3", "Coord.Example.org", "127.0.0.1", "[::1]"])
-    assert names == [x509.IPAddress(ipaddress.ip_address("10.1.2.3")),
-                     x509.DNSName("coord.example.org"),
-                     x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
-                     x509.IPAddress(ipaddress.ip_address("::1")), x509.DNSName("localhost")]
+    assert names == [
+        x509.IPAddress(ipaddress.ip_address("10.1.2.3")),
+        x509.DNSName("coord.example.org"),
+        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+        x509.IPAddress(ipaddress.ip_address("::1")),
+        x509.DNSName("localhost"),
+    ]
 
 
 def test_server_certificate_is_signed_by_the_ca_and_keys_are_private(tmp_path):
@@ -40,7 +43,10 @@ def test_server_certificate_is_signed_by_the_ca_and_keys_are_private(tmp_path):
     sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert sans.get_values_for_type(x509.DNSName) == ["coord.example.org", "localhost"]
     assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == [
-        "192.168.0.7", "127.0.0.1", "::1"]
+        "192.168.0.7",
+        "127.0.0.1",
+        "::1",
+    ]
     key = serialization.load_pem_private_key(paths["key"].read_bytes(), None)
     assert key.public_key().public_numbers() == cert.public_key().public_numbers()
     for private in (paths["key"], paths["ca_key"]):
@@ -75,7 +81,10 @@ def test_fast_and_flower_default_superlink_environments(tmp_path):
 def test_loopback_only_coordinator_listens_on_loopback(tmp_path):
     config = init(tmp_path / "c", [], 9093, None)
     assert (config["listen"], config["address"], config["hosts"]) == (
-        "127.0.0.1", "127.0.0.1:9093", ["127.0.0.1"])
+        "127.0.0.1",
+        "127.0.0.1:9093",
+        ["127.0.0.1"],
+    )
 
 
 def test_init_refuses_to_replace_a_ca(tmp_path, capsys):
@@ -117,19 +126,25 @@ def test_add_node_rejects_what_is_not_an_openssh_ec_key(tmp_path):
     rsa = tmp_path / "rsa.pub"
     from cryptography.hazmat.primitives.asymmetric import rsa as rsa_keys
 
-    rsa.write_bytes(rsa_keys.generate_private_key(65537, 2048).public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH))
+    rsa.write_bytes(
+        rsa_keys.generate_private_key(65537, 2048)
+        .public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+    )
     with pytest.raises(DeployError, match="not an ECDSA public key"):
         add_node(folder, "h", rsa)
     with pytest.raises(DeployError, match="cannot read"):
         add_node(folder, "h", tmp_path / "missing.pub")
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["rounds=0"], "rounds must be a positive integer"),
-    (["compare=true"], "for `medfed simulate` only"),
-    (["no_such_key=1"], "no such setting"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["rounds=0"], "rounds must be a positive integer"),
+        (["compare=true"], "for `medfed simulate` only"),
+        (["no_such_key=1"], "no such setting"),
+    ],
+)
 def test_run_config_errors_exit_2_with_one_line(tmp_path, capsys, overrides, message):
     with pytest.raises(SystemExit) as exit_info:
         run_main(["--superlink", "127.0.0.1:1", "--ca", str(tmp_path / "ca.crt"), *overrides])
@@ -146,8 +161,15 @@ def test_resume_needs_a_run_directory(tmp_path, capsys):
 
 
 def test_run_without_the_ca_file_says_so(tmp_path, capsys):
-    status = run_main(["--superlink", "127.0.0.1:1", "--ca", str(tmp_path / "ca.crt"),
-                       f"output_dir={tmp_path / 'run'}"])
+    status = run_main(
+        [
+            "--superlink",
+            "127.0.0.1:1",
+            "--ca",
+            str(tmp_path / "ca.crt"),
+            f"output_dir={tmp_path / 'run'}",
+        ]
+    )
     assert status == 1
     assert "no such file; use the coordinator's ca.crt" in capsys.readouterr().err
 
@@ -178,12 +200,17 @@ def test_medfed_run_defaults_to_the_connected_nodes(tmp_path):
     assert _run_study("federation=synthetic")["federation"]["name"] == "synthetic"
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (["federation.hospitals=3", "strategy.min_nodes=4"],
-     "strategy.min_nodes=4 must be between 1 and the number of hospitals (3)"),
-    (["federation.hospitals=0"], "federation.hospitals must be a positive number"),
-    (["privacy=central"], "with federation=nodes set federation.hospitals=N"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (
+            ["federation.hospitals=3", "strategy.min_nodes=4"],
+            "strategy.min_nodes=4 must be between 1 and the number of hospitals (3)",
+        ),
+        (["federation.hospitals=0"], "federation.hospitals must be a positive number"),
+        (["privacy=central"], "with federation=nodes set federation.hospitals=N"),
+    ],
+)
 def test_nodes_federation_errors_are_one_line(capsys, overrides, message):
     with pytest.raises(SystemExit) as exit_info:
         _run_study(*overrides)

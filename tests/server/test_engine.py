@@ -12,13 +12,30 @@ from medfed.server.simulation.engine import FIRST_NODE_ID, InProcessGrid, transm
 
 def _message(n_values: int, *, seed: int = 0) -> Message:
     rng = np.random.default_rng(seed)
-    return Message(RecordDict({
-        "arrays": ArrayRecord([rng.normal(size=n_values).astype(np.float32),
-                               np.arange(6, dtype=np.int64).reshape(2, 3)]),
-        "metrics": MetricRecord({"num-examples": 12, "loss": 0.25, "hist": [1.0, 2.5]}),
-        "config": ConfigRecord({"server-round": 3, "name": "hospital-2", "blob": b"\x00\x01",
-                                "flags": [True, False]}),
-    }), dst_node_id=FIRST_NODE_ID, message_type="train", group_id="3")
+    return Message(
+        RecordDict(
+            {
+                "arrays": ArrayRecord(
+                    [
+                        rng.normal(size=n_values).astype(np.float32),
+                        np.arange(6, dtype=np.int64).reshape(2, 3),
+                    ]
+                ),
+                "metrics": MetricRecord({"num-examples": 12, "loss": 0.25, "hist": [1.0, 2.5]}),
+                "config": ConfigRecord(
+                    {
+                        "server-round": 3,
+                        "name": "hospital-2",
+                        "blob": b"\x00\x01",
+                        "flags": [True, False],
+                    }
+                ),
+            }
+        ),
+        dst_node_id=FIRST_NODE_ID,
+        message_type="train",
+        group_id="3",
+    )
 
 
 def test_transmit_round_trips_content_and_metadata(task_identity):
@@ -31,8 +48,11 @@ def test_transmit_round_trips_content_and_metadata(task_identity):
     assert rebuilt.content is not original.content
     assert size > 0
     got, sent = rebuilt.content, original.content
-    for g, s in zip(got.array_records["arrays"].to_numpy_ndarrays(),
-                    sent.array_records["arrays"].to_numpy_ndarrays(), strict=True):
+    for g, s in zip(
+        got.array_records["arrays"].to_numpy_ndarrays(),
+        sent.array_records["arrays"].to_numpy_ndarrays(),
+        strict=True,
+    ):
         assert g.dtype == s.dtype and g.shape == s.shape
         np.testing.assert_array_equal(g, s)
     assert dict(got.metric_records["metrics"]) == dict(sent.metric_records["metrics"])
@@ -57,23 +77,43 @@ def _probe(message: Message, context: Context) -> Message:
     context.state.metric_records["seen"] = seen
     if message.content.config_records["ask"]["fail"] and context.node_config["partition-id"] == 1:
         raise RuntimeError("disk full at hospital 1")
-    return Message(RecordDict({"who": MetricRecord({
-        "partition-id": int(context.node_config["partition-id"]),
-        "num-partitions": int(context.node_config["num-partitions"]),
-        "context-node-id": context.node_id, "seen": int(seen["n"]),
-        "echo": int(message.content.config_records["ask"]["value"])})}), reply_to=message)
+    return Message(
+        RecordDict(
+            {
+                "who": MetricRecord(
+                    {
+                        "partition-id": int(context.node_config["partition-id"]),
+                        "num-partitions": int(context.node_config["num-partitions"]),
+                        "context-node-id": context.node_id,
+                        "seen": int(seen["n"]),
+                        "echo": int(message.content.config_records["ask"]["value"]),
+                    }
+                )
+            }
+        ),
+        reply_to=message,
+    )
 
 
 def _grid(n: int = 3) -> InProcessGrid:
-    return InProcessGrid(_probe, [{"partition-id": i, "num-partitions": n} for i in range(n)],
-                         run_config={"k": "v"}, run_id=7)
+    return InProcessGrid(
+        _probe,
+        [{"partition-id": i, "num-partitions": n} for i in range(n)],
+        run_config={"k": "v"},
+        run_id=7,
+    )
 
 
 def _ask(grid: InProcessGrid, *, fail: bool = False, value: int = 0) -> dict[int, Message]:
-    messages = [grid.create_message(RecordDict({"ask": ConfigRecord({"fail": fail,
-                                                                     "value": value + nid})}),
-                                    "query.probe", nid, "0")
-                for nid in grid.get_node_ids()]
+    messages = [
+        grid.create_message(
+            RecordDict({"ask": ConfigRecord({"fail": fail, "value": value + nid})}),
+            "query.probe",
+            nid,
+            "0",
+        )
+        for nid in grid.get_node_ids()
+    ]
     replies = list(grid.send_and_receive(messages, timeout=5))
     return {r.metadata.src_node_id: r for r in replies}
 
@@ -130,8 +170,12 @@ def test_an_offline_node_is_not_listed_and_gets_nothing():
     grid.set_online(FIRST_NODE_ID + 2, False)
     assert FIRST_NODE_ID + 2 not in list(grid.get_node_ids())
 
-    message = grid.create_message(RecordDict({"ask": ConfigRecord({"fail": False, "value": 1})}),
-                                  "query.probe", FIRST_NODE_ID + 2, "0")
+    message = grid.create_message(
+        RecordDict({"ask": ConfigRecord({"fail": False, "value": 1})}),
+        "query.probe",
+        FIRST_NODE_ID + 2,
+        "0",
+    )
     assert list(grid.send_and_receive([message])) == []
     assert set(_ask(grid)) == {FIRST_NODE_ID, FIRST_NODE_ID + 1}
 
@@ -152,9 +196,12 @@ def test_the_grid_counts_bytes_both_ways():
 
 def test_push_then_pull_returns_each_reply_once():
     grid = _grid(2)
-    messages = [grid.create_message(RecordDict({"ask": ConfigRecord({"fail": False,
-                                                                     "value": 0})}),
-                                    "query.probe", nid, "0") for nid in grid.get_node_ids()]
+    messages = [
+        grid.create_message(
+            RecordDict({"ask": ConfigRecord({"fail": False, "value": 0})}), "query.probe", nid, "0"
+        )
+        for nid in grid.get_node_ids()
+    ]
     ids = list(grid.push_messages(messages))
     assert len(set(ids)) == 2
 

@@ -65,7 +65,8 @@ def test_metrics_csv_has_a_row_per_round_and_hospital_plus_all_hospitals(compare
 
     assert len(rows) == (ROUNDS + 1) * (len(HOSPITALS) + 1)
     assert {(int(r["round"]), r["hospital"]) for r in rows} == {
-        (n, h) for n in range(ROUNDS + 1) for h in [*HOSPITALS, GLOBAL]}
+        (n, h) for n in range(ROUNDS + 1) for h in [*HOSPITALS, GLOBAL]
+    }
     assert list(rows[0])[:3] == ["round", "hospital", "n_test"]
     assert {"accuracy", "auroc", "loss", "train_loss", "train_steps", "wire_bytes"} <= set(rows[0])
     sizes = {h["name"]: h["n_test"] for h in result.hospitals.values()}
@@ -74,21 +75,33 @@ def test_metrics_csv_has_a_row_per_round_and_hospital_plus_all_hospitals(compare
         assert int(row["n_test"]) == expected
     final = {r["hospital"]: r for r in rows if int(r["round"]) == ROUNDS}
     assert float(final[GLOBAL]["accuracy"]) == pytest.approx(
-        result.final.global_metrics["accuracy"])
+        result.final.global_metrics["accuracy"]
+    )
     trained = [r for r in rows if int(r["round"]) >= 1 and r["hospital"] != GLOBAL]
     assert sum(float(r["train_steps"]) for r in trained) == result.total_train_steps
 
 
 def test_summary_json_has_the_promised_keys(compared, summary):
     result, _ = compared
-    assert {"task", "strategy", "engine", "rounds", "seed", "wall_seconds", "global",
-            "hospitals", "baselines"} <= set(summary)
+    assert {
+        "task",
+        "strategy",
+        "engine",
+        "rounds",
+        "seed",
+        "wall_seconds",
+        "global",
+        "hospitals",
+        "baselines",
+    } <= set(summary)
     assert (summary["task"], summary["strategy"], summary["engine"]) == (
-        "diagnosis", "fedavg", "inprocess")
+        "diagnosis",
+        "fedavg",
+        "inprocess",
+    )
     assert (summary["rounds"], summary["seed"]) == (ROUNDS, 0)
     assert summary["wall_seconds"] > 0
-    assert summary["global"]["accuracy"] == pytest.approx(
-        result.final.global_metrics["accuracy"])
+    assert summary["global"]["accuracy"] == pytest.approx(result.final.global_metrics["accuracy"])
     assert [h["name"] for h in summary["hospitals"]] == HOSPITALS
     for h in summary["hospitals"]:
         assert {"name", "n_train", "n_test", "metrics"} <= set(h)

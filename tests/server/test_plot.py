@@ -37,17 +37,20 @@ def _count(image: Image.Image, colour: tuple[int, int, int], right: int = 540) -
     return sum(n for n, c in plot.getcolors(plot.width * plot.height) if c == colour)
 
 
-@pytest.mark.parametrize(("lo", "hi", "kwargs", "expected"), [
-    (0.62, 0.81, {}, [0.60, 0.65, 0.70, 0.75, 0.80, 0.85]),
-    (0.0, 1.0, {}, [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]),
-    (-3.2, -0.4, {}, [-3.5, -3.0, -2.5, -2.0, -1.5, -1.0, -0.5, 0.0]),
-    (1, 15, {"target": 10, "integer": True}, [0, 2, 4, 6, 8, 10, 12, 14, 16]),
-    (1, 3, {"target": 10, "integer": True}, [1, 2, 3]),
-    (0.7, 0.7, {}, [0.66, 0.68, 0.70, 0.72, 0.74]),  # constant: widened by 5 %
-    (0.0, 0.0, {}, [-0.6, -0.4, -0.2, 0.0, 0.2, 0.4, 0.6]),
-    (4, 4, {"integer": True}, [3, 4, 5]),
-    (120.0, 30.0, {}, [20.0, 40.0, 60.0, 80.0, 100.0, 120.0]),  # reversed bounds
-])
+@pytest.mark.parametrize(
+    ("lo", "hi", "kwargs", "expected"),
+    [
+        (0.62, 0.81, {}, [0.60, 0.65, 0.70, 0.75, 0.80, 0.85]),
+        (0.0, 1.0, {}, [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]),
+        (-3.2, -0.4, {}, [-3.5, -3.0, -2.5, -2.0, -1.5, -1.0, -0.5, 0.0]),
+        (1, 15, {"target": 10, "integer": True}, [0, 2, 4, 6, 8, 10, 12, 14, 16]),
+        (1, 3, {"target": 10, "integer": True}, [1, 2, 3]),
+        (0.7, 0.7, {}, [0.66, 0.68, 0.70, 0.72, 0.74]),  # constant: widened by 5 %
+        (0.0, 0.0, {}, [-0.6, -0.4, -0.2, 0.0, 0.2, 0.4, 0.6]),
+        (4, 4, {"integer": True}, [3, 4, 5]),
+        (120.0, 30.0, {}, [20.0, 40.0, 60.0, 80.0, 100.0, 120.0]),  # reversed bounds
+    ],
+)
 def test_nice_ticks_by_hand(lo, hi, kwargs, expected):
     assert nice_ticks(lo, hi, **kwargs) == pytest.approx(expected)
 
@@ -63,8 +66,9 @@ def test_nice_ticks_cover_the_range_in_1_2_5_steps(lo, span, target):
     ulp = math.ulp(max(abs(ticks[0]), abs(ticks[-1])))
     assert ticks[0] <= lo + step * 1e-6 + ulp and ticks[-1] >= hi - step * 1e-6 - ulp
     assert 2 <= len(ticks) <= target + 2
-    assert all(b - a == pytest.approx(step, rel=1e-6, abs=4 * ulp)
-               for a, b in itertools.pairwise(ticks))
+    assert all(
+        b - a == pytest.approx(step, rel=1e-6, abs=4 * ulp) for a, b in itertools.pairwise(ticks)
+    )
     mantissa = step / 10 ** math.floor(math.log10(step))
     assert min(abs(mantissa - m) for m in (1, 2, 5, 10)) < 1e-6 + 40 * ulp / step
 
@@ -109,31 +113,41 @@ def test_only_the_highlighted_series_is_pure_black(tmp_path):
 def test_a_missing_value_breaks_the_line(tmp_path, missing):
     orange = ImageColor.getrgb(PALETTE[0])
     through = _count(_chart(tmp_path, {"a": [(1, 0.0), (3, 1.0)], "b": [(1, 1.0)]}), orange)
-    gap = _count(_chart(tmp_path, {"a": [(1, 0.0), (2, missing), (3, 1.0)], "b": [(1, 1.0)]}),
-                 orange)
+    gap = _count(
+        _chart(tmp_path, {"a": [(1, 0.0), (2, missing), (3, 1.0)], "b": [(1, 1.0)]}), orange
+    )
     assert 0 < gap < through / 3  # markers only, no line
 
 
 def test_single_points_constant_and_empty_series_draw(tmp_path):
     blue = ImageColor.getrgb(PALETTE[1])
     assert _count(_chart(tmp_path, {"one": [(1, 0.5)], "flat": [(1, 2.0), (2, 2.0)]}), blue) > 50
-    assert _count(_chart(tmp_path, {"flat": [(r, 0.0) for r in range(5)]}),
-                  ImageColor.getrgb(PALETTE[0])) > 50
+    assert (
+        _count(
+            _chart(tmp_path, {"flat": [(r, 0.0) for r in range(5)]}), ImageColor.getrgb(PALETTE[0])
+        )
+        > 50
+    )
     assert _chart(tmp_path, {}).size == (900, 540)
     assert _chart(tmp_path, {"gone": [(1, None), (2, math.nan)]}).size == (900, 540)
 
 
 def test_many_series_reuse_the_palette(tmp_path):
-    series = {f"a-very-long-hospital-name-{i}": [(r, math.sin(r + i)) for r in range(1, 6)]
-              for i in range(20)}
+    series = {
+        f"a-very-long-hospital-name-{i}": [(r, math.sin(r + i)) for r in range(1, 6)]
+        for i in range(20)
+    }
     image = _chart(tmp_path, series)
     for colour in PALETTE:
         assert _count(image, ImageColor.getrgb(colour)) > 20, colour
 
 
 def test_report_plots_draw_the_global_model_black_and_skip_no_epsilon(tmp_path):
-    rows = [{"round": r, "hospital": name, "accuracy": acc, "epsilon": None}
-            for r in (1, 2, 3) for name, acc in (("h0", 0.6 + r / 20), (GLOBAL, 0.7 + r / 50))]
+    rows = [
+        {"round": r, "hospital": name, "accuracy": acc, "epsilon": None}
+        for r in (1, 2, 3)
+        for name, acc in (("h0", 0.6 + r / 20), (GLOBAL, 0.7 + r / 50))
+    ]
     rows.append({"round": 1, "hospital": "h1", "accuracy": math.nan, "epsilon": None})
     plot_convergence(rows, "accuracy", tmp_path / "convergence.png")
     image = Image.open(tmp_path / "convergence.png")

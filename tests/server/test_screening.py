@@ -17,9 +17,12 @@ GLOBAL = {"w": np.zeros((2, 2), dtype=np.float32), "b": np.zeros(2, dtype=np.flo
 @pytest.fixture
 def request_message(task_identity):
     task_identity.node_id = 1
-    return Message(RecordDict({"arrays": _record(GLOBAL),
-                               "config": ConfigRecord({"server-round": 1})}),
-                   dst_node_id=10, message_type="train", group_id="1")
+    return Message(
+        RecordDict({"arrays": _record(GLOBAL), "config": ConfigRecord({"server-round": 1})}),
+        dst_node_id=10,
+        message_type="train",
+        group_id="1",
+    )
 
 
 def _record(arrays: dict) -> ArrayRecord:
@@ -30,9 +33,12 @@ def _reply(request: Message, node_id: int, arrays: dict, examples: float = 50):
     from flwr.supercore.task_identity import TaskIdentity
 
     TaskIdentity.node_id = node_id
-    reply = Message(RecordDict({"arrays": _record(arrays),
-                                "metrics": MetricRecord({"num-examples": examples})}),
-                    reply_to=request)
+    reply = Message(
+        RecordDict(
+            {"arrays": _record(arrays), "metrics": MetricRecord({"num-examples": examples})}
+        ),
+        reply_to=request,
+    )
     reply.metadata.__dict__["_src_node_id"] = node_id
     return reply
 
@@ -44,8 +50,9 @@ def _update(value: float) -> dict:
 def _screen(replies, config=None):
     config = config or ScreeningConfig()
     declared = {node: 100 for node in range(10, 20)}
-    return screen_replies(replies, _record(GLOBAL), declared, config,
-                          lambda r: f"h{r.metadata.src_node_id}")
+    return screen_replies(
+        replies, _record(GLOBAL), declared, config, lambda r: f"h{r.metadata.src_node_id}"
+    )
 
 
 def test_update_norm_is_the_l2_norm_over_all_arrays():
@@ -59,17 +66,25 @@ def test_honest_replies_pass(request_message):
     assert rejected == {} and passed == replies
 
 
-@pytest.mark.parametrize(("arrays", "reason"), [
-    ({"w": np.zeros((2, 2), np.float32)}, "not the model's layers"),
-    ({"w": np.zeros((4,), np.float32), "b": np.zeros(2, np.float32)}, "has shape (4,)"),
-    ({"w": np.zeros((2, 2), np.float64), "b": np.zeros(2, np.float32)}, "float64"),
-    ({"w": np.array([[0, np.nan], [0, 0]], np.float32), "b": np.zeros(2, np.float32)},
-     "NaN or infinite"),
-    ({"w": np.array([[0, np.inf], [0, 0]], np.float32), "b": np.zeros(2, np.float32)},
-     "NaN or infinite"),
-])
-def test_malformed_updates_are_rejected_with_the_hospitals_name(request_message, arrays, reason,
-                                                                 caplog):
+@pytest.mark.parametrize(
+    ("arrays", "reason"),
+    [
+        ({"w": np.zeros((2, 2), np.float32)}, "not the model's layers"),
+        ({"w": np.zeros((4,), np.float32), "b": np.zeros(2, np.float32)}, "has shape (4,)"),
+        ({"w": np.zeros((2, 2), np.float64), "b": np.zeros(2, np.float32)}, "float64"),
+        (
+            {"w": np.array([[0, np.nan], [0, 0]], np.float32), "b": np.zeros(2, np.float32)},
+            "NaN or infinite",
+        ),
+        (
+            {"w": np.array([[0, np.inf], [0, 0]], np.float32), "b": np.zeros(2, np.float32)},
+            "NaN or infinite",
+        ),
+    ],
+)
+def test_malformed_updates_are_rejected_with_the_hospitals_name(
+    request_message, arrays, reason, caplog
+):
     good = [_reply(request_message, 10 + i, _update(0.1)) for i in range(2)]
     bad = _reply(request_message, 13, arrays)
     passed, rejected = _screen([*good, bad])
@@ -80,9 +95,11 @@ def test_malformed_updates_are_rejected_with_the_hospitals_name(request_message,
 
 
 def test_an_inflated_example_count_is_rejected(request_message):
-    replies = [_reply(request_message, 10, _update(0.1)),
-               _reply(request_message, 11, _update(0.1), examples=1e9),
-               _reply(request_message, 12, _update(0.1), examples=0)]
+    replies = [
+        _reply(request_message, 10, _update(0.1)),
+        _reply(request_message, 11, _update(0.1), examples=1e9),
+        _reply(request_message, 12, _update(0.1), examples=0),
+    ]
     _, rejected = _screen(replies)
     assert "claims 1e+09 training examples but declared 100" in rejected["h11"]
     assert "not a positive count" in rejected["h12"]

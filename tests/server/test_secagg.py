@@ -36,8 +36,10 @@ def _bound(study: dict, hospitals: dict) -> tuple[float, np.ndarray]:
 def pair(small_study, run_inprocess):
     """The same 4-hospital, 4-round study with and without SecAgg+."""
     rounds = "rounds=4"
-    return (run_inprocess(small_study(*FOUR, rounds, SECURE)),
-            run_inprocess(small_study(*FOUR, rounds)))
+    return (
+        run_inprocess(small_study(*FOUR, rounds, SECURE)),
+        run_inprocess(small_study(*FOUR, rounds)),
+    )
 
 
 def test_secure_study_reaches_the_fedavg_weights_within_quantisation(pair):
@@ -53,7 +55,8 @@ def test_secure_study_reaches_the_fedavg_weights_within_quantisation(pair):
         assert diff <= tolerance, (key, diff, tolerance)
     assert secure.total_train_steps == plain.total_train_steps
     assert secure.final.global_metrics["accuracy"] == pytest.approx(
-        plain.final.global_metrics["accuracy"], abs=0.01)
+        plain.final.global_metrics["accuracy"], abs=0.01
+    )
     assert not any(r.failures or r.refusals for r in secure.rounds)
 
 
@@ -88,13 +91,15 @@ def observed(small_study):
         weights = reply.content.array_records["arrays"].to_numpy_ndarrays()
         plain[(int(config["server-round"]), request.metadata.dst_node_id)] = (
             np.concatenate([w.ravel() for w in weights]),
-            int(reply.content.metric_records["metrics"]["num-examples"]))
+            int(reply.content.metric_records["metrics"]["num-examples"]),
+        )
         original(request, reply)
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(client_secagg, "check_reply", spy)
-        grid = CapturingGrid(app, [{"partition-id": i, "num-partitions": 4} for i in range(4)],
-                             run_config={})
+        grid = CapturingGrid(
+            app, [{"partition-id": i, "num-partitions": 4} for i in range(4)], run_config={}
+        )
         result = run_study(grid, study)
     return result, grid, plain
 
@@ -114,8 +119,9 @@ def test_no_reply_carries_a_hospitals_weights(observed):
         record = reply.content.config_records[RECORD_KEY_CONFIGS]
         if Key.MASKED_PARAMETERS not in record:
             continue
-        vector = np.concatenate([bytes_to_ndarray(b).ravel()
-                                 for b in record[Key.MASKED_PARAMETERS]][1:])
+        vector = np.concatenate(
+            [bytes_to_ndarray(b).ravel() for b in record[Key.MASKED_PARAMETERS]][1:]
+        )
         weights, _ = plain[(int(reply.metadata.group_id), reply.metadata.src_node_id)]
         assert vector.shape == weights.shape
         # Unmasked, every entry would be a quantisation level in [0, T]: a 1/1024 slice of the
@@ -134,11 +140,22 @@ def test_the_unmasked_sum_is_the_weighted_average_within_quantisation(observed):
     largest = max(h["n_train"] for h in result.hospitals.values())
     T = result.study["secagg"]["quantization_range"]
     # the aggregate of round 1 is what round 2's collect stage sends; round 2's is the final model
-    sent = [m for m in grid.sent if m.metadata.message_type == "train"
-            and "fitins.parameters" in m.content.array_records and m.metadata.group_id == "2"]
-    aggregates = {1: np.concatenate([a.ravel() for a in sent[0].content.array_records[
-        "fitins.parameters"].to_numpy_ndarrays()]),
-        2: np.concatenate([v.numpy().ravel() for v in pack(result.final_state).values()])}
+    sent = [
+        m
+        for m in grid.sent
+        if m.metadata.message_type == "train"
+        and "fitins.parameters" in m.content.array_records
+        and m.metadata.group_id == "2"
+    ]
+    aggregates = {
+        1: np.concatenate(
+            [
+                a.ravel()
+                for a in sent[0].content.array_records["fitins.parameters"].to_numpy_ndarrays()
+            ]
+        ),
+        2: np.concatenate([v.numpy().ravel() for v in pack(result.final_state).values()]),
+    }
     for server_round, aggregate in aggregates.items():
         updates = [plain[(server_round, node)] for node in result.hospitals]
         q = np.array([round(n / largest * T) for _, n in updates], dtype=float)
@@ -157,11 +174,14 @@ def test_aggregators_that_need_each_update_are_refused(strategy):
         compose_study([SECURE, f"strategy={strategy}"])
 
 
-@pytest.mark.parametrize("override, message", [
-    ("secagg.clipping_range=0", "secagg.clipping_range must be a positive number"),
-    ("secagg.modulus_range=1000", "modulus_range must be an integer and greater"),
-    ("secagg.reconstruction_threshold=1.5", "reconstruction_threshold"),
-])
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("secagg.clipping_range=0", "secagg.clipping_range must be a positive number"),
+        ("secagg.modulus_range=1000", "modulus_range must be an integer and greater"),
+        ("secagg.reconstruction_threshold=1.5", "reconstruction_threshold"),
+    ],
+)
 def test_bad_secagg_settings_are_one_sentence(override, message):
     with pytest.raises(ConfigError, match=message) as info:
         compose_study([SECURE, override])
@@ -190,8 +210,10 @@ def test_a_refusing_hospital_is_a_dropout_secagg_recovers(small_study, run_inpro
 
 
 def test_too_many_dropouts_halt_the_round_and_keep_the_model(small_study, run_inprocess):
-    refuse = "policy.hospitals={hospital-1: {allowed_tasks: [pricing]}, " \
-             "hospital-2: {allowed_tasks: [pricing]}}"
+    refuse = (
+        "policy.hospitals={hospital-1: {allowed_tasks: [pricing]}, "
+        "hospital-2: {allowed_tasks: [pricing]}}"
+    )
     result = run_inprocess(small_study(*FOUR, "rounds=2", SECURE, refuse))
     first = result.rounds[1]
     assert set(first.refusals) == {"hospital-1", "hospital-2"}
@@ -208,8 +230,9 @@ def test_a_weight_beyond_the_clipping_range_is_refused_not_clipped(small_study, 
 
 
 def test_dpsgd_composes_with_secure_aggregation(small_study, run_inprocess, tmp_path):
-    result = run_inprocess(small_study("rounds=2", SECURE, "privacy=dpsgd",
-                                       f"privacy.ledger_dir={tmp_path}"))
+    result = run_inprocess(
+        small_study("rounds=2", SECURE, "privacy=dpsgd", f"privacy.ledger_dir={tmp_path}")
+    )
     assert not result.stopped
     for record in result.rounds[1:]:
         assert len(record.train) == 3 and not record.failures

@@ -100,7 +100,8 @@ def test_global_metrics_come_from_the_summed_statistics(spied):
         assert record.global_metrics == pytest.approx(expected, nan_ok=True)
         for name, stats in per_site.items():
             assert record.hospital_metrics[name] == pytest.approx(
-                metrics_from_statistics(result.schema, stats), nan_ok=True)
+                metrics_from_statistics(result.schema, stats), nan_ok=True
+            )
 
 
 def test_global_accuracy_is_the_test_row_weighted_accuracy(base):
@@ -121,8 +122,9 @@ def test_total_train_steps_is_the_sum_of_the_rounds(base):
 def test_the_final_state_is_the_model_of_the_task(base):
     from medfed.models.pipeline import n_inputs, new_model
 
-    model = new_model(base.schema, base.statistics,
-                      n_inputs(base.schema, base.statistics, base.study))
+    model = new_model(
+        base.schema, base.statistics, n_inputs(base.schema, base.statistics, base.study)
+    )
     model.load_state_dict(base.final_state)
     assert all(torch.isfinite(t).all() for t in base.final_state.values())
 
@@ -143,8 +145,9 @@ def test_same_seed_gives_identical_weights(small_study, run_inprocess, base):
 
 def test_different_seed_gives_different_weights(small_study, run_inprocess, base):
     other = run_inprocess(small_study(f"rounds={ROUNDS}", "seed=1"))
-    assert any(not torch.equal(value, other.final_state[key])
-               for key, value in base.final_state.items())
+    assert any(
+        not torch.equal(value, other.final_state[key]) for key, value in base.final_state.items()
+    )
 
 
 @pytest.mark.parametrize("strategy", ["fedprox", "fedyogi"])
@@ -155,8 +158,9 @@ def test_other_strategies_run(small_study, run_inprocess, base, strategy):
     assert [r.server_round for r in result.rounds] == list(range(ROUNDS + 1))
     assert set(result.final.hospital_metrics) == set(base.final.hospital_metrics)
     assert all(torch.isfinite(t).all() for t in result.final_state.values())
-    assert any(not torch.equal(value, result.final_state[key])
-               for key, value in base.final_state.items())
+    assert any(
+        not torch.equal(value, result.final_state[key]) for key, value in base.final_state.items()
+    )
     mu = {c.get("proximal-mu") for c in spy.train_configs}
     assert mu == ({0.1} if strategy == "fedprox" else {None})
 
@@ -190,8 +194,10 @@ class FailingTrain:
         self.partition = partition
 
     def __call__(self, message, context):
-        if (message.metadata.message_type == "train"
-                and int(context.node_config["partition-id"]) == self.partition):
+        if (
+            message.metadata.message_type == "train"
+            and int(context.node_config["partition-id"]) == self.partition
+        ):
             raise OSError("disk full while training")
         return medfed_client(message, context)
 
@@ -206,8 +212,9 @@ def test_a_failing_hospital_is_recorded_and_the_study_finishes(small_study, run_
         assert set(record.train) == {"hospital-0", "hospital-2"}
     # it still answers the final evaluation (only its training fails)
     assert set(result.final.hospital_metrics) == {"hospital-0", "hospital-1", "hospital-2"}
-    healthy = sum(math.ceil(h["n_train"] / 32) for h in result.hospitals.values()
-                  if h["name"] != "hospital-1")
+    healthy = sum(
+        math.ceil(h["n_train"] / 32) for h in result.hospitals.values() if h["name"] != "hospital-1"
+    )
     assert result.total_train_steps == healthy * ROUNDS
     assert any(not torch.equal(v, base.final_state[k]) for k, v in result.final_state.items())
 

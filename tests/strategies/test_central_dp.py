@@ -35,30 +35,55 @@ class Nodes:
         return self.node_ids
 
 
-def _wrapper(noise: float, clip: float, *, n: int = 2, clipping: str = "server", seed: int = 0,
-             secure_rng: bool = False) -> ServerSideCentralDP | ClientSideCentralDP:
+def _wrapper(
+    noise: float,
+    clip: float,
+    *,
+    n: int = 2,
+    clipping: str = "server",
+    seed: int = 0,
+    secure_rng: bool = False,
+) -> ServerSideCentralDP | ClientSideCentralDP:
     inner = build_strategy({"name": "fedavg", "min_nodes": 2}, n)
     cls = ClientSideCentralDP if clipping == "client" else ServerSideCentralDP
-    return cls(inner, noise, clip, n, delta=1e-5, population=len(NODES), seed=seed,
-               secure_rng=secure_rng)
+    return cls(
+        inner, noise, clip, n, delta=1e-5, population=len(NODES), seed=seed, secure_rng=secure_rng
+    )
 
 
-def _round(task_identity, strategy, server_round: int, global_w: np.ndarray,
-           updates: list[np.ndarray | None], examples: list[int]) -> ArrayRecord | None:
+def _round(
+    task_identity,
+    strategy,
+    server_round: int,
+    global_w: np.ndarray,
+    updates: list[np.ndarray | None],
+    examples: list[int],
+) -> ArrayRecord | None:
     """Configure a round, answer each message with ``global_w + update`` (None: an error reply),
     aggregate, and return the new global weights."""
     task_identity.node_id = 0
-    messages = list(strategy.configure_train(
-        server_round, ArrayRecord([global_w]), ConfigRecord(), Nodes(NODES[:len(updates)])))
+    messages = list(
+        strategy.configure_train(
+            server_round, ArrayRecord([global_w]), ConfigRecord(), Nodes(NODES[: len(updates)])
+        )
+    )
     replies = []
     for message, update, count in zip(messages, updates, examples, strict=True):
         task_identity.node_id = message.metadata.dst_node_id
         if update is None:
             replies.append(Message(Error(code=0, reason="refused"), reply_to=message))
         else:
-            replies.append(Message(RecordDict({
-                "arrays": ArrayRecord([(global_w + update).astype(np.float32)]),
-                "metrics": MetricRecord({"num-examples": count})}), reply_to=message))
+            replies.append(
+                Message(
+                    RecordDict(
+                        {
+                            "arrays": ArrayRecord([(global_w + update).astype(np.float32)]),
+                            "metrics": MetricRecord({"num-examples": count}),
+                        }
+                    ),
+                    reply_to=message,
+                )
+            )
     task_identity.node_id = 0
     arrays, _ = strategy.aggregate_train(server_round, replies)
     return arrays
@@ -70,8 +95,8 @@ def _vector(arrays: ArrayRecord) -> np.ndarray:
 
 def test_an_update_of_norm_10_is_clipped_to_norm_c_and_hospitals_weigh_the_same(task_identity):
     w = np.array([1.0, -1.0, 0.5, 2.0], np.float32)
-    big = np.array([6.0, 8.0, 0.0, 0.0], np.float32)      # norm 10 -> clipped to norm 2
-    small = np.array([0.0, 0.0, 0.1, 0.0], np.float32)    # norm 0.1 < 2: unchanged
+    big = np.array([6.0, 8.0, 0.0, 0.0], np.float32)  # norm 10 -> clipped to norm 2
+    small = np.array([0.0, 0.0, 0.1, 0.0], np.float32)  # norm 0.1 < 2: unchanged
     strategy = _wrapper(0.0, 2.0)
 
     new = _round(task_identity, strategy, 1, w, [big, small], examples=[1, 99])
@@ -80,21 +105,29 @@ def test_an_update_of_norm_10_is_clipped_to_norm_c_and_hospitals_weigh_the_same(
     assert np.linalg.norm(clipped) == pytest.approx(2.0)
     # the unweighted mean of the clipped updates (not 1/100 and 99/100: weights are equal)
     np.testing.assert_allclose(_vector(new), w + (clipped + small) / 2, rtol=0, atol=1e-6)
-    assert strategy.rounds == [{"round": 1, "released": True, "hospitals": 2,
-                                "epsilon": math.inf}]
+    assert strategy.rounds == [{"round": 1, "released": True, "hospitals": 2, "epsilon": math.inf}]
 
 
 def test_client_side_wrapper_sends_the_clipping_norm_and_does_not_clip_itself(task_identity):
     strategy = _wrapper(0.0, 2.0, clipping="client")
     task_identity.node_id = 0
-    messages = list(strategy.configure_train(1, ArrayRecord([np.zeros(2, np.float32)]),
-                                             ConfigRecord(), Nodes(NODES[:2])))
+    messages = list(
+        strategy.configure_train(
+            1, ArrayRecord([np.zeros(2, np.float32)]), ConfigRecord(), Nodes(NODES[:2])
+        )
+    )
     assert all(m.content.config_records["config"]["clipping_norm"] == 2.0 for m in messages)
 
     w = np.zeros(2, np.float32)
     strategy = _wrapper(0.0, 2.0, clipping="client")
-    new = _round(task_identity, strategy, 1, w, [np.array([6.0, 8.0], np.float32),
-                                                 np.array([0.0, 2.0], np.float32)], [5, 5])
+    new = _round(
+        task_identity,
+        strategy,
+        1,
+        w,
+        [np.array([6.0, 8.0], np.float32), np.array([0.0, 2.0], np.float32)],
+        [5, 5],
+    )
     np.testing.assert_allclose(_vector(new), [3.0, 5.0], atol=1e-6)  # the node clips, not it
 
 
@@ -110,17 +143,36 @@ def test_the_noise_has_std_sigma_c_over_m(task_identity):
     sigma, clip, m, size = 2.0, 1.5, 4, 60_000
     w = np.zeros(size, np.float32)
 
-    noise = _vector(_round(task_identity, _wrapper(sigma, clip, n=m, seed=7), 1, w,
-                           _cancelling(size), [10, 20, 30, 40]))
+    noise = _vector(
+        _round(
+            task_identity,
+            _wrapper(sigma, clip, n=m, seed=7),
+            1,
+            w,
+            _cancelling(size),
+            [10, 20, 30, 40],
+        )
+    )
 
     # the sample std of 60000 normal draws has a standard error of std / sqrt(2 * 60000) = 0.29%
     assert noise.std() == pytest.approx(sigma * clip / m, rel=0.015)
     assert abs(noise.mean()) < 4 * sigma * clip / m / math.sqrt(size)
-    again = _vector(_round(task_identity, _wrapper(sigma, clip, n=m, seed=7), 1, w,
-                           _cancelling(size), [1, 1, 1, 1]))
+    again = _vector(
+        _round(
+            task_identity, _wrapper(sigma, clip, n=m, seed=7), 1, w, _cancelling(size), [1, 1, 1, 1]
+        )
+    )
     np.testing.assert_array_equal(noise, again)  # the study's seed reaches the noise
-    drawn = _vector(_round(task_identity, _wrapper(sigma, clip, n=m, seed=7, secure_rng=True), 1,
-                           w, _cancelling(size), [1, 1, 1, 1]))
+    drawn = _vector(
+        _round(
+            task_identity,
+            _wrapper(sigma, clip, n=m, seed=7, secure_rng=True),
+            1,
+            w,
+            _cancelling(size),
+            [1, 1, 1, 1],
+        )
+    )
     assert not np.array_equal(noise, drawn)  # secure_rng: drawn from the OS, not the seed
 
 
@@ -165,8 +217,9 @@ def test_a_round_with_an_error_reply_is_not_released_and_costs_nothing(task_iden
 
 def test_fewer_hospitals_online_than_the_cohort_scales_the_noise_to_them(task_identity):
     strategy = _wrapper(1.0, 1.0, n=4)  # the study expects 4, only 3 are sampled
-    new = _round(task_identity, strategy, 1, np.zeros(2, np.float32),
-                 [np.ones(2, np.float32)] * 3, [1, 1, 1])
+    new = _round(
+        task_identity, strategy, 1, np.zeros(2, np.float32), [np.ones(2, np.float32)] * 3, [1, 1, 1]
+    )
     assert new is not None
     assert strategy.num_sampled_clients == 3
     assert strategy.rounds[-1]["hospitals"] == 3
@@ -182,8 +235,10 @@ def test_state_dict_continues_the_accountant_and_the_noise(task_identity):
     resumed.load_state_dict(state)
     assert resumed.epsilon == first.epsilon and resumed.rounds == first.rounds
 
-    np.testing.assert_array_equal(_vector(_round(task_identity, first, 2, w, zeros, [1, 1])),
-                                  _vector(_round(task_identity, resumed, 2, w, zeros, [1, 1])))
+    np.testing.assert_array_equal(
+        _vector(_round(task_identity, first, 2, w, zeros, [1, 1])),
+        _vector(_round(task_identity, resumed, 2, w, zeros, [1, 1])),
+    )
     assert resumed.epsilon == first.epsilon == pytest.approx(epsilon_after(1.0, 2, 1e-5, 4))
 
 
@@ -194,21 +249,35 @@ def test_planned_noise_spends_the_target_over_the_study():
 
 
 def _study(**privacy) -> dict:
-    return {"privacy": {"name": "central", "noise_multiplier": 1.0, "target_epsilon": None,
-                        "clipping_norm": 1.0, "clipping": "server", "delta": 1e-5,
-                        "secure_rng": False, **privacy},
-            "strategy": {"name": "fedavg", "fraction_train": 1.0, "min_nodes": 2},
-            "secure_aggregation": False, "rounds": 3, "seed": 0}
+    return {
+        "privacy": {
+            "name": "central",
+            "noise_multiplier": 1.0,
+            "target_epsilon": None,
+            "clipping_norm": 1.0,
+            "clipping": "server",
+            "delta": 1e-5,
+            "secure_rng": False,
+            **privacy,
+        },
+        "strategy": {"name": "fedavg", "fraction_train": 1.0, "min_nodes": 2},
+        "secure_aggregation": False,
+        "rounds": 3,
+        "seed": 0,
+    }
 
 
-@pytest.mark.parametrize(("change", "words"), [
-    ({"noise_multiplier": -1}, "privacy.noise_multiplier must be a number >= 0"),
-    ({"clipping": "other"}, "privacy.clipping must be server or client"),
-    ({"clipping_norm": 0}, "privacy.clipping_norm must be a number > 0"),
-    ({"delta": 0.3}, "privacy.delta=0.3 must be below 1/hospitals = 0.25"),
-    ({"target_epsilon": -2}, "privacy.target_epsilon must be a number > 0"),
-    ({"secure_rng": "yes"}, "privacy.secure_rng must be true or false"),
-])
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        ({"noise_multiplier": -1}, "privacy.noise_multiplier must be a number >= 0"),
+        ({"clipping": "other"}, "privacy.clipping must be server or client"),
+        ({"clipping_norm": 0}, "privacy.clipping_norm must be a number > 0"),
+        ({"delta": 0.3}, "privacy.delta=0.3 must be below 1/hospitals = 0.25"),
+        ({"target_epsilon": -2}, "privacy.target_epsilon must be a number > 0"),
+        ({"secure_rng": "yes"}, "privacy.secure_rng must be true or false"),
+    ],
+)
 def test_bad_settings_are_one_sentence(change, words):
     with pytest.raises(CentralDPConfigError) as info:
         check_central(_study(**change), 4)

@@ -41,8 +41,10 @@ def test_every_shipped_strategy_builds(path: Path):
 
 def test_hyper_parameters_reach_the_flower_strategy():
     prox = build_strategy({"name": "fedprox", "min_nodes": 2, "proximal_mu": 0.25}, 3)
-    yogi = build_strategy({"name": "fedyogi", "min_nodes": 2, "eta": 0.05, "tau": 0.01,
-                           "beta_1": 0.8, "beta_2": 0.9}, 3)
+    yogi = build_strategy(
+        {"name": "fedyogi", "min_nodes": 2, "eta": 0.05, "tau": 0.01, "beta_1": 0.8, "beta_2": 0.9},
+        3,
+    )
     trimmed = build_strategy({"name": "trimmedmean", "min_nodes": 2, "beta": 0.3}, 3)
 
     assert isinstance(prox, fl.FedProx) and prox.proximal_mu == 0.25

@@ -13,24 +13,33 @@ W0 = [np.array([[1.0, 2.0], [-3.0, 0.5]], np.float32), np.array([3.0], np.float3
 W1 = [np.array([[5.0, -2.0], [1.0, 4.5]], np.float32), np.array([7.0], np.float32)]
 
 
-def _reply(task_identity, node_id: int, arrays: list[np.ndarray],
-           metrics: dict[str, float | list[float]]) -> Message:
+def _reply(
+    task_identity, node_id: int, arrays: list[np.ndarray], metrics: dict[str, float | list[float]]
+) -> Message:
     """A hospital's reply to a ``train`` instruction, built as a ClientApp builds it."""
     task_identity.node_id = 0
-    instruction = Message(RecordDict({"config": ConfigRecord({"server-round": 1})}),
-                          dst_node_id=node_id, message_type="train", group_id="1")
+    instruction = Message(
+        RecordDict({"config": ConfigRecord({"server-round": 1})}),
+        dst_node_id=node_id,
+        message_type="train",
+        group_id="1",
+    )
     instruction.metadata.__dict__["_message_id"] = f"instruction-{node_id}"
     task_identity.node_id = node_id
-    reply = Message(RecordDict({"arrays": ArrayRecord(arrays),
-                                "metrics": MetricRecord(metrics)}), reply_to=instruction)
+    reply = Message(
+        RecordDict({"arrays": ArrayRecord(arrays), "metrics": MetricRecord(metrics)}),
+        reply_to=instruction,
+    )
     task_identity.node_id = 0
     return reply
 
 
 def test_fedavg_is_the_example_weighted_average(task_identity):
     strategy = build_strategy({"name": "fedavg", "fraction_train": 1.0, "min_nodes": 2}, 2)
-    replies = [_reply(task_identity, 11, W0, {"num-examples": 1}),
-               _reply(task_identity, 12, W1, {"num-examples": 3})]
+    replies = [
+        _reply(task_identity, 11, W0, {"num-examples": 1}),
+        _reply(task_identity, 12, W1, {"num-examples": 3}),
+    ]
 
     arrays, metrics = strategy.aggregate_train(1, replies)
 
@@ -47,10 +56,18 @@ def test_fedavg_is_the_example_weighted_average(task_identity):
 def test_fedavg_metrics_are_summed_not_averaged(task_identity):
     strategy = build_strategy({"name": "fedavg", "fraction_train": 1.0, "min_nodes": 2}, 2)
     replies = [
-        _reply(task_identity, 11, W0, {"num-examples": 1, "eval-tp": 2.0,
-                                       "eval-hist_pos": [1.0, 0.0, 2.0]}),
-        _reply(task_identity, 12, W1, {"num-examples": 3, "eval-tp": 5.0,
-                                       "eval-hist_pos": [0.5, 4.0, 1.0]}),
+        _reply(
+            task_identity,
+            11,
+            W0,
+            {"num-examples": 1, "eval-tp": 2.0, "eval-hist_pos": [1.0, 0.0, 2.0]},
+        ),
+        _reply(
+            task_identity,
+            12,
+            W1,
+            {"num-examples": 3, "eval-tp": 5.0, "eval-hist_pos": [0.5, 4.0, 1.0]},
+        ),
     ]
 
     _, metrics = strategy.aggregate_train(1, replies)
@@ -81,10 +98,13 @@ def _content(**metrics: float | list[float]) -> RecordDict:
 
 def test_sum_metric_records_adds_scalars_and_lists_elementwise():
     total = sum_metric_records(
-        [_content(**{"num-examples": 10, "loss_sum": 2.5, "confusion": [1.0, 2.0, 3.0, 4.0]}),
-         _content(**{"num-examples": 5, "loss_sum": 0.25, "confusion": [0.0, 1.0, 0.0, 6.0]}),
-         _content(**{"num-examples": 1, "loss_sum": 1.0, "confusion": [2.0, 0.0, 0.0, 0.0]})],
-        "num-examples")
+        [
+            _content(**{"num-examples": 10, "loss_sum": 2.5, "confusion": [1.0, 2.0, 3.0, 4.0]}),
+            _content(**{"num-examples": 5, "loss_sum": 0.25, "confusion": [0.0, 1.0, 0.0, 6.0]}),
+            _content(**{"num-examples": 1, "loss_sum": 1.0, "confusion": [2.0, 0.0, 0.0, 0.0]}),
+        ],
+        "num-examples",
+    )
 
     assert isinstance(total, MetricRecord)
     assert total["num-examples"] == 16
@@ -99,8 +119,9 @@ def test_sum_metric_records_counts_every_record_of_a_reply():
 
 def test_sum_metric_records_rejects_lists_of_different_lengths():
     with pytest.raises(ValueError, match="hist"):
-        sum_metric_records([_content(hist=[1.0, 2.0]), _content(hist=[1.0, 2.0, 3.0])],
-                           "num-examples")
+        sum_metric_records(
+            [_content(hist=[1.0, 2.0]), _content(hist=[1.0, 2.0, 3.0])], "num-examples"
+        )
 
 
 @pytest.mark.parametrize("first, second", [([1.0, 2.0], 3.0), (3.0, [1.0, 2.0])])
