@@ -14,10 +14,11 @@ the small packages that offer one (``atomicwrites``) are unmaintained; the logic
 from __future__ import annotations
 
 import errno
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 _MEANING = {
     errno.ENOSPC: "no space left on device",
@@ -108,3 +109,15 @@ def make_folder(path: str | os.PathLike[str]) -> Path:
     except OSError as exc:
         raise WriteError(folder, exc, "write to") from None
     return folder
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with NaN and infinities as null (JSON has no NaN), in nested dicts and lists:
+    what every JSON file of a run directory holds."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value

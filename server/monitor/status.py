@@ -153,6 +153,8 @@ class StatusTracker:
         }
         document["alerts"] = compute_alerts(document, self.settings)
         for alert in document["alerts"]:
+            if alert["kind"] == "stopped":  # the command itself ends with that sentence
+                continue
             if (alert["kind"], alert["site"]) not in self.logged:
                 self.logged.add((alert["kind"], alert["site"]))
                 LOG.warning("medfed alert: %s", alert["message"])

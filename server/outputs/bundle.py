@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 import os
 import subprocess
 from importlib.metadata import PackageNotFoundError, version
@@ -22,6 +21,7 @@ from typing import Any
 
 import torch
 
+from medfed.infra.files import json_safe
 from medfed.models.calibration import brier_score, f1_optimal_threshold
 from medfed.models.encoding import Encoder, merge_statistics
 from medfed.models.release.bundle import CARD_JSON, CARD_MD, PREPROCESSING, WEIGHTS, write_bundle
@@ -125,8 +125,8 @@ def _benefit(result: StudyResult, summary: dict[str, Any]) -> list[dict[str, Any
     primary = result.schema.primary_metric
     rows = []
     for site in summary["hospitals"]:
-        if site["name"] in local:
-            fed = site["metrics"].get(primary)
+        if "own_test_rows" in local.get(site["name"], {}):  # evaluation-only sites train none
+            fed = (site.get("metrics") or {}).get(primary)
             own = local[site["name"]]["own_test_rows"].get(primary)
             rows.append(
                 {
@@ -195,19 +195,8 @@ def write_model_bundle(
     files = {
         WEIGHTS: buffer.getvalue(),
         PREPROCESSING: json.dumps(preprocessing(result), indent=2).encode(),
-        CARD_JSON: json.dumps(_clean(card), indent=2).encode(),
+        CARD_JSON: json.dumps(json_safe(card), indent=2).encode(),
         CARD_MD: card_markdown(card).encode(),
     }
     key, kind = _signing_key()
     return write_bundle(out / BUNDLE_DIR, files, key, kind)
-
-
-def _clean(value: Any) -> Any:
-    """JSON-safe: NaN and infinities become null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    return value

@@ -31,7 +31,7 @@ from typing import Any
 import torch
 import yaml
 
-from medfed.infra.files import atomic_write, make_folder
+from medfed.infra.files import atomic_write, json_safe, make_folder
 from medfed.models.encoding import encoder_state
 from medfed.server.outputs.governance_report import governance_summary
 from medfed.server.study.loop import GLOBAL, StudyResult
@@ -41,17 +41,6 @@ def default_output_dir(study: dict[str, Any]) -> Path:
     """``outputs/<timestamp>-<task>-<strategy>`` under the working directory."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Path("outputs") / f"{stamp}-{study['task']['name']}-{study['strategy']['name']}"
-
-
-def _clean(value: Any) -> Any:
-    """JSON-safe value: NaN/inf become null (JSON has no NaN)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_clean(v) for v in value]
-    return value
 
 
 def metric_rows(result: StudyResult) -> list[dict[str, Any]]:
@@ -170,7 +159,7 @@ def summary(result: StudyResult) -> dict[str, Any]:
         data["cross_site"] = result.cross_site
     if result.early_stopping:
         data["early_stopping"] = result.early_stopping
-    return _clean(data)
+    return json_safe(data)
 
 
 def site_statistics(result: StudyResult) -> dict[str, Any]:

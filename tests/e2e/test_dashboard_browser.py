@@ -40,6 +40,7 @@ ARGS = [
 ]
 MEDFED = Path(sys.executable).with_name("medfed")
 SMALL = [
+    "policy.min_cell_count=1",  # exact per-site metrics on these small test splits (issue 15)
     "federation.hospitals=3",
     "federation.min_size=60",
     "federation.max_size=120",

@@ -41,6 +41,7 @@ def _public_ip() -> str | None:
 PUBLIC = _public_ip()
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.serial,
     pytest.mark.skipif(
         PUBLIC is None, reason="this machine has no non-loopback IPv4 address to test from"
     ),

@@ -27,7 +27,7 @@ import yaml
 
 from medfed.infra.loopback import MEDFED, POLICY, LoopbackFederation
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 COMMON = ("rounds=2", "privacy=dpsgd", "strategy.min_nodes=2")  # the README's study
@@ -132,7 +132,8 @@ def test_a_study_nobody_approved_waits_then_is_refused_with_the_reason(fed):
     assert "only 0 hospital(s) sent its statistics in round 0, strategy.min_nodes=2" in log
     refused = NOT_APPROVED.findall(log)
     assert len(set(refused)) == 1 and refused[0] == study["manifest"][:8]
-    assert not (fed.workdir / "nobody" / "summary.json").exists()
+    failed = json.loads((fed.workdir / "nobody" / "summary.json").read_text())  # issue 11 §3
+    assert failed["status"] == "failed" and "only 0 hospital(s)" in failed["reason"]
 
 
 def test_approved_by_two_of_three_runs_on_two_and_says_why_the_third_is_absent(fed):

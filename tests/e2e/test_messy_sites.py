@@ -130,4 +130,5 @@ def test_too_few_training_sites_is_refused_before_round_1_naming_them(exports) -
         "the study cannot start: only 3 hospital(s) can train, strategy.min_nodes=4; cannot "
         "train: east: evaluation only (role: evaluate in its dataset card)"
     ) in run.stderr
-    assert not (out / "refused" / "summary.json").exists()
+    failed = json.loads((out / "refused" / "summary.json").read_text())  # never "finished"
+    assert failed["status"] == "failed" and "cannot start" in failed["reason"]
