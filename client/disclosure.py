@@ -37,8 +37,9 @@ def _cell(count: float, min_cell: int) -> bool:
 
 def suppress_counts(stats: dict[str, Any], min_cell: int) -> dict[str, Any]:
     """Round-0 statistics with every small cell coarsened: category counts and training class
-    counts below ``min_cell`` become 0, and a binary feature with fewer than ``min_cell`` ones
-    (or zeros) is sent as if it had none (or only ones)."""
+    counts below ``min_cell`` become 0, a binary feature with fewer than ``min_cell`` ones
+    (or zeros) is sent as if it had none (or only ones), and a feature missing in fewer than
+    ``min_cell`` rows is sent as complete (its mean and spread come from the rows present)."""
     stats = suppress_small_cells(stats, min_cell)
     target = stats.get("target") or {}
     if "classes" in target:
@@ -49,6 +50,10 @@ def suppress_counts(stats: dict[str, Any], min_cell: int) -> dict[str, Any]:
             feature["sum"] = feature["sumsq"] = 0.0
         elif _cell(count - ones, min_cell):
             feature["sum"] = feature["sumsq"] = float(count)
+    for group in ("numeric", "binary", "categorical"):
+        for feature in (stats.get(group) or {}).values():
+            if _cell(feature.get("missing", 0), min_cell):
+                feature["missing"] = 0
     return stats
 
 
@@ -92,14 +97,62 @@ def _zeroed(metrics: MetricRecord) -> MetricRecord:
     return MetricRecord(out)
 
 
+def coarsen_histograms(
+    pos: list[float], neg: list[float], min_cell: int
+) -> tuple[list[float], list[float]]:
+    """The score histograms behind AUROC and calibration with no bin of 1 to ``min_cell - 1``
+    cases: adjacent bins merge, left to right, until each group's positives and negatives are
+    each 0 or at least ``min_cell``; a group's cases go to its middle bin, the rest of the group
+    is 0 (a short small tail joins the group before it). Both histograms share the groups, so
+    AUROC stays a valid (coarser) rank statistic: pairs within a group count half."""
+    groups: list[tuple[int, int]] = []
+    start = 0
+    for end in range(len(pos)):
+        group_pos, group_neg = sum(pos[start : end + 1]), sum(neg[start : end + 1])
+        if not (_cell(group_pos, min_cell) or _cell(group_neg, min_cell)):
+            groups.append((start, end))
+            start = end + 1
+    if start < len(pos):  # a tail with small cells joins the groups before it until it is not
+        groups.append((start, len(pos) - 1))
+        while len(groups) > 1 and _small_group(pos, neg, groups[-1], min_cell):
+            groups[-2:] = [(groups[-2][0], groups[-1][1])]
+    out_pos, out_neg = [0.0] * len(pos), [0.0] * len(neg)
+    for first, last in groups:
+        middle = (first + last) // 2
+        out_pos[middle] = float(sum(pos[first : last + 1]))
+        out_neg[middle] = float(sum(neg[first : last + 1]))
+    return out_pos, out_neg
+
+
+def _small_group(pos: list[float], neg: list[float], group: tuple[int, int], min_cell: int) -> bool:
+    first, last = group
+    positives, negatives = sum(pos[first : last + 1]), sum(neg[first : last + 1])
+    return _cell(positives, min_cell) or _cell(negatives, min_cell)
+
+
+def _coarsened(metrics: MetricRecord, min_cell: int) -> MetricRecord:
+    out = dict(metrics)
+    for prefix in ("eval-", "val-"):
+        if f"{prefix}hist_pos" in out and f"{prefix}hist_neg" in out:
+            pos = [float(v) for v in out[f"{prefix}hist_pos"]]  # type: ignore[union-attr]
+            neg = [float(v) for v in out[f"{prefix}hist_neg"]]  # type: ignore[union-attr]
+            out[f"{prefix}hist_pos"], out[f"{prefix}hist_neg"] = coarsen_histograms(
+                pos, neg, min_cell
+            )
+    return MetricRecord(out)
+
+
 def protect_evaluation(reply: Message, min_cell: int) -> tuple[Message, bool]:
-    """The reply with its evaluation statistics zeroed when a test class is a small cell;
-    and whether it was."""
+    """The reply with its evaluation statistics zeroed when a test class is a small cell, and
+    otherwise its score histograms coarsened (:func:`coarsen_histograms`); and whether it was
+    zeroed."""
     suppressed = False
     for name, metrics in list(reply.content.metric_records.items()):
         if small(class_counts(metrics), min_cell):
             reply.content.metric_records[name] = _zeroed(metrics)
             suppressed = True
+        else:
+            reply.content.metric_records[name] = _coarsened(metrics, min_cell)
     return reply, suppressed
 
 

@@ -7,9 +7,12 @@ import json
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from hypothesis import given
+from hypothesis import strategies as st
 
 from medfed.client.disclosure import (
     class_counts,
+    coarsen_histograms,
     protect_evaluation,
     protect_statistics,
     sent_summary,
@@ -86,6 +89,20 @@ def test_round0_small_classes_and_binary_cells_are_coarsened():
     assert out["binary"]["fbs"]["sum"] == 10.0
 
 
+def test_round0_small_missing_counts_are_sent_as_complete():
+    stats = {
+        "categorical": {"thal": {"categories": {"normal": 30}, "missing": 2}},
+        "numeric": {
+            "chol": {"count": 41, "sum": 9000.0, "sumsq": 2e6, "missing": 2},
+            "age": {"count": 30, "sum": 1500.0, "sumsq": 8e4, "missing": 13},
+        },
+        "target": {"kind": "binary", "classes": [20, 23]},
+    }
+    out = suppress_counts(stats, 5)
+    assert out["numeric"]["chol"]["missing"] == 0 and out["numeric"]["age"]["missing"] == 13
+    assert out["categorical"]["thal"]["missing"] == 0
+
+
 def test_round0_cells_below_min_cell_count_are_zero(task_identity):
     stats = {"numeric": {}, "categorical": {"thal": {"categories": {"normal": 30, "fixed": 3}}}}
     reply = _reply(
@@ -125,3 +142,28 @@ def test_a_non_finite_epsilon_is_recorded_as_text(task_identity):
         RecordDict({"metrics": MetricRecord({"num-examples": 4, "epsilon": float("inf")})}),
     )
     assert sent_summary(reply)["metrics"]["metrics"]["epsilon"] == "inf"
+
+
+def test_score_histograms_merge_adjacent_bins_until_no_small_cell_is_left():
+    """Hand-computed with min_cell 5: bins 0-2 hold 6 positives and 6 negatives (bin 0's single
+    positive is a small cell), bins 3-5 hold 8 and 6; each group's cases go to its middle bin."""
+    pos, neg = coarsen_histograms([1, 0, 5, 2, 0, 6], [6, 0, 0, 3, 3, 0], 5)
+    assert pos == [0, 6, 0, 0, 8, 0] and neg == [0, 6, 0, 0, 6, 0]
+
+
+def test_a_small_tail_joins_the_groups_before_it():
+    """The tail (2 positives) first joins bin 1 (no positives: still small), then bin 0."""
+    pos, neg = coarsen_histograms([5, 0, 2], [5, 5, 0], 5)
+    assert pos == [0, 7, 0] and neg == [0, 10, 0]
+
+
+@given(
+    st.lists(st.tuples(st.integers(0, 9), st.integers(0, 9)), min_size=1, max_size=40),
+    st.integers(1, 8),
+)
+def test_coarsened_histograms_keep_every_case_and_leave_no_small_cell(bins, min_cell):
+    pos, neg = [float(p) for p, _ in bins], [float(n) for _, n in bins]
+    out_pos, out_neg = coarsen_histograms(pos, neg, min_cell)
+    assert sum(out_pos) == sum(pos) and sum(out_neg) == sum(neg)
+    if sum(pos) >= min_cell and sum(neg) >= min_cell:  # else the whole reply is zeroed anyway
+        assert not [c for c in out_pos + out_neg if 0 < c < min_cell]
