@@ -27,12 +27,15 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord, RecordDic
 from medfed.client import node
 from medfed.infra.records import scalar
 from medfed.models.benefit import PAIRS, paired_intervals
-from medfed.models.encoding import Encoder, GlobalStats, encode_target, encoder_state
+from medfed.models.encoding import GlobalStats, encoder_state
 from medfed.models.nets import predict_output
 from medfed.models.personal import fine_tune, local_keys, settings
-from medfed.models.pipeline import PreparedSite, local_training, new_model, own_statistics
+from medfed.models.pipeline import (
+    PreparedSite,
+    local_only_model,
+    own_statistics,
+)
 from medfed.models.schema import TaskSchema
-from medfed.models.training import seed_torch
 
 LOCAL_STATE = "medfed-local"
 
@@ -79,21 +82,7 @@ def _local_only(
     """Predictions on the test rows of a model trained on this site alone (its own statistics,
     the steps it took in the federation: the equal-work rule of the baselines)."""
     raw = node._site(config_json, site_index)
-    prep = study["preprocessing"]
-    own = own_statistics(raw.train, schema, int(prep["min_cell"]), study)
-    encoder = Encoder(schema, own, missing_indicators=bool(prep["missing_indicators"]))
-    seed_torch(int(study["seed"]) + site_index + 1)  # the initial weights too: cross_site matches
-    model = new_model(schema, own, encoder.n_inputs)
-    local_training(
-        model,
-        encoder.transform(raw.train),
-        encode_target(raw.train, schema),
-        schema,
-        study,
-        own,
-        seed=int(study["seed"]) + site_index + 1,
-        steps=max(steps, 1),
-    )
+    model, own, encoder = local_only_model(raw.train, schema, study, site_index, steps)
     return _output(model, schema, encoder.transform(raw.test)), own
 
 

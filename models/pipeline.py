@@ -122,6 +122,24 @@ def test_statistics(
     return metric_statistics(schema, y, output.numpy(), loss_scale=stats.loss_scale, bins=bins)
 
 
+def local_only_model(
+    train_rows: pd.DataFrame, schema: TaskSchema, study: dict[str, Any], index: int, steps: int
+) -> tuple[torch.nn.Module, GlobalStats, Encoder]:
+    """Hospital ``index``'s local-only model: its own statistics, initial weights and shuffling
+    seeded with ``seed + index + 1``, trained for the ``steps`` it took in the federation (the
+    equal-work rule). The node's benefit table and the coordinator's cross-site matrix both build
+    it here, so they score the very same model."""
+    prep = study["preprocessing"]
+    own = own_statistics(train_rows, schema, int(prep["min_cell"]), study)
+    encoder = Encoder(schema, own, missing_indicators=bool(prep["missing_indicators"]))
+    seed = int(study["seed"]) + index + 1
+    seed_torch(seed)  # the initial weights too
+    model = new_model(schema, own, encoder.n_inputs)
+    x, y = encoder.transform(train_rows), encode_target(train_rows, schema)
+    local_training(model, x, y, schema, study, own, seed=seed, steps=max(steps, 1))
+    return model, own, encoder
+
+
 def local_training(
     model: torch.nn.Module,
     x: np.ndarray,

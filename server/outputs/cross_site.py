@@ -26,8 +26,12 @@ import torch
 from medfed.models.encoding import Encoder, GlobalStats, encode_target
 from medfed.models.ingest.sources import SiteData, federation_size, load_site
 from medfed.models.metrics import metrics_from_statistics
-from medfed.models.pipeline import local_training, new_model, own_statistics, test_statistics
-from medfed.models.training import seed_torch
+from medfed.models.pipeline import (
+    local_only_model,
+    new_model,
+    own_statistics,
+    test_statistics,
+)
 from medfed.server.study.loop import StudyResult
 
 
@@ -71,23 +75,7 @@ def _global_row(result: StudyResult, sites: list[SiteData]) -> dict[str, float]:
 def _local_model(
     result: StudyResult, index: int, site: SiteData, steps: int
 ) -> tuple[Any, GlobalStats]:
-    study, schema = result.study, result.schema
-    own = _own(site, result)
-    encoder = Encoder(
-        schema, own, missing_indicators=bool(study["preprocessing"]["missing_indicators"])
-    )
-    seed_torch(int(study["seed"]) + index + 1)  # as the node's own local-only model
-    model = new_model(schema, own, encoder.n_inputs)
-    local_training(
-        model,
-        encoder.transform(site.train),
-        encode_target(site.train, schema),
-        schema,
-        study,
-        own,
-        seed=int(study["seed"]) + index + 1,
-        steps=max(steps, 1),
-    )
+    model, own, _ = local_only_model(site.train, result.schema, result.study, index, steps)
     return model, own
 
 
