@@ -216,39 +216,53 @@ def _rounds_affordable(epsilon_at: Any, budget: float | None, cap: int) -> int |
     return low
 
 
-def _hospitals(args: argparse.Namespace) -> tuple[list[str], list[int], list[list]]:
-    """Names, training rows and ledger history per hospital, from ``--sizes`` or ``--cards``."""
+def _hospitals(args: argparse.Namespace) -> tuple[list[str], list[int], list[list], list[str]]:
+    """Names, training rows and ledger history per training hospital, from ``--sizes`` or
+    ``--cards``, and the names of evaluation-only cards (``role: evaluate``: they never train,
+    so they spend no budget and are listed apart rather than planned)."""
     if args.sizes is not None:
         sizes = [int(s) for s in str(args.sizes).split(",") if s.strip()]
-        return [f"hospital-{i}" for i in range(len(sizes))], sizes, [[] for _ in sizes]
-    from medfed.models.ingest.cards import CardError, card_schema, load_card, read_card_data
-
-    names, sizes, spent = [], [], []
+        return [f"hospital-{i}" for i in range(len(sizes))], sizes, [[] for _ in sizes], []
+    names, sizes, spent, evaluation_only = [], [], [], []
     for path in (p.strip() for p in str(args.cards).split(",") if p.strip()):
-        try:
-            card = load_card(path)
-            from dataclasses import replace
-
-            from medfed.models.searchpath import find_task
-
-            card = replace(card, task=find_task(card.task, getattr(args, "search", [])))
-            data = read_card_data(card, card_schema(card))
-        except CardError as exc:  # a card that cannot be read is a usage error (exit 2)
-            raise PlanSettingError(str(exc)) from None
-        if not data.report.usable:
-            raise ValueError(
-                f"{path}: {data.report.errors[0]}; run `medfed node check --dataset {path}`"
-            )
+        name, rows, role = _card_rows(path, getattr(args, "search", []))
+        if role == "evaluate":
+            evaluation_only.append(name)
+            continue
         ledger = Ledger(ledger_path(path))
         if not ledger.path.exists():
             from medfed.client.ledger_binding import missing_ledger_error
 
             if error := missing_ledger_error(path, ledger.path):
                 raise ValueError(error)
-        names.append(data.name)
-        sizes.append(len(data.train))
+        names.append(name)
+        sizes.append(rows)
         spent.append(ledger.history() if ledger.path.exists() else [])
-    return names, sizes, spent
+    if not names and evaluation_only:
+        raise PlanSettingError(
+            "every card given is evaluation-only (role: evaluate): "
+            "name at least one card that trains in --cards"
+        )
+    return names, sizes, spent, evaluation_only
+
+
+def _card_rows(path: str, search: list[str]) -> tuple[str, int, str]:
+    """One card's site name, training rows and role (``train`` or ``evaluate``)."""
+    from dataclasses import replace
+
+    from medfed.models.ingest.cards import CardError, card_schema, load_card, read_card_data
+    from medfed.models.searchpath import find_task
+
+    try:
+        card = load_card(path)
+        card = replace(card, task=find_task(card.task, search))
+        data = read_card_data(card, card_schema(card))
+    except CardError as exc:  # a card that cannot be read is a usage error (exit 2)
+        raise PlanSettingError(str(exc)) from None
+    if not data.report.usable:
+        problem = data.report.errors[0]
+        raise ValueError(f"{path}: {problem}; run `medfed node check --dataset {path}`")
+    return data.name, len(data.train), card.role
 
 
 def _check_settings(args: argparse.Namespace) -> None:
@@ -284,7 +298,7 @@ def plan(args: argparse.Namespace) -> dict[str, Any]:
     from medfed.models import privacy
 
     _check_settings(args)
-    names, sizes, spent = _hospitals(args)
+    names, sizes, spent, evaluation_only = _hospitals(args)
     if not sizes or min(sizes) < 1 or args.batch_size < 1 or args.rounds < 1:
         raise ValueError(
             "--sizes must list positive row counts; --batch-size and --rounds must be positive."
@@ -337,6 +351,7 @@ def plan(args: argparse.Namespace) -> dict[str, Any]:
         "rounds": args.rounds,
         "batch_size": args.batch_size,
         "hospitals": hospitals,
+        "evaluation_only": evaluation_only,
     }
 
 
@@ -360,6 +375,11 @@ def _print_plan(result: dict[str, Any]) -> None:
     for r in range(result["rounds"]):
         row = "  ".join(f"{h['epsilon_per_round'][r]:>12.4f}" for h in result["hospitals"])
         print(f"{r + 1:>5}  {row}")
+    if result["evaluation_only"]:
+        print(
+            "\nevaluation only (role: evaluate; no training, no privacy budget spent): "
+            + ", ".join(result["evaluation_only"])
+        )
     affordable = [h for h in result["hospitals"] if h["rounds_affordable"] is not None]
     if affordable:
         first = min(affordable, key=lambda h: (h["rounds_affordable"], h["rows"]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -162,3 +163,34 @@ def test_plan_from_a_missing_card_is_one_error_line(tmp_path, capsys):
     assert plan_main(args) == 2  # a usage error
     err = capsys.readouterr().err
     assert err.startswith("medfed: error: ") and "nope.yaml" in err and err.count("\n") == 1
+
+
+def test_plan_lists_evaluation_only_cards_apart_and_plans_no_noise_for_them(tmp_path, capsys):
+    from medfed.models.ingest.export import export_synthetic
+
+    cards = [str(c) for c in export_synthetic("diagnosis", 3, tmp_path / "sites", seed=3)]
+    Path(cards[2]).write_text(Path(cards[2]).read_text() + "role: evaluate\n")
+    common = [
+        "--batch-size",
+        "32",
+        "--local-steps",
+        "5",
+        "--rounds",
+        "3",
+        "--noise-multiplier",
+        "1",
+    ]
+    assert plan_main(["--cards", ",".join(cards), *common, "--json"]) == EXIT_OK
+    result = json.loads(capsys.readouterr().out)
+    assert [row["hospital"] for row in result["hospitals"]] == ["hospital-0", "hospital-1"]
+    assert result["evaluation_only"] == ["hospital-2"]
+    assert plan_main(["--cards", ",".join(cards), *common]) == EXIT_OK
+    assert (
+        "evaluation only (role: evaluate; no training, no privacy budget spent): hospital-2"
+        in capsys.readouterr().out
+    )
+    assert plan_main(["--cards", cards[2], *common]) == 2
+    assert capsys.readouterr().err == (
+        "medfed: error: every card given is evaluation-only (role: evaluate): "
+        "name at least one card that trains in --cards\n"
+    )
