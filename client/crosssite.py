@@ -108,5 +108,6 @@ def evaluate_other(msg: Message, context: Context) -> Message:
         stats,
         int(study["evaluate"]["auroc_bins"]),
     )
-    metrics = {"num-examples": len(site.test), **{f"eval-{k}": v for k, v in sums.items()}}
+    metrics: dict[str, int | float | list[int] | list[float]] = {"num-examples": len(site.test)}
+    metrics.update({f"eval-{key}": value for key, value in sums.items()})
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
