@@ -78,6 +78,11 @@ def test_allowed_pairs_are_filled_the_others_blank_with_the_reason(fed):
     assert rows["local hospital-0"]["note"] == (
         "hospital-2: hospital-2 does not score other hospitals' models (policy)"
     )
+    report = (fed.out / "report.md").read_text()
+    assert "- scored: hospital-0 on hospital-1; hospital-1 on hospital-0" in report
+    assert (
+        "- hospital-2's model not scored on hospital-0, hospital-1: hospital-2 does not " in report
+    )
     for name in NAMES:  # personalised models never travel: their own site only
         others = [rows[f"personalised {name}"][c] for c in NAMES if c != name]
         assert others == ["", ""] and rows[f"personalised {name}"][name] != ""

@@ -7,6 +7,7 @@ import csv
 import io
 import math
 
+from medfed.server.outputs.benefit import cross_site_markdown
 from medfed.server.outputs.cross_site import cross_site_csv
 from medfed.server.study.crosssite import plan
 
@@ -64,3 +65,23 @@ def test_the_csv_has_a_note_column_only_when_cells_are_blank_by_policy():
         "b": "",
         "note": "b: b does not score other hospitals' models",
     }
+
+
+def test_the_report_says_what_was_scored_and_why_the_rest_is_blank():
+    assert cross_site_markdown({"rows": {}, "columns": []}) == ""  # a simulation: the CSV says all
+    table = {
+        "scores": {"a": {"b": 0.8}, "b": {"a": 0.7}},
+        "blank": {"a": {"c": "..."}, "b": {"c": "..."}, "c": {"a": "...", "b": "..."}},
+        "notes": {
+            "global": "",
+            "local a": "c: c does not score other hospitals' models (policy)",
+            "local b": "",
+            "local c": "a, b: c does not share its local-only model (policy)",
+            "personalised a": "stays at its hospital",
+        },
+    }
+    lines = cross_site_markdown(table).splitlines()
+    assert "- scored: a on b; b on a" in lines
+    assert "- a's model not scored on c: c does not score other hospitals' models (policy)" in lines
+    assert "- c's model not scored on a, b: c does not share its local-only model (policy)" in lines
+    assert not any(line.startswith("- b's") or "stays" in line for line in lines)
