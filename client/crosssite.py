@@ -24,6 +24,7 @@ the node's audit log by the governance mod (``cross-site`` entries; ``refusal`` 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -58,22 +59,42 @@ def exchange_details(msg: Message) -> dict[str, Any]:
     return details
 
 
+def for_scoring(own: GlobalStats, min_cell: int) -> GlobalStats:
+    """The statistics a local-only model travels with: what scoring rows needs, no count.
+
+    Row count, class priors and missing rates are left out (scoring does not use them), and a
+    binary feature whose ones (or zeros) at this site are a small cell (1 to ``min_cell - 1``
+    rows) travels with the rate 0 (or 1), as round 0 sends it
+    (:func:`medfed.client.disclosure.suppress_counts`): the rate only fills a missing value at
+    the scoring site, and no exact count of those few patients can be read from it.
+    """
+    rates = {}
+    for name, rate in own.rates.items():
+        present = round(own.rows * (1.0 - own.missing_rates.get(name, 0.0)))
+        ones = round(rate * present)
+        small_ones, small_zeros = 0 < ones < min_cell, 0 < present - ones < min_cell
+        rates[name] = 0.0 if small_ones else 1.0 if small_zeros else rate
+    return dataclasses.replace(own, rows=0, class_priors=(), missing_rates={}, rates=rates)
+
+
 def share(msg: Message, context: Context) -> Message:
     """Reply with this hospital's local-only model and its statistics, if the policy allows."""
     config_json, statistics_json = node.received_study(context)
     study, schema, _ = node.study_parts(config_json, statistics_json)
     index = node.site_index(context.node_config)
     site = node._site(config_json, index)
-    refusal = check_share(policy_for_site(study.get("policy"), site.name), role=site.role)
+    policy = policy_for_site(study.get("policy"), site.name)
+    refusal = check_share(policy, role=site.role)
     if refusal is not None:
         raise NodeRefusal(refusal.reason)
     steps = int(scalar(msg.content.config_records["config"].get("local-steps", 1)))
     model, own, _ = local_only_model(site.train, schema, study, index, steps)
+    stats = for_scoring(own, policy.min_cell_count)
     return Message(
         RecordDict(
             {
                 "arrays": ArrayRecord(pack(model.state_dict())),
-                LOCAL: ConfigRecord({"statistics-json": json.dumps(own.to_dict())}),
+                LOCAL: ConfigRecord({"statistics-json": json.dumps(stats.to_dict())}),
             }
         ),
         reply_to=msg,

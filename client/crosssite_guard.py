@@ -8,10 +8,10 @@ arrays are not the layers of the model just received, so the reply guard
 (:mod:`medfed.client.guard`) hands it to :func:`shared_reply_problem`: the reply may carry exactly
 the record ``arrays`` (the packed weights, one flat vector per dtype) and the record ``local``
 holding ``statistics-json`` -- the statistics the model encodes rows with (means, standard
-deviations, rates, modes that are categories of the task schema, missing rates, fills, class
-priors: numbers in a fixed structure, never a row) -- and the arrays must have exactly the layout
-of the model those statistics build. Kept free of the node's data code (only :mod:`medfed.models`)
-so the guard can use it without importing the node.
+deviations, rates, modes that are categories of the task schema, fills: numbers in a fixed
+structure, never a row; no row count, class priors or missing rates) -- and the arrays must have
+exactly the layout of the model those statistics build. Kept free of the node's data code (only
+:mod:`medfed.models`) so the guard can use it without importing the node.
 """
 
 from __future__ import annotations
@@ -58,6 +58,8 @@ def statistics_problem(raw: Any, schema: TaskSchema) -> str | None:
         return f"the statistics do not parse ({exc})"
     if raw.get("target_kind") != schema.target.kind:
         return "the statistics' target_kind is not the task's"
+    if raw.get("rows") != 0 or raw.get("class_priors") or raw.get("missing_rates"):
+        return "the statistics may not carry the row count, class priors or missing rates"
     for key, allowed in _WORDS.items():
         if raw.get(key) not in allowed:
             return f"the statistics' {key} is not one of {allowed}"

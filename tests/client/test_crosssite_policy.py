@@ -10,7 +10,7 @@ import pytest
 import yaml
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from medfed.client.crosssite import declared
+from medfed.client.crosssite import declared, for_scoring
 from medfed.client.crosssite_guard import LOCAL, SHARE, shared_reply_problem
 from medfed.client.policy import (
     Policy,
@@ -19,7 +19,7 @@ from medfed.client.policy import (
     check_share,
     policy_for_site,
 )
-from medfed.models.encoding import merge_statistics, site_statistics
+from medfed.models.encoding import GlobalStats, merge_statistics, site_statistics
 from medfed.models.flat import pack
 from medfed.models.ingest.sources import load_site
 from medfed.models.pipeline import n_inputs, new_model, study_schema
@@ -96,13 +96,30 @@ def test_round_0_declares_what_the_node_would_answer():
     assert declared(overrides, "other", "train")["share-local-model"] == 0
 
 
+def test_shared_statistics_carry_no_count_and_no_small_cell():
+    own = GlobalStats(
+        target_kind="binary",
+        rows=100,
+        means={"age": 61.5},
+        stds={"age": 9.0},
+        rates={"few_ones": 3 / 90, "few_zeros": 87 / 90, "even": 0.5, "five": 5 / 100},
+        missing_rates={"few_ones": 0.1, "few_zeros": 0.1},
+        class_priors=(0.97, 0.03),
+    )
+    shared = for_scoring(own, min_cell=5)
+    assert dict(shared.rates) == {"few_ones": 0.0, "few_zeros": 1.0, "even": 0.5, "five": 0.05}
+    assert shared.rows == 0 and shared.class_priors == () and dict(shared.missing_rates) == {}
+    assert dict(shared.means) == {"age": 61.5} and dict(shared.stds) == {"age": 9.0}
+    assert dict(for_scoring(own, min_cell=1).rates) == dict(own.rates)  # nothing is small
+
+
 @pytest.fixture(scope="module")
 def shared(small_study):
     """A proper share reply: a local-only model's packed weights and its own statistics."""
     study = small_study("task=diagnosis")
     schema = study_schema(study)
     site = load_site(schema, study["federation"], 0, int(study["seed"]))
-    stats = merge_statistics([site_statistics(site.train, schema)])
+    stats = for_scoring(merge_statistics([site_statistics(site.train, schema)]), 5)
     model = new_model(schema, stats, n_inputs(schema, stats, study))
     _use_identity(1, 1)
     request = Message(
@@ -142,6 +159,9 @@ def test_the_guard_lets_a_local_model_and_its_statistics_go(shared):
         ({"stats": {"imputation": "row 12"}}, "imputation is not one of"),
         ({"stats": {"target_kind": "continuous"}}, "target_kind is not the task's"),
         ({"stats": {"notes": "free text"}}, "do not parse"),
+        ({"stats": {"rows": 97}}, "may not carry the row count"),
+        ({"stats": {"class_priors": [0.6, 0.4]}}, "may not carry the row count"),
+        ({"stats": {"missing_rates": {"thal": 0.02}}}, "may not carry the row count"),
         ({"arrays": "shorter"}, "not the layout of the local-only model"),
     ],
 )
