@@ -112,3 +112,21 @@ def test_the_refusing_nodes_weights_never_left_it(fed):
     steps = [e["details"] for e in coordinator if e["kind"] == "cross-site"]
     assert [s["step"] for s in steps] == ["plan", "weights", "scores"]
     assert steps[1]["received_from"] == ["hospital-0", "hospital-1"]
+
+
+def test_the_audit_commands_show_each_exchange_in_words(fed):
+    cards = fed.workdir / "cards"
+    hospital = fed.medfed("node", "audit", "--dataset", str(cards / "hospital-0.yaml"))
+    assert hospital.returncode == 0, hospital.stderr
+    assert "local-only model sent: " in hospital.stdout
+    assert "scored hospital-1's local-only model here: n=" in hospital.stdout
+    refusing = fed.medfed("node", "audit", "--dataset", str(cards / "hospital-2.yaml"))
+    assert refusing.returncode == 0 and "cross-site" not in refusing.stdout
+    coordinator = fed.medfed("coordinator", "audit", str(fed.coord))
+    assert coordinator.returncode == 0, coordinator.stderr
+    for line in (
+        "asking hospital-0, hospital-1 for local-only models",
+        "local-only models received from hospital-0, hospital-1",
+        "local-only models sent for scoring: hospital-0 to hospital-1; hospital-1 to hospital-0",
+    ):
+        assert line in coordinator.stdout
