@@ -14,6 +14,10 @@ message            content from the server                      reply
 ``evaluate``       ArrayRecord ``arrays``, ConfigRecord         MetricRecord ``metrics``
 =================  ===========================================  ==================================
 
+Cross-site evaluation in deployment adds ``query.share_local`` (the node's local-only model, if
+its policy shares it) and ``query.evaluate_other`` (another hospital's local-only model scored
+here, if its policy allows): :mod:`.crosssite`.
+
 The weights travel packed (:mod:`medfed.models.flat`): the ArrayRecord holds one flat vector per
 dtype (e.g. ``float32``), the model's state_dict concatenated in order; both ends know the layout
 from the model they build.
@@ -27,7 +31,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from medfed.client import node, personal, privacy_round, scaffold, validation
+from medfed.client import crosssite, node, personal, privacy_round, scaffold, validation
 from medfed.client.central_dp import central_clipping_mod
 from medfed.client.governance import governance_mod
 from medfed.client.guard import reply_guard
@@ -65,6 +69,7 @@ def stats(msg: Message, context: Context) -> Message:
                         "num-examples": n_train,
                         "num-test": n_test,
                         "min-cohort": node.declared_min_cohort(config_json, name),
+                        **crosssite.declared(config_json, name, role),  # cross-site switches
                     }
                 ),
             }
@@ -191,3 +196,15 @@ def personalise(msg: Message, context: Context) -> Message:
         _index(context),
     )
     return Message(content, reply_to=msg)
+
+
+@app.query("share_local")
+def share_local(msg: Message, context: Context) -> Message:
+    """Cross-site evaluation: this hospital's local-only model, if its policy lets it travel."""
+    return crosssite.share(msg, context)
+
+
+@app.query("evaluate_other")
+def evaluate_other(msg: Message, context: Context) -> Message:
+    """Cross-site evaluation: another hospital's local-only model scored on this node's rows."""
+    return crosssite.evaluate_other(msg, context)

@@ -12,6 +12,8 @@ ledger (seq, previous hash, own hash, a head file, an exclusive lock, fsync). An
 ``round``           what left the node: array names, shapes, bytes, counts, metric keys, epsilon
 ``study-end``       the final evaluation answered
 ``refusal``         a message refused, with the reason
+``cross-site``      a cross-site request answered (:mod:`.crosssite`): the local-only model sent,
+                    or another hospital's model scored here; what left the node, as for a round
 ``acknowledge``     an operator's acknowledgement of a damaged log (the old one kept aside)
 ==================  ===========================================================================
 
@@ -41,6 +43,7 @@ KINDS = (
     "study-end",
     "refusal",
     "acknowledge",
+    "cross-site",
 )
 FIELDS = frozenset(
     {"seq", "prev_hash", "hash", "time", "kind", "site", "study", "manifest", "round", "details"}

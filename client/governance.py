@@ -11,7 +11,8 @@ through). For each message it
    study at its next round (the refusal is a policy refusal: the server counts a dropout);
 3. applies the policy's ``min_cell_count`` to what the reply discloses (:mod:`.disclosure`);
 4. appends what left the node to the audit log: array names, shapes and bytes, counts, metric
-   keys, epsilon; refusals and failures with their reasons.
+   keys, epsilon; refusals and failures with their reasons (cross-site requests,
+   :mod:`.crosssite`, as ``cross-site`` entries, their policy refusals as ``refusal``).
 
 A damaged audit log stops the node (every message is refused, naming the file) until an operator
 acknowledges it (``medfed node audit --dataset CARD --acknowledge REASON``).
@@ -29,6 +30,8 @@ from flwr.app import ConfigRecord, Context, Message
 from medfed.client import node
 from medfed.client.approval import NotApproved, check_approved
 from medfed.client.audit import AuditLog, AuditTampered, audit_path
+from medfed.client.crosssite import exchange_details
+from medfed.client.crosssite_guard import EXCHANGES
 from medfed.client.disclosure import protect_evaluation, protect_statistics, sent_summary
 from medfed.client.policy import policy_for_site
 from medfed.client.privacy_round import NodeRefusal
@@ -85,7 +88,11 @@ def _gate(log: AuditLog | None, digest: str, required: bool) -> None:
 
 
 def _refuse(
-    log: AuditLog | None, state: dict[str, Any], error: Exception, server_round: int | None
+    log: AuditLog | None,
+    state: dict[str, Any],
+    error: Exception,
+    server_round: int | None,
+    extra: dict[str, Any] | None = None,
 ) -> None:
     if log is None:
         return
@@ -96,7 +103,7 @@ def _refuse(
             study=state["study"],
             manifest=state["manifest"],
             round=server_round,
-            details={"reason": str(error)},
+            details={"reason": str(error), **(extra or {})},
         )
     except AuditTampered:
         pass  # a damaged log cannot take entries; the refusal itself names the damage
@@ -163,21 +170,30 @@ def _later(
     except (NotApproved, AuditDamaged) as exc:
         _refuse(log, state, exc, server_round)
         raise NodeRefusal(str(exc)) from None
-    reply = call_next(msg, context)
+    try:
+        reply = call_next(msg, context)
+    except NodeRefusal as exc:  # a cross-site request the node's policy refuses
+        if details := exchange_details(msg):
+            _refuse(log, state, exc, server_round, details)
+        raise
     if reply.has_error():
         _refuse(log, state, RuntimeError(reply.error.reason), server_round)
         return reply
     reply, suppressed = protect_evaluation(reply, int(scalar(state["min-cell"])))
     if log is None:
         return reply
-    final = msg.metadata.message_type == "evaluate"
+    kind = msg.metadata.message_type
     log.record(
-        "study-end" if final else "round",
+        {"evaluate": "study-end", **dict.fromkeys(EXCHANGES, "cross-site")}.get(kind, "round"),
         site=str(state["site"]),
         study=str(state["study"]),
         manifest=str(state["manifest"]),
         round=server_round,
-        details={"sent": sent_summary(reply), "evaluation_suppressed": suppressed},
+        details={
+            "sent": sent_summary(reply),
+            "evaluation_suppressed": suppressed,
+            **exchange_details(msg),
+        },
     )
     return reply
 
@@ -188,6 +204,6 @@ def governance_mod(
     """Flower mod: approval before, disclosure control and the audit entry after each handler."""
     if msg.metadata.message_type == "query.stats":
         return _round0(msg, context, call_next)
-    if msg.metadata.message_type in ("train", "evaluate", "query.prepare"):
+    if msg.metadata.message_type in ("train", "evaluate", "query.prepare", *EXCHANGES):
         return _later(msg, context, call_next)
     return call_next(msg, context)

@@ -16,6 +16,10 @@ the hospital meant to hold each one; the masked vector (integer arrays of the mo
 uniformly spread mod the modulus), with the plain array record emptied and the whitelisted
 ``metrics`` beside it; shares that unmask only the sum.
 
+A ``query.share_local`` reply (cross-site evaluation, sent only when the node's policy says
+``share_local_model``) carries the node's local-only model instead: its packed weights and the
+statistics that build it, checked by :func:`medfed.client.crosssite_guard.shared_reply_problem`.
+
 Anything else (an extra record, an unknown key, a string where a number belongs, an array of
 another shape) is refused *before it is sent*: the guard raises, so the node answers with an
 error instead. It is a Flower mod on the ClientApp, so it sees the reply of every handler, and
@@ -36,6 +40,7 @@ from flwr.common import bytes_to_ndarray
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 
 from medfed.client.cellguard import card_of, vocabulary, withhold_cells
+from medfed.client.crosssite_guard import DECLARED, SHARE, shared_reply_problem
 from medfed.models.benefit import BENEFIT_KEYS
 
 EVAL_STATISTICS = frozenset(
@@ -69,6 +74,7 @@ ALLOWED_METRICS = frozenset(
         "delta",
         "refused",
         "min-cohort",
+        *DECLARED,  # round 0: the cross-site switches, 0 or 1
     }
     | {f"eval-{key}" for key in EVAL_STATISTICS}
     | {f"val-{key}" for key in EVAL_STATISTICS}  # early stopping: validation rows (aggregates)
@@ -263,5 +269,9 @@ def reply_guard(
         if stand_in is None:
             raise
         raise stand_in from None
+    if msg.metadata.message_type == SHARE and not reply.has_error():  # cross-site evaluation
+        if problem := shared_reply_problem(reply, _study_json(msg, context)):
+            raise GuardViolation(problem)
+        return reply
     check_reply(msg, reply, stage)
     return reply

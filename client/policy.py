@@ -27,10 +27,18 @@ under ``hospitals: {<hospital name>: {<key>: <value>}}``). Keys, all optional:
                                ``<output_dir>/audit`` in simulation)
 ``min_cell_count``             smallest count a node discloses exactly (round-0 category counts,
                                per-class test cases behind its metrics; default 5)
+``share_local_model``          let this node's local-only model (trained on its rows alone,
+                               without DP-SGD) travel, through the coordinator, to hospitals that
+                               score it on their test rows (cross-site evaluation; default false;
+                               never with ``require_dp``)
+``evaluate_other_models``      score other hospitals' local-only models on this node's test rows
+                               and disclose the aggregate test statistics, small cells
+                               suppressed (default false)
 =============================  =================================================================
 
 :func:`check_round` returns the first limit a round would pass as a :class:`Refusal` with one
-sentence (``budget: this round would bring epsilon to 1.31 > max_epsilon_total 1.0``), or None.
+sentence (``budget: this round would bring epsilon to 1.31 > max_epsilon_total 1.0``), or None;
+:func:`check_share` and :func:`check_evaluate_other` do the same for the two cross-site switches.
 No Flower here: the ClientApp turns a refusal into a reply the server logs as a dropout. The
 keys and their validation live in :mod:`medfed.models.policy_spec` (the coordinator checks a
 study's policy with the same functions).
@@ -162,3 +170,46 @@ def check_round(
     return _mechanism(policy, noise_multiplier, max_grad_norm, delta, n_examples) or _budget(
         policy, projected_epsilon_total, projected_epsilon_study
     )
+
+
+def check_share(policy: Policy, *, role: str = "train") -> Refusal | None:
+    """Why this node does not send its local-only model to other hospitals, or None to send it.
+
+    The local-only model is trained on this hospital's rows alone and without DP-SGD (in every
+    study), so its weights say more about those rows than the federated average: only
+    ``share_local_model: true`` lets them go, and never under ``require_dp``.
+    """
+    if not policy.share_local_model:
+        return Refusal(
+            "share_local_model",
+            "share_local_model: this node does not let its local-only model leave it "
+            "(share_local_model: false in its policy)",
+        )
+    if policy.require_dp:
+        return Refusal(
+            "share_local_model",
+            "share_local_model: the local-only model is trained without DP-SGD and this node "
+            "requires DP (require_dp)",
+        )
+    if role != "train":
+        return Refusal(
+            "share_local_model", "share_local_model: this site is evaluation-only; it has no model"
+        )
+    return None
+
+
+def check_evaluate_other(policy: Policy, *, own: str, owner: str) -> Refusal | None:
+    """Why this node does not score hospital ``owner``'s local-only model on its test rows
+    (this node is hospital ``own``), or None to score it."""
+    if not policy.evaluate_other_models:
+        return Refusal(
+            "evaluate_other_models",
+            "evaluate_other_models: this node does not score other hospitals' models "
+            "(evaluate_other_models: false in its policy)",
+        )
+    if owner == own:
+        return Refusal(
+            "evaluate_other_models",
+            f"evaluate_other_models: the model sent is this hospital's own ({own})",
+        )
+    return None

@@ -17,6 +17,13 @@ from typing import Any
 import yaml
 
 OVERRIDES = "hospitals"
+BOOLEANS = (
+    "require_dp",
+    "require_secure_aggregation",
+    "require_approval",
+    "share_local_model",
+    "evaluate_other_models",
+)
 
 
 class PolicyError(ValueError):
@@ -39,6 +46,8 @@ class Policy:
     require_approval: bool = False
     approvals_dir: str | None = None
     min_cell_count: int = 5
+    share_local_model: bool = False
+    evaluate_other_models: bool = False
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None, source: str = "<policy>") -> Policy:
@@ -64,7 +73,7 @@ def _positive(source: str, name: str, raw: Any, *, allow_zero: bool = False) -> 
 
 def _value(source: str, name: str, raw: Any) -> Any:
     """One policy value, checked against its key's type and range."""
-    if name in ("require_dp", "require_secure_aggregation", "require_approval"):
+    if name in BOOLEANS:
         if not isinstance(raw, bool):
             raise PolicyError(f"{source}: {name} must be true or false, got {raw!r}.")
         return raw

@@ -63,9 +63,9 @@ def build_server_app(
 
                 result.baselines = run_baselines(result)
             if result.personalised:  # personalised models exist: score every model on every site
-                from medfed.server.outputs.cross_site import cross_site
+                from medfed.server.outputs.cross_site import table_for
 
-                result.cross_site = cross_site(result)
+                result.cross_site = table_for(result, grid)  # deployment: where policies allow
             write_run(result)
         except BaseException as exc:  # the run directory says it failed (never "finished")
             record_failure(current, exc)

@@ -78,6 +78,14 @@ def _text(entry: dict[str, Any]) -> str:
         "data-check": f"data checked: {entry['details'].get('rows_kept')} rows kept of "
         f"{entry['details'].get('rows_read')}",
     }.get(entry["kind"])
+    exchange = entry["details"].get("exchange")
+    if entry["kind"] == "cross-site" and exchange == "share_local":
+        what = f"local-only model sent: {flat['array_bytes']} array bytes [{flat['arrays']}]"
+    elif entry["kind"] == "cross-site":
+        what = (
+            f"scored {entry['details'].get('model_site')}'s local-only model here: "
+            f"n={flat['num_examples']} metrics [{flat['metric_keys']}]"
+        )
     if what is None:
         what = (
             f"sent {flat['array_bytes'] or 0} array bytes [{flat['arrays']}] "

@@ -53,10 +53,26 @@ def _line(entry: dict[str, Any]) -> str:
             + (f"; absent {absent}" if absent else "")
             + (f"; {details['note']}" if details.get("note") else "")
         )
+    elif entry["kind"] == "cross-site":
+        text = _cross_site(details)
     else:
         text = ", ".join(f"{k} {v}" for k, v in details.items())
     head = f"{entry['seq']:>4} {entry['time']} {entry['kind']:16s} {entry['manifest'][:8]:8s}"
     return f"{head} {text}"
+
+
+def _cross_site(details: dict[str, Any]) -> str:
+    """One line per step of the cross-site exchange (:mod:`medfed.server.study.crosssite`)."""
+    if details.get("step") == "plan":
+        return f"asking {', '.join(details['ask']) or 'nobody'} for local-only models"
+    if details.get("step") == "weights":
+        refused = "; ".join(f"{k}: {v}" for k, v in details["not"].items())
+        received = ", ".join(details["received_from"]) or "nobody"
+        return f"local-only models received from {received}" + (
+            f"; not from {refused}" if refused else ""
+        )
+    sent = "; ".join(f"{k} to {', '.join(v)}" for k, v in details.get("sent", {}).items())
+    return f"local-only models sent for scoring: {sent or 'none'}"
 
 
 def coordinator_audit_main(argv: list[str]) -> int:

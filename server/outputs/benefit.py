@@ -60,6 +60,27 @@ def benefit_markdown(summary: dict[str, Any]) -> str:
                 f"| {model} | {view['worst_hospital']} | {_num(view['worst'])} | "
                 f"{_num(view['spread'])} |"
             )
+    return "\n".join(lines) + "\n" + cross_site_markdown(summary.get("cross_site") or {})
+
+
+def cross_site_markdown(table: dict[str, Any]) -> str:
+    """In deployment: which hospitals' local-only models were scored on other hospitals' rows
+    (both policies allowing it) and why the other pairs are blank; empty in a simulation."""
+    if "blank" not in table:
+        return ""
+    scored = [f"{owner} on {', '.join(sorted(row))}" for owner, row in table["scores"].items()]
+    lines = [
+        "",
+        "## Cross-site evaluation of local-only models",
+        "",
+        "Only where both hospitals' policies allow it (share_local_model, "
+        "evaluate_other_models); cross_site.csv holds the values.",
+        "",
+        f"- scored: {'; '.join(scored) if scored else 'none'}",
+    ]
+    for owner, note in table.get("notes", {}).items():
+        if owner.startswith("local ") and note:
+            lines.append(f"- {owner.removeprefix('local ')}'s model not scored on {note}")
     return "\n".join(lines) + "\n"
 
 

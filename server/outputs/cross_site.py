@@ -8,9 +8,11 @@ Every model encodes rows with the statistics it was trained with: a personalised
 with its own site's, the global model with the global ones (or, under
 ``preprocessing.normalisation=site``, each column with that site's own, as in the federation).
 
-Simulation only: it needs every site's rows in one process. In deployment the per-hospital benefit
-table (global and personalised on the hospital's own rows) is what exists; other sites' models
-never reach a hospital.
+In a simulation every cell is computed here, from every site's rows in one process. In deployment
+(:func:`deployed_cross_site`) the table holds what the hospitals disclosed: the global model on each
+site (the final evaluation), each personalised and local-only model on its own site (the benefit
+table), and another hospital's local-only model only where both hospitals' policies allow it
+(:mod:`medfed.server.study.crosssite`); every other cell is blank, and the ``note`` column says why.
 """
 
 from __future__ import annotations
@@ -135,11 +137,66 @@ def cross_site(result: StudyResult) -> dict[str, Any]:
 
 
 def cross_site_csv(table: dict[str, Any]) -> bytes:
-    """``model,<site>,<site>...`` rows of the primary metric (empty cells for NaN)."""
+    """``model,<site>,<site>...`` rows of the primary metric (empty cells for NaN), and a last
+    ``note`` column saying why cells are blank when the table has notes (deployment)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["model", *table["columns"]])
+    notes = table.get("notes")
+    writer.writerow(["model", *table["columns"], *(["note"] if notes is not None else [])])
     for model, row in table["rows"].items():
         cells = [row.get(site, math.nan) for site in table["columns"]]
-        writer.writerow([model, *("" if not math.isfinite(v) else f"{v:.6g}" for v in cells)])
+        values = ["" if not math.isfinite(v) else f"{v:.6g}" for v in cells]
+        writer.writerow([model, *values, *([notes.get(model, "")] if notes is not None else [])])
     return buffer.getvalue().encode()
+
+
+def _grouped(blanks: dict[str, str]) -> str:
+    """``"a, b: reason; c: other reason"``: the blank columns of a row grouped by their reason."""
+    columns: dict[str, list[str]] = {}
+    for column, why in sorted(blanks.items()):
+        columns.setdefault(why, []).append(column)
+    return "; ".join(f"{', '.join(names)}: {why}" for why, names in columns.items())
+
+
+def table_for(result: StudyResult, grid: Any) -> dict[str, Any]:
+    """The study's cross-site table: computed here in a simulation; in deployment
+    (``federation=nodes``) from what the hospitals disclose, after the cross-site exchange over
+    ``grid``. Never raises: a failure leaves the table empty, ``not_run`` saying why."""
+    if result.study["federation"].get("name") != "nodes":
+        return cross_site(result)
+    from medfed.server.study.crosssite import exchange
+
+    try:
+        return deployed_cross_site(result, exchange(grid, result))
+    except Exception as exc:  # noqa: BLE001 - reported in summary.json, never a crash
+        reason = f"the cross-site exchange failed ({str(exc).splitlines()[0]})"
+        metric = result.schema.primary_metric
+        return {"metric": metric, "columns": [], "rows": {}, "not_run": reason}
+
+
+OWN_ROWS = "stays at its hospital: scored on that hospital's own test rows only"
+
+
+def deployed_cross_site(result: StudyResult, exchanged: dict[str, Any]) -> dict[str, Any]:
+    """The deployed study's table (module docstring) from the final evaluation, the benefit table
+    and the cross-site exchange (:func:`medfed.server.study.crosssite.exchange`)."""
+    metric = result.schema.primary_metric
+    columns = sorted(str(h["name"]) for h in result.hospitals.values())
+    final = result.final.hospital_metrics
+    rows: dict[str, dict[str, float]] = {
+        "global": {c: float(final.get(c, {}).get(metric, math.nan)) for c in columns}
+    }
+    notes: dict[str, str] = {"global": ""}
+    benefit = (result.personalised or {}).get("hospitals", {})
+    for owner, blanks in sorted(exchanged["blank"].items()):
+        row = dict.fromkeys(columns, math.nan)
+        row.update(exchanged["scores"].get(owner, {}))
+        row[owner] = benefit.get(owner, {}).get("local", [math.nan])[0]
+        rows[f"local {owner}"] = row
+        notes[f"local {owner}"] = _grouped(blanks)
+    for owner, values in sorted(benefit.items()):
+        rows[f"personalised {owner}"] = {
+            c: values["personalised"][0] if c == owner else math.nan for c in columns
+        }
+        notes[f"personalised {owner}"] = OWN_ROWS
+    return {"metric": metric, "columns": columns, "rows": rows, "notes": notes, **exchanged}

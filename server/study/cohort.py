@@ -63,6 +63,8 @@ def site_of(reply: Message) -> tuple[dict[str, Any], dict[str, Any]]:
         "n_test": int(scalar(counts["num-test"])),
         "role": str(site.get("role", "train")),
         "min_cohort": int(scalar(counts.get("min-cohort", 1))),
+        "share_local": bool(scalar(counts.get("share-local-model", 0))),  # cross-site switches
+        "evaluate_others": bool(scalar(counts.get("evaluate-other-models", 0))),
         "statistics": statistics,  # for the model card
     }
     return entry, statistics
