@@ -41,6 +41,7 @@ KINDS = (
     "study-start",
     "round",
     "study-end",
+    "personalise",
     "refusal",
     "acknowledge",
     "cross-site",

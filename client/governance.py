@@ -7,11 +7,13 @@ through). For each message it
    sent (:mod:`medfed.models.manifest`), opens the dataset's audit log and, when the node policy
    says ``require_approval``, refuses a manifest it has not approved with exactly
    ``study not approved: manifest <hash8> (approve it with medfed node approve)``;
-2. before every later message checks the approval again, so ``medfed node revoke`` stops the
-   study at its next round (the refusal is a policy refusal: the server counts a dropout);
+2. before every later message (training, evaluation, personalisation, cross-site requests)
+   checks the approval again, so ``medfed node revoke`` stops the study at its next message
+   (the refusal is a policy refusal: the server counts a dropout);
 3. applies the policy's ``min_cell_count`` to what the reply discloses (:mod:`.disclosure`);
 4. appends what left the node to the audit log: array names, shapes and bytes, counts, metric
-   keys, epsilon; refusals and failures with their reasons (cross-site requests,
+   keys, epsilon; refusals (a round the privacy budget or policy refuses included) and failures
+   with their reasons (cross-site requests,
    :mod:`.crosssite`, as ``cross-site`` entries, their policy refusals as ``refusal``).
 
 A damaged audit log stops the node (every message is refused, naming the file) until an operator
@@ -172,9 +174,8 @@ def _later(
         raise NodeRefusal(str(exc)) from None
     try:
         reply = call_next(msg, context)
-    except NodeRefusal as exc:  # a cross-site request the node's policy refuses
-        if details := exchange_details(msg):
-            _refuse(log, state, exc, server_round, details)
+    except NodeRefusal as exc:  # the policy refuses: a round past the budget, a cross-site ask
+        _refuse(log, state, exc, server_round, exchange_details(msg))
         raise
     if reply.has_error():
         _refuse(log, state, RuntimeError(reply.error.reason), server_round)
@@ -184,7 +185,11 @@ def _later(
         return reply
     kind = msg.metadata.message_type
     log.record(
-        {"evaluate": "study-end", **dict.fromkeys(EXCHANGES, "cross-site")}.get(kind, "round"),
+        {
+            "evaluate": "study-end",
+            "query.personalise": "personalise",
+            **dict.fromkeys(EXCHANGES, "cross-site"),
+        }.get(kind, "round"),
         site=str(state["site"]),
         study=str(state["study"]),
         manifest=str(state["manifest"]),
@@ -204,6 +209,4 @@ def governance_mod(
     """Flower mod: approval before, disclosure control and the audit entry after each handler."""
     if msg.metadata.message_type == "query.stats":
         return _round0(msg, context, call_next)
-    if msg.metadata.message_type in ("train", "evaluate", "query.prepare", *EXCHANGES):
-        return _later(msg, context, call_next)
-    return call_next(msg, context)
+    return _later(msg, context, call_next)  # every later message: personalise, restore too
