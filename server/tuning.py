@@ -1,0 +1,221 @@
+"""Hyper-parameter search on the validation metric with Hydra's Optuna sweeper.
+
+``medfed simulate -m hydra/sweeper=optuna early_stopping.patience=2 'train.lr=interval(0.01,0.3)'``
+runs Hydra's real multirun: the sweeper (``hydra-optuna-sweeper``, Optuna's ask/tell loop) picks
+each trial's settings, Hydra launches the trial as an ordinary ``medfed simulate`` job in its own
+run directory, and the job returns the federation's *validation* metric of its best round
+(``summary.json``: ``early_stopping.best_validation``, computed from the validation rows early
+stopping carves from each hospital's training rows). The test split never reaches the sweeper:
+a study without early stopping has no validation split and is refused before any trial starts,
+since choosing settings on the test split would leak it into the reported results.
+
+This module checks such a search before trial 1 (every candidate value of every searched setting
+is composed and validated like any other study, the direction follows the metric) and reads the
+sweeper's ``optimization_results.yaml`` afterwards. The sweeper itself is the published plugin,
+not medfed code; its optuna<3 pin is stale (see the Makefile's install step).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import IntervalSweep, Override
+
+from medfed.models.holdout import LOWER_IS_BETTER
+
+OPTUNA = "hydra/sweeper=optuna"
+PARAMS = "hydra.sweeper.params."  # a search space given as sweeper params: checked the same way
+INSTALL = (
+    "make install (or: pip install -e '.[tune]' && "
+    "pip install --no-deps hydra-optuna-sweeper==1.3.0)"
+)
+RESULTS = "optimization_results.yaml"
+
+
+class SearchError(ValueError):
+    """A search that cannot start; the message is one line naming the setting."""
+
+
+def wanted(argv: list[str]) -> bool:
+    """Whether the command line chooses the Optuna sweeper."""
+    return any(a.lstrip("+") == OPTUNA for a in argv)
+
+
+def study_overrides(argv: list[str]) -> list[str]:
+    """The study's overrides of a search, with ``hydra.sweeper.params.KEY=V`` as ``KEY=V``."""
+    return [a[len(PARAMS) :] if a.startswith(PARAMS) else a for a in argv]
+
+
+def _candidates(item: Override) -> list[str]:
+    """The values of one setting to check before trial 1: each choice, the first and last of a
+    range, both ends of an interval (the sweeper may pick any value between them)."""
+    key = item.get_key_element()
+    if not item.is_sweep_override():
+        return [str(item.input_line)]
+    value = item.value()
+    if isinstance(value, IntervalSweep):
+        return [f"{key}={value.start}", f"{key}={value.end}"]
+    values = [f"{key}={v}" for v in item.sweep_string_iterator()]
+    return values if item.is_choice_sweep() else values[:1] + values[-1:]
+
+
+def candidate_combos(overrides: list[str]) -> list[list[str]]:
+    """The compositions checked before a search starts: every searched setting at its first
+    candidate, then each other candidate of each setting with the rest at their first.
+
+    Checking the full product (as a grid sweep does) would compose 2**k studies for k searched
+    intervals; one setting at a time finds every value that is invalid on its own.
+    """
+    per_setting = [_candidates(i) for i in OverridesParser.create().parse_overrides(overrides)]
+    base = [values[0] for values in per_setting]
+    combos = [base]
+    for position, values in enumerate(per_setting):
+        for value in values[1:]:
+            combos.append([*base[:position], value, *base[position + 1 :]])
+    return combos
+
+
+def objective(study: dict[str, Any]) -> str:
+    """The validation metric a search of ``study`` optimises (early stopping's metric)."""
+    section = study.get("early_stopping") or {}
+    if section.get("patience") is None:
+        raise SearchError(
+            f"{OPTUNA} optimises the validation metric of early stopping, and this study "
+            "has no validation split: set early_stopping.patience=N (settings are never "
+            "chosen on the test split)"
+        )
+    metric = section.get("metric")
+    return str(metric or study["task"].get("primary_metric") or study["task"]["metrics"][0])
+
+
+def direction(metric: str) -> str:
+    """``minimize`` for error metrics and the loss, ``maximize`` otherwise (as early stopping
+    ranks rounds: :data:`medfed.models.holdout.LOWER_IS_BETTER`)."""
+    return "minimize" if metric in LOWER_IS_BETTER else "maximize"
+
+
+def _given(argv: list[str], key: str) -> str | None:
+    found = [a.split("=", 1)[1] for a in argv if a.lstrip("+").split("=", 1)[0] == key]
+    return found[-1] if found else None
+
+
+def sweeper_arguments(argv: list[str], studies: list[dict[str, Any]]) -> tuple[list[str], str]:
+    """Hydra arguments a search adds, and the folder the sweeper writes its results to.
+
+    The direction follows the metric (a contradicting ``hydra.sweeper.direction`` is refused),
+    the sampler is seeded with the study's ``seed`` (the same command proposes the same
+    trials), and the sweep folder is fixed now so the results can be read afterwards.
+    """
+    metrics = sorted({objective(study) for study in studies})
+    if len(metrics) > 1:
+        raise SearchError(
+            f"the trials would optimise different validation metrics ({', '.join(metrics)}); "
+            "keep task= and early_stopping.metric= fixed in a search"
+        )
+    wanted_direction = direction(metrics[0])
+    given = _given(argv, "hydra.sweeper.direction")
+    if given is not None and given != wanted_direction:
+        raise SearchError(
+            f"hydra.sweeper.direction={given} contradicts the metric: validation "
+            f"{metrics[0]} is better when {'lower' if wanted_direction == 'minimize' else 'higher'}"
+            f"; drop the override"
+        )
+    added = [] if given else [f"hydra.sweeper.direction={wanted_direction}"]
+    sampler = _given(argv, "hydra/sweeper/sampler")
+    if sampler != "grid" and _given(argv, "hydra.sweeper.sampler.seed") is None:
+        added.append(f"hydra.sweeper.sampler.seed={int(studies[0]['seed'])}")
+    folder = _given(argv, "hydra.sweep.dir") or studies[0].get("output_dir")
+    if not folder:
+        folder = f"multirun/{time.strftime('%Y%m%d-%H%M%S')}"
+        added.append(f"hydra.sweep.dir={folder}")
+    elif _given(argv, "hydra.sweep.dir") is None:
+        added.append(f"hydra.sweep.dir={folder}")
+    return added, str(folder)
+
+
+def check_plugin() -> None:
+    """Raise :class:`SearchError` when the Optuna sweeper plugin (or optuna) is not installed.
+
+    The plugin (1.3.0, the latest) builds Optuna's pre-3.0 distributions and passes every TPE
+    option; Optuna 5 still accepts them but warns once per option (``FutureWarning``: removed
+    in Optuna 6, hence the pin). Those warnings are for the plugin's authors, not for a
+    researcher, so they are silenced here, with Optuna's informational log lines.
+    """
+    try:
+        import hydra_plugins.hydra_optuna_sweeper.optuna_sweeper  # noqa: F401
+        import optuna
+    except ImportError as exc:
+        raise SearchError(
+            f"{OPTUNA} needs the Optuna sweeper ({exc.name or 'optuna'} is not installed): "
+            f"{INSTALL}"
+        ) from None
+    warnings.filterwarnings("ignore", r".*deprecated in v\d.*removed in v6\.0\.0", FutureWarning)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+class TrialFailed(RuntimeError):
+    """A trial without a finite validation value: Optuna records it as a failed trial."""
+
+
+def trial_value(early_stopping: dict[str, Any]) -> float | None:
+    """The value a trial returns to the sweeper: its best round's validation metric (``None``
+    without early stopping, as in an ordinary sweep).
+
+    Raises
+    ------
+    TrialFailed
+        When no round had a finite validation value (a diverged model): raised, not returned,
+        because the plugin cannot record a NaN and Hydra hands a job's exception to it as a
+        failed trial (``hydra.sweeper.max_failure_rate`` says how many a search tolerates).
+    """
+    if not early_stopping:
+        return None
+    value = float(early_stopping["best_validation"])
+    if not math.isfinite(value):
+        raise TrialFailed(
+            f"no round had a finite validation {early_stopping.get('metric')} "
+            "(the model diverged); narrow the search space"
+        )
+    return value
+
+
+def trials(folder: Path) -> list[tuple[Path, float]]:
+    """Every finished trial's run directory under ``folder`` and its validation value."""
+    found = []
+    for path in sorted(folder.glob("*/summary.json")):
+        try:
+            value = json.loads(path.read_text())["early_stopping"]["best_validation"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+        if isinstance(value, int | float) and math.isfinite(value):
+            found.append((path.parent, float(value)))
+    return found
+
+
+def report(folder: str, metric: str) -> list[str]:
+    """What a finished search prints: the best validation value, its settings and where the
+    best trial's run directory and the sweeper's results are."""
+    import yaml
+
+    results = Path(folder).resolve() / RESULTS
+    try:
+        best = yaml.safe_load(results.read_text())
+    except OSError:
+        return [f"medfed: the search wrote no {RESULTS} in {folder}"]
+    params = " ".join(f"{k}={v}" for k, v in (best.get("best_params") or {}).items())
+    lines = [
+        f"medfed: best validation {metric} {best['best_value']:.4g} "
+        f"({'lowest' if direction(metric) == 'minimize' else 'highest'} of the trials) with "
+        f"{params or 'the fixed settings'}"
+    ]
+    runs = [run for run, value in trials(results.parent) if value == best["best_value"]]
+    if runs:
+        lines.append(f"medfed: best trial's run directory: {runs[0]}")
+    lines.append(f"medfed: every trial and {RESULTS}: {results.parent}")
+    return lines
