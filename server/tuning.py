@@ -186,9 +186,15 @@ def trial_value(early_stopping: dict[str, Any]) -> float | None:
 
 
 def trials(folder: Path) -> list[tuple[Path, float]]:
-    """Every finished trial's run directory under ``folder`` and its validation value."""
+    """Every finished trial's run directory under ``folder`` and its validation value, in the
+    order the trials ran (so a tie resolves to the first, as ``Study.best_trial`` does)."""
     found = []
-    for path in sorted(folder.glob("*/summary.json")):
+
+    def job_number(path: Path) -> tuple[int, str]:  # "10-..." after "9-...", as Optuna counts
+        head = path.parent.name.split("-", 1)[0]
+        return (int(head) if head.isdigit() else -1, path.parent.name)
+
+    for path in sorted(folder.glob("*/summary.json"), key=job_number):
         try:
             value = json.loads(path.read_text())["early_stopping"]["best_validation"]
         except (OSError, ValueError, KeyError, TypeError):

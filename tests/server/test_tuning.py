@@ -1,0 +1,132 @@
+"""The checks of an Optuna search before trial 1 (:mod:`medfed.server.tuning`), by hand."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+from medfed.server import tuning
+
+DIAGNOSIS = {"primary_metric": "accuracy", "metrics": ["accuracy", "auroc"]}
+PRICING = {"primary_metric": "rmse", "metrics": ["mae", "rmse", "r2"]}
+
+
+def _study(task=DIAGNOSIS, patience=2, metric=None, seed=0, output_dir=None) -> dict:
+    return {
+        "task": task,
+        "seed": seed,
+        "output_dir": output_dir,
+        "early_stopping": {"patience": patience, "metric": metric, "validation": 0.2},
+    }
+
+
+def test_candidates_are_both_ends_of_an_interval_and_every_choice():
+    combos = tuning.candidate_combos(
+        ["rounds=2", "train.lr=interval(0.01,0.3)", "strategy=choice(fedavg,fedprox,fedyogi)"]
+    )
+    assert combos == [
+        ["rounds=2", "train.lr=0.01", "strategy=fedavg"],
+        ["rounds=2", "train.lr=0.3", "strategy=fedavg"],
+        ["rounds=2", "train.lr=0.01", "strategy=fedprox"],
+        ["rounds=2", "train.lr=0.01", "strategy=fedyogi"],
+    ]
+
+
+def test_candidates_of_a_range_are_its_first_and_last_value_and_log_intervals_their_ends():
+    combos = tuning.candidate_combos(
+        ["train.batch_size=range(16,80,16)", "train.lr=tag(log,interval(0.001,0.1))"]
+    )
+    assert combos == [
+        ["train.batch_size=16", "train.lr=0.001"],
+        ["train.batch_size=64", "train.lr=0.001"],
+        ["train.batch_size=16", "train.lr=0.1"],
+    ]
+
+
+def test_hydra_sweeper_params_are_checked_as_study_settings():
+    argv = ["-m", "hydra.sweeper.params.train.lr=interval(0.01,0.3)", "hydra.sweeper.n_trials=3"]
+    assert tuning.study_overrides(argv) == [
+        "-m",
+        "train.lr=interval(0.01,0.3)",
+        "hydra.sweeper.n_trials=3",
+    ]
+
+
+def test_without_a_validation_split_the_search_is_refused():
+    with pytest.raises(tuning.SearchError, match="early_stopping.patience=N"):
+        tuning.objective(_study(patience=None))
+
+
+@pytest.mark.parametrize(
+    "task, metric, expected",
+    [
+        (DIAGNOSIS, None, ("accuracy", "maximize")),
+        (DIAGNOSIS, "loss", ("loss", "minimize")),
+        (PRICING, None, ("rmse", "minimize")),
+        (PRICING, "r2", ("r2", "maximize")),
+    ],
+)
+def test_the_direction_follows_the_validation_metric(task, metric, expected):
+    name = tuning.objective(_study(task=task, metric=metric))
+    assert (name, tuning.direction(name)) == expected
+
+
+def test_the_sweeper_gets_the_direction_the_seed_and_a_fixed_folder():
+    added, folder = tuning.sweeper_arguments(["-m"], [_study(task=PRICING, seed=7)])
+    assert added[:2] == ["hydra.sweeper.direction=minimize", "hydra.sweeper.sampler.seed=7"]
+    assert added[2] == f"hydra.sweep.dir={folder}" and folder.startswith("multirun/")
+
+
+def test_output_dir_is_the_sweep_folder_and_a_grid_sampler_gets_no_seed():
+    argv = ["-m", "hydra/sweeper/sampler=grid", "hydra.sweeper.direction=maximize"]
+    added, folder = tuning.sweeper_arguments(argv, [_study(output_dir="/data/search")])
+    assert (added, folder) == (["hydra.sweep.dir=/data/search"], "/data/search")
+
+
+def test_a_direction_against_the_metric_is_refused():
+    with pytest.raises(tuning.SearchError, match="hydra.sweeper.direction=maximize contradicts"):
+        tuning.sweeper_arguments(["hydra.sweeper.direction=maximize"], [_study(task=PRICING)])
+
+
+def test_trials_that_would_optimise_different_metrics_are_refused():
+    with pytest.raises(
+        tuning.SearchError, match=r"different validation metrics \(accuracy, rmse\)"
+    ):
+        tuning.sweeper_arguments(["-m"], [_study(), _study(task=PRICING)])
+
+
+def test_a_trial_returns_its_best_validation_value_and_a_diverged_one_fails():
+    assert tuning.trial_value({}) is None
+    assert tuning.trial_value({"metric": "auroc", "best_validation": 0.75}) == 0.75
+    with pytest.raises(tuning.TrialFailed, match="finite validation auroc"):
+        tuning.trial_value({"metric": "auroc", "best_validation": math.nan})
+
+
+def test_a_missing_plugin_is_one_line_saying_how_to_install_it(monkeypatch):
+    monkeypatch.setitem(sys.modules, "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper", None)
+    with pytest.raises(tuning.SearchError) as info:
+        tuning.check_plugin()
+    assert "\n" not in str(info.value) and "--no-deps hydra-optuna-sweeper==1.3.0" in str(
+        info.value
+    )
+
+
+def test_the_report_names_the_best_trial_in_the_order_the_trials_ran(tmp_path: Path):
+    for job, value in [(2, 0.8), (10, 0.8), (9, 0.6)]:  # a tie: job 2 ran first
+        run = tmp_path / f"{job}-diagnosis-fedavg-seed0"
+        run.mkdir()
+        summary = {"early_stopping": {"best_validation": value}}
+        (run / "summary.json").write_text(json.dumps(summary))
+    (tmp_path / tuning.RESULTS).write_text(
+        "name: optuna\nbest_params:\n  train.lr: 0.05\nbest_value: 0.8\n"
+    )
+    lines = tuning.report(str(tmp_path), "accuracy")
+    assert lines == [
+        "medfed: best validation accuracy 0.8 (highest of the trials) with train.lr=0.05",
+        f"medfed: best trial's run directory: {tmp_path / '2-diagnosis-fedavg-seed0'}",
+        f"medfed: every trial and optimization_results.yaml: {tmp_path}",
+    ]
