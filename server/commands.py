@@ -118,6 +118,7 @@ def _search(argv: list[str]) -> tuple[list[str], str, str] | None:
     try:
         tuning.check_plugin()
         studies = _prevalidate(tuning.study_overrides(argv), tuning.candidate_combos)
+        tuning.check_sampler(argv, tuning.study_overrides(argv))
         added, folder = tuning.sweeper_arguments(argv, studies)
         return added, folder, tuning.objective(studies[0])
     except tuning.SearchError as exc:

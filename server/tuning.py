@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra.core.override_parser.types import IntervalSweep, Override
+from hydra.core.override_parser.types import IntervalSweep, Override, RangeSweep
 
 from medfed.models.holdout import LOWER_IS_BETTER
 
@@ -53,16 +53,22 @@ def study_overrides(argv: list[str]) -> list[str]:
 
 
 def _candidates(item: Override) -> list[str]:
-    """The values of one setting to check before trial 1: each choice, the first and last of a
-    range, both ends of an interval (the sweeper may pick any value between them)."""
+    """The values of one setting to check before trial 1: each choice; both ends of a range
+    (the plugin gives Optuna ``range(a,b)``'s ``b`` as its inclusive upper end, so TPE and
+    random sampling can pick ``b`` itself); both ends of an interval and a point inside it
+    (Hydra reads an interval as floats even when both ends are whole numbers, so a
+    whole-number setting searched over an interval is refused here, not in a trial)."""
     key = item.get_key_element()
     if not item.is_sweep_override():
         return [str(item.input_line)]
     value = item.value()
     if isinstance(value, IntervalSweep):
-        return [f"{key}={value.start}", f"{key}={value.end}"]
-    values = [f"{key}={v}" for v in item.sweep_string_iterator()]
-    return values if item.is_choice_sweep() else values[:1] + values[-1:]
+        start, end = float(value.start), float(value.end)
+        inside = start + (end - start) * 0.382
+        return [f"{key}={start}", f"{key}={end}", f"{key}={inside:.6g}"]
+    if isinstance(value, RangeSweep) and not value.shuffle:  # Optuna's high is inclusive
+        return [f"{key}={value.start}", f"{key}={value.stop}"]
+    return [f"{key}={v}" for v in item.sweep_string_iterator()]
 
 
 def candidate_combos(overrides: list[str]) -> list[list[str]]:
@@ -79,6 +85,29 @@ def candidate_combos(overrides: list[str]) -> list[list[str]]:
         for value in values[1:]:
             combos.append([*base[:position], value, *base[position + 1 :]])
     return combos
+
+
+SAMPLERS = ("tpe", "random", "grid", "nsgaii")  # those that run on the pinned Optuna
+
+
+def check_sampler(argv: list[str], overrides: list[str]) -> None:
+    """Refuse a sampler that cannot run here (``motpe`` left Optuna in 4.0, ``cmaes`` needs the
+    ``cmaes`` package) and a grid over a continuous interval (Optuna's grid needs a list)."""
+    sampler = _given(argv, "hydra/sweeper/sampler") or "tpe"
+    if sampler not in SAMPLERS:
+        raise SearchError(
+            f"hydra/sweeper/sampler={sampler} cannot run with this install (Optuna 5); use one of "
+            f"{', '.join(SAMPLERS)}"
+        )
+    if sampler != "grid":
+        return
+    settings = [o for o in overrides if not o.startswith(("-", "hydra.", "hydra/"))]
+    for item in OverridesParser.create().parse_overrides(settings):
+        if isinstance(item.value(), IntervalSweep):
+            raise SearchError(
+                f"hydra/sweeper/sampler=grid needs values to list: {item.input_line} is an "
+                "interval; use choice(...) or range(...)"
+            )
 
 
 def objective(study: dict[str, Any]) -> str:

@@ -31,19 +31,31 @@ def test_candidates_are_both_ends_of_an_interval_and_every_choice():
     assert combos == [
         ["rounds=2", "train.lr=0.01", "strategy=fedavg"],
         ["rounds=2", "train.lr=0.3", "strategy=fedavg"],
+        ["rounds=2", "train.lr=0.12078", "strategy=fedavg"],  # 0.01 + 0.29 * 0.382
         ["rounds=2", "train.lr=0.01", "strategy=fedprox"],
         ["rounds=2", "train.lr=0.01", "strategy=fedyogi"],
     ]
 
 
-def test_candidates_of_a_range_are_its_first_and_last_value_and_log_intervals_their_ends():
+def test_candidates_of_a_range_are_both_ends_and_log_intervals_their_ends_and_inside():
+    """range(16,80,16): Optuna's IntDistribution(16, 80, step=16) includes 80."""
     combos = tuning.candidate_combos(
         ["train.batch_size=range(16,80,16)", "train.lr=tag(log,interval(0.001,0.1))"]
     )
     assert combos == [
         ["train.batch_size=16", "train.lr=0.001"],
-        ["train.batch_size=64", "train.lr=0.001"],
+        ["train.batch_size=80", "train.lr=0.001"],
         ["train.batch_size=16", "train.lr=0.1"],
+        ["train.batch_size=16", "train.lr=0.038818"],
+    ]
+
+
+def test_an_interval_of_whole_numbers_is_checked_at_a_fraction():
+    """Hydra reads interval(1,3) as floats: a whole-number setting must be refused up front."""
+    assert tuning.candidate_combos(["train.local_epochs=interval(1,3)"]) == [
+        ["train.local_epochs=1.0"],
+        ["train.local_epochs=3.0"],
+        ["train.local_epochs=1.764"],
     ]
 
 
@@ -130,3 +142,12 @@ def test_the_report_names_the_best_trial_in_the_order_the_trials_ran(tmp_path: P
         f"medfed: best trial's run directory: {tmp_path / '2-diagnosis-fedavg-seed0'}",
         f"medfed: every trial and optimization_results.yaml: {tmp_path}",
     ]
+
+
+def test_a_grid_over_an_interval_and_a_sampler_gone_from_optuna_are_refused():
+    grid = ["hydra/sweeper/sampler=grid"]
+    with pytest.raises(tuning.SearchError, match=r"train.lr=interval\(0.01,0.3\) is an interval"):
+        tuning.check_sampler(grid, ["train.lr=interval(0.01,0.3)", "seed=0"])
+    tuning.check_sampler(grid, ["train.lr=choice(0.01,0.3)", "rounds=range(2,5)"])
+    with pytest.raises(tuning.SearchError, match="sampler=motpe cannot run with this install"):
+        tuning.check_sampler(["hydra/sweeper/sampler=motpe"], [])
