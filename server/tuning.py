@@ -62,7 +62,7 @@ def _candidates(item: Override) -> list[str]:
     if not item.is_sweep_override():
         return [str(item.input_line)]
     value = item.value()
-    if isinstance(value, IntervalSweep):
+    if isinstance(value, IntervalSweep) and value.start is not None and value.end is not None:
         start, end = float(value.start), float(value.end)
         inside = start + (end - start) * 0.382
         return [f"{key}={start}", f"{key}={end}", f"{key}={inside:.6g}"]
