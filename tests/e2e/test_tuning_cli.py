@@ -7,6 +7,8 @@ stopping's held-out training rows); the test split is never what it optimises.
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -24,6 +26,14 @@ EXAMPLE = [
     "train.lr=interval(0.01,0.3)",
 ]
 SMALL = ["federation.hospitals=3", "federation.min_size=60", "federation.max_size=120"]
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def test_the_readme_shows_the_example_these_tests_run():
+    section = README.read_text().split("**Hyper-parameter search on the validation metric.**")[1]
+    block = re.search(r"```bash\n(.*?)```", section, re.S)
+    assert block is not None
+    assert shlex.split(block.group(1).replace("\\\n", " ")) == ["medfed", *EXAMPLE]
 
 
 def _ok(run) -> str:
