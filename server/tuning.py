@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -188,30 +189,28 @@ def check_plugin() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-class TrialFailed(RuntimeError):
-    """A trial without a finite validation value: Optuna records it as a failed trial."""
-
-
 def trial_value(early_stopping: dict[str, Any]) -> float | None:
     """The value a trial returns to the sweeper: its best round's validation metric (``None``
     without early stopping, as in an ordinary sweep).
 
-    Raises
-    ------
-    TrialFailed
-        When no round had a finite validation value (a diverged model): raised, not returned,
-        because the plugin cannot record a NaN and Hydra hands a job's exception to it as a
-        failed trial (``hydra.sweeper.max_failure_rate`` says how many a search tolerates).
+    A trial whose validation metric was never finite (a diverged model) returns the worst
+    value, ``-inf`` for a maximised metric and ``+inf`` for a minimised one: Optuna ranks it
+    last and the search goes on. NaN is not an option: the plugin cannot record it and ends
+    the whole search with a traceback.
     """
     if not early_stopping:
         return None
     value = float(early_stopping["best_validation"])
-    if not math.isfinite(value):
-        raise TrialFailed(
-            f"no round had a finite validation {early_stopping.get('metric')} "
-            "(the model diverged); narrow the search space"
-        )
-    return value
+    if math.isfinite(value):
+        return value
+    metric = str(early_stopping.get("metric"))
+    worst = math.inf if direction(metric) == "minimize" else -math.inf
+    print(
+        f"medfed: no round had a finite validation {metric} (the model diverged); "
+        f"the search counts this trial as {worst}",
+        file=sys.stderr,
+    )
+    return worst
 
 
 def trials(folder: Path) -> list[tuple[Path, float]]:
@@ -233,6 +232,33 @@ def trials(folder: Path) -> list[tuple[Path, float]]:
     return found
 
 
+def _has(run: Path, params: dict[str, Any]) -> bool:
+    """Whether the run directory's ``config.yaml`` has every searched setting at ``params``
+    (a config group, such as ``strategy``, by its ``name``)."""
+    import yaml
+
+    try:
+        config = yaml.safe_load((run / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    for key, wanted in params.items():
+        value: Any = config
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        value = value.get("name") if isinstance(value, dict) else value
+        if value != wanted and str(value) != str(wanted):
+            return False
+    return True
+
+
+def best_run(folder: Path, best: dict[str, Any]) -> Path | None:
+    """The run directory of the sweeper's best trial: its value and its settings."""
+    for run, value in trials(folder):
+        if value == best.get("best_value") and _has(run, best.get("best_params") or {}):
+            return run
+    return None
+
+
 def report(folder: str, metric: str) -> list[str]:
     """What a finished search prints: the best validation value, its settings and where the
     best trial's run directory and the sweeper's results are."""
@@ -249,8 +275,7 @@ def report(folder: str, metric: str) -> list[str]:
         f"({'lowest' if direction(metric) == 'minimize' else 'highest'} of the trials) with "
         f"{params or 'the fixed settings'}"
     ]
-    runs = [run for run, value in trials(results.parent) if value == best["best_value"]]
-    if runs:
-        lines.append(f"medfed: best trial's run directory: {runs[0]}")
+    if (run := best_run(results.parent, best)) is not None:
+        lines.append(f"medfed: best trial's run directory: {run}")
     lines.append(f"medfed: every trial and {RESULTS}: {results.parent}")
     return lines

@@ -111,11 +111,12 @@ def test_trials_that_would_optimise_different_metrics_are_refused():
         tuning.sweeper_arguments(["-m"], [_study(), _study(task=PRICING)])
 
 
-def test_a_trial_returns_its_best_validation_value_and_a_diverged_one_fails():
+def test_a_trial_returns_its_best_validation_value_and_a_diverged_one_the_worst(capsys):
     assert tuning.trial_value({}) is None
     assert tuning.trial_value({"metric": "auroc", "best_validation": 0.75}) == 0.75
-    with pytest.raises(tuning.TrialFailed, match="finite validation auroc"):
-        tuning.trial_value({"metric": "auroc", "best_validation": math.nan})
+    assert tuning.trial_value({"metric": "auroc", "best_validation": math.nan}) == -math.inf
+    assert tuning.trial_value({"metric": "rmse", "best_validation": math.nan}) == math.inf
+    assert "no round had a finite validation rmse" in capsys.readouterr().err
 
 
 def test_a_missing_plugin_is_one_line_saying_how_to_install_it(monkeypatch):
@@ -127,18 +128,24 @@ def test_a_missing_plugin_is_one_line_saying_how_to_install_it(monkeypatch):
     )
 
 
-def test_the_report_names_the_best_trial_in_the_order_the_trials_ran(tmp_path: Path):
-    for job, value in [(2, 0.8), (10, 0.8), (9, 0.6)]:  # a tie: job 2 ran first
-        run = tmp_path / f"{job}-diagnosis-fedavg-seed0"
+def test_the_report_names_the_best_trial_by_value_and_settings_first_of_ties(tmp_path: Path):
+    runs = [(2, 0.8, 0.05, "fedavg"), (10, 0.8, 0.05, "fedavg"), (9, 0.6, 0.05, "fedavg")]
+    runs.append((1, 0.8, 0.2, "fedavg"))  # the same value with other settings: not the best
+    runs.append((0, 0.8, 0.05, "fedprox"))
+    for job, value, lr, strategy in runs:
+        run = tmp_path / f"{job}-diagnosis-{strategy}-seed0"
         run.mkdir()
         summary = {"early_stopping": {"best_validation": value}}
         (run / "summary.json").write_text(json.dumps(summary))
+        config = f"train:\n  lr: {lr}\nstrategy:\n  name: {strategy}\n"
+        (run / "config.yaml").write_text(config)
     (tmp_path / tuning.RESULTS).write_text(
-        "name: optuna\nbest_params:\n  train.lr: 0.05\nbest_value: 0.8\n"
+        "name: optuna\nbest_params:\n  train.lr: 0.05\n  strategy: fedavg\nbest_value: 0.8\n"
     )
     lines = tuning.report(str(tmp_path), "accuracy")
     assert lines == [
-        "medfed: best validation accuracy 0.8 (highest of the trials) with train.lr=0.05",
+        "medfed: best validation accuracy 0.8 (highest of the trials) with train.lr=0.05 "
+        "strategy=fedavg",
         f"medfed: best trial's run directory: {tmp_path / '2-diagnosis-fedavg-seed0'}",
         f"medfed: every trial and optimization_results.yaml: {tmp_path}",
     ]
@@ -147,7 +154,7 @@ def test_the_report_names_the_best_trial_in_the_order_the_trials_ran(tmp_path: P
 def test_a_grid_over_an_interval_and_a_sampler_gone_from_optuna_are_refused():
     grid = ["hydra/sweeper/sampler=grid"]
     with pytest.raises(tuning.SearchError, match=r"train.lr=interval\(0.01,0.3\) is an interval"):
-        tuning.check_sampler(grid, ["train.lr=interval(0.01,0.3)", "seed=0"])
+        tuning.check_sampler(grid, ["-m", "train.lr=interval(0.01,0.3)", "seed=0"])
     tuning.check_sampler(grid, ["train.lr=choice(0.01,0.3)", "rounds=range(2,5)"])
     with pytest.raises(tuning.SearchError, match="sampler=motpe cannot run with this install"):
         tuning.check_sampler(["hydra/sweeper/sampler=motpe"], [])
