@@ -1,7 +1,8 @@
 """The researcher's commands: ``medfed simulate``, ``medfed tasks``, ``medfed checkpoint-key``.
 
 ``medfed simulate [Hydra overrides]`` runs a simulated federation (a Hydra app: ``-m`` sweeps,
-``--cfg job``, ``--help`` work as in any Hydra app). Every configuration mistake ends with one
+``--cfg job``, ``--help`` work as in any Hydra app; ``-m hydra/sweeper=optuna`` searches on the
+validation metric, :mod:`medfed.server.tuning`). Every configuration mistake ends with one
 sentence and exit status 2; a study that fails ends with one sentence and exit status 1.
 The ``medfed`` dispatcher (:mod:`medfed.infra.cli`) calls the ``*_main`` functions.
 """
