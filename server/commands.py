@@ -118,8 +118,11 @@ def _search(argv: list[str]) -> tuple[list[str], str, str] | None:
         _fail(f"{tuning.OPTUNA} runs a search: add -m (medfed simulate -m {tuning.OPTUNA} ...)", 2)
     try:
         tuning.check_plugin()
-        studies = _prevalidate(tuning.study_overrides(argv), tuning.candidate_combos)
-        tuning.check_sampler(argv, tuning.study_overrides(argv))
+        studies = _prevalidate(argv, tuning.candidate_combos)
+        overrides = tuning.search_space(argv, tuning.sweeper_settings(argv))
+        if overrides != argv:  # a config file's search space: checked the same way
+            studies = _prevalidate(overrides, tuning.candidate_combos)
+        tuning.check_sampler(argv, overrides)
         added, folder = tuning.sweeper_arguments(argv, studies)
         return added, folder, tuning.objective(studies[0])
     except tuning.SearchError as exc:

@@ -23,7 +23,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import IntervalSweep, Override, RangeSweep
@@ -31,7 +31,6 @@ from hydra.core.override_parser.types import IntervalSweep, Override, RangeSweep
 from medfed.models.holdout import LOWER_IS_BETTER
 
 OPTUNA = "hydra/sweeper=optuna"
-PARAMS = "hydra.sweeper.params."  # a search space given as sweeper params: checked the same way
 INSTALL = (
     "make install (or: pip install -e '.[tune]' && "
     "pip install --no-deps hydra-optuna-sweeper==1.3.0)"
@@ -48,9 +47,43 @@ def wanted(argv: list[str]) -> bool:
     return any(a.lstrip("+") == OPTUNA for a in argv)
 
 
-def study_overrides(argv: list[str]) -> list[str]:
-    """The study's overrides of a search, with ``hydra.sweeper.params.KEY=V`` as ``KEY=V``."""
-    return [a[len(PARAMS) :] if a.startswith(PARAMS) else a for a in argv]
+def sweeper_settings(argv: list[str]) -> dict[str, Any]:
+    """The search's ``hydra.sweeper`` section, composed now as Hydra will compose it (from the
+    command line and any config file it names), so that a bad ``hydra.sweeper.*`` setting is one
+    line before trial 1 and a search space written in a config file (``params:``) is checked
+    like one on the command line. Call after the study's own overrides are checked."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from medfed.server.study.config import config_dir
+
+    parsed = OverridesParser.create().parse_overrides([a for a in argv if not a.startswith("-")])
+    fixed = [str(item.input_line) for item in parsed if not item.is_sweep_override()]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(config_dir()), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=fixed, return_hydra_config=True)
+    except Exception as exc:  # Hydra's message and its cause, one line
+        cause = f": {str(exc.__cause__).splitlines()[0]}" if exc.__cause__ else ""
+        raise SearchError(f"{str(exc).splitlines()[0].rstrip('.')}{cause}") from None
+    finally:
+        GlobalHydra.instance().clear()
+    sweeper = cast(dict[str, Any], OmegaConf.to_container(cfg.hydra.sweeper, resolve=False))
+    for key, low in (("n_trials", 1), ("n_jobs", 1)):
+        if not isinstance(sweeper.get(key), int) or sweeper[key] < low:
+            raise SearchError(f"hydra.sweeper.{key} must be a whole number >= {low}")
+    if not 0.0 <= float(sweeper.get("max_failure_rate") or 0.0) <= 1.0:
+        raise SearchError("hydra.sweeper.max_failure_rate must be a fraction between 0 and 1")
+    return sweeper
+
+
+def search_space(argv: list[str], sweeper: dict[str, Any]) -> list[str]:
+    """The command line with a config file's ``hydra.sweeper.params`` in front (as the plugin
+    reads them; the command line wins for the same setting)."""
+    given = {a.lstrip("+~").split("=", 1)[0] for a in argv}
+    params = sweeper.get("params") or {}
+    return [f"{key}={value}" for key, value in params.items() if key not in given] + argv
 
 
 def _candidates(item: Override) -> list[str]:
@@ -166,7 +199,22 @@ def sweeper_arguments(argv: list[str], studies: list[dict[str, Any]]) -> tuple[l
         added.append(f"hydra.sweep.dir={folder}")
     elif _given(argv, "hydra.sweep.dir") is None:
         added.append(f"hydra.sweep.dir={folder}")
+    check_folder(str(folder), studies[0])
     return added, str(folder)
+
+
+def check_folder(folder: str, study: dict[str, Any]) -> None:
+    """Refuse a search folder that holds an earlier search (its ``optimization_results.yaml``
+    or a trial's run directory), unless ``overwrite=true``: the sweeper would write over its
+    results, and the first trial would only find its run directory taken mid-search."""
+    root = Path(folder)
+    if study.get("overwrite") or not root.is_dir():
+        return
+    if (root / RESULTS).exists() or any(root.glob("*/config.yaml")):
+        raise SearchError(
+            f"{folder} already holds a search ({RESULTS} or trial run directories); choose "
+            "another output_dir (or hydra.sweep.dir), or overwrite=true to replace it"
+        )
 
 
 def check_plugin() -> None:

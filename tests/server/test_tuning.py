@@ -59,13 +59,23 @@ def test_an_interval_of_whole_numbers_is_checked_at_a_fraction():
     ]
 
 
-def test_hydra_sweeper_params_are_checked_as_study_settings():
-    argv = ["-m", "hydra.sweeper.params.train.lr=interval(0.01,0.3)", "hydra.sweeper.n_trials=3"]
-    assert tuning.study_overrides(argv) == [
-        "-m",
-        "train.lr=interval(0.01,0.3)",
-        "hydra.sweeper.n_trials=3",
-    ]
+def test_a_config_files_search_space_comes_first_and_the_command_line_wins():
+    sweeper = {"params": {"train.lr": "interval(0.01,0.3)", "seed": "choice(1,2)"}}
+    argv = ["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=3", "seed=range(0,4)"]
+    assert tuning.search_space(argv, sweeper) == ["train.lr=interval(0.01,0.3)", *argv]
+
+
+def test_bad_sweeper_settings_are_one_line():
+    with pytest.raises(tuning.SearchError) as info:
+        tuning.sweeper_settings(["hydra/sweeper=optuna", "hydra.sweeper.n_trials=abc"])
+    assert str(info.value) == (
+        "Error merging override hydra.sweeper.n_trials=abc: Value 'abc' of type 'str' "
+        "could not be converted to Integer"
+    )
+    with pytest.raises(tuning.SearchError, match="hydra.sweeper.n_trials must be a whole"):
+        tuning.sweeper_settings(["hydra/sweeper=optuna", "hydra.sweeper.n_trials=0"])
+    settings = tuning.sweeper_settings(["hydra/sweeper=optuna", "train.lr=interval(0.01,0.3)"])
+    assert settings["n_trials"] == 20 and settings["params"] is None
 
 
 def test_without_a_validation_split_the_search_is_refused():
@@ -158,3 +168,12 @@ def test_a_grid_over_an_interval_and_a_sampler_gone_from_optuna_are_refused():
     tuning.check_sampler(grid, ["train.lr=choice(0.01,0.3)", "rounds=range(2,5)"])
     with pytest.raises(tuning.SearchError, match="sampler=motpe cannot run with this install"):
         tuning.check_sampler(["hydra/sweeper/sampler=motpe"], [])
+
+
+def test_a_folder_holding_an_earlier_search_is_refused_unless_overwrite(tmp_path: Path):
+    tuning.check_folder(str(tmp_path), {})  # empty: fine
+    (tmp_path / "0-diagnosis-fedavg-seed0").mkdir()
+    (tmp_path / "0-diagnosis-fedavg-seed0" / "config.yaml").write_text("seed: 0\n")
+    with pytest.raises(tuning.SearchError, match="already holds a search"):
+        tuning.sweeper_arguments(["-m"], [_study(output_dir=str(tmp_path))])
+    tuning.check_folder(str(tmp_path), {"overwrite": True})
