@@ -101,7 +101,7 @@ def simulate_main(argv: list[str]) -> int:
         _simulate_job
     )()
     if search is not None:
-        from medfed.server.tuning import report
+        from medfed.server.tuning_report import report
 
         print("\n".join(report(search[1], search[2])))
     return 0

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from medfed.server import tuning
+from medfed.server import tuning, tuning_report
 
 DIAGNOSIS = {"primary_metric": "accuracy", "metrics": ["accuracy", "auroc"]}
 PRICING = {"primary_metric": "rmse", "metrics": ["mae", "rmse", "r2"]}
@@ -152,7 +152,7 @@ def test_the_report_names_the_best_trial_by_value_and_settings_first_of_ties(tmp
     (tmp_path / tuning.RESULTS).write_text(
         "name: optuna\nbest_params:\n  train.lr: 0.05\n  strategy: fedavg\nbest_value: 0.8\n"
     )
-    lines = tuning.report(str(tmp_path), "accuracy")
+    lines = tuning_report.report(str(tmp_path), "accuracy")
     assert lines == [
         "medfed: best validation accuracy 0.8 (highest of the trials) with train.lr=0.05 "
         "strategy=fedavg",
