@@ -31,10 +31,13 @@ def _fail(message: str, status: int) -> None:
 
 
 def _prevalidate(
-    args: list[str], expand: Callable[[list[str]], list[list[str]]] | None = None
+    args: list[str],
+    expand: Callable[[list[str]], list[list[str]]] | None = None,
+    note: Callable[[list[str], list[str]], str] | None = None,
 ) -> list[dict[str, Any]]:
     """Compose and validate every sweep combination (``expand``: which ones, by default all)
-    before any job starts; return the studies."""
+    before any job starts; return the studies. ``note(overrides, combination)`` adds to the
+    error of a combination that is refused."""
     from medfed.server.study.config import (
         ConfigError,
         NothingToResume,
@@ -60,7 +63,7 @@ def _prevalidate(
             print(f"medfed: {exc}")
             raise SystemExit(0) from None
         except ConfigError as exc:
-            _fail(str(exc), 2)
+            _fail(f"{exc}{note(overrides, combo) if note else ''}", 2)
         if studies[-1]["federation"]["name"] == "nodes":
             _fail(
                 "federation=nodes is a deployed federation (medfed run); simulate "
@@ -118,10 +121,10 @@ def _search(argv: list[str]) -> tuple[list[str], str, str] | None:
         _fail(f"{tuning.OPTUNA} runs a search: add -m (medfed simulate -m {tuning.OPTUNA} ...)", 2)
     try:
         tuning.check_plugin()
-        studies = _prevalidate(argv, tuning.candidate_combos)
+        studies = _prevalidate(argv, tuning.candidate_combos, tuning.note)
         overrides = tuning.search_space(argv, tuning.sweeper_settings(argv))
         if overrides != argv:  # a config file's search space: checked the same way
-            studies = _prevalidate(overrides, tuning.candidate_combos)
+            studies = _prevalidate(overrides, tuning.candidate_combos, tuning.note)
         tuning.check_sampler(argv, overrides)
         added, folder = tuning.sweeper_arguments(argv, studies)
         return added, folder, tuning.objective(studies[0])

@@ -121,6 +121,18 @@ def candidate_combos(overrides: list[str]) -> list[list[str]]:
     return combos
 
 
+def note(overrides: list[str], combo: list[str]) -> str:
+    """What to add to the error of a refused candidate that is a point inside an interval, as
+    the user never wrote that value."""
+    for item in OverridesParser.create().parse_overrides(overrides):
+        if isinstance(item.value(), IntervalSweep) and _candidates(item)[-1] in combo:
+            return (
+                f" (a value inside {item.input_line}: Hydra's intervals are floats; use "
+                "range(a,b) or choice(...) for whole numbers)"
+            )
+    return ""
+
+
 SAMPLERS = ("tpe", "random", "grid", "nsgaii")  # those that run on the pinned Optuna
 
 

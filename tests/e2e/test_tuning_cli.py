@@ -151,6 +151,10 @@ def test_a_search_without_a_validation_split_is_refused_in_one_line(cli):
             "train.lr must be a positive number, got 0",
         ),
         (
+            ["-m", "hydra/sweeper=optuna", "early_stopping.patience=1", "rounds=interval(1,3)"],
+            "rounds must be a positive integer, got 1.764 (a value inside rounds=interval(1,3)",
+        ),
+        (
             [
                 "-m",
                 "hydra/sweeper=optuna",

@@ -177,3 +177,13 @@ def test_a_folder_holding_an_earlier_search_is_refused_unless_overwrite(tmp_path
     with pytest.raises(tuning.SearchError, match="already holds a search"):
         tuning.sweeper_arguments(["-m"], [_study(output_dir=str(tmp_path))])
     tuning.check_folder(str(tmp_path), {"overwrite": True})
+
+
+def test_a_refused_point_inside_an_interval_is_explained():
+    overrides = ["rounds=2", "train.local_epochs=interval(1,3)"]
+    inside, end = tuning.candidate_combos(overrides)[2], tuning.candidate_combos(overrides)[1]
+    assert tuning.note(overrides, inside) == (
+        " (a value inside train.local_epochs=interval(1,3): Hydra's intervals are floats; use "
+        "range(a,b) or choice(...) for whole numbers)"
+    )
+    assert tuning.note(overrides, end) == ""
