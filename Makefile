@@ -2,6 +2,9 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
+# Hydra's Optuna sweeper (medfed simulate -m hydra/sweeper=optuna): its metadata pins optuna<3,
+# which clashes with flwr, so it goes in without dependencies on the optuna of the `tune` extra.
+OPTUNA_SWEEPER := 1.3.0
 STAMP  := $(VENV)/.installed
 export FLWR_TELEMETRY_ENABLED := 0
 export FLWR_DISABLE_UPDATE_CHECK := 1
@@ -16,7 +19,8 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev,tune]"
+	$(BIN)/python -m pip install --quiet --no-deps "hydra-optuna-sweeper==$(OPTUNA_SWEEPER)"
 	touch $(STAMP)
 
 ## A 4-hospital diagnosis federation on synthetic data; prints where the results are.

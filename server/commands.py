@@ -1,7 +1,8 @@
 """The researcher's commands: ``medfed simulate``, ``medfed tasks``, ``medfed checkpoint-key``.
 
 ``medfed simulate [Hydra overrides]`` runs a simulated federation (a Hydra app: ``-m`` sweeps,
-``--cfg job``, ``--help`` work as in any Hydra app). Every configuration mistake ends with one
+``--cfg job``, ``--help`` work as in any Hydra app; ``-m hydra/sweeper=optuna`` searches on the
+validation metric, :mod:`medfed.server.tuning`). Every configuration mistake ends with one
 sentence and exit status 2; a study that fails ends with one sentence and exit status 1.
 The ``medfed`` dispatcher (:mod:`medfed.infra.cli`) calls the ``*_main`` functions.
 """
@@ -10,8 +11,12 @@ from __future__ import annotations
 
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from medfed.server.study.loop import StudyResult
 
 SEARCHPATH = "hydra.searchpath="  # the user's config folders: composed like the shipped ones
 
@@ -25,8 +30,14 @@ def _fail(message: str, status: int) -> None:
     raise SystemExit(status)
 
 
-def _prevalidate(args: list[str]) -> list[dict[str, Any]]:
-    """Compose and validate every sweep combination before any job starts; return the studies."""
+def _prevalidate(
+    args: list[str],
+    expand: Callable[[list[str]], list[list[str]]] | None = None,
+    note: Callable[[list[str], list[str]], str] | None = None,
+) -> list[dict[str, Any]]:
+    """Compose and validate every sweep combination (``expand``: which ones, by default all)
+    before any job starts; return the studies. ``note(overrides, combination)`` adds to the
+    error of a combination that is refused."""
     from medfed.server.study.config import (
         ConfigError,
         NothingToResume,
@@ -41,7 +52,7 @@ def _prevalidate(args: list[str]) -> list[dict[str, Any]]:
         and (a.startswith(SEARCHPATH) or not a.startswith(("hydra.", "hydra/")))
     ]
     try:
-        combos = expand_sweeps(overrides)
+        combos = (expand or expand_sweeps)(overrides)
     except Exception as exc:
         _fail(f"cannot parse the overrides: {str(exc).splitlines()[0]}", 2)
     studies = []
@@ -52,7 +63,7 @@ def _prevalidate(args: list[str]) -> list[dict[str, Any]]:
             print(f"medfed: {exc}")
             raise SystemExit(0) from None
         except ConfigError as exc:
-            _fail(str(exc), 2)
+            _fail(f"{exc}{note(overrides, combo) if note else ''}", 2)
         if studies[-1]["federation"]["name"] == "nodes":
             _fail(
                 "federation=nodes is a deployed federation (medfed run); simulate "
@@ -72,14 +83,17 @@ def simulate_main(argv: list[str]) -> int:
         a in ("--help", "-h", "--hydra-help", "--info") or a.startswith("--cfg") for a in argv
     )
     sweep = "-m" in argv or "--multirun" in argv
+    search = None if passthrough else _search(argv)  # hydra/sweeper=optuna (server/tuning.py)
+    if search is not None:
+        argv = [*argv, *search[0]]
     if not passthrough:
-        studies = _prevalidate(argv)
+        studies = _prevalidate(argv) if search is None else []
         hydra_args = [
             a
             for a in argv
             if a.startswith(("hydra.", "hydra/", "-")) and not a.startswith(SEARCHPATH)
         ]
-        if not sweep and not hydra_args:
+        if not sweep and not hydra_args and studies:
             _run_single(studies[0])  # one run: composed once, no Hydra job machinery
             return 0
     for arg in list(argv):
@@ -89,7 +103,34 @@ def simulate_main(argv: list[str]) -> int:
     hydra.main(config_path=str(config_dir()), config_name="config", version_base="1.3")(
         _simulate_job
     )()
+    if search is not None:
+        from medfed.server.tuning_report import report
+
+        print("\n".join(report(search[1], search[2])))
     return 0
+
+
+def _search(argv: list[str]) -> tuple[list[str], str, str] | None:
+    """Check an Optuna search before trial 1 (:mod:`medfed.server.tuning`): the Hydra arguments
+    it adds, the sweeper's folder and the validation metric; ``None`` without one."""
+    from medfed.server import tuning
+
+    if not tuning.wanted(argv):
+        return None
+    if "-m" not in argv and "--multirun" not in argv:
+        _fail(f"{tuning.OPTUNA} runs a search: add -m (medfed simulate -m {tuning.OPTUNA} ...)", 2)
+    try:
+        tuning.check_plugin()
+        studies = _prevalidate(argv, tuning.candidate_combos, tuning.note)
+        overrides = tuning.search_space(argv, tuning.sweeper_settings(argv))
+        if overrides != argv:  # a config file's search space: checked the same way
+            studies = _prevalidate(overrides, tuning.candidate_combos, tuning.note)
+        tuning.check_sampler(argv, overrides)
+        added, folder = tuning.sweeper_arguments(argv, studies)
+        return added, folder, tuning.objective(studies[0])
+    except tuning.SearchError as exc:
+        _fail(str(exc), 2)
+    return None  # not reached: _fail exits
 
 
 def _run_single(study: dict[str, Any]) -> None:
@@ -110,7 +151,7 @@ def _check_output_dir(study: dict[str, Any]) -> None:
         _fail(str(exc), 2)
 
 
-def _run(study: dict[str, Any]) -> None:
+def _run(study: dict[str, Any]) -> StudyResult:
     """Run a validated study; a failure ends in one sentence (a traceback with verbose=true)."""
     from medfed.infra.files import WriteError, make_folder
     from medfed.server.simulation.run import run_simulated_study
@@ -133,9 +174,12 @@ def _run(study: dict[str, Any]) -> None:
     if result.stopped:  # the run directory is written, with status: stopped and the reason
         print(f"medfed: the study stopped: {result.stopped}", file=sys.stderr)
         raise SystemExit(1)
+    return result
 
 
-def _simulate_job(cfg: Any) -> None:
+def _simulate_job(cfg: Any) -> float | None:
+    """One Hydra job; returns the validation metric of its best round under early stopping
+    (the value Optuna's sweeper optimises; never a test metric)."""
     from hydra.core.hydra_config import HydraConfig
 
     from medfed.server.study.config import (
@@ -144,6 +188,7 @@ def _simulate_job(cfg: Any) -> None:
         study_from_cfg,
         validate_study,
     )
+    from medfed.server.tuning import trial_value
 
     study = absolute_paths(study_from_cfg(cfg))
     try:
@@ -156,7 +201,7 @@ def _simulate_job(cfg: Any) -> None:
     elif str(hydra_cfg.mode) == "RunMode.MULTIRUN":  # one folder per job of a sweep
         study["output_dir"] = str(Path(study["output_dir"]) / str(hydra_cfg.sweep.subdir))
     _check_output_dir(study)
-    _run(study)
+    return trial_value(_run(study).early_stopping)
 
 
 def tasks_main(argv: list[str]) -> int:
