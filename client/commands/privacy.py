@@ -13,6 +13,7 @@ import json
 import math
 import sys
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -246,7 +247,7 @@ def _hospitals(args: argparse.Namespace) -> tuple[list[str], list[int], list[lis
     return names, sizes, spent, evaluation_only
 
 
-def _card_rows(path: str, search: list[str]) -> tuple[str, int, str]:
+def _card_rows(path: str, search: Sequence[Path]) -> tuple[str, int, str]:
     """One card's site name, training rows and role (``train`` or ``evaluate``)."""
     from dataclasses import replace
 
