@@ -188,6 +188,6 @@ def governance_mod(
     """Flower mod: approval before, disclosure control and the audit entry after each handler."""
     if msg.metadata.message_type == "query.stats":
         return _round0(msg, context, call_next)
-    if msg.metadata.message_type in ("train", "evaluate", "query.prepare"):
+    if msg.metadata.message_type in ("train", "evaluate", "query.prepare", "query.restore"):
         return _later(msg, context, call_next)
     return call_next(msg, context)

@@ -1,0 +1,129 @@
+"""Resume restores what a study keeps between rounds besides the global weights: early stopping's
+best round and weights (checkpoint), FedPer heads / FedBN norms and SCAFFOLD's control variates
+(the node's own ``c_i`` on its disk, the server's ``c`` in the checkpoint). For each, a 4-round
+study interrupted after round 2 and resumed ends bit-identical to the uninterrupted one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from medfed.client.app import app as medfed_client
+from medfed.server.simulation.engine import InProcessGrid
+from medfed.server.study import checkpoint as ckpt
+from medfed.server.study.config import compose_study
+from medfed.server.study.loop import StudyResult, run_study
+from medfed.server.study.resume import ResumeError
+
+SMALL = [
+    "federation.hospitals=3",
+    "federation.min_size=60",
+    "federation.max_size=120",
+    "policy.min_cell_count=1",
+    "quiet=true",
+    "rounds=4",
+]
+
+
+def _run(study: dict[str, Any], observer: Any = None) -> StudyResult:
+    grid = InProcessGrid(
+        medfed_client, [{"partition-id": i, "num-partitions": 3} for i in range(3)], run_config={}
+    )
+    return run_study(grid, study, observer)
+
+
+def _whole_and_resumed(tmp_path: Path, crash_after: Any, *overrides: str):
+    """The uninterrupted study, the same study killed after round 2 and resumed, and the
+    checkpoint the resume started from."""
+    whole = _run(compose_study([*SMALL, *overrides, f"output_dir={tmp_path / 'whole'}"]))
+    cut = tmp_path / "cut"
+    with pytest.raises(crash_after.Crash):
+        _run(compose_study([*SMALL, *overrides, f"output_dir={cut}"]), crash_after(2))
+    saved = ckpt.load(cut / ckpt.FILENAME, None)
+    assert saved["server_round"] == 2
+    return whole, _run(compose_study([f"resume={cut}"])), saved
+
+
+def _same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for key, tensor in a.items():
+        assert torch.equal(b[key], tensor), key
+
+
+def test_early_stopping_keeps_its_best_round_across_a_resume(tmp_path, crash_after):
+    whole, resumed, saved = _whole_and_resumed(
+        tmp_path,
+        crash_after,
+        "task=pricing",
+        "train.lr=0.5",
+        "early_stopping.patience=3",
+    )
+    assert saved["early_stopping"]["best_round"] == 1 and saved["early_stopping"]["arrays"]
+    assert whole.early_stopping["best_round"] == 1  # this seed: a model the resume never saw
+    assert resumed.early_stopping == whole.early_stopping  # history, best round, best value
+    _same_weights(whole.final_state, resumed.final_state)
+
+
+@pytest.mark.parametrize(
+    ("method", "task", "local"),
+    [("fedper", "pricing", "2.weight"), ("fedbn", "treatment", "1.weight")],
+)
+def test_local_layers_survive_a_resume(tmp_path, crash_after, method, task, local):
+    whole, resumed, _ = _whole_and_resumed(
+        tmp_path,
+        crash_after,
+        f"task={task}",
+        f"personalise.method={method}",
+        "personalise.epochs=0",  # the personalised model is the final one with the local layers
+    )
+    _same_weights(whole.final_state, resumed.final_state)
+    cut, study_id = tmp_path / "cut", resumed.study["study_id"]
+    for name in resumed.personalised["hospitals"]:
+        assert (cut / "node_state" / study_id / name / "round-4.pt").exists()
+        kept = [
+            torch.load(run / "personalised" / f"{name}.pt", weights_only=False)["state_dict"]
+            for run in (tmp_path / "whole", cut)
+        ]
+        _same_weights(*kept)
+        assert not torch.equal(kept[0][local], whole.final_state[local])  # trained at the node
+    assert resumed.personalised["hospitals"] == whole.personalised["hospitals"]
+
+
+def test_scaffold_control_variates_survive_a_resume(tmp_path, crash_after):
+    whole, resumed, saved = _whole_and_resumed(
+        tmp_path, crash_after, "task=treatment", "strategy=scaffold"
+    )
+    assert saved["strategy"][0]["__own__"] != '{"control": null}'  # the server's c
+    _same_weights(whole.final_state, resumed.final_state)
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt"])
+def test_missing_or_corrupt_node_state_stops_the_resume_naming_the_file(
+    tmp_path, crash_after, damage
+):
+    cut = tmp_path / "cut"
+    with pytest.raises(crash_after.Crash):
+        _run(
+            compose_study([*SMALL, "task=treatment", "strategy=scaffold", f"output_dir={cut}"]),
+            crash_after(2),
+        )
+    study_id = compose_study([f"resume={cut}"])["study_id"]
+    (site,) = [p for p in (cut / "node_state" / study_id).iterdir() if p.name.endswith("1")]
+    path = site / "round-2.pt"
+    if damage == "missing":
+        path.unlink()
+        expected = f"{site.name}: cannot resume: this node's state after round 2 ({path}) is"
+    else:
+        raw = bytearray(path.read_bytes())
+        raw[-5] ^= 0x01
+        path.write_bytes(bytes(raw))
+        expected = f"{site.name}: cannot resume: node state {path} is corrupted"
+    checkpoint = (cut / ckpt.FILENAME).read_bytes()
+    with pytest.raises(ResumeError) as caught:
+        _run(compose_study([f"resume={cut}"]))
+    assert str(caught.value).startswith(expected) and "\n" not in str(caught.value)
+    assert (cut / ckpt.FILENAME).read_bytes() == checkpoint  # no round ran
+    assert not (site / "round-3.pt").exists()
