@@ -127,3 +127,32 @@ def test_missing_or_corrupt_node_state_stops_the_resume_naming_the_file(
     assert str(caught.value).startswith(expected) and "\n" not in str(caught.value)
     assert (cut / ckpt.FILENAME).read_bytes() == checkpoint  # no round ran
     assert not (site / "round-3.pt").exists()
+
+
+@pytest.mark.slow
+def test_medfed_simulate_refuses_a_lost_head_in_one_line_and_resumes_once_it_is_back(
+    tmp_path, crash_after, load_model
+):
+    """The researcher's command: a FedPer study whose node file is damaged ends in one line
+    naming the file (exit 1, the run stays resumable); with the file back it finishes to the
+    uninterrupted study's ``model.pt``."""
+    import shutil
+    import subprocess
+    import sys
+
+    overrides = ["task=pricing", "personalise.method=fedper"]
+    whole = _run(compose_study([*SMALL, *overrides, f"output_dir={tmp_path / 'whole'}"]))
+    cut = tmp_path / "cut"
+    with pytest.raises(crash_after.Crash):
+        _run(compose_study([*SMALL, *overrides, f"output_dir={cut}"]), crash_after(2))
+    (path,) = cut.glob("node_state/*/hospital-0/round-2.pt")
+    shutil.copy(path, tmp_path / "backup.pt")
+    path.write_bytes(path.read_bytes()[:-1])  # a torn copy
+    medfed = [str(Path(sys.executable).with_name("medfed")), "simulate", f"resume={cut}"]
+    refused = subprocess.run(medfed, capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert refused.returncode == 1 and refused.stderr.count("\n") == 1, refused.stderr
+    assert f"hospital-0: cannot resume: node state {path} is corrupted" in refused.stderr
+    shutil.copy(tmp_path / "backup.pt", path)
+    done = subprocess.run(medfed, capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    _same_weights(whole.final_state, load_model(cut))
