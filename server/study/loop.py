@@ -316,7 +316,9 @@ class StudyRun:
             approvals.finish(study, {}, self.rounds[0].failures, "study-end", str(exc))
             raise
         approvals.finish(study, self.hospitals, self.rounds[0].failures, "study-started")
-        self.cohort = Cohort(grid, study, self.hospitals, json.dumps(self.stats.to_dict()))
+        self.cohort = Cohort(
+            grid, study, self.hospitals, json.dumps(self.stats.to_dict()), self._restore_joined
+        )
         self.layout = new_model(
             self.schema, self.stats, n_inputs(self.schema, self.stats, study), study
         ).state_dict()
@@ -355,6 +357,11 @@ class StudyRun:
         resume.restore_nodes(  # heads, norms, SCAFFOLD's c_i: each node reloads its own
             self.grid, self.study, self.hospitals, self.rounds, self.first_round - 1
         )
+
+    def _restore_joined(self, joined: dict[int, dict[str, Any]]) -> dict[int, str]:
+        """Nodes that (re)joined mid-study get back the state they kept (a restarted node)."""
+        done = self.rounds[-1].server_round - 1  # called as round ``done + 1`` starts
+        return resume.ask_nodes(self.grid, self.study, joined, self.rounds, done)
 
     def train_round(self, server_round: int) -> bool:
         """Run round ``server_round``; ``False`` when the study has to stop (``self.stopped``)."""

@@ -40,20 +40,15 @@ def last_update(rounds: list[Any], name: str, server_round: int) -> int:
     )
 
 
-def restore_nodes(
+def ask_nodes(
     grid: Grid,
     study: dict[str, Any],
     hospitals: dict[int, dict[str, Any]],
     rounds: list[Any],
     server_round: int,
-) -> None:
-    """Ask every hospital in ``hospitals`` to load the state it held after ``server_round``.
-
-    Raises
-    ------
-    ResumeError
-        When a hospital answers with an error (its reason names the file) or not at all.
-    """
+) -> dict[int, str]:
+    """Ask every hospital in ``hospitals`` to load the state it held after ``server_round``;
+    return, by node id, the one-line reason of each one that could not (or did not answer)."""
     messages = [
         Message(
             RecordDict(
@@ -72,19 +67,39 @@ def restore_nodes(
         )
         for node_id, entry in hospitals.items()
     ]
-    replies = {
-        reply.metadata.src_node_id: reply
-        for reply in send_and_receive(grid, messages, float(study["timeout"]))
-    }
-    for node_id, entry in hospitals.items():
+    timeout = float(study["timeout"])
+    replies = {r.metadata.src_node_id: r for r in send_and_receive(grid, messages, timeout)}
+    problems = {}
+    for node_id in hospitals:
         reply = replies.get(node_id)
         if reply is None:
-            raise ResumeError(
-                f"{entry['name']} did not confirm it restored its state within "
-                f"timeout={float(study['timeout']):.0f} s; resume again when it is connected"
+            problems[node_id] = (
+                f"did not confirm it restored its state within timeout={timeout:.0f} s"
             )
-        if reply.has_error():
-            raise ResumeError(f"{entry['name']}: {_worded(reply.error.reason or '')}")
+        elif reply.has_error():
+            problems[node_id] = _worded(reply.error.reason or "")
+    return problems
+
+
+def restore_nodes(
+    grid: Grid,
+    study: dict[str, Any],
+    hospitals: dict[int, dict[str, Any]],
+    rounds: list[Any],
+    server_round: int,
+) -> None:
+    """:func:`ask_nodes` for a resumed study: every hospital must have its state back.
+
+    Raises
+    ------
+    ResumeError
+        Naming each hospital that could not, and its reason (the node's file), in one line.
+    """
+    problems = ask_nodes(grid, study, hospitals, rounds, server_round)
+    if problems:
+        raise ResumeError(
+            "; ".join(f"{hospitals[node_id]['name']}: {why}" for node_id, why in problems.items())
+        )
 
 
 def _worded(reason: str) -> str:

@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 import torch
+from flwr.app import RecordDict
 
 from medfed.client.app import app as medfed_client
-from medfed.server.simulation.engine import InProcessGrid
+from medfed.client.scaffold import STATE as SCAFFOLD_STATE
+from medfed.server.simulation.engine import FIRST_NODE_ID, InProcessGrid
 from medfed.server.study import checkpoint as ckpt
 from medfed.server.study.config import compose_study
 from medfed.server.study.loop import StudyResult, run_study
@@ -156,3 +158,59 @@ def test_medfed_simulate_refuses_a_lost_head_in_one_line_and_resumes_once_it_is_
     done = subprocess.run(medfed, capture_output=True, text=True, timeout=180, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     _same_weights(whole.final_state, load_model(cut))
+
+
+class _Restart:
+    """A ClientApp spy and study observer: after round 2 the second node restarts (its run state is
+    gone, and with ``lose_file`` its round-2 state file too); records the SCAFFOLD ``c_i`` it held
+    then, and the one it holds after each ``query.restore``."""
+
+    def __init__(self, run_dir: Path, lose_file: bool) -> None:
+        self.run_dir, self.lose_file = run_dir, lose_file
+        self.grid = InProcessGrid(
+            self, [{"partition-id": i, "num-partitions": 3} for i in range(3)], run_config={}
+        )
+        self.before: torch.Tensor | None = None
+        self.restored: list[torch.Tensor | None] = []
+
+    def __call__(self, message: Any, context: Any) -> Any:
+        try:
+            return medfed_client(message, context)
+        finally:
+            if message.metadata.message_type == "query.restore":
+                record = context.state.array_records.get(SCAFFOLD_STATE)
+                self.restored.append(None if record is None else record.to_torch_state_dict()["c"])
+
+    def on_start(self, study: dict[str, Any], hospitals: list[str]) -> None:
+        pass
+
+    def on_round(self, server_round: int, record: Any) -> None:
+        if server_round + 1 != 2:  # the loop reports round r - 1 at the end of round r
+            return
+        context = self.grid._contexts[FIRST_NODE_ID + 1]
+        self.before = context.state.array_records[SCAFFOLD_STATE].to_torch_state_dict()["c"]
+        context.state = RecordDict()
+        if self.lose_file:
+            next(self.run_dir.glob("node_state/*/hospital-1/round-2.pt")).unlink()
+
+
+@pytest.mark.parametrize("lose_file", [False, True])
+def test_a_node_restarted_mid_study_gets_its_state_back_or_sits_out(tmp_path, lose_file):
+    """A deployed node whose SuperNode restarts loses ``context.state``; the cohort catches it up
+    (round 0 again) and gives it back its ``c_i``, or keeps it out of training, naming the file."""
+    study = compose_study([*SMALL, "task=treatment", "strategy=scaffold", f"output_dir={tmp_path}"])
+    restart = _Restart(tmp_path, lose_file)
+    result = run_study(restart.grid, study, restart)
+    trained = {r.server_round: sorted(r.train) for r in result.rounds[1:]}
+    assert "no study configuration" in result.rounds[3].failures["hospital-1"]  # it restarted
+    assert len(restart.restored) == 1  # asked once, as it caught up before round 4
+    if not lose_file:
+        assert torch.equal(restart.restored[0], restart.before)
+        assert trained[4] == ["hospital-0", "hospital-1", "hospital-2"]
+        return
+    assert restart.restored[0] is None and trained[4] == ["hospital-0", "hospital-2"]
+    assert (
+        result.rounds[4]
+        .failures["hospital-1"]
+        .startswith("cannot resume: this node's state after round 2 (")
+    )
