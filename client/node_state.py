@@ -7,8 +7,9 @@ drops ``context.state`` when its run ends (a coordinator crash, ``flwr stop``; a
 a new run), so after every train round the node also writes them to disk, one file per round:
 
 * simulation: ``<output_dir>/node_state/<study_id>/<site>/round-<t>.pt`` (the run directory);
-* deployment: ``<card folder>/node_state/<study_id>/round-<t>.pt`` beside the hospital's dataset
-  card, like its personalised model. Local heads are personal to the hospital: never sent.
+* deployment: ``<card folder>/node_state/<study_id>/<site>/round-<t>.pt`` beside the hospital's
+  dataset card, like its personalised model. Local heads are personal to the hospital: never
+  sent.
 
 On disk: ``b"MEDFED-NODE1" | SHA-256 of the payload | payload``, the payload a ``torch.save`` of
 tensors and strings loaded with ``weights_only=True``, written atomically
@@ -59,12 +60,13 @@ def folder(study: dict[str, Any], context: Context, site: str) -> Path | None:
     """Where this node's state files go (see the module docstring); ``None`` for a simulated
     study without a run directory (it cannot be resumed)."""
     dataset = context.node_config.get("dataset")
-    study_id = str(study["study_id"])
     if dataset:
-        return Path(str(dataset)).resolve().parent / "node_state" / study_id
-    if not study.get("output_dir"):
+        base = Path(str(dataset)).resolve().parent
+    elif study.get("output_dir"):
+        base = Path(study["output_dir"])
+    else:
         return None
-    return Path(study["output_dir"]) / "node_state" / study_id / site
+    return base / "node_state" / str(study["study_id"]) / site
 
 
 def save(context: Context, study: dict[str, Any], site: str, server_round: int) -> None:

@@ -80,7 +80,7 @@ def test_a_deployed_node_keeps_its_state_beside_its_card(tmp_path):
     context = _context({"dataset": str(card)})
     context.state.array_records[LOCAL_STATE] = ArrayRecord({"2.weight": torch.ones(1, 4)})
     node_state.save(context, study, "site-a", 1)
-    assert (tmp_path / "hospital" / "node_state" / "s-1" / "round-1.pt").is_file()
+    assert (tmp_path / "hospital" / "node_state" / "s-1" / "site-a" / "round-1.pt").is_file()
     assert not (tmp_path / "runs").exists()  # nothing in the coordinator's run directory
     back = _context({"dataset": str(card)})
     node_state.restore(back, study, "site-a", 1, 1)
