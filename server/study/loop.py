@@ -388,7 +388,6 @@ class StudyRun:
             )
         else:
             replies = send_and_receive(grid, messages, float(study["timeout"]))
-            replies = in_sent_order(messages, replies)  # not arrival order: the same sums
         evaluating, evaluated = roles.evaluate_only(
             grid,
             self.arrays,
@@ -543,14 +542,6 @@ def _final_evaluation(
     record_evaluation(
         record, send_and_receive(grid, messages, float(study["timeout"])), schema, hospitals
     )
-
-
-def in_sent_order(messages: list[Message], replies: list[Message]) -> list[Message]:
-    """``replies`` in the order their messages were sent (the strategy's seeded sample), not
-    in arrival order: the aggregate's floating-point sums then do not depend on which hospital
-    answered first, so a deployed or Ray study ends on the same bits every time (promise 5)."""
-    rank = {message.metadata.dst_node_id: i for i, message in enumerate(messages)}
-    return sorted(replies, key=lambda reply: rank.get(reply.metadata.src_node_id, len(rank)))
 
 
 def keep_dtypes(arrays: ArrayRecord, dtypes: dict[str, torch.dtype]) -> ArrayRecord:

@@ -5,7 +5,15 @@ between rounds). It is stopped with ``flwr stop`` after round 2 and finished wit
 --resume``: each node reloads ``c_i`` from beside its own dataset card (never from the
 coordinator's run directory), a node whose file is gone stops the resume in one line naming the
 file (through Flower's wrapping of the node's error), and with the file back the study ends on
-the same weights as the same study run without a stop.
+the weights of the same study run without a stop.
+
+Not bit for bit: two deployed runs of one study differ in the last bits from round 1 on, stop or
+no stop. The nodes train identically, but the strategy's ``random.sample`` of the nodes (hence
+the order FedAvg sums the replies in) draws from Python's global ``random``, which Flower's
+heartbeat and retry threads in the ServerApp process also draw from at times that vary
+(measured: round 1's loss 0.5853269023 against 0.5853268989). The tolerance below is far below
+what a lost ``c_i`` changes: 0.59 in the largest weight, this study simulated with every node's
+``c_i`` dropped at the resume.
 """
 
 from __future__ import annotations
@@ -72,4 +80,4 @@ def test_a_stopped_scaffold_study_resumes_with_the_nodes_own_state(tmp_path):
         assert done.returncode == 0, done.stderr + fed.tails()
     final = [torch.load(r / "model.pt")["state_dict"] for r in (tmp_path / "whole", run)]
     for key, tensor in final[0].items():
-        assert torch.equal(final[1][key], tensor), key
+        assert torch.allclose(final[1][key], tensor, rtol=1e-5, atol=1e-6), key

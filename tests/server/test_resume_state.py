@@ -214,3 +214,16 @@ def test_a_node_restarted_mid_study_gets_its_state_back_or_sits_out(tmp_path, lo
         .failures["hospital-1"]
         .startswith("cannot resume: this node's state after round 2 (")
     )
+
+
+def test_a_checkpoint_without_early_stopping_state_is_refused_in_one_line(tmp_path):
+    from medfed.models.pipeline import study_schema
+    from medfed.server.study import early
+
+    study = {**compose_study([*SMALL, "early_stopping.patience=2"]), "resume": str(tmp_path)}
+    with pytest.raises(ckpt.CheckpointError) as caught:
+        early.tracker(study, study_schema(study), {"server_round": 2})
+    assert str(caught.value) == (
+        f"the checkpoint in {tmp_path} holds no early-stopping state (written by an older "
+        "medfed): the best round cannot be continued; start the study anew"
+    )
