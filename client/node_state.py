@@ -100,11 +100,7 @@ def restore(
     where = folder(study, context, site)
     if where is None or not stateful(study):
         return 0
-    rounds = sorted(
-        int(found.group(1))
-        for path in (where.iterdir() if where.is_dir() else [])
-        if (found := _ROUND_FILE.fullmatch(path.name)) and int(found.group(1)) <= resume_round
-    )
+    rounds = _rounds(where, resume_round)
     if not rounds or rounds[-1] < trained_round:
         if trained_round == 0:
             return 0
@@ -118,6 +114,18 @@ def restore(
         if name in data:
             context.state.array_records[name] = ArrayRecord(dict(data[name]))
     return rounds[-1]
+
+
+def _rounds(where: Path, resume_round: int) -> list[int]:
+    """The rounds ``<= resume_round`` this node has a state file of, in order."""
+    try:
+        names = [path.name for path in where.iterdir()] if where.is_dir() else []
+    except OSError as exc:
+        raise NodeStateError(
+            f"cannot resume: cannot list node state folder {where}: {exc.strerror}"
+        ) from None
+    found = (_ROUND_FILE.fullmatch(name) for name in names)
+    return sorted(n for match in found if match and (n := int(match.group(1))) <= resume_round)
 
 
 def read(path: Path, study: dict[str, Any], site: str) -> dict[str, Any]:
@@ -137,7 +145,8 @@ def read(path: Path, study: dict[str, Any], site: str) -> dict[str, Any]:
     try:
         data: dict[str, Any] = torch.load(io.BytesIO(body), weights_only=True)
     except Exception as exc:  # a well-hashed file torch cannot read: another program's
-        raise NodeStateError(f"cannot resume: node state {path} cannot be read: {exc}") from None
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise NodeStateError(f"cannot resume: node state {path} cannot be read: {first}") from None
     if (data.get("study_id"), data.get("site")) != (str(study["study_id"]), site):
         raise NodeStateError(
             f"cannot resume: node state {path} belongs to study {data.get('study_id')} at "

@@ -95,3 +95,20 @@ def test_studies_without_node_state_write_nothing(tmp_path):
     node_state.save(context, study, "site-a", 1)
     assert not (tmp_path / "node_state").exists()
     assert node_state.restore(_context(), study, "site-a", 3, 3) == 0
+
+
+def test_damaged_files_are_refused_in_one_line_naming_them(tmp_path):
+    import hashlib
+
+    study = _study(tmp_path)
+    _trained(_context(), study, 1)
+    path = tmp_path / "node_state" / "s-1" / "site-a" / "round-1.pt"
+    path.write_bytes(b"not a node state file")
+    with pytest.raises(node_state.NodeStateError, match=f"node state {path} is corrupted"):
+        node_state.restore(_context(), study, "site-a", 1, 1)
+    body = b"a well-hashed payload torch cannot load"  # e.g. written by another program
+    path.write_bytes(node_state.MAGIC + hashlib.sha256(body).digest() + body)
+    with pytest.raises(node_state.NodeStateError) as caught:
+        node_state.read(path, study, "site-a")
+    assert str(caught.value).startswith(f"cannot resume: node state {path} cannot be read: ")
+    assert "\n" not in str(caught.value)
