@@ -31,7 +31,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from medfed.client import crosssite, node, personal, privacy_round, scaffold, validation
+from medfed.client import crosssite, node, node_state, personal, privacy_round, scaffold, validation
 from medfed.client.central_dp import central_clipping_mod
 from medfed.client.governance import governance_mod
 from medfed.client.guard import reply_guard
@@ -161,6 +161,7 @@ def train(msg: Message, context: Context) -> Message:
         else correction.finish(model, int(metrics["train-steps"]), context)
     )
     personal.keep_local(model, context, study, received_global)
+    node_state.save(context, study, site.name, server_round)  # for a resumed study
     arrays = pack(model.state_dict())
     if control is not None:
         arrays[scaffold.KEY] = control  # c_i+ - c_i, laid out like the weights
@@ -179,6 +180,21 @@ def evaluate(msg: Message, context: Context) -> Message:
         return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
     metrics.update(_evaluation(model, site, schema, study, stats))
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+
+
+@app.query("restore")
+def restore(msg: Message, context: Context) -> Message:
+    """A resumed study: load the state this node kept between rounds (:mod:`.node_state`)."""
+    config_json, statistics_json = node.received_study(context)
+    config = msg.content.config_records["config"]
+    node_state.restore(
+        context,
+        json.loads(config_json),
+        node.prepared_site(config_json, statistics_json, _index(context)).name,
+        int(scalar(config["resume-round"])),
+        int(scalar(config["trained-round"])),
+    )
+    return Message(RecordDict(), reply_to=msg)
 
 
 @app.query("personalise")

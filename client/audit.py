@@ -42,6 +42,7 @@ KINDS = (
     "round",
     "study-end",
     "personalise",
+    "restore",
     "refusal",
     "acknowledge",
     "cross-site",

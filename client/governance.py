@@ -188,6 +188,7 @@ def _later(
         {
             "evaluate": "study-end",
             "query.personalise": "personalise",
+            "query.restore": "restore",
             **dict.fromkeys(EXCHANGES, "cross-site"),
         }.get(kind, "round"),
         site=str(state["site"]),

@@ -4,7 +4,8 @@
 Under ``fedper``/``fedbn`` (:mod:`medfed.models.personal`) the node keeps its local weights in the
 run's ``context.state`` (ArrayRecord ``medfed-local``): :func:`restore_local` puts them into every
 received model, :func:`keep_local` saves them after training and puts the *received* values back
-before the reply, so the server only ever sees (and averages) the shared weights.
+before the reply, so the server only ever sees (and averages) the shared weights. The node also
+writes them to its disk after every round, for a resumed study (:mod:`medfed.client.node_state`).
 
 The personalised model is written at the node: in simulation into the run directory
 (``personalised/<site>.pt``), on a deployed node next to its dataset card

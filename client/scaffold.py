@@ -1,7 +1,8 @@
 """The node's side of SCAFFOLD (:mod:`medfed.strategies.scaffold`): its own control variate
 ``c_i``, the corrected local steps and the control update it replies with.
 
-``c_i`` lives in the run's ``context.state`` (ArrayRecord ``medfed-scaffold``; zero at first).
+``c_i`` lives in the run's ``context.state`` (ArrayRecord ``medfed-scaffold``; zero at first)
+and, for a resumed study, on the node's disk after every round (:mod:`medfed.client.node_state`).
 Every optimiser step is preceded by the decoupled correction ``w <- w - lr (c - c_i)`` (one
 in-place add per parameter), which with plain SGD is exactly SCAFFOLD's corrected gradient step
 ``w <- w - lr (g - c_i + c)``; after ``K`` steps ``c_i+ = c_i - c + (x - y) / (K lr)``.

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from flwr.app import ConfigRecord, Message, RecordDict
@@ -96,6 +96,10 @@ class Cohort:
         Round 0's hospitals by node id (``name``, ``n_train``, ``n_test``); updated in place.
     statistics_json
         The global statistics every node prepares its data with.
+    restore
+        Called with the nodes that caught up (node id -> entry) before they are admitted: gives
+        them back the state they kept between rounds (:mod:`medfed.server.study.resume`) and
+        returns, by node id, the reason of those that could not (they miss the round).
     """
 
     def __init__(
@@ -104,13 +108,15 @@ class Cohort:
         study: dict[str, Any],
         hospitals: dict[int, dict[str, Any]],
         statistics_json: str,
+        restore: Callable[[dict[int, dict[str, Any]]], dict[int, str]] | None = None,
     ) -> None:
-        self.grid, self.hospitals = grid, hospitals
+        self.grid, self.hospitals, self._restore = grid, hospitals, restore
         self._config = ConfigRecord({"config-json": json.dumps(study)})
         self._statistics = ConfigRecord({"statistics-json": statistics_json})
         self._timeout = float(study["timeout"])
         self._min_nodes = int(study["strategy"]["min_nodes"])
         self._stale: set[int] = set()
+        self._blocked: set[int] = set()  # caught up but could not restore its state: no training
 
     def lost_state(self, replies: Iterable[Message]) -> None:
         """Remember the nodes whose reply says they lost the study (restarted): catch them up."""
@@ -131,7 +137,7 @@ class Cohort:
             if joining:
                 tried |= joining
                 self._catch_up(sorted(joining), failures)
-            ready = sorted(connected & set(self.hospitals))
+            ready = sorted((connected & set(self.hospitals)) - self._blocked)
             if len(ready) >= self._min_nodes:
                 break
             if time.monotonic() > deadline:
@@ -179,12 +185,23 @@ class Cohort:
                 )
                 continue
             accepted[node_id] = entry
+        prepared: dict[int, dict[str, Any]] = {}
         for reply in query(self.grid, accepted, "prepare", self._statistics, self._timeout):
             node_id = reply.metadata.src_node_id
-            entry = accepted[node_id]
             if reply.has_error():
-                failures[entry["name"]] = f"could not prepare its data: {reply.error.reason}"
+                failures[accepted[node_id]["name"]] = (
+                    f"could not prepare its data: {reply.error.reason}"
+                )
                 continue
+            prepared[node_id] = accepted[node_id]
+        refused = self._restore(prepared) if self._restore and prepared else {}
+        for node_id, entry in prepared.items():
+            if node_id in refused:
+                failures[entry["name"]] = refused[node_id]
+                self._blocked.add(node_id)
+                self._stale.add(node_id)  # asked again next round
+                continue
+            self._blocked.discard(node_id)
             self.hospitals.pop(by_name.get(entry["name"], node_id), None)
             self.hospitals[node_id] = entry
             self._stale.discard(node_id)

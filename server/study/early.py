@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -44,6 +45,24 @@ class EarlyStopping:
         if self.best.observe(server_round, value):
             self.arrays = arrays
 
+    def state_dict(self) -> dict[str, Any]:
+        """What a resumed study needs to choose the same best round: the validation history, the
+        best round and value, and the best round's weights (for ``checkpoint.pt``)."""
+        return {
+            "history": json.dumps(self.best.history),
+            "best_round": -1 if self.best.best_round is None else self.best.best_round,
+            "best_value": json.dumps(self.best.best_value),
+            "arrays": {} if self.arrays is None else self.arrays.to_torch_state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Put :meth:`state_dict`'s output back (the patience counter follows from the history)."""
+        self.best.history = [(int(r), float(v)) for r, v in json.loads(state["history"])]
+        best = int(state["best_round"])
+        self.best.best_round = None if best < 0 else best
+        self.best.best_value = float(json.loads(state["best_value"]))
+        self.arrays = ArrayRecord(dict(state["arrays"])) if state["arrays"] else None
+
     def last_look(
         self,
         grid: Grid,
@@ -72,6 +91,21 @@ class EarlyStopping:
         self.observe(server_round, arrays, send_and_receive(grid, messages, timeout))
 
 
-def tracker(study: dict[str, Any], schema: TaskSchema) -> EarlyStopping | None:
-    """An :class:`EarlyStopping` when the study sets ``early_stopping.patience``."""
-    return EarlyStopping(study, schema) if settings(study)[0] is not None else None
+def tracker(
+    study: dict[str, Any], schema: TaskSchema, saved: dict[str, Any] | None = None
+) -> EarlyStopping | None:
+    """An :class:`EarlyStopping` when the study sets ``early_stopping.patience``; with ``saved``
+    (a resumed study's checkpoint) it continues from the checkpointed state."""
+    if settings(study)[0] is None:
+        return None
+    stopping = EarlyStopping(study, schema)
+    if saved is not None:
+        if "early_stopping" not in saved:
+            from medfed.server.study.checkpoint import CheckpointError
+
+            raise CheckpointError(
+                f"the checkpoint in {study['resume']} holds no early-stopping state (written "
+                "by an older medfed): the best round cannot be continued; start the study anew"
+            )
+        stopping.load_state_dict(saved["early_stopping"])
+    return stopping

@@ -32,7 +32,7 @@ from medfed.models.metrics import metrics_from_statistics
 from medfed.models.pipeline import n_inputs, new_model, study_schema
 from medfed.models.schema import TaskSchema
 from medfed.server.monitor.status import StatusTracker, fail_study
-from medfed.server.study import approvals, early, personalise, roles
+from medfed.server.study import approvals, early, personalise, resume, roles
 from medfed.server.study.cohort import Cohort, query, site_of
 from medfed.strategies.central_dp import central_dp_report, wrap_central_dp
 from medfed.strategies.cohort_gate import CohortGate
@@ -316,7 +316,9 @@ class StudyRun:
             approvals.finish(study, {}, self.rounds[0].failures, "study-end", str(exc))
             raise
         approvals.finish(study, self.hospitals, self.rounds[0].failures, "study-started")
-        self.cohort = Cohort(grid, study, self.hospitals, json.dumps(self.stats.to_dict()))
+        self.cohort = Cohort(
+            grid, study, self.hospitals, json.dumps(self.stats.to_dict()), self._restore_joined
+        )
         self.layout = new_model(
             self.schema, self.stats, n_inputs(self.schema, self.stats, study), study
         ).state_dict()
@@ -339,7 +341,7 @@ class StudyRun:
         self.view: Any = None
         self.ready: list[int] = []
         self.stopped = ""
-        self.early = early.tracker(study, self.schema)
+        self.early = early.tracker(study, self.schema, saved)  # best round: from the checkpoint
 
     def _restore(self, saved: dict[str, Any]) -> None:
         """Weights, records, strategy and random state of the checkpoint (see checkpoint.py)."""
@@ -352,6 +354,14 @@ class StudyRun:
         ckpt.load_strategy_state(self.strategy, saved["strategy"])
         ckpt.restore_random(saved)
         self.first_round = int(saved["server_round"]) + 1
+        resume.restore_nodes(  # heads, norms, SCAFFOLD's c_i: each node reloads its own
+            self.grid, self.study, self.hospitals, self.rounds, self.first_round - 1
+        )
+
+    def _restore_joined(self, joined: dict[int, dict[str, Any]]) -> dict[int, str]:
+        """Nodes that (re)joined mid-study get back the state they kept (a restarted node)."""
+        done = self.rounds[-1].server_round - 1  # called as round ``done + 1`` starts
+        return resume.ask_nodes(self.grid, self.study, joined, self.rounds, done)
 
     def train_round(self, server_round: int) -> bool:
         """Run round ``server_round``; ``False`` when the study has to stop (``self.stopped``)."""
@@ -436,17 +446,17 @@ class StudyRun:
         every = int((self.study.get("checkpoint") or {}).get("every", 1) or 0)
         last = server_round == int(self.study["rounds"])
         if every and self.study.get("output_dir") and (server_round % every == 0 or last):
-            self._writer.submit(
-                Path(self.study["output_dir"]) / ckpt.FILENAME,
-                ckpt.payload(
-                    self.study,
-                    server_round,
-                    self.arrays.to_torch_state_dict(),
-                    self.rounds,
-                    self.stats.to_dict(),
-                    self.strategy,
-                ),
+            data = ckpt.payload(
+                self.study,
+                server_round,
+                self.arrays.to_torch_state_dict(),
+                self.rounds,
+                self.stats.to_dict(),
+                self.strategy,
             )
+            if self.early is not None:  # the best round so far and its weights
+                data["early_stopping"] = self.early.state_dict()
+            self._writer.submit(Path(self.study["output_dir"]) / ckpt.FILENAME, data)
 
     def flush(self) -> None:
         """Wait until the checkpoint of the last finished round is on disk."""
