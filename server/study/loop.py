@@ -33,7 +33,7 @@ from medfed.models.pipeline import n_inputs, new_model, study_schema
 from medfed.models.schema import TaskSchema
 from medfed.server.monitor.status import StatusTracker, fail_study
 from medfed.server.study import approvals, early, personalise, roles
-from medfed.server.study.cohort import Cohort, query, site_of
+from medfed.server.study.cohort import Cohort, by_site, query, site_of
 from medfed.strategies.central_dp import central_dp_report, wrap_central_dp
 from medfed.strategies.cohort_gate import CohortGate
 from medfed.strategies.registry import build_strategy
@@ -378,6 +378,7 @@ class StudyRun:
             )
         else:
             replies = send_and_receive(grid, messages, float(study["timeout"]))
+        replies = by_site(replies, hospitals)  # sums in one order on every engine
         evaluating, evaluated = roles.evaluate_only(
             grid,
             self.arrays,
