@@ -10,6 +10,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 
 from medfed.infra.polling import send_and_receive
+from medfed.models.calibration import validation_threshold
 from medfed.models.holdout import BestRound, settings
 from medfed.models.metrics import metrics_from_statistics
 from medfed.models.schema import TaskSchema
@@ -24,6 +25,7 @@ class EarlyStopping:
         self.schema = schema
         self.best = BestRound(metric or schema.primary_metric, int(patience or 1))
         self.arrays: ArrayRecord | None = None
+        self.statistics: dict[str, Any] = {}  # the best round's summed val- statistics
 
     def observe(self, server_round: int, arrays: ArrayRecord, replies: list[Message]) -> None:
         """The validation metric of ``arrays`` (the model after ``server_round``) from the
@@ -42,7 +44,17 @@ class EarlyStopping:
             return
         value = metrics_from_statistics(self.schema, total)[self.best.metric]
         if self.best.observe(server_round, value):
-            self.arrays = arrays
+            self.arrays, self.statistics = arrays, total
+
+    def summary(self) -> dict[str, Any]:
+        """What ``summary.json`` records under ``early_stopping``: the best round and, for a
+        yes/no target, the decision ``threshold`` chosen on the validation split of the best
+        round's model (:func:`~medfed.models.calibration.validation_threshold`; the model bundle
+        makes it ``medfed predict``'s default)."""
+        out = self.best.summary()
+        if self.schema.target.kind == "binary":
+            out["threshold"] = validation_threshold(self.statistics)
+        return out
 
     def last_look(
         self,

@@ -489,7 +489,7 @@ class StudyRun:
             stopped=self.stopped,
             central_dp=central_dp_report(self.strategy),
             personalised=personalised,
-            early_stopping=self.early.best.summary() if self.early is not None else {},
+            early_stopping=self.early.summary() if self.early is not None else {},
         )
 
 
