@@ -125,11 +125,11 @@ def validation_threshold(stats: Mapping[str, Any]) -> dict[str, Any] | None:
     (``hist_pos``/``hist_neg``; ``None`` without them: not a yes/no target).
 
     ``value`` is :func:`f1_optimal_threshold`, with its ``f1`` and the ``rows`` and
-    ``positives`` it was chosen on; ``value`` is ``None``, and ``reason`` says why, when the
-    split has no positive case or when no cut-off beats labelling every row positive (F1
-    ``2P / (2P + N)``): then the histograms cannot tell cases apart -- typically a few
-    validation rows per site, merged into one bin by the nodes' small-cell coarsening -- and a
-    threshold chosen on them would be arbitrary.
+    ``positives`` it was chosen on; ``value`` is ``None``, and ``reason`` says why, when no site
+    disclosed its validation statistics, when the split has no positive case, or when no cut-off
+    beats labelling every row positive (F1 ``2P / (2P + N)``): then the histograms cannot tell
+    cases apart -- typically a few validation rows per site, merged into one bin by the nodes'
+    small-cell coarsening -- and a threshold chosen on them would be arbitrary.
 
     The histograms are the sites' additive statistics, each coarsened at its node so that no bin
     holds 1 to ``min_cell_count - 1`` cases (:func:`medfed.client.disclosure.coarsen_histograms`):
@@ -141,6 +141,8 @@ def validation_threshold(stats: Mapping[str, Any]) -> dict[str, Any] | None:
     positives = float(np.sum(stats["hist_pos"]))
     rows = positives + float(np.sum(stats["hist_neg"]))
     out: dict[str, Any] = {"value": None, "f1": math.nan, "rows": rows, "positives": positives}
+    if rows <= 0:
+        return {**out, "reason": "no site disclosed validation statistics (small cells withheld)"}
     if positives <= 0:
         return {**out, "reason": "the validation split held no positive case"}
     value, f1 = f1_optimal_threshold(stats["hist_pos"], stats["hist_neg"])

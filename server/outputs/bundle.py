@@ -101,7 +101,7 @@ def _threshold(result: StudyResult) -> dict[str, Any]:
         return {"threshold": DEFAULT_THRESHOLD, "threshold_source": NO_VALIDATION}
     chosen = result.early_stopping.get("threshold") or {}
     if chosen.get("value") is None:
-        reason = chosen.get("reason", "it held no yes/no statistics")
+        reason = chosen.get("reason", "no site sent validation statistics")
         return {
             "threshold": DEFAULT_THRESHOLD,
             "threshold_source": f"0.5 by default: the validation split could not choose one: "

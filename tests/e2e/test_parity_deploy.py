@@ -1,12 +1,15 @@
-"""Promise 5 across engines: the same three cards and seed give bit-identical weights whether the
-study is simulated (``medfed simulate federation=sites``) or deployed (``medfed run`` on a
-coordinator and three real nodes on loopback, TLS and node keys, random node ids).
+"""Promise 5 across engines: the same three cards and seed give bit-identical weights (and the
+same decision threshold) whether the study is simulated (``medfed simulate federation=sites``)
+or deployed (``medfed run`` on a coordinator and three real nodes on loopback, TLS and node
+keys, random node ids).
 
 Without DP: a deployed node draws DP-SGD noise from the operating system (``secure_rng``, which
 its own settings force), so a DP study cannot be reproduced there by design.
 """
 
 from __future__ import annotations
+
+import json
 
 import pytest
 import torch
@@ -15,7 +18,9 @@ from medfed.infra.loopback import MEDFED, LoopbackFederation
 
 pytestmark = [pytest.mark.slow, pytest.mark.serial]
 
-ROUNDS = ["rounds=2", "seed=11", "quiet=true"]
+# early stopping: every node also carves a validation split (seeded by its site name), the kept
+# model is the best round's and the decision threshold is chosen on the split
+ROUNDS = ["rounds=2", "seed=11", "early_stopping.patience=5", "quiet=true"]
 
 
 def test_simulated_and_deployed_studies_reach_the_same_weights(tmp_path):
@@ -43,3 +48,8 @@ def test_simulated_and_deployed_studies_reach_the_same_weights(tmp_path):
     assert simulated.keys() == on_nodes.keys()
     for key, tensor in simulated.items():
         assert torch.equal(tensor, on_nodes[key]), key  # bit for bit
+    thresholds = [
+        json.loads((tmp_path / run / "model" / "preprocessing.json").read_text())["threshold"]
+        for run in ("sim", "run")
+    ]
+    assert thresholds[0] == thresholds[1]

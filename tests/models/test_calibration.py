@@ -75,6 +75,8 @@ def test_the_validation_threshold_comes_from_the_sites_summed_histograms() -> No
 def test_a_validation_split_that_cannot_choose_keeps_no_threshold() -> None:
     none = validation_threshold({"hist_pos": [0, 0], "hist_neg": [3, 4]})
     assert none is not None and none["value"] is None and "no positive case" in none["reason"]
+    withheld = validation_threshold({"hist_pos": [0, 0], "hist_neg": [0, 0]})  # all zeroed
+    assert withheld is not None and "no site disclosed" in withheld["reason"]
     # every row in one coarsened bin: each edge gives F1 2P / (2P + N) = 10/17 (all "yes")
     merged = validation_threshold({"hist_pos": [0, 5, 0], "hist_neg": [0, 7, 0]})
     assert merged is not None and merged["value"] is None
