@@ -59,6 +59,8 @@ def test_predict_labels_at_the_threshold_chosen_on_validation(cli):
     )  # fmt: skip
     study, given = pd.read_csv(cwd / "a.csv"), pd.read_csv(cwd / "b.csv")
     assert (study["label"] == (study["probability"] >= threshold)).all(), said.stdout
+    shown = f"labels from probability {threshold:g} up (the study's, F1-optimal on the validation"
+    assert shown in said.stdout
     assert (given["label"] == (given["probability"] >= 0.5)).all()
     low, high = sorted((threshold, 0.5))
     between = (study["probability"] >= low) & (study["probability"] < high)
