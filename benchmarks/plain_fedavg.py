@@ -22,6 +22,7 @@ federation's ``model.pt``.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import sys
@@ -59,9 +60,11 @@ def _defaults(task: str) -> tuple[dict, dict, dict]:
     return top, federation, raw_task
 
 
-def _round_seed(seed: int, index: int, server_round: int) -> int:
-    """Same derivation as the ClientApp's (``medfed.models.pipeline.round_seed``)."""
-    return int(np.random.SeedSequence([seed, index, server_round]).generate_state(1)[0])
+def _round_seed(seed: int, name: str, server_round: int) -> int:
+    """Same derivation as the ClientApp's (``medfed.models.pipeline.round_seed`` of the site's
+    ``site_key``: the first 4 bytes of the SHA-256 of its name)."""
+    key = int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:4], "big")
+    return int(np.random.SeedSequence([seed, key, server_round]).generate_state(1)[0])
 
 
 def _clean(value):
@@ -143,7 +146,7 @@ def run(task: str, rounds: int | None, hospitals: int | None, save_weights: str 
         updates = []
         for index, (model, (x, y, _, _)) in enumerate(zip(local_models, data, strict=True)):
             model.load_state_dict(state)
-            round_seed = _round_seed(seed, index, server_round)
+            round_seed = _round_seed(seed, sites[index].name, server_round)
             torch.manual_seed(round_seed)
             loader = make_loader(x, y, batch_size=int(cfg["batch_size"]), seed=round_seed)
             result = train(

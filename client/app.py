@@ -139,7 +139,7 @@ def train(msg: Message, context: Context) -> Message:
     if (server_round - 1) % int(study["evaluate"]["every"]) == 0 and not early:
         metrics.update(_evaluation(model, site, schema, study, stats))  # test: once if early
     metrics.update(validation.statistics(model, context, _index(context)))
-    seed = pipeline.round_seed(int(study["seed"]), _index(context), server_round)
+    seed = pipeline.round_seed(int(study["seed"]), pipeline.site_key(site.name), server_round)
     metrics.update(
         privacy_round.train_round(
             model,

@@ -8,10 +8,13 @@ The node policy's ``min_cell_count`` (default 5) applies to
 * test-set evaluation statistics: when a class of the node's test split (positives or negatives
   of a binary target, a row of a multiclass confusion matrix, or the rows of a continuous one)
   holds between 1 and ``min_cell_count - 1`` cases, *every* ``eval-*`` statistic of the reply
-  is sent as 0. Sensitivity, specificity, the AUROC histograms and the calibration sums of such a
-  split would single out those few patients (3 positives give a sensitivity of 0, 1/3, 2/3 or 1,
-  and the histograms place each of them). The coordinator then reports that site's metrics as
-  suppressed and leaves it out of the global metrics; the keys stay, so aggregation works.
+  is sent as 0. Sensitivity, specificity, the AUROC histograms and the calibration sums of such
+  a split would single out those few patients (3 positives give a sensitivity of 0, 1/3, 2/3 or
+  1, and the histograms place each of them). The coordinator then reports that site's metrics
+  as suppressed and leaves it out of the global metrics; the keys stay, so aggregation works;
+* validation statistics (``val-*``, early stopping's split of the training rows, from which
+  the decision threshold is chosen): the same rule, on the validation split's classes; the
+  coordinator then validates without this site.
 
 :func:`sent_summary` describes a reply for the audit log without any value but counts and
 epsilon: record names, array names, shapes, dtypes and bytes, metric keys.
@@ -67,19 +70,20 @@ def protect_statistics(reply: Message, min_cell: int) -> Message:
     return reply
 
 
-def class_counts(metrics: MetricRecord) -> list[float]:
-    """The test cases per class behind a reply's ``eval-*`` statistics (empty: none sent)."""
-    if "eval-tp" in metrics:
+def class_counts(metrics: MetricRecord, prefix: str = "eval-") -> list[float]:
+    """The cases per class behind a reply's ``eval-*`` statistics (test split), or those of
+    another ``prefix`` (``val-``: the validation split); empty when none are sent."""
+    if f"{prefix}tp" in metrics:
         return [
-            float(scalar(metrics["eval-tp"])) + float(scalar(metrics["eval-fn"])),
-            float(scalar(metrics["eval-tn"])) + float(scalar(metrics["eval-fp"])),
+            float(scalar(metrics[f"{prefix}tp"])) + float(scalar(metrics[f"{prefix}fn"])),
+            float(scalar(metrics[f"{prefix}tn"])) + float(scalar(metrics[f"{prefix}fp"])),
         ]
-    if "eval-confusion" in metrics:
-        cells = [float(v) for v in metrics["eval-confusion"]]  # type: ignore[union-attr]
+    if f"{prefix}confusion" in metrics:
+        cells = [float(v) for v in metrics[f"{prefix}confusion"]]  # type: ignore[union-attr]
         k = math.isqrt(len(cells))
         return [sum(cells[i * k : (i + 1) * k]) for i in range(k)]
-    if "eval-n" in metrics:
-        return [float(metrics["eval-n"])]  # type: ignore[arg-type]
+    if f"{prefix}n" in metrics:
+        return [float(metrics[f"{prefix}n"])]  # type: ignore[arg-type]
     return []
 
 
@@ -88,10 +92,10 @@ def small(counts: list[float], min_cell: int) -> bool:
     return any(0 < count < min_cell for count in counts)
 
 
-def _zeroed(metrics: MetricRecord) -> MetricRecord:
+def _zeroed(metrics: MetricRecord, prefix: str = "eval-") -> MetricRecord:
     out: dict[str, Any] = {}
     for key, value in metrics.items():
-        if key.startswith("eval-"):
+        if key.startswith(prefix):
             value = [0 * v for v in value] if isinstance(value, list) else 0 * value
         out[key] = value
     return MetricRecord(out)
@@ -130,29 +134,29 @@ def _small_group(pos: list[float], neg: list[float], group: tuple[int, int], min
     return _cell(positives, min_cell) or _cell(negatives, min_cell)
 
 
-def _coarsened(metrics: MetricRecord, min_cell: int) -> MetricRecord:
+def _coarsened(metrics: MetricRecord, min_cell: int, prefix: str = "eval-") -> MetricRecord:
     out = dict(metrics)
-    for prefix in ("eval-", "val-"):
-        if f"{prefix}hist_pos" in out and f"{prefix}hist_neg" in out:
-            pos = [float(v) for v in out[f"{prefix}hist_pos"]]  # type: ignore[union-attr]
-            neg = [float(v) for v in out[f"{prefix}hist_neg"]]  # type: ignore[union-attr]
-            out[f"{prefix}hist_pos"], out[f"{prefix}hist_neg"] = coarsen_histograms(
-                pos, neg, min_cell
-            )
+    if f"{prefix}hist_pos" in out and f"{prefix}hist_neg" in out:
+        pos = [float(v) for v in out[f"{prefix}hist_pos"]]  # type: ignore[union-attr]
+        neg = [float(v) for v in out[f"{prefix}hist_neg"]]  # type: ignore[union-attr]
+        out[f"{prefix}hist_pos"], out[f"{prefix}hist_neg"] = coarsen_histograms(pos, neg, min_cell)
     return MetricRecord(out)
 
 
 def protect_evaluation(reply: Message, min_cell: int) -> tuple[Message, bool]:
-    """The reply with its evaluation statistics zeroed when a test class is a small cell, and
-    otherwise its score histograms coarsened (:func:`coarsen_histograms`); and whether it was
-    zeroed."""
+    """The reply with its test statistics (``eval-``) zeroed when a test class is a small cell,
+    and otherwise their score histograms coarsened (:func:`coarsen_histograms`); the same for
+    the validation statistics of early stopping (``val-``, which the decision threshold is
+    chosen from). Returns the reply and whether its test statistics were zeroed."""
     suppressed = False
     for name, metrics in list(reply.content.metric_records.items()):
-        if small(class_counts(metrics), min_cell):
-            reply.content.metric_records[name] = _zeroed(metrics)
-            suppressed = True
-        else:
-            reply.content.metric_records[name] = _coarsened(metrics, min_cell)
+        for prefix in ("eval-", "val-"):
+            if small(class_counts(metrics, prefix), min_cell):
+                metrics = _zeroed(metrics, prefix)
+                suppressed = suppressed or prefix == "eval-"
+            else:
+                metrics = _coarsened(metrics, min_cell, prefix)
+        reply.content.metric_records[name] = metrics
     return reply, suppressed
 
 

@@ -50,7 +50,9 @@ def received_study(context: Any) -> tuple[str, str]:
 
 def site_index(node_config: Mapping[str, Any]) -> int:
     """The hospital's position in the study's federation: Flower's ``partition-id`` in
-    simulation, 0 on a deployed node (its study lists only its own card)."""
+    simulation, 0 on a deployed node (its study lists only its own card). It picks the rows to
+    load, never a seed: seeds come from the site's name
+    (:func:`medfed.models.pipeline.site_key`), the same on every engine."""
     return 0 if node_config.get("dataset") else int(node_config.get("partition-id", 0))
 
 

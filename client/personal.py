@@ -35,6 +35,7 @@ from medfed.models.pipeline import (
     PreparedSite,
     local_only_model,
     own_statistics,
+    site_key,
 )
 from medfed.models.schema import TaskSchema
 
@@ -83,7 +84,7 @@ def _local_only(
     """Predictions on the test rows of a model trained on this site alone (its own statistics,
     the steps it took in the federation: the equal-work rule of the baselines)."""
     raw = node._site(config_json, site_index)
-    model, own, encoder = local_only_model(raw.train, schema, study, site_index, steps)
+    model, own, encoder = local_only_model(raw.train, schema, study, site_key(raw.name), steps)
     return _output(model, schema, encoder.transform(raw.test)), own
 
 
@@ -156,7 +157,7 @@ def personalise(
         study,
         stats,
         epochs=epochs,
-        seed=int(study["seed"]) + 7919 * (site_index + 1),
+        seed=int(study["seed"]) + 7919 * (site_key(site.name) + 1),
     )
     outputs = {"federated": federated, "personalised": _output(personal_model, schema, site.x_test)}
     steps = int(scalar(config.get("local-steps", 1)))
@@ -166,7 +167,7 @@ def personalise(
         site.y_test,
         outputs,
         PAIRS,
-        seed=int(study["seed"]) + site_index,
+        seed=int(study["seed"]) + site_key(site.name),
         resamples=int(scalar(config.get("resamples", 200))),
         loss_scale=stats.loss_scale,
         bins=int(study["evaluate"]["auroc_bins"]),

@@ -11,7 +11,7 @@ import torch
 
 from medfed.client import node
 from medfed.models.holdout import carve, settings
-from medfed.models.pipeline import PreparedSite, test_statistics
+from medfed.models.pipeline import PreparedSite, site_key, test_statistics
 
 
 @lru_cache(maxsize=16)
@@ -24,7 +24,8 @@ def split(
     patience, _, fraction = settings(study)
     if patience is None:
         return site, None, None
-    return carve(site, fraction, seed=int(study["seed"]) + 104729 * (index + 1))
+    key = site_key(site.name)  # the same split simulated or deployed
+    return carve(site, fraction, seed=int(study["seed"]) + 104729 * (key + 1))
 
 
 def statistics(model: torch.nn.Module, context: Any, index: int) -> dict[str, Any]:

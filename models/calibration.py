@@ -118,3 +118,41 @@ def f1_optimal_threshold(
     best = np.flatnonzero(np.isclose(f1, f1.max()))
     k = int(best[np.argmin(np.abs(edges[best] - 0.5))])
     return float(edges[k]), float(f1[k])
+
+
+def validation_threshold(stats: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The decision threshold chosen on a validation split from its summed score histograms
+    (``hist_pos``/``hist_neg``; ``None`` without them: not a yes/no target).
+
+    ``value`` is :func:`f1_optimal_threshold`, with its ``f1`` and the ``rows`` and
+    ``positives`` it was chosen on; ``value`` is ``None``, and ``reason`` says why, when no site
+    disclosed its validation statistics, when the split has no positive case, or when no cut-off
+    beats labelling every row positive (F1 ``2P / (2P + N)``): then the histograms cannot tell
+    cases apart -- typically a few validation rows per site, merged into one bin by the nodes'
+    small-cell coarsening -- and a threshold chosen on them would be arbitrary.
+
+    The histograms are the sites' additive statistics, each coarsened at its node so that no bin
+    holds 1 to ``min_cell_count - 1`` cases (:func:`medfed.client.disclosure.coarsen_histograms`):
+    the true and false positives at every bin edge are sums of such counts, and no validation
+    row's score leaves a node.
+    """
+    if "hist_pos" not in stats or "hist_neg" not in stats:
+        return None
+    positives = float(np.sum(stats["hist_pos"]))
+    rows = positives + float(np.sum(stats["hist_neg"]))
+    out: dict[str, Any] = {"value": None, "f1": math.nan, "rows": rows, "positives": positives}
+    if rows <= 0:
+        return {**out, "reason": "no site disclosed validation statistics (small cells withheld)"}
+    if positives <= 0:
+        return {**out, "reason": "the validation split held no positive case"}
+    value, f1 = f1_optimal_threshold(stats["hist_pos"], stats["hist_neg"])
+    everyone = 2 * positives / (positives + rows)
+    if f1 <= everyone + 1e-12:
+        return {
+            **out,
+            "f1": f1,
+            "reason": f"no cut-off beat labelling every validation row positive (F1 "
+            f"{everyone:.3f}): too few validation rows per site to tell cases apart once "
+            "small cells are coarsened",
+        }
+    return {**out, "value": value, "f1": f1}

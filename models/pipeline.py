@@ -7,6 +7,7 @@ they take -- never in encoding, model, loss or optimiser. No Flower here.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -102,9 +103,26 @@ def new_model(
     return build_model(schema, width, **output_layer(schema, stats))
 
 
-def round_seed(seed: int, index: int, server_round: int) -> int:
-    """A seed for one hospital's work in one round, derived from the study seed."""
-    return int(np.random.SeedSequence([seed, index, server_round]).generate_state(1)[0])
+def site_key(name: str) -> int:
+    """A hospital's identity in every seed it uses: the first 4 bytes of the SHA-256 of its site
+    name (the card's ``name``; ``hospital-i`` for a synthetic hospital), as an integer.
+
+    Why the name and not a position: the name is the one thing a site has that is the same in
+    simulation (where Flower gives it a ``partition-id``) and in deployment (where its node knows
+    only its own card, and the coordinator's node ids are random). A position assigned by the
+    coordinator from the sorted names would change whenever a site joins late, drops out or is
+    evaluation-only, and would need a per-node train config; the name needs nothing sent and is
+    already unique in a study (two sites with one name are refused in round 0). So the same seed
+    gives every site the same shuffling, validation split, initial local models and simulated
+    DP noise on every engine (the promise of reproducibility).
+    """
+    return int.from_bytes(hashlib.sha256(name.encode("utf-8")).digest()[:4], "big")
+
+
+def round_seed(seed: int, key: int, server_round: int) -> int:
+    """A seed for one hospital's work in one round, from the study seed and its
+    :func:`site_key`."""
+    return int(np.random.SeedSequence([seed, key, server_round]).generate_state(1)[0])
 
 
 def test_statistics(
@@ -123,16 +141,16 @@ def test_statistics(
 
 
 def local_only_model(
-    train_rows: pd.DataFrame, schema: TaskSchema, study: dict[str, Any], index: int, steps: int
+    train_rows: pd.DataFrame, schema: TaskSchema, study: dict[str, Any], key: int, steps: int
 ) -> tuple[torch.nn.Module, GlobalStats, Encoder]:
-    """Hospital ``index``'s local-only model: its own statistics, initial weights and shuffling
-    seeded with ``seed + index + 1``, trained for the ``steps`` it took in the federation (the
-    equal-work rule). The node's benefit table and the coordinator's cross-site matrix both build
-    it here, so they score the very same model."""
+    """The local-only model of the hospital whose :func:`site_key` is ``key``: its own
+    statistics, initial weights and shuffling seeded with ``seed + key + 1``, trained for the
+    ``steps`` it took in the federation (the equal-work rule). The node's benefit table and the
+    coordinator's cross-site matrix both build it here, so they score the very same model."""
     prep = study["preprocessing"]
     own = own_statistics(train_rows, schema, int(prep["min_cell"]), study)
     encoder = Encoder(schema, own, missing_indicators=bool(prep["missing_indicators"]))
-    seed = int(study["seed"]) + index + 1
+    seed = int(study["seed"]) + key + 1
     seed_torch(seed)  # the initial weights too
     model = new_model(schema, own, encoder.n_inputs)
     x, y = encoder.transform(train_rows), encode_target(train_rows, schema)

@@ -158,8 +158,18 @@ def predict_main(argv: list[str]) -> int:
         if reasons
         else "; every row was scored"
     )
-    print(f"scored {scored} rows of {card.train} into {args.out}{listed}")
+    print(f"scored {scored} rows of {card.train} into {args.out}{listed}{_labels(scorer)}")
     return 0 if scored else 1
+
+
+def _labels(scorer: Scorer) -> str:
+    """For a yes/no target, the threshold the labels used and, in short, where it came from."""
+    if scorer.schema.target.kind != "binary":
+        return ""
+    source = scorer.threshold_source.split(":")[0]
+    if "--threshold" not in source:
+        source = f"the study's, {source}; see the model card"
+    return f"; labels from probability {scorer.threshold:g} up ({source})"
 
 
 def _card_site(path: Path) -> str | None:

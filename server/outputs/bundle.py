@@ -36,7 +36,15 @@ from medfed.server.study.loop import GLOBAL, StudyResult
 
 BUNDLE_DIR = "model"
 DEFAULT_THRESHOLD = 0.5
-NO_VALIDATION = "0.5 by default: the study had no validation split to choose one on"
+NO_VALIDATION = (
+    "0.5 by default: the study had no validation split to choose one on "
+    "(early_stopping.patience sets one aside)"
+)
+VALIDATION = (
+    "F1-optimal on the validation split: F1 {f1:.3f} over {rows} held-out training rows of "
+    "the sites, scored with the model of round {best} and counted from the score histograms "
+    "the sites summed, small cells coarsened at each node: no row's score left its node"
+)
 
 
 def _versions() -> dict[str, str]:
@@ -86,12 +94,34 @@ def _site_statistics(result: StudyResult) -> dict[str, Any]:
     }
 
 
+def _threshold(result: StudyResult) -> dict[str, Any]:
+    """The decision threshold and how it was chosen: F1-optimal on the federation's validation
+    split when the study had one (early stopping), else 0.5, saying why."""
+    if not result.early_stopping:
+        return {"threshold": DEFAULT_THRESHOLD, "threshold_source": NO_VALIDATION}
+    chosen = result.early_stopping.get("threshold") or {}
+    if chosen.get("value") is None:
+        reason = chosen.get("reason", "no site sent validation statistics")
+        return {
+            "threshold": DEFAULT_THRESHOLD,
+            "threshold_source": f"0.5 by default: the validation split could not choose one: "
+            f"{reason}",
+            "validation": chosen,
+        }
+    source = VALIDATION.format(
+        f1=chosen["f1"],
+        rows=int(chosen["rows"]),
+        best=result.early_stopping.get("best_round"),
+    )
+    return {"threshold": chosen["value"], "threshold_source": source, "validation": chosen}
+
+
 def _decision(result: StudyResult) -> dict[str, Any]:
-    """The stored threshold (0.5: studies have no validation split) and, as information, the
-    F1-optimal one on the test rows, plus the Brier score."""
+    """The stored threshold (:func:`_threshold`) and, as information, the F1-optimal one on
+    the test rows, plus the Brier score."""
     if result.schema.target.kind != "binary":
         return {}
-    decision: dict[str, Any] = {"threshold": DEFAULT_THRESHOLD, "threshold_source": NO_VALIDATION}
+    decision: dict[str, Any] = _threshold(result)
     stats = result.final.statistics.get(GLOBAL)
     if stats:
         threshold, f1 = f1_optimal_threshold(stats["hist_pos"], stats["hist_neg"])

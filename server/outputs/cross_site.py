@@ -32,6 +32,7 @@ from medfed.models.pipeline import (
     local_only_model,
     new_model,
     own_statistics,
+    site_key,
     test_statistics,
 )
 from medfed.server.study.loop import StudyResult
@@ -74,10 +75,10 @@ def _global_row(result: StudyResult, sites: list[SiteData]) -> dict[str, float]:
     return row
 
 
-def _local_model(
-    result: StudyResult, index: int, site: SiteData, steps: int
-) -> tuple[Any, GlobalStats]:
-    model, own, _ = local_only_model(site.train, result.schema, result.study, index, steps)
+def _local_model(result: StudyResult, site: SiteData, steps: int) -> tuple[Any, GlobalStats]:
+    model, own, _ = local_only_model(
+        site.train, result.schema, result.study, site_key(site.name), steps
+    )
     return model, own
 
 
@@ -120,10 +121,10 @@ def cross_site(result: StudyResult) -> dict[str, Any]:
     table["rows"]["global"] = _global_row(result, sites)
     steps = _steps(result)
     folder = Path(study["output_dir"]) / "personalised"
-    for index, site in enumerate(sites):
+    for site in sites:
         if site.role != "train":
             continue
-        model, stats = _local_model(result, index, site, steps.get(site.name, 0))
+        model, stats = _local_model(result, site, steps.get(site.name, 0))
         table["rows"][f"local {site.name}"] = {
             s.name: _score(model, stats, s, result) for s in sites
         }

@@ -31,7 +31,13 @@ import numpy as np
 from medfed.models.encoding import Encoder, GlobalStats, encode_target
 from medfed.models.ingest.sources import SiteData, federation_size, load_site
 from medfed.models.metrics import metrics_from_statistics, sum_statistics
-from medfed.models.pipeline import local_training, new_model, own_statistics, test_statistics
+from medfed.models.pipeline import (
+    local_training,
+    new_model,
+    own_statistics,
+    site_key,
+    test_statistics,
+)
 from medfed.server.study.loop import StudyResult
 
 
@@ -166,7 +172,7 @@ def _local(
     not_run: dict[str, str],
 ) -> dict[str, Any]:
     local: dict[str, Any] = {"steps": steps, "hospitals": {}}
-    for index, site in enumerate(sites):
+    for site in sites:
         if site.role != "train":
             local["hospitals"][site.name] = {
                 "role": site.role,
@@ -174,9 +180,7 @@ def _local(
             }
             continue
         try:
-            local["hospitals"][site.name] = _one_local(
-                result, sites, encoders, steps, budget, index, site
-            )
+            local["hospitals"][site.name] = _one_local(result, sites, encoders, steps, budget, site)
         except Exception as exc:  # noqa: BLE001 - reported, the other sites go on
             not_run[f"local {site.name}"] = f"could not run: {_first_line(exc)}"
     trained = [h for h in local["hospitals"].values() if "all_test_rows" in h]
@@ -191,7 +195,6 @@ def _one_local(
     encoders: dict[str, Encoder],
     steps: dict[str, int],
     budget: tuple[float, float] | None,
-    index: int,
     site: SiteData,
 ) -> dict[str, Any]:
     """One training hospital's own model, scored on every site's and on its own test rows."""
@@ -204,7 +207,7 @@ def _one_local(
         encode_target(site.train, schema),
         result,
         encoder.stats,
-        seed + index + 1,
+        seed + site_key(site.name) + 1,  # as the node's local-only model (pipeline)
         max(steps.get(site.name, 0), 1),
         budget,
     )

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from flwr.app import ConfigRecord, Message, RecordDict
@@ -70,11 +70,39 @@ def site_of(reply: Message) -> tuple[dict[str, Any], dict[str, Any]]:
     return entry, statistics
 
 
-class CohortView:
-    """What a strategy sees of the grid in one round: exactly the ready nodes, sorted."""
+def by_site(
+    replies: Iterable[Message], hospitals: Mapping[int, Mapping[str, Any]]
+) -> list[Message]:
+    """``replies`` in the order of their hospitals' names (a node the study does not know last,
+    by id).
 
-    def __init__(self, grid: Grid, node_ids: list[int]) -> None:
-        self._grid, self._node_ids = grid, sorted(node_ids)
+    FedAvg and the metric sums add floats reply by reply, and float addition depends on the
+    order: sorted by name, the sums are the same bits whatever order the replies arrived in and
+    whatever node ids the engine gave the hospitals (random in deployment), so simulated and
+    deployed studies reach the same weights.
+    """
+    return sorted(replies, key=lambda reply: _name_key(hospitals, reply.metadata.src_node_id))
+
+
+def _name_key(hospitals: Mapping[int, Mapping[str, Any]], node_id: int) -> tuple[int, str, int]:
+    name = hospitals.get(node_id, {}).get("name")
+    return (0, str(name), node_id) if name is not None else (1, "", node_id)
+
+
+class CohortView:
+    """What a strategy sees of the grid in one round: exactly the ready nodes, in the order of
+    their hospitals' names (:func:`by_site`), so Flower's seeded sampling picks the same
+    hospitals on every engine whatever node ids they have."""
+
+    def __init__(
+        self,
+        grid: Grid,
+        node_ids: list[int],
+        hospitals: Mapping[int, Mapping[str, Any]] | None = None,
+    ) -> None:
+        names = hospitals or {}
+        self._grid = grid
+        self._node_ids = sorted(node_ids, key=lambda node_id: _name_key(names, node_id))
 
     def get_node_ids(self) -> list[int]:
         return list(self._node_ids)
@@ -150,7 +178,7 @@ class Cohort:
             if node_id not in connected:
                 failures[hospital["name"]] = "offline: not connected when the round started"
                 self._stale.add(node_id)  # it may come back restarted: catch it up then
-        return CohortView(self.grid, ready), ""
+        return CohortView(self.grid, ready, self.hospitals), ""
 
     def missing(
         self, sent: Iterable[Message], replies: Iterable[Message], failures: dict[str, str]

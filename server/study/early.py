@@ -11,6 +11,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 from flwr.serverapp import Grid
 
 from medfed.infra.polling import send_and_receive
+from medfed.models.calibration import validation_threshold
 from medfed.models.holdout import BestRound, settings
 from medfed.models.metrics import metrics_from_statistics
 from medfed.models.schema import TaskSchema
@@ -25,6 +26,7 @@ class EarlyStopping:
         self.schema = schema
         self.best = BestRound(metric or schema.primary_metric, int(patience or 1))
         self.arrays: ArrayRecord | None = None
+        self.statistics: dict[str, Any] = {}  # the best round's summed val- statistics
 
     def observe(self, server_round: int, arrays: ArrayRecord, replies: list[Message]) -> None:
         """The validation metric of ``arrays`` (the model after ``server_round``) from the
@@ -43,12 +45,24 @@ class EarlyStopping:
             return
         value = metrics_from_statistics(self.schema, total)[self.best.metric]
         if self.best.observe(server_round, value):
-            self.arrays = arrays
+            self.arrays, self.statistics = arrays, total
+
+    def summary(self) -> dict[str, Any]:
+        """What ``summary.json`` records under ``early_stopping``: the best round and, for a
+        yes/no target, the decision ``threshold`` chosen on the validation split of the best
+        round's model (:func:`~medfed.models.calibration.validation_threshold`; the model bundle
+        makes it ``medfed predict``'s default)."""
+        out = self.best.summary()
+        if self.schema.target.kind == "binary":
+            out["threshold"] = validation_threshold(self.statistics)
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         """What a resumed study needs to choose the same best round: the validation history, the
-        best round and value, and the best round's weights (for ``checkpoint.pt``)."""
+        best round and value, the best round's weights and its summed validation statistics
+        (the decision threshold is chosen from them; for ``checkpoint.pt``)."""
         return {
+            "statistics": json.dumps(self.statistics),
             "history": json.dumps(self.best.history),
             "best_round": -1 if self.best.best_round is None else self.best.best_round,
             "best_value": json.dumps(self.best.best_value),
@@ -62,6 +76,7 @@ class EarlyStopping:
         self.best.best_round = None if best < 0 else best
         self.best.best_value = float(json.loads(state["best_value"]))
         self.arrays = ArrayRecord(dict(state["arrays"])) if state["arrays"] else None
+        self.statistics = json.loads(state.get("statistics", "{}"))
 
     def last_look(
         self,

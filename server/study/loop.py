@@ -33,7 +33,7 @@ from medfed.models.pipeline import n_inputs, new_model, study_schema
 from medfed.models.schema import TaskSchema
 from medfed.server.monitor.status import StatusTracker, fail_study
 from medfed.server.study import approvals, early, personalise, resume, roles
-from medfed.server.study.cohort import Cohort, query, site_of
+from medfed.server.study.cohort import Cohort, by_site, query, site_of
 from medfed.strategies.central_dp import central_dp_report, wrap_central_dp
 from medfed.strategies.cohort_gate import CohortGate
 from medfed.strategies.registry import build_strategy
@@ -388,6 +388,7 @@ class StudyRun:
             )
         else:
             replies = send_and_receive(grid, messages, float(study["timeout"]))
+        replies = by_site(replies, hospitals)  # sums in one order on every engine
         evaluating, evaluated = roles.evaluate_only(
             grid,
             self.arrays,
@@ -498,7 +499,7 @@ class StudyRun:
             stopped=self.stopped,
             central_dp=central_dp_report(self.strategy),
             personalised=personalised,
-            early_stopping=self.early.best.summary() if self.early is not None else {},
+            early_stopping=self.early.summary() if self.early is not None else {},
         )
 
 

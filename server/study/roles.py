@@ -73,7 +73,7 @@ def training_view(
     if len(able) < needed:
         why = f"only {len(able)} of the strategy.min_nodes={needed} hospitals needed to train"
         return None, ready, f"{why} were ready (the others are evaluation-only or offline)"
-    return CohortView(grid, able), ready, ""
+    return CohortView(grid, able, hospitals), ready, ""
 
 
 def evaluation_due(study: dict[str, Any], server_round: int) -> bool:

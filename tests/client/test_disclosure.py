@@ -73,6 +73,33 @@ def test_five_positives_are_sent_as_they_are(task_identity):
     assert not suppressed and reply.content.metric_records["metrics"]["eval-tp"] == 4.0
 
 
+def _validation(tp: int, fn: int, tn: int, fp: int) -> dict[str, float | list[float]]:
+    binary = _binary(tp, fn, tn, fp)
+    return {f"val-{k[5:]}": v for k, v in binary.items() if k.startswith("eval-")}
+
+
+def test_a_small_validation_class_withholds_the_validation_statistics_only(task_identity):
+    """Early stopping's validation split (from which the threshold is chosen) follows the same
+    rule as the test split; the test statistics beside it are left alone."""
+    metrics = MetricRecord({**_binary(4, 1, 15, 5), **_validation(1, 2, 9, 1)})  # 3 positives
+    reply, suppressed = protect_evaluation(_reply(task_identity, RecordDict({"m": metrics})), 5)
+    sent = reply.content.metric_records["m"]
+    assert not suppressed and sent["eval-tp"] == 4.0
+    assert sent["val-tp"] == sent["val-fn"] == sent["val-n"] == 0.0
+    assert sent["val-hist_pos"] == [0.0, 0.0, 0.0] and sorted(sent) == sorted(metrics)
+    assert class_counts(metrics, "val-") == [3.0, 10.0]
+
+
+def test_validation_histograms_are_coarsened_like_the_test_ones(task_identity):
+    metrics = MetricRecord(_validation(5, 5, 10, 10))  # classes of 10 and 20: sent
+    reply, _ = protect_evaluation(_reply(task_identity, RecordDict({"m": metrics})), 5)
+    sent = reply.content.metric_records["m"]
+    assert sent["val-tp"] == 5.0
+    assert (sent["val-hist_pos"], sent["val-hist_neg"]) == coarsen_histograms(
+        [0.0, 2.0, 1.0], [10.0, 6.0, 4.0], 5
+    )
+
+
 def test_round0_small_classes_and_binary_cells_are_coarsened():
     stats = {
         "categorical": {},

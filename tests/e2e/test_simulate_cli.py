@@ -193,4 +193,4 @@ def test_ray_engine_reaches_the_in_process_weights(launch, load_model):
     ray_state, local_state = load_model(ray_out), load_model(local_out)
     assert ray_state.keys() == local_state.keys()
     for key in ray_state:
-        assert torch.allclose(ray_state[key], local_state[key], atol=1e-5), key
+        assert torch.equal(ray_state[key], local_state[key]), key  # bit for bit

@@ -16,6 +16,7 @@ from medfed.models.calibration import (
     confidence_gap,
     f1_optimal_threshold,
     reliability,
+    validation_threshold,
 )
 from medfed.models.metrics import _binary, metrics_from_statistics, sum_statistics
 from medfed.models.schema import load_task
@@ -50,6 +51,36 @@ def test_the_f1_optimal_threshold_is_a_bin_edge_hand_computed() -> None:
     threshold, f1 = f1_optimal_threshold(pos, neg)
     assert threshold == 0.5 and f1 == pytest.approx(8 / 9)
     assert f1_optimal_threshold([0, 0], [3, 1]) == (0.5, pytest.approx(math.nan, nan_ok=True))
+
+
+def test_the_validation_threshold_comes_from_the_sites_summed_histograms() -> None:
+    from medfed.client.disclosure import coarsen_histograms
+
+    # each node coarsens its validation histograms (min_cell_count 5) before sending them:
+    # site B's 2 + 3 positives in the top bins merge into one group of 5 in bin [.5, .75)
+    site_a = ([0.0, 5.0, 0.0, 5.0], [5.0, 0.0, 5.0, 0.0])
+    site_b = coarsen_histograms([0.0, 0.0, 2.0, 3.0], [5.0, 0.0, 0.0, 0.0], 5)
+    assert site_b == ([0.0, 0.0, 5.0, 0.0], [5.0, 0.0, 0.0, 0.0])
+    summed = {
+        "hist_pos": [a + b for a, b in zip(site_a[0], site_b[0], strict=True)],  # 0 5 5 5
+        "hist_neg": [a + b for a, b in zip(site_a[1], site_b[1], strict=True)],  # 10 0 5 0
+    }
+    # labelling "yes" from edge 0: tp 15 fp 15 fn 0 -> F1 30/45; from .25: tp 15 fp 5 -> 30/35;
+    # from .5: tp 10 fp 5 fn 5 -> 20/30; from .75: tp 5 fp 0 fn 10 -> 10/25
+    chosen = validation_threshold(summed)
+    assert chosen == {"value": 0.25, "f1": pytest.approx(6 / 7), "rows": 30.0, "positives": 15.0}
+    assert validation_threshold({"mae_sum": 1.0}) is None  # not a yes/no target
+
+
+def test_a_validation_split_that_cannot_choose_keeps_no_threshold() -> None:
+    none = validation_threshold({"hist_pos": [0, 0], "hist_neg": [3, 4]})
+    assert none is not None and none["value"] is None and "no positive case" in none["reason"]
+    withheld = validation_threshold({"hist_pos": [0, 0], "hist_neg": [0, 0]})  # all zeroed
+    assert withheld is not None and "no site disclosed" in withheld["reason"]
+    # every row in one coarsened bin: each edge gives F1 2P / (2P + N) = 10/17 (all "yes")
+    merged = validation_threshold({"hist_pos": [0, 5, 0], "hist_neg": [0, 7, 0]})
+    assert merged is not None and merged["value"] is None
+    assert merged["f1"] == pytest.approx(10 / 17) and "every validation row" in merged["reason"]
 
 
 def _bin(predicted: float, observed: float, count: int = 10) -> ReliabilityBin:

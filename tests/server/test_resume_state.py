@@ -56,16 +56,20 @@ def _same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> Non
 
 
 def test_early_stopping_keeps_its_best_round_across_a_resume(tmp_path, crash_after):
+    """The best round's weights and its summed validation statistics (the decision threshold is
+    chosen from them) come back: a resume that kept only the round number would fall back to
+    the last weights and a threshold of 0.5."""
     whole, resumed, saved = _whole_and_resumed(
         tmp_path,
         crash_after,
-        "task=pricing",
-        "train.lr=0.5",
+        "task=diagnosis",
+        "train.lr=2.0",
         "early_stopping.patience=3",
     )
     assert saved["early_stopping"]["best_round"] == 1 and saved["early_stopping"]["arrays"]
     assert whole.early_stopping["best_round"] == 1  # this seed: a model the resume never saw
-    assert resumed.early_stopping == whole.early_stopping  # history, best round, best value
+    assert whole.early_stopping["threshold"]["value"] != 0.5
+    assert resumed.early_stopping == whole.early_stopping  # history, best round, threshold
     _same_weights(whole.final_state, resumed.final_state)
 
 
