@@ -1,9 +1,12 @@
 """Aggregation strategies by name: the ``strategy=`` config group maps onto Flower's own classes.
 
 Each file in ``conf/strategy/`` names a strategy and its hyper-parameters; :func:`build_strategy`
-turns it into a Flower ``Strategy``. medfed adds nothing to Flower's aggregation maths: FedProx's
-proximal term is applied by the hospital (the strategy only sends ``proximal-mu``), the adaptive
-optimisers, the robust aggregators and FedAvg itself are Flower's implementations.
+turns it into a Flower ``Strategy``. The aggregation maths is Flower's: FedProx's proximal term
+is applied by the hospital (the strategy only sends ``proximal-mu``), the adaptive optimisers,
+the robust aggregators and FedAvg itself are Flower's implementations. medfed's additions are
+thin subclasses: ``krum`` is Flower's Multi-Krum keeping ``n - f`` updates and ``fedmedian``
+can take a server step (:mod:`medfed.strategies.robust`), q-FedAvg reads medfed's loss sums
+(:mod:`~medfed.strategies.fairness`), SCAFFOLD is medfed's own (Flower's Message API lacks it).
 """
 
 from __future__ import annotations
