@@ -26,12 +26,15 @@ that constant).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp import strategy as fl
+
+LOG = logging.getLogger("medfed")
 
 
 def krum_tolerance(n_nodes: int) -> int:
@@ -49,6 +52,17 @@ class MedfedMultiKrum(fl.MultiKrum):
     def __init__(self, *, num_nodes_to_select: int | None = None, **kwargs: object) -> None:
         super().__init__(num_nodes_to_select=num_nodes_to_select or 1, **kwargs)  # type: ignore[arg-type]
         self.fixed_selection = num_nodes_to_select
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Say once when Multi-Krum, tolerating no attacker, averages every update."""
+        if server_round == 1 and self.num_malicious_nodes == 0 and self.fixed_selection is None:
+            LOG.warning(
+                "strategy=krum with num_malicious_nodes=0 keeps every update (FedAvg); Krum "
+                "tolerates f attackers only with hospitals >= 2f + 3"
+            )
+        return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
         self, server_round: int, replies: Iterable[Message]

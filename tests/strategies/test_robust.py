@@ -70,10 +70,12 @@ def test_multikrum_counts_the_updates_it_actually_received(task_identity):
     assert strategy.num_nodes_to_select == 3
 
 
-def test_with_four_hospitals_multikrum_tolerates_none_and_keeps_every_update(task_identity):
+def test_with_four_hospitals_multikrum_tolerates_none_and_keeps_every_update(task_identity, caplog):
     strategy = build_strategy(KRUM, n_nodes=4)
     assert strategy.num_malicious_nodes == 0
-    np.testing.assert_allclose(_round(strategy, [0.0], POINTS[:4], EXAMPLES[:4]), [2.4])
+    with caplog.at_level("WARNING", logger="medfed"):
+        np.testing.assert_allclose(_round(strategy, [0.0], POINTS[:4], EXAMPLES[:4]), [2.4])
+    assert "num_malicious_nodes=0 keeps every update (FedAvg)" in caplog.text
 
 
 @pytest.mark.parametrize(("n", "f"), [(3, 0), (4, 0), (5, 1), (6, 1), (7, 2), (10, 3)])
