@@ -95,8 +95,10 @@ class MedfedFedMedian(fl.FedMedian):
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """The median, then ``w + server_learning_rate * (median - w)`` per array."""
         median, metrics = super().aggregate_train(server_round, replies)
-        if median is None or self.current_arrays is None or self.server_learning_rate == 1.0:
+        if median is None or self.server_learning_rate == 1.0:
             return median, metrics
+        if self.current_arrays is None:
+            raise RuntimeError("FedMedian's server step needs the weights sent (configure_train)")
         eta = self.server_learning_rate
         stepped = ArrayRecord()
         for key, value in median.items():
