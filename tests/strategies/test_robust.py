@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from hypothesis import given
+from hypothesis import settings as settings_h
+from hypothesis import strategies as st
 
 from medfed.models import settings
 from medfed.strategies.registry import build_strategy
@@ -39,6 +45,19 @@ def _round(strategy, start: list[float], weights: list[list[float]], examples: l
         replies.append(Message(content, reply_to=request))
     arrays, _ = strategy.aggregate_train(1, replies)
     return arrays["w"].numpy()
+
+
+@contextmanager
+def _identity() -> Iterator[None]:
+    """Flower's task identity for building Messages (hypothesis cannot take the fixture)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    saved = (TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id)
+    TaskIdentity.run_id, TaskIdentity.node_id, TaskIdentity.task_id = 1, 0, 0
+    try:
+        yield
+    finally:
+        TaskIdentity._run_id, TaskIdentity._node_id, TaskIdentity._task_id = saved
 
 
 # Five hospitals at 0, 1, 2, 4 and 100 (the attacker), examples 1, 2, 3, 4, 5. With f = 1 each
@@ -113,3 +132,21 @@ def test_good_settings_pass():
     assert settings.robust_strategy_errors(KRUM, 4) is None
     assert settings.robust_strategy_errors({**KRUM, "num_nodes_to_select": 4}, 5) is None
     assert settings.robust_strategy_errors({"name": "fedmedian"}, 4) is None
+
+
+@settings_h(max_examples=25, deadline=None)
+@given(
+    points=st.lists(st.floats(-10, 10, allow_nan=False).map(lambda x: [x]), min_size=5, max_size=8),
+    data=st.data(),
+)
+def test_multikrum_result_lies_within_the_kept_updates_and_drops_f(points, data):
+    # Property: the aggregate is a convex combination of n - f of the updates, so it lies
+    # between their extremes; with an outlier far outside, the outlier is never among them.
+    n = len(points) + 1
+    examples = data.draw(st.lists(st.floats(1, 100), min_size=n, max_size=n))
+    strategy = build_strategy(KRUM, n_nodes=n)
+    f = krum_tolerance(n)
+    with _identity():
+        (value,) = _round(strategy, [0.0], [*points, [1e6]], examples)
+    assert strategy.num_nodes_to_select == n - f
+    assert min(p[0] for p in points) - 1e-6 <= value <= max(p[0] for p in points) + 1e-6
