@@ -173,18 +173,23 @@ def robust_strategy_errors(strategy: Mapping[str, Any], n_hospitals: int | None)
     return None
 
 
+def krum_tolerance(n_hospitals: int) -> int:
+    """The most malicious hospitals Krum tolerates among ``n_hospitals``: ``n >= 2f + 3``."""
+    return max((n_hospitals - 3) // 2, 0)
+
+
 def _krum_errors(strategy: Mapping[str, Any], n_hospitals: int | None) -> str | None:
     """``num_malicious_nodes`` (``auto`` or f with ``n >= 2f + 3``) and ``num_nodes_to_select``."""
     f = strategy.get("num_malicious_nodes")
     if f == "auto":
-        f = max((n_hospitals - 3) // 2, 0) if n_hospitals is not None else 0
+        f = krum_tolerance(n_hospitals) if n_hospitals is not None else 0
     elif isinstance(f, bool) or not isinstance(f, int) or f < 0:
         return f"strategy.num_malicious_nodes must be auto or a whole number >= 0, got {f!r}"
     if n_hospitals is not None and n_hospitals < 2 * f + 3:
         return (
             f"strategy.num_malicious_nodes={f} is too many for {n_hospitals} "
             f"hospitals: Krum needs hospitals >= 2 x num_malicious_nodes + 3 (here at "
-            f"most {max((n_hospitals - 3) // 2, 0)})"
+            f"most {krum_tolerance(n_hospitals)})"
         )
     m = strategy.get("num_nodes_to_select")
     if m is None:

@@ -34,12 +34,11 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp import strategy as fl
 
+from medfed.models.settings import krum_tolerance
+
+__all__ = ["MedfedFedMedian", "MedfedMultiKrum", "krum_tolerance"]
+
 LOG = logging.getLogger("medfed")
-
-
-def krum_tolerance(n_nodes: int) -> int:
-    """The most malicious hospitals Krum tolerates among ``n_nodes``: ``n >= 2f + 3``."""
-    return max((n_nodes - 3) // 2, 0)
 
 
 class MedfedMultiKrum(fl.MultiKrum):
