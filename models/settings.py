@@ -155,7 +155,7 @@ def card_duplicates(cards: Sequence[str]) -> str | None:
 
 
 def robust_strategy_errors(strategy: Mapping[str, Any], n_hospitals: int | None) -> str | None:
-    """Krum's ``num_malicious_nodes`` for the number of hospitals; the trimmed fraction."""
+    """Krum's settings for the number of hospitals; the trimmed fraction; the median's step."""
     name = strategy.get("name")
     if name == "trimmedmean":
         beta = strategy.get("beta")
@@ -164,14 +164,40 @@ def robust_strategy_errors(strategy: Mapping[str, Any], n_hospitals: int | None)
                 f"strategy.beta={beta!r} must be in [0, 0.5): it trims that fraction from "
                 "each end, so 0.5 or more leaves nothing to average"
             )
+    if name == "fedmedian":
+        eta = strategy.get("server_learning_rate", 1.0)
+        if not _number(eta) or eta <= 0:
+            return f"strategy.server_learning_rate must be a number > 0, got {eta!r}"
     if name == "krum":
-        f = strategy.get("num_malicious_nodes")
-        if isinstance(f, bool) or not isinstance(f, int) or f < 0:
-            return f"strategy.num_malicious_nodes must be a whole number >= 0, got {f!r}"
-        if n_hospitals is not None and n_hospitals < 2 * f + 3:
-            return (
-                f"strategy.num_malicious_nodes={f} is too many for {n_hospitals} "
-                f"hospitals: Krum needs hospitals >= 2 x num_malicious_nodes + 3 (here at "
-                f"most {max((n_hospitals - 3) // 2, 0)})"
-            )
+        return _krum_errors(strategy, n_hospitals)
+    return None
+
+
+def krum_tolerance(n_hospitals: int) -> int:
+    """The most malicious hospitals Krum tolerates among ``n_hospitals``: ``n >= 2f + 3``."""
+    return max((n_hospitals - 3) // 2, 0)
+
+
+def _krum_errors(strategy: Mapping[str, Any], n_hospitals: int | None) -> str | None:
+    """``num_malicious_nodes`` (``auto`` or f with ``n >= 2f + 3``) and ``num_nodes_to_select``."""
+    f = strategy.get("num_malicious_nodes")
+    if f == "auto":
+        f = krum_tolerance(n_hospitals) if n_hospitals is not None else 0
+    elif isinstance(f, bool) or not isinstance(f, int) or f < 0:
+        return f"strategy.num_malicious_nodes must be auto or a whole number >= 0, got {f!r}"
+    if n_hospitals is not None and n_hospitals < 2 * f + 3:
+        return (
+            f"strategy.num_malicious_nodes={f} is too many for {n_hospitals} "
+            f"hospitals: Krum needs hospitals >= 2 x num_malicious_nodes + 3 (here at "
+            f"most {krum_tolerance(n_hospitals)})"
+        )
+    m = strategy.get("num_nodes_to_select")
+    if m is None:
+        return None
+    most = n_hospitals - f if n_hospitals is not None else None
+    if isinstance(m, bool) or not isinstance(m, int) or m < 1 or (most is not None and m > most):
+        return (
+            f"strategy.num_nodes_to_select={m!r} must be null (hospitals - num_malicious_nodes) "
+            f"or a whole number from 1 (classic Krum) to {most if most is not None else 'n - f'}"
+        )
     return None

@@ -1,9 +1,12 @@
 """Aggregation strategies by name: the ``strategy=`` config group maps onto Flower's own classes.
 
 Each file in ``conf/strategy/`` names a strategy and its hyper-parameters; :func:`build_strategy`
-turns it into a Flower ``Strategy``. medfed adds nothing to Flower's aggregation maths: FedProx's
-proximal term is applied by the hospital (the strategy only sends ``proximal-mu``), the adaptive
-optimisers, the robust aggregators and FedAvg itself are Flower's implementations.
+turns it into a Flower ``Strategy``. The aggregation maths is Flower's: FedProx's proximal term
+is applied by the hospital (the strategy only sends ``proximal-mu``), the adaptive optimisers,
+the robust aggregators and FedAvg itself are Flower's implementations. medfed's additions are
+thin subclasses: ``krum`` is Flower's Multi-Krum keeping ``n - f`` updates and ``fedmedian``
+can take a server step (:mod:`medfed.strategies.robust`), q-FedAvg reads medfed's loss sums
+(:mod:`~medfed.strategies.fairness`), SCAFFOLD is medfed's own (Flower's Message API lacks it).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from typing import Any
 from flwr.serverapp import strategy as fl
 
 from medfed.strategies.fairness import MedfedQFedAvg
+from medfed.strategies.robust import MedfedFedMedian, MedfedMultiKrum, krum_tolerance
 from medfed.strategies.scaffold import Scaffold
 from medfed.strategies.statistics import sum_metric_records
 
@@ -24,9 +28,9 @@ STRATEGIES: dict[str, type[fl.FedAvg]] = {
     "fedyogi": fl.FedYogi,
     "fedadagrad": fl.FedAdagrad,
     "fedavgm": fl.FedAvgM,
-    "fedmedian": fl.FedMedian,
+    "fedmedian": MedfedFedMedian,  # Flower's FedMedian and a server step (robust.py)
     "trimmedmean": fl.FedTrimmedAvg,
-    "krum": fl.Krum,
+    "krum": MedfedMultiKrum,  # Flower's Multi-Krum keeping n - f updates (robust.py)
     "qfedavg": MedfedQFedAvg,  # Flower's QFedAvg reading medfed's loss sums (fairness.py)
     "scaffold": Scaffold,  # control variates (scaffold.py); the node corrects its steps
 }
@@ -38,7 +42,8 @@ _HYPER_PARAMETERS: dict[str, tuple[str, ...]] = {
     "fedadagrad": ("eta", "tau"),
     "fedavgm": ("server_learning_rate", "server_momentum"),
     "trimmedmean": ("beta",),
-    "krum": ("num_malicious_nodes",),
+    "fedmedian": ("server_learning_rate",),
+    "krum": ("num_malicious_nodes", "num_nodes_to_select"),
     "qfedavg": ("q", "client_learning_rate"),
 }
 _COMMON = ("name", "fraction_train", "min_nodes")
@@ -86,6 +91,8 @@ def build_strategy(cfg: Mapping[str, Any], n_nodes: int) -> fl.Strategy:
     params = {key: cfg[key] for key in _HYPER_PARAMETERS.get(name, ()) if key in cfg}
     if name == "scaffold":
         params["n_nodes"] = n_nodes
+    if params.get("num_malicious_nodes") == "auto":
+        params["num_malicious_nodes"] = krum_tolerance(n_nodes)
     return STRATEGIES[name](
         fraction_train=fraction,
         fraction_evaluate=1.0,

@@ -91,3 +91,14 @@ def test_min_nodes_zero_is_rejected():
 
 def test_min_nodes_equal_to_the_hospitals_is_allowed():
     assert build_strategy({"name": "fedavg", "min_nodes": 3}, 3).min_train_nodes == 3
+
+
+def test_the_strategy_table_benchmark_covers_every_registered_strategy():
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "strategy_table.py"
+    spec = importlib.util.spec_from_file_location("strategy_table", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert sorted(module.STRATEGIES) == sorted(STRATEGIES)
+    assert module.STRATEGIES[0] == "fedavg"  # every gap is measured against it
