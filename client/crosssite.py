@@ -37,7 +37,7 @@ from medfed.client.privacy_round import NodeRefusal
 from medfed.infra.records import scalar
 from medfed.models.encoding import Encoder, GlobalStats, encode_target
 from medfed.models.flat import pack, unpack
-from medfed.models.pipeline import local_only_model, new_model, test_statistics
+from medfed.models.pipeline import local_only_model, new_model, site_key, test_statistics
 
 
 def declared(config_json: str, site_name: str, role: str) -> dict[str, int]:
@@ -88,7 +88,7 @@ def share(msg: Message, context: Context) -> Message:
     if refusal is not None:
         raise NodeRefusal(refusal.reason)
     steps = int(scalar(msg.content.config_records["config"].get("local-steps", 1)))
-    model, own, _ = local_only_model(site.train, schema, study, index, steps)
+    model, own, _ = local_only_model(site.train, schema, study, site_key(site.name), steps)
     stats = for_scoring(own, policy.min_cell_count)
     return Message(
         RecordDict(
