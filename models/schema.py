@@ -125,7 +125,15 @@ _TOP_KEYS = {
 }  # training: the task's defaults (conf/config.yaml reads them)
 # training: the task's defaults; its dpsgd block applies only under privacy=dpsgd (conf/config.yaml)
 _TRAINING_KEYS = {"optimizer", "lr", "batch_size", "rounds", "max_grad_norm", "dpsgd"}
-_DPSGD_KEYS = {"optimizer", "lr", "batch_size", "rounds", "local_epochs", "max_grad_norm"}
+_DPSGD_KEYS = {
+    "optimizer",
+    "lr",
+    "batch_size",
+    "rounds",
+    "local_epochs",
+    "max_grad_norm",
+    "max_step_noise",
+}
 _FEATURE_KEYS = {"name", "type", "unit", "range", "categories", "required", "description"}
 _TARGET_KEYS = {"name", "type", "classes", "unit", "range"}
 _MODEL_KEYS = {"family", "hidden", "loss", "tweedie_power"}
