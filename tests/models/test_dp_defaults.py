@@ -64,3 +64,21 @@ def test_each_dp_study_plans_the_capped_lr_from_the_task_block(small_study):
     plain = small_study("task=pricing")
     assert plain["train"]["lr"] == study["task"]["training"]["lr"]
     assert "max_step_noise" not in plain["privacy"]
+
+
+def test_config_records_the_lr_each_hospital_plans(small_study):
+    from medfed.models.dp_plan import planned_lr, planned_noise
+
+    study = small_study("task=pricing", "privacy=dpsgd", "privacy.target_epsilon=1")
+    sizes = {"small": 40, "large": 900}
+    noise = planned_noise(study, sizes)
+    lrs = planned_lr(study, sizes, noise)
+    assert noise is not None and lrs is not None
+    cap, clip = (study["privacy"][k] for k in ("max_step_noise", "max_grad_norm"))
+    batch = study["train"]["batch_size"]
+    for name, n in sizes.items():
+        expected = step_noise_lr(study["train"]["lr"], cap, noise[name], clip, min(batch, n))
+        assert lrs[name] == pytest.approx(expected, abs=1e-4)
+    assert lrs["small"] < lrs["large"] <= study["train"]["lr"]  # the noisier site steps less
+    study["privacy"]["max_step_noise"] = None
+    assert planned_lr(study, sizes, noise) is None
