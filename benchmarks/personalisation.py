@@ -34,7 +34,7 @@ COMMON = [
 ]
 TASK = {
     "diagnosis": ["task.model.family=mlp"],
-    "treatment": [],
+    "treatment": ["task.model.family=mlp"],
     "pricing": ["train.optimizer=adam", "train.lr=0.01"],
 }
 METHODS = ("finetune", "fedper", "fedbn")

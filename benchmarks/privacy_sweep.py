@@ -6,7 +6,8 @@
 
 Every point is the study ``medfed simulate task=<task> seed=<seed>`` with the task's own
 training defaults (``training:`` in ``conf/task/<task>.yaml``: optimiser, learning rate, batch,
-rounds and the DP-SGD clipping norm), 4 synthetic hospitals, FedAvg and the in-process engine,
+rounds; under DP-SGD its ``training.dpsgd:`` block first: the clipping norm and DP-only
+settings), 4 synthetic hospitals, FedAvg and the in-process engine,
 run in this process through ``run_simulated_study``; only the privacy changes. A finite epsilon
 is ``privacy=dpsgd privacy.target_epsilon=<epsilon>``: each hospital plans the noise for the
 whole study (rounds x local steps at its own sampling rate) and its ledger composes the spend;

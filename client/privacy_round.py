@@ -221,6 +221,7 @@ def _dp_train(
         proximal_mu=proximal_mu,
         accountant=str(priv["accountant"]),
         delta=delta,
+        max_step_noise=priv.get("max_step_noise"),
     )
     ledger.commit(entry, float(report["epsilon"]))
     model.load_state_dict(weights)

@@ -8,7 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from medfed.models.privacy import default_delta, dp_steps, noise_for_target, sample_rate
+from medfed.models.privacy import (
+    default_delta,
+    dp_steps,
+    noise_for_target,
+    sample_rate,
+    step_noise_lr,
+)
 
 
 def planned_noise(study: dict[str, Any], n_train: dict[str, int]) -> dict[str, float] | None:
@@ -46,3 +52,30 @@ def planned_noise(study: dict[str, Any], n_train: dict[str, int]) -> dict[str, f
             4,
         )
     return planned
+
+
+def planned_lr(
+    study: dict[str, Any], n_train: dict[str, int], noise: dict[str, float] | None
+) -> dict[str, float] | None:
+    """The DP-SGD learning rate each hospital will use, by name (None: no DP or no cap).
+
+    ``train.lr`` lowered by ``privacy.max_step_noise`` at the hospital's planned ``noise``
+    (:func:`medfed.models.privacy.step_noise_lr`), as its node computes it.
+    """
+    privacy, train = study["privacy"], study["train"]
+    if noise is None or privacy.get("max_step_noise") is None:
+        return None
+    batch = int(train["batch_size"])
+    return {
+        name: round(
+            step_noise_lr(
+                float(train["lr"]),
+                float(privacy["max_step_noise"]),
+                noise[name],
+                float(privacy["max_grad_norm"]),
+                sample_rate(n, batch) * n,
+            ),
+            4,
+        )
+        for name, n in n_train.items()
+    }

@@ -123,6 +123,17 @@ _TOP_KEYS = {
     "synthetic",
     "training",
 }  # training: the task's defaults (conf/config.yaml reads them)
+# training: the task's defaults; its dpsgd block applies only under privacy=dpsgd (conf/config.yaml)
+_TRAINING_KEYS = {"optimizer", "lr", "batch_size", "rounds", "max_grad_norm", "dpsgd"}
+_DPSGD_KEYS = {
+    "optimizer",
+    "lr",
+    "batch_size",
+    "rounds",
+    "local_epochs",
+    "max_grad_norm",
+    "max_step_noise",
+}
 _FEATURE_KEYS = {"name", "type", "unit", "range", "categories", "required", "description"}
 _TARGET_KEYS = {"name", "type", "classes", "unit", "range"}
 _MODEL_KEYS = {"family", "hidden", "loss", "tweedie_power"}
@@ -229,6 +240,15 @@ def _model(src: str, raw: Any, target: Target) -> ModelSpec:
     return ModelSpec(family=family, hidden=hidden, loss=loss, tweedie_power=power)
 
 
+def _check_training(source: str, raw: dict[str, Any]) -> None:
+    """Refuse unknown keys in ``training`` and ``training.dpsgd`` (a typo would be ignored)."""
+    training = raw.get("training") or {}
+    if not isinstance(training, dict) or not isinstance(training.get("dpsgd") or {}, dict):
+        raise SchemaError(f"{source}: 'training' and 'training.dpsgd' must be mappings")
+    _check_keys(f"{source}: training", training, _TRAINING_KEYS)
+    _check_keys(f"{source}: training.dpsgd", training.get("dpsgd") or {}, _DPSGD_KEYS)
+
+
 def task_from_dict(raw: dict[str, Any], source: str = "<task>") -> TaskSchema:
     """Validate a task schema given as a plain dict (parsed YAML or a Hydra ``cfg.task``).
 
@@ -240,6 +260,7 @@ def task_from_dict(raw: dict[str, Any], source: str = "<task>") -> TaskSchema:
     if not isinstance(raw, dict):
         raise SchemaError(f"{source}: a task schema must be a YAML mapping")
     _check_keys(source, raw, _TOP_KEYS)
+    _check_training(source, raw)
     for key in ("name", "features", "target"):
         if key not in raw:
             raise SchemaError(f"{source}: missing required key '{key}'")

@@ -53,6 +53,7 @@ def privacy_errors(privacy: Mapping[str, Any]) -> str | None:
         positive(f"privacy.{clip}", privacy.get(clip)),
         delta_error("privacy.delta", privacy.get("delta")),
         positive("privacy.target_epsilon", privacy.get("target_epsilon"), allow_none=True),
+        positive("privacy.max_step_noise", privacy.get("max_step_noise"), allow_none=True),
     ]
     if privacy.get("target_epsilon") is None and (not _number(noise) or noise < 0):
         checks.append(f"privacy.noise_multiplier must be a number >= 0, got {noise!r}")

@@ -143,6 +143,7 @@ def _train(
         weight_decay=float(cfg["weight_decay"]),
         accountant=accountant,
         delta=delta,
+        max_step_noise=privacy.get("max_step_noise"),
     )
     return {"steps": steps, "epsilon": report["epsilon"], "delta": delta, "noise_multiplier": noise}
 

@@ -23,7 +23,7 @@ from flwr.serverapp import Grid
 
 from medfed.infra.polling import send_and_receive
 from medfed.infra.records import scalar
-from medfed.models.dp_plan import planned_noise
+from medfed.models.dp_plan import planned_lr, planned_noise
 from medfed.models.encoding import GlobalStats, merge_statistics
 from medfed.models.flat import pack, unpack
 from medfed.models.imputation import statistics_options
@@ -328,9 +328,10 @@ class StudyRun:
         self.first_round = 1
         if saved is not None:
             self._restore(saved)
-        study["privacy"]["planned_noise_multiplier"] = planned_noise(  # config.yaml records it
-            study, {h["name"]: int(h["n_train"]) for h in self.hospitals.values()}
-        )
+        sizes = {h["name"]: int(h["n_train"]) for h in self.hospitals.values()}
+        noise = planned_noise(study, sizes)
+        study["privacy"]["planned_noise_multiplier"] = noise  # config.yaml records it
+        study["privacy"]["planned_lr"] = planned_lr(study, sizes, noise)
         ckpt.write_config(study)
         if observer:
             observer.on_start(study, [h["name"] for h in self.hospitals.values()])

@@ -13,6 +13,7 @@ def test_fedbn_norms_stay_local_and_personalised_models_are_stored(
 ):
     study = small_study(
         "task=treatment",
+        "task.model.family=mlp",
         "rounds=2",
         "personalise.method=fedbn",
         "personalise.epochs=1",

@@ -156,6 +156,7 @@ def test_shipped_config_groups_parse():
         "noise_multiplier",
         "target_epsilon",
         "max_grad_norm",
+        "max_step_noise",
         "delta",
         "accountant",
         "secure_rng",

@@ -15,6 +15,7 @@ SMALL = ["federation.hospitals=3", "federation.min_size=60", "federation.max_siz
     "fedper",
     "simulate",
     "task=treatment",
+    "task.model.family=mlp",
     "rounds=2",
     "quiet=true",
     *SMALL,

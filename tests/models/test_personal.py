@@ -13,7 +13,7 @@ from medfed.models.pipeline import study_schema
 
 
 def _study(small_study, *overrides: str) -> dict:
-    return small_study("task=treatment", *overrides)
+    return small_study("task=treatment", "task.model.family=mlp", *overrides)
 
 
 def test_fedper_keeps_exactly_the_output_layer(small_study):

@@ -143,6 +143,8 @@ def test_secure_rng_without_torchcsprng_warns():
         (lambda: mlp(), BCE, "binary"),
         (lambda: nn.Sequential(nn.Linear(6, 1), nn.Flatten(0)), BCE, "binary"),
         (lambda: mlp(out=3), F.cross_entropy, "multiclass"),
+        # treatment's default: multinomial logistic regression (one Linear, one logit per class)
+        (lambda: nn.Sequential(nn.Linear(6, 3)), F.cross_entropy, "multiclass"),
         (
             lambda: nn.Sequential(
                 nn.Linear(6, 8),

@@ -72,7 +72,7 @@ def test_treatment_schema() -> None:
     assert schema.feature("max_glu_serum").categories == ("none", "norm", ">200", ">300")
     assert schema.feature("time_in_hospital").low == 1
     assert schema.feature("time_in_hospital").high == 14
-    assert schema.model.family == "mlp" and schema.model.hidden == (32,)
+    assert schema.model.family == "logreg" and schema.model.loss == "cross_entropy"
     assert schema.metrics == ("accuracy", "macro_f1", "top2_accuracy")
     assert set(schema.feature_names) == {
         "age_band",
@@ -125,6 +125,9 @@ def test_pricing_accepts_glm_losses(loss: str) -> None:
         (_mutated(model={"loss": "tweedie"}), "model.loss 'tweedie' does not fit a binary target"),
         (_mutated(model={"family": "glm"}), "glm is for continuous targets"),
         (_mutated(model={"family": "mlp", "hidden": [0]}), "positive integers"),
+        (_mutated(training={"lr": 0.1, "lrr": 1}), "training: unknown key(s) ['lrr']"),
+        (_mutated(training={"dpsgd": {"clip": 1}}), "training.dpsgd: unknown key(s) ['clip']"),
+        (_mutated(training={"dpsgd": 3}), "'training' and 'training.dpsgd' must be mappings"),
         (
             _mutated(target={"name": "y", "type": "multiclass", "classes": ["a", "b"]}),
             "at least three 'classes'",

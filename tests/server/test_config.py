@@ -286,15 +286,23 @@ def test_a_study_that_stopped_early_can_still_be_resumed(finished_run, tmp_path)
         check_unfinished(finished_run)
 
 
+TRAINING = ("rounds", "optimizer", "lr", "batch_size", "local_epochs")
+
+
+def _training(study: dict) -> dict:
+    return {k: study["rounds"] if k == "rounds" else study["train"][k] for k in TRAINING}
+
+
 @pytest.mark.parametrize("task", ["diagnosis", "treatment", "pricing"])
 def test_each_task_trains_with_its_own_defaults_unless_overridden(task: str):
+    plain = compose_study([f"task={task}"])
+    defaults = plain["task"]["training"]
+    assert _training(plain) == {k: defaults.get(k, 1) for k in TRAINING}
     study = compose_study([f"task={task}", "privacy=dpsgd"])
-    defaults = study["task"]["training"]
-    assert study["rounds"] == defaults["rounds"]
-    assert {k: study["train"][k] for k in ("optimizer", "lr", "batch_size")} == {
-        k: defaults[k] for k in ("optimizer", "lr", "batch_size")
-    }
-    assert study["privacy"]["max_grad_norm"] == defaults["max_grad_norm"]
+    dp = defaults["dpsgd"]  # every shipped task has its DP-SGD block, at least C
+    assert _training(study) == {k: dp.get(k, defaults.get(k, 1)) for k in TRAINING}
+    assert study["privacy"]["max_grad_norm"] == dp["max_grad_norm"]
+    assert _training(compose_study([f"task={task}", "privacy=central"])) == _training(plain)
     mine = compose_study(
         [
             f"task={task}",
