@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from medfed.infra.files import json_safe
 from medfed.server.monitor.alerts import alert_settings, compute_alerts
 
 FILENAME = "status.json"
@@ -92,7 +93,8 @@ def budgets(study: dict[str, Any], sites: list[str]) -> dict[str, float | None]:
 def _write(path: Path, document: dict[str, Any]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(document, separators=(",", ":"), allow_nan=False))
+    # an infinite epsilon (DP-SGD with almost no noise) is null, as in every run file
+    tmp.write_text(json.dumps(json_safe(document), separators=(",", ":"), allow_nan=False))
     os.replace(tmp, path)
 
 

@@ -220,3 +220,16 @@ def test_a_study_that_fails_before_round_1_is_failed_in_status_json(
     assert (status["status"], status["round"]) == ("failed", 0)
     assert status["reason"].startswith("StudyError: only 2 of the 3 hospitals needed")
     assert [a["kind"] for a in status["alerts"]] == ["stopped"]
+
+
+def test_an_infinite_epsilon_is_written_as_null_not_a_crash(tmp_path):
+    """DP-SGD with almost no noise spends an infinite epsilon; status.json (strict JSON) says
+    null for it, as every run file does, instead of stopping the study."""
+    from medfed.server.monitor.status import _write
+
+    path = tmp_path / "status.json"
+    _write(path, {"budgets": {"hospital-0": {"epsilon": float("inf")}}, "loss": float("nan")})
+    assert json.loads(path.read_text()) == {
+        "budgets": {"hospital-0": {"epsilon": None}},
+        "loss": None,
+    }
