@@ -115,16 +115,15 @@ def screen_replies(
     norms = [norm for _, norm in candidates]
     for i, (reply, norm) in enumerate(candidates):
         others = norms[:i] + norms[i + 1 :]
+        median = float(np.median(others)) if others else 0.0
         limit = (
-            config.max_norm_ratio * float(np.median(others))
-            if config.max_norm_ratio is not None and others
-            else None
+            config.max_norm_ratio * median if config.max_norm_ratio is not None and others else None
         )
         if limit is not None and norm > limit:
             rejected[name(reply)] = (
                 f"update norm {norm:.4g} is more than "
                 f"screening.max_norm_ratio={config.max_norm_ratio:g} times "
-                f"the median of the others ({limit:.4g})"
+                f"the median norm of the others ({median:.4g}; limit {limit:.4g})"
             )
         else:
             passed.append(reply)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -110,6 +111,11 @@ def test_a_boosted_update_is_rejected_relative_to_the_others(request_message):
     boosted = _reply(request_message, 13, poison(GLOBAL, _update(0.1), "scale", 100.0, None))
     passed, rejected = _screen([*honest, boosted])
     assert passed == honest and "max_norm_ratio=10" in rejected["h13"]
+    # the message gives the others' median norm and the limit, ten times it
+    found = re.search(
+        r"median norm of the others \(([\d.e+-]+); limit ([\d.e+-]+)\)", rejected["h13"]
+    )
+    assert found and float(found[2]) == pytest.approx(10 * float(found[1]), rel=1e-3)
     # with two hospitals, the honest one is measured against the boosted one and passes
     passed, rejected = _screen([honest[0], boosted])
     assert passed == [honest[0]] and list(rejected) == ["h13"]
