@@ -35,9 +35,9 @@ from medfed.client.crosssite_guard import DECLARED, EVALUATE, LOCAL, SHARE
 from medfed.client.policy import check_evaluate_other, check_share, policy_for_site
 from medfed.client.privacy_round import NodeRefusal
 from medfed.infra.records import scalar
-from medfed.models.encoding import Encoder, GlobalStats, encode_target
+from medfed.models.encoding import Encoder, GlobalStats
 from medfed.models.flat import pack, unpack
-from medfed.models.pipeline import local_only_model, new_model, site_key, test_statistics
+from medfed.models.pipeline import local_only_model, new_model, rows_test_statistics, site_key
 
 
 def declared(config_json: str, site_name: str, role: str) -> dict[str, int]:
@@ -117,18 +117,10 @@ def evaluate_other(msg: Message, context: Context) -> Message:
         raise NodeRefusal(refusal.reason)
     stats = GlobalStats.from_dict(json.loads(str(config["statistics-json"])))
     missing = bool(study["preprocessing"]["missing_indicators"])
-    encoder = Encoder(schema, stats, missing_indicators=missing)
-    model = new_model(schema, stats, encoder.n_inputs)
+    model = new_model(schema, stats, Encoder(schema, stats, missing_indicators=missing).n_inputs)
     received = msg.content.array_records["arrays"].to_torch_state_dict()
     model.load_state_dict(unpack(received, model.state_dict()))
-    sums = test_statistics(
-        model,
-        encoder.transform(site.test),
-        encode_target(site.test, schema),
-        schema,
-        stats,
-        int(study["evaluate"]["auroc_bins"]),
-    )
+    sums = rows_test_statistics(model, site.test, schema, stats, study)
     metrics: dict[str, int | float | list[int] | list[float]] = {"num-examples": len(site.test)}
     metrics.update({f"eval-{key}": value for key, value in sums.items()})
     return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)

@@ -140,6 +140,22 @@ def test_statistics(
     return metric_statistics(schema, y, output.numpy(), loss_scale=stats.loss_scale, bins=bins)
 
 
+def rows_test_statistics(
+    model: torch.nn.Module,
+    rows: pd.DataFrame,
+    schema: TaskSchema,
+    stats: GlobalStats,
+    study: dict[str, Any],
+) -> dict[str, float | list[float]]:
+    """:func:`test_statistics` of ``model`` on raw ``rows``, encoded with ``stats`` as the study
+    encodes (the cross-site matrix scores a hospital's model on another's rows this way, at the
+    coordinator in simulation and at the scoring node in deployment)."""
+    missing = bool(study["preprocessing"]["missing_indicators"])
+    encoder = Encoder(schema, stats, missing_indicators=missing)
+    x, y = encoder.transform(rows), encode_target(rows, schema)
+    return test_statistics(model, x, y, schema, stats, int(study["evaluate"]["auroc_bins"]))
+
+
 def local_only_model(
     train_rows: pd.DataFrame, schema: TaskSchema, study: dict[str, Any], key: int, steps: int
 ) -> tuple[torch.nn.Module, GlobalStats, Encoder]:

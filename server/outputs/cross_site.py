@@ -25,15 +25,15 @@ from typing import Any
 
 import torch
 
-from medfed.models.encoding import Encoder, GlobalStats, encode_target
+from medfed.models.encoding import Encoder, GlobalStats
 from medfed.models.ingest.sources import SiteData, federation_size, load_site
 from medfed.models.metrics import metrics_from_statistics
 from medfed.models.pipeline import (
     local_only_model,
     new_model,
     own_statistics,
+    rows_test_statistics,
     site_key,
-    test_statistics,
 )
 from medfed.server.study.loop import StudyResult
 
@@ -46,18 +46,8 @@ def _own(site: SiteData, result: StudyResult) -> GlobalStats:
 def _score(
     model: torch.nn.Module, stats: GlobalStats, site: SiteData, result: StudyResult
 ) -> float:
-    study, schema = result.study, result.schema
-    encoder = Encoder(
-        schema, stats, missing_indicators=bool(study["preprocessing"]["missing_indicators"])
-    )
-    sums = test_statistics(
-        model,
-        encoder.transform(site.test),
-        encode_target(site.test, schema),
-        schema,
-        stats,
-        int(study["evaluate"]["auroc_bins"]),
-    )
+    schema = result.schema
+    sums = rows_test_statistics(model, site.test, schema, stats, result.study)
     return float(metrics_from_statistics(schema, sums)[schema.primary_metric])
 
 
