@@ -82,6 +82,7 @@ def test_local_layers_survive_a_resume(tmp_path, crash_after, method, task, loca
         tmp_path,
         crash_after,
         f"task={task}",
+        "task.model.family=mlp",  # local heads and norms need the MLP (treatment is logreg)
         f"personalise.method={method}",
         "personalise.epochs=0",  # the personalised model is the final one with the local layers
     )
