@@ -38,6 +38,7 @@ from medfed.models.pipeline import (
     site_key,
     test_statistics,
 )
+from medfed.models.training import seed_torch
 from medfed.server.study.loop import StudyResult
 
 
@@ -159,7 +160,8 @@ def _pooled(
     training = [s for s in sites if s.role == "train"]  # evaluation-only sites never train
     x = np.concatenate([encoders[s.name].transform(s.train) for s in training])
     y = np.concatenate([encode_target(s.train, schema) for s in training])
-    model = new_model(schema, stats, x.shape[1])
+    seed_torch(int(result.study["seed"]))  # initial weights from the study seed, not from
+    model = new_model(schema, stats, x.shape[1])  # what ran before in this process (engines)
     report = _train(model, x, y, result, stats, int(result.study["seed"]), steps, budget)
     return {**report, **_score(model, encoders, stats, sites, result)}
 
@@ -201,6 +203,7 @@ def _one_local(
     """One training hospital's own model, scored on every site's and on its own test rows."""
     schema, seed = result.schema, int(result.study["seed"])
     encoder = encoders[site.name]
+    seed_torch(seed + site_key(site.name) + 1)  # as the node's local-only model (pipeline)
     model = new_model(schema, encoder.stats, encoder.n_inputs)
     _train(
         model,
@@ -208,7 +211,7 @@ def _one_local(
         encode_target(site.train, schema),
         result,
         encoder.stats,
-        seed + site_key(site.name) + 1,  # as the node's local-only model (pipeline)
+        seed + site_key(site.name) + 1,
         max(steps.get(site.name, 0), 1),
         budget,
     )

@@ -80,3 +80,28 @@ def test_site_normalisation_reaches_the_baselines(small_study, tmp_path):
     base = json.loads((tmp_path / "summary.json").read_text())["baselines"]
     assert base["normalisation"] == "site" and "pooled_non_private" not in base
     assert 0.0 <= base["pooled"]["global"]["accuracy"] <= 1.0
+
+
+def test_baselines_do_not_depend_on_what_ran_before_in_the_process(small_study, tmp_path):
+    """The pooled and local-only baselines start from the study seed: on the in-process engine
+    the hospitals train in the server's process and leave torch's global generator elsewhere
+    than on Ray, so an unseeded baseline differed between engines (promise 5)."""
+    import torch
+
+    from medfed.client.app import app
+    from medfed.server.simulation.engine import InProcessGrid
+    from medfed.server.study.baselines import run_baselines
+    from medfed.server.study.loop import run_study
+
+    study = small_study("rounds=1", f"output_dir={tmp_path}")
+    grid = InProcessGrid(
+        app, [{"partition-id": i, "num-partitions": 3} for i in range(3)], run_config={}
+    )
+    result = run_study(grid, study)
+    torch.manual_seed(1)
+    first = run_baselines(result)
+    torch.manual_seed(2)
+    torch.rand(1000)
+    second = run_baselines(result)
+    assert first["pooled"]["global"] == second["pooled"]["global"]
+    assert first["local"]["hospitals"] == second["local"]["hospitals"]
