@@ -73,9 +73,10 @@ def plan(
     name = {nid: str(h["name"]) for nid, h in hospitals.items()}
     blank: dict[str, dict[str, str]] = {}
     targets: dict[int, list[int]] = {}
-    for owner in roles.trainers(hospitals):
+    by_name = sorted(hospitals, key=lambda nid: name[nid])  # site-name order, never arrival
+    for owner in sorted(roles.trainers(hospitals), key=lambda nid: name[nid]):
         row = blank.setdefault(name[owner], {})
-        for other in (nid for nid in hospitals if nid != owner):
+        for other in (nid for nid in by_name if nid != owner):
             if not declarations(hospitals[owner])[0]:
                 row[name[other]] = f"{name[owner]} does not share its local-only model (policy)"
             elif not declarations(hospitals[other])[1]:
@@ -85,7 +86,7 @@ def plan(
                 row[name[other]] = f"{offline} was not connected"
             else:
                 targets.setdefault(owner, []).append(other)
-    return sorted(targets), targets, blank
+    return sorted(targets, key=lambda nid: name[nid]), targets, blank
 
 
 def _ask(
@@ -183,6 +184,7 @@ def exchange(grid: Grid, result: Any) -> dict[str, Any]:
     _log(study, {"step": "plan", "ask": [name[n] for n in ask], "blank": blank})
     asked = _ask(grid, ask, federation_steps(result.rounds), result)
     shared, missing = _collect(asked, targets, result, blank)
+    shared = dict(sorted(shared.items(), key=lambda item: name[item[0]]))
     _log(study, {"step": "weights", "received_from": [name[n] for n in shared], "not": missing})
     messages = _score_messages(shared, targets, result)
     received = send_and_receive(grid, messages, _timeout(result))
@@ -201,6 +203,7 @@ def exchange(grid: Grid, result: Any) -> dict[str, Any]:
             scores.setdefault(a, {})[b] = value
         else:
             blank[a][b] = WITHHELD.format(b=b)
+    scores = {a: dict(sorted(row.items())) for a, row in sorted(scores.items())}
     sent = {name[o]: [name[t] for t in targets[o]] for o in shared}
     _log(study, {"step": "scores", "sent": sent, "scored": scores, "blank": blank})
     return {"scores": scores, "blank": blank, "asked": [name[n] for n in ask], "sent": sent}

@@ -36,6 +36,20 @@ def test_weights_are_asked_only_where_another_hospital_may_score_them():
     }
 
 
+def test_everything_follows_site_names_not_node_ids():
+    """Deployed node ids are random: asking, sending and the blank reasons go in site-name
+    order, so the coordinator's log and report read the same on every run."""
+    hospitals = {
+        99: {"name": "a", "share_local": True, "evaluate_others": True, "role": "train"},
+        5: {"name": "b", "share_local": True, "evaluate_others": True, "role": "train"},
+        42: {"name": "c", "share_local": False, "evaluate_others": False, "role": "train"},
+    }
+    ask, targets, blank = plan(hospitals, {5, 42, 99})
+    assert ask == [99, 5]  # a, b
+    assert targets == {99: [5], 5: [99]}
+    assert list(blank) == ["a", "b", "c"] and list(blank["c"]) == ["a", "b"]
+
+
 def test_nobody_scores_so_no_weights_travel():
     hospitals = _hospitals(("a", True, False, "train"), ("b", True, False, "train"))
     ask, targets, blank = plan(hospitals, {10, 11})
