@@ -199,29 +199,21 @@ def _dp_train(
     delta: float,
     proximal_mu: float,
 ) -> dict[str, float]:
-    from medfed.models.privacy import dp_train
+    from medfed.models.privacy import dp_train, study_dp_settings
 
-    cfg, priv = study["train"], study["privacy"]
     weights, report = dp_train(
         model,
         site.x_train,
         site.y_train,
         loss_function(schema, stats),
-        lr=float(cfg["lr"]),
-        batch_size=int(cfg["batch_size"]),
         noise_multiplier=noise,
-        max_grad_norm=float(priv["max_grad_norm"]),
         seed=seed,
         history=history,
         steps=steps,
-        secure_rng=bool(priv["secure_rng"]),
-        optimizer=str(cfg["optimizer"]),
-        momentum=float(cfg["momentum"]),
-        weight_decay=float(cfg["weight_decay"]),
+        secure_rng=bool(study["privacy"]["secure_rng"]),
         proximal_mu=proximal_mu,
-        accountant=str(priv["accountant"]),
         delta=delta,
-        max_step_noise=priv.get("max_step_noise"),
+        **study_dp_settings(study),
     )
     ledger.commit(entry, float(report["epsilon"]))
     model.load_state_dict(weights)

@@ -342,6 +342,22 @@ def _run(
         cleanup()
 
 
+def study_dp_settings(study: dict[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of :func:`dp_train` that a study's ``train`` and ``privacy``
+    sections set, so the node's round and the pooled DP baseline train alike."""
+    cfg, priv = study["train"], study["privacy"]
+    return {
+        "lr": float(cfg["lr"]),
+        "batch_size": int(cfg["batch_size"]),
+        "max_grad_norm": float(priv["max_grad_norm"]),
+        "optimizer": str(cfg["optimizer"]),
+        "momentum": float(cfg["momentum"]),
+        "weight_decay": float(cfg["weight_decay"]),
+        "accountant": str(priv["accountant"]),
+        "max_step_noise": priv.get("max_step_noise"),
+    }
+
+
 def dp_train(
     model: nn.Module,
     x: np.ndarray | torch.Tensor,

@@ -117,34 +117,28 @@ def _train(
     if budget is None:
         local_training(model, x, y, schema, study, stats, seed=seed, steps=steps)
         return {"steps": steps}
-    from medfed.models.privacy import dp_train, noise_for_target, sample_rate
+    from medfed.models.privacy import dp_train, noise_for_target, sample_rate, study_dp_settings
     from medfed.models.training import loss_function
 
-    cfg, privacy = study["train"], study["privacy"]
+    settings = study_dp_settings(study)
     epsilon, delta = budget
-    rate = sample_rate(len(y), int(cfg["batch_size"]))
-    accountant = str(privacy["accountant"])
+    rate = sample_rate(len(y), settings["batch_size"])
     noise = (
-        noise_for_target(epsilon, delta, rate, steps, accountant) if math.isfinite(epsilon) else 0.0
+        noise_for_target(epsilon, delta, rate, steps, settings["accountant"])
+        if math.isfinite(epsilon)
+        else 0.0
     )
     _, report = dp_train(
         model,
         x,
         y,
         loss_function(schema, stats),
-        lr=float(cfg["lr"]),
-        batch_size=int(cfg["batch_size"]),
         noise_multiplier=noise,
-        max_grad_norm=float(privacy["max_grad_norm"]),
         seed=seed,
         history=[],
         steps=steps,
-        optimizer=str(cfg["optimizer"]),
-        momentum=float(cfg["momentum"]),
-        weight_decay=float(cfg["weight_decay"]),
-        accountant=accountant,
         delta=delta,
-        max_step_noise=privacy.get("max_step_noise"),
+        **settings,
     )
     return {"steps": steps, "epsilon": report["epsilon"], "delta": delta, "noise_multiplier": noise}
 
