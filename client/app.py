@@ -131,9 +131,10 @@ def train(msg: Message, context: Context) -> Message:
     received = msg.content.array_records["arrays"].to_torch_state_dict()
     received.pop(scaffold.KEY, None)
     received_global = unpack(received, model.state_dict())  # FedPer/FedBN reply with these
-    correction = scaffold.start(msg, context, model, float(study["train"]["lr"]))
     config = msg.content.config_records["config"]
     server_round = int(scalar(config["server-round"]))
+    study = pipeline.round_study(study, server_round)  # train.lr of this round (its schedule)
+    correction = scaffold.start(msg, context, model, float(study["train"]["lr"]))
     metrics: dict = {"num-examples": len(site.y_train)}
     early = (study.get("early_stopping") or {}).get("patience") is not None
     if (server_round - 1) % int(study["evaluate"]["every"]) == 0 and not early:

@@ -166,12 +166,14 @@ def describe(manifest: dict[str, Any]) -> list[str]:
         if train.get("local_steps")
         else f"{train['local_epochs']} local epoch(s)"
     )
+    schedule = train.get("lr_schedule", "constant")
+    schedule = "" if schedule == "constant" else f" on a {schedule} schedule"
     secure = " with secure aggregation" if manifest["secure_aggregation"]["on"] else ""
     return [
         f"what:    train a {task['model'].get('family', task['model'])} model for task "
         f"'{task['name']}', predicting {task['target']}",
         f"columns: {', '.join(task['features'])}",
-        f"how:     {manifest['rounds']} rounds of {steps} (lr {train['lr']}, batch "
+        f"how:     {manifest['rounds']} rounds of {steps} (lr {train['lr']}{schedule}, batch "
         f"{train['batch_size']}), strategy {manifest['strategy']['name']}{secure}",
         f"privacy: {dp}",
         f"with:    {', '.join(manifest['sites']) or '(sites not named)'}",

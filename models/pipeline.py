@@ -174,6 +174,22 @@ def local_only_model(
     return model, own, encoder
 
 
+def round_study(study: dict[str, Any], server_round: int) -> dict[str, Any]:
+    """``study`` with ``train.lr`` at round ``server_round``'s value of ``train.lr_schedule``
+    (:func:`medfed.models.training.lr_factor`): what a hospital trains that round with. One
+    place sets it, so plain training, DP-SGD (whose step-noise cap then applies to it) and
+    SCAFFOLD's control variates all use the same rate."""
+    from medfed.models.training import lr_factor
+
+    train = study["train"]
+    factor = lr_factor(
+        str(train.get("lr_schedule") or "constant"), server_round, int(study["rounds"])
+    )
+    if factor == 1.0:
+        return study
+    return {**study, "train": {**train, "lr": float(train["lr"]) * factor}}
+
+
 def local_training(
     model: torch.nn.Module,
     x: np.ndarray,
@@ -186,8 +202,12 @@ def local_training(
     steps: int | None = None,
     proximal_mu: float = 0.0,
     step_hook: Callable[[], None] | None = None,
+    lr_factor: Callable[[int], float] | None = None,
 ) -> dict[str, float]:
     """Train ``model`` on ``(x, y)`` with the study's settings; return additive statistics.
+
+    ``lr_factor(i)`` scales ``train.lr`` at step ``i`` (the baselines' share of the study's
+    ``train.lr_schedule``; a federated round gets its rate from :func:`round_study` instead).
 
     ``steps`` overrides the study's ``local_steps``/``local_epochs`` (the baselines use it to do
     exactly the federation's number of SGD steps). ``step_hook`` runs before every optimiser
@@ -220,6 +240,7 @@ def local_training(
         weight_decay=float(cfg["weight_decay"]),
         proximal_mu=proximal_mu,
         optimizer_obj=optimizer,
+        lr_at=None if lr_factor is None else (lambda i: float(cfg["lr"]) * lr_factor(i)),
     )
     return {
         "train-loss-sum": float(result["loss"]) * float(result["examples"]),

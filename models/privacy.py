@@ -89,6 +89,7 @@ def epsilon_from_history(
     variables, tighter; its upper bound is returned). A step with zero noise gives ``inf``.
     """
     _check_delta(delta)
+    _check_accountant(accountant)
     entries = compact_history(history)
     if not entries:
         return 0.0
@@ -96,7 +97,20 @@ def epsilon_from_history(
         return math.inf
     if accountant == "rdp":
         return _rdp_epsilon(entries, delta)
-    return float(_accountant(accountant, entries).get_epsilon(delta))
+    return _prv_epsilon(tuple(tuple(e) for e in entries), delta)
+
+
+@functools.lru_cache(maxsize=256)
+def _prv_epsilon(entries: tuple[tuple[float, float, int], ...], delta: float) -> float:
+    """Opacus' PRV epsilon of ``entries`` (its upper bound), cached.
+
+    One evaluation takes about 50 ms (a discretised convolution), and a node asks three times a
+    round for the same history when its ledger holds only the running study: the projected
+    total, the projected study spend, and the spend after training. Measured on
+    ``medfed simulate task=treatment privacy=dpsgd privacy.target_epsilon=1``: 480 calls,
+    24 of the study's 36 seconds, before this cache.
+    """
+    return float(_accountant("prv", list(entries)).get_epsilon(delta))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -318,6 +332,7 @@ def _run(
     lr: float,
     proximal_mu: float,
     cleanup: Callable[[], None],
+    lr_at: Callable[[int], float] | None = None,
 ) -> dict[str, float | int]:
     """:func:`medfed.models.training.train` over every draw, then ``cleanup`` whatever happens.
 
@@ -333,6 +348,7 @@ def _run(
             epochs=1,
             optimizer_obj=dp_opt,
             proximal_mu=proximal_mu,
+            lr_at=lr_at,
         )
     except ValueError:
         if batches.yielded:
@@ -381,6 +397,7 @@ def dp_train(
     delta: float | None = None,
     grad_sample_mode: str = "auto",
     max_step_noise: float | None = None,
+    lr_factor: Callable[[int], float] | None = None,
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Train ``model`` in place with DP-SGD for one round; return its weights and a report.
 
@@ -392,6 +409,8 @@ def dp_train(
     (``proximal_mu``) involves no data and costs no privacy. ``grad_sample_mode``: ``auto``
     (``vectorised`` when the model allows, else Opacus ``hooks``) or one of those, or
     ``functorch``. ``max_step_noise`` lowers ``lr`` for this hospital (:func:`step_noise_lr`).
+    ``lr_factor(i)`` scales ``lr`` at step ``i`` before that cap (a baseline's share of the
+    study's ``train.lr_schedule``).
 
     Returns
     -------
@@ -409,7 +428,15 @@ def dp_train(
     acct = _accountant(accountant, history)
     start = sum(s for _, _, s in acct.history)
     sampling, noise_gen = _generators(seed, secure_rng)
-    lr = step_noise_lr(lr, max_step_noise, noise_multiplier, max_grad_norm, rate * len(ys))
+    base = lr
+    lr = step_noise_lr(base, max_step_noise, noise_multiplier, max_grad_norm, rate * len(ys))
+    lr_at = (
+        None
+        if lr_factor is None
+        else lambda i: step_noise_lr(
+            base * lr_factor(i), max_step_noise, noise_multiplier, max_grad_norm, rate * len(ys)
+        )
+    )
     opt = make_optimizer(model, optimizer, lr=lr, momentum=momentum, weight_decay=weight_decay)
     wrapped, dp_opt, empty_step, cleanup = _private(
         model,
@@ -432,6 +459,7 @@ def dp_train(
         lr=lr,
         proximal_mu=proximal_mu,
         cleanup=cleanup,
+        lr_at=lr_at,
     )
     if sum(s for _, _, s in acct.history) - start != total:
         raise RuntimeError(

@@ -124,10 +124,19 @@ _TOP_KEYS = {
     "training",
 }  # training: the task's defaults (conf/config.yaml reads them)
 # training: the task's defaults; its dpsgd block applies only under privacy=dpsgd (conf/config.yaml)
-_TRAINING_KEYS = {"optimizer", "lr", "batch_size", "rounds", "max_grad_norm", "dpsgd"}
+_TRAINING_KEYS = {
+    "optimizer",
+    "lr",
+    "lr_schedule",
+    "batch_size",
+    "rounds",
+    "max_grad_norm",
+    "dpsgd",
+}
 _DPSGD_KEYS = {
     "optimizer",
     "lr",
+    "lr_schedule",
     "batch_size",
     "rounds",
     "local_epochs",

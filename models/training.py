@@ -150,6 +150,43 @@ def make_loader(
     )
 
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def lr_factor(schedule: str, server_round: int, rounds: int) -> float:
+    """The multiple of ``train.lr`` that round ``server_round`` of ``rounds`` trains at.
+
+    ``constant``: 1. ``cosine`` (Loshchilov & Hutter 2017, SGDR, without restarts, one value per
+    round): ``(1 + cos(pi * (server_round - 1) / rounds)) / 2``, from 1 in round 1 down to
+    ``(1 + cos(pi * (rounds - 1) / rounds)) / 2 > 0`` in the last. Late rounds then take small
+    steps: under DP-SGD each step adds noise to the weights in proportion to the learning rate,
+    so the released model carries less of the last rounds' noise without the lag of averaging
+    past rounds (measured in benchmarks/README.md). A function of the round alone: a resumed or
+    deployed study trains each round at the same rate.
+    """
+    if schedule == "constant":
+        return 1.0
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * (server_round - 1) / rounds))
+    raise ValueError(f"train.lr_schedule must be one of {LR_SCHEDULES}, got {schedule!r}")
+
+
+def step_lr_factor(
+    schedule: str, rounds: int, rounds_run: int, total_steps: int
+) -> Callable[[int], float] | None:
+    """``lr_factor`` for a baseline that takes ``total_steps`` steps in one go (None when the
+    schedule is constant): step ``i`` trains at the factor of the round it stands for, the
+    steps being cut into ``rounds_run`` equal shares (the rounds the federation trained, of
+    ``rounds`` planned), so the pooled and local-only baselines follow the federation's
+    schedule."""
+    if schedule == "constant":
+        return None
+    share = max(total_steps, 1)
+    return lambda step: lr_factor(
+        schedule, min(step * rounds_run // share, rounds_run - 1) + 1, rounds
+    )
+
+
 def make_optimizer(
     model: nn.Module,
     name: str = "sgd",
@@ -208,6 +245,7 @@ def _run_pass(
     losses: list[torch.Tensor],
     sizes: list[int],
     limit: float,
+    lr_at: Callable[[int], float] | None = None,
 ) -> int:
     """One pass over ``loader``, stopping once ``limit`` steps are taken in all; batches seen."""
     seen = 0
@@ -215,6 +253,9 @@ def _run_pass(
         seen += 1
         if yb.shape[0] == 0:
             continue
+        if lr_at is not None:
+            for group in opt.param_groups:
+                group["lr"] = lr_at(len(sizes))
         opt.zero_grad(set_to_none=True)
         loss = loss_fn(model(xb), yb)
         loss.backward()
@@ -241,8 +282,12 @@ def train(
     weight_decay: float = 0.0,
     proximal_mu: float = 0.0,
     optimizer_obj: torch.optim.Optimizer | None = None,
+    lr_at: Callable[[int], float] | None = None,
 ) -> dict[str, float | int]:
     """Train ``model`` in place for exactly ``steps`` optimizer steps or ``epochs`` passes.
+
+    ``lr_at(i)``, when given, is the learning rate of step ``i`` (0-based; the baselines'
+    schedule, :func:`step_lr_factor`); otherwise every step trains at ``lr``.
 
     ``steps`` cycles the loader as often as needed. Empty batches (Poisson sampling in Opacus'
     ``DPDataLoader``) are skipped and not counted. ``optimizer_obj`` (e.g. an Opacus
@@ -265,7 +310,7 @@ def train(
     sizes: list[int] = []
     model.train()
     for _ in range(epochs) if epochs is not None else itertools.count():
-        if not _run_pass(model, loader, loss_fn, opt, proximal, losses, sizes, limit):
+        if not _run_pass(model, loader, loss_fn, opt, proximal, losses, sizes, limit, lr_at):
             raise ValueError("The training loader yielded no batch; is the training set empty?")
         if len(sizes) >= limit:
             break

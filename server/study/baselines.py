@@ -38,7 +38,7 @@ from medfed.models.pipeline import (
     site_key,
     test_statistics,
 )
-from medfed.models.training import seed_torch
+from medfed.models.training import seed_torch, step_lr_factor
 from medfed.server.study.loop import StudyResult
 
 
@@ -114,8 +114,14 @@ def _train(
 ) -> dict[str, Any]:
     """Train ``model`` for ``steps`` steps, with DP-SGD at ``budget`` when given; a report."""
     study, schema = result.study, result.schema
+    factor = step_lr_factor(  # the federation's train.lr_schedule, round by round
+        str(study["train"].get("lr_schedule") or "constant"),
+        int(study["rounds"]),
+        max(result.rounds[-1].server_round, 1),
+        steps,
+    )
     if budget is None:
-        local_training(model, x, y, schema, study, stats, seed=seed, steps=steps)
+        local_training(model, x, y, schema, study, stats, seed=seed, steps=steps, lr_factor=factor)
         return {"steps": steps}
     from medfed.models.privacy import dp_train, noise_for_target, sample_rate, study_dp_settings
     from medfed.models.training import loss_function
@@ -138,6 +144,7 @@ def _train(
         history=[],
         steps=steps,
         delta=delta,
+        lr_factor=factor,
         **settings,
     )
     return {"steps": steps, "epsilon": report["epsilon"], "delta": delta, "noise_multiplier": noise}

@@ -23,6 +23,7 @@ from medfed.models.imputation import check_preprocessing
 from medfed.models.ingest.sources import MAX_NODES, DataConfigError, federation_size
 from medfed.models.personal import config_problem as personalise_problem
 from medfed.models.schema import SchemaError, task_from_dict
+from medfed.models.training import LR_SCHEDULES
 from medfed.strategies.central_dp import check_central
 from medfed.strategies.fairness import config_problem as qfedavg_problem
 from medfed.strategies.registry import StrategyConfigError, build_strategy
@@ -301,6 +302,11 @@ def validate_study(study: dict[str, Any]) -> None:
     if study["train"]["optimizer"] not in ("sgd", "adam"):
         raise ConfigError(
             f"train.optimizer must be sgd or adam, got {study['train']['optimizer']!r}"
+        )
+    if study["train"].get("lr_schedule", "constant") not in LR_SCHEDULES:
+        raise ConfigError(
+            f"train.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got "
+            f"{study['train']['lr_schedule']!r}"
         )
     if study["preprocessing"]["normalisation"] not in ("global", "site"):
         raise ConfigError(

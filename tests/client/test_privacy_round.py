@@ -44,8 +44,12 @@ def test_epsilon_is_reported_and_matches_the_ledger(tmp_path: Path) -> None:
         ledger = Ledger(tmp_path / "led" / f"{hospital['name']}.ledger.jsonl")
         history = ledger.history()
         assert len(history) == 2
-        expected = epsilon_from_history(history, hospital["delta"])
+        accountant = result.study["privacy"]["accountant"]
+        assert accountant == "prv"  # the default: Opacus' own, the tightest bound it offers
+        expected = epsilon_from_history(history, hospital["delta"], accountant)
         assert abs(hospital["epsilon"] - expected) < 1e-9
+        # the same spend under the looser RDP bound (the default until 2026-12)
+        assert epsilon_from_history(history, hospital["delta"], "rdp") > expected
         assert 0 < hospital["epsilon"] < 10
     assert data["refusals"] == {}
 
