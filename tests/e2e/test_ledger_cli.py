@@ -74,7 +74,8 @@ def test_node_ledger_prints_what_the_policy_check_computed(tmp_path: Path) -> No
     report = json.loads(shown.stdout)
     assert len(report["studies"]) == 3 and report["entries"] == 12
     history = Ledger(ledgers / f"{last['name']}.ledger.jsonl").history()
-    assert report["total_epsilon"] == spent_epsilon(history, last["delta"], "rdp")
+    assert report["accountant"] == "prv"  # the last one the ledger recorded (the default)
+    assert report["total_epsilon"] == spent_epsilon(history, last["delta"], "prv")
     assert report["total_epsilon"] == pytest.approx(last["epsilon"], rel=1e-9)
 
 
