@@ -107,8 +107,8 @@ def _prv_epsilon(entries: tuple[tuple[float, float, int], ...], delta: float) ->
     One evaluation takes about 50 ms (a discretised convolution), and a node asks three times a
     round for the same history when its ledger holds only the running study: the projected
     total, the projected study spend, and the spend after training. Measured on
-    ``medfed simulate task=treatment privacy=dpsgd privacy.target_epsilon=1``: 480 calls,
-    24 of the study's 36 seconds, before this cache.
+    ``medfed simulate task=treatment privacy=dpsgd privacy.target_epsilon=1`` (fresh ledgers,
+    quiet machine): 26.8 s without this cache, 16.7 s with it (RDP: 8.1 s).
     """
     return float(_accountant("prv", list(entries)).get_epsilon(delta))
 
