@@ -105,6 +105,11 @@ def test_plain_words_name_columns_rounds_privacy_and_sites(study):
     lines = "\n".join(describe(build_manifest(compose_study(["privacy=dpsgd", "rounds=7"]))))
     assert "chest_pain" in lines and "7 rounds" in lines and "DP-SGD" in lines
     assert "hospital-3" in lines
+    assert "schedule" not in lines  # constant: nothing to say
+    pricing = describe(build_manifest(compose_study(["task=pricing", "privacy=dpsgd"])))
+    assert "60 rounds of 1 local epoch(s) (lr 1.0 on a cosine schedule, batch 64)" in "\n".join(
+        pricing
+    )  # the task's DP-SGD block: what the hospital approves says how it will train
 
 
 def test_a_nan_setting_hashes_and_round_trips():
