@@ -232,3 +232,12 @@ def test_a_checkpoint_without_early_stopping_state_is_refused_in_one_line(tmp_pa
         f"the checkpoint in {tmp_path} holds no early-stopping state (written by an older "
         "medfed): the best round cannot be continued; start the study anew"
     )
+
+
+def test_a_cosine_schedule_resumes_at_the_rate_of_the_round(tmp_path, crash_after):
+    """The rate is a function of the round: rounds 3-4 of a resumed study train at the rates of
+    the uninterrupted one (and the schedule really changed the training)."""
+    whole, resumed, _ = _whole_and_resumed(tmp_path, crash_after, "train.lr_schedule=cosine")
+    _same_weights(whole.final_state, resumed.final_state)
+    constant = _run(compose_study([*SMALL, f"output_dir={tmp_path / 'constant'}"]))
+    assert any(not torch.equal(constant.final_state[k], t) for k, t in whole.final_state.items())
