@@ -13,6 +13,13 @@ positive = worse than FedAvg. ``ok`` is the acceptance rule of issue 13 section 
 more than 3 points (pricing: 10% RMSE) behind FedAvg. Extra arguments are Hydra overrides for
 every cell.
 
+The fairness view of issue 13 section 2, per strategy: ``worst`` is the mean over seeds of the
+worst hospital's primary metric on its own test rows (lowest accuracy, highest RMSE) and
+``spread`` the mean of max - min over the hospitals, both over the hospitals whose metric the
+summary reports (a hospital whose test split has a class below the small-cell limit has its
+metrics withheld). A strategy for the worst site (q-FedAvg) should raise ``worst`` or narrow
+``spread``.
+
 Writes ``<out>/strategy_table.csv`` (one row per strategy, task and seed, so every number can be
 recomputed) and prints the table as one JSON object on stdout (progress on stderr). Takes about
 ``11 strategies x 3 tasks x 3 seeds`` runs of 1-10 s each.
@@ -69,6 +76,11 @@ def run_cell(task: str, strategy: str, seed: int, overrides: list[str]) -> dict[
             warnings.simplefilter("ignore", UserWarning)
             result = summary(run_simulated_study(study))
     metric = study_schema(study).primary_metric
+    own = [  # each hospital's own test rows (a metric too small to report is None: skipped)
+        float(h["metrics"][metric])
+        for h in result["hospitals"]
+        if h.get("metrics", {}).get(metric) is not None
+    ]
     return {
         "task": task,
         "strategy": strategy,
@@ -77,6 +89,8 @@ def run_cell(task: str, strategy: str, seed: int, overrides: list[str]) -> dict[
         "value": float(result["global"][metric]),
         "rounds": int(study["rounds"]),
         "rejected": len(result.get("rejected") or []),
+        "worst": max(own) if metric == "rmse" else min(own),
+        "spread": max(own) - min(own),
     }
 
 
@@ -104,6 +118,8 @@ def table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "sd": statistics.stdev(values) if len(values) > 1 else 0.0,
                 "seeds": len(values),
                 "rejected": sum(r["rejected"] for r in group),
+                "worst": statistics.mean(r["worst"] for r in group),
+                "spread": statistics.mean(r["spread"] for r in group),
             }
         )
     for cell in out:
@@ -118,7 +134,17 @@ def table(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    columns = ["task", "strategy", "seed", "metric", "value", "rounds", "rejected"]
+    columns = [
+        "task",
+        "strategy",
+        "seed",
+        "metric",
+        "value",
+        "rounds",
+        "rejected",
+        "worst",
+        "spread",
+    ]
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
