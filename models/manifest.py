@@ -28,6 +28,8 @@ import yaml
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from medfed.models.settings import lr_schedule_of
+
 FORMAT = "medfed-study-manifest/1"
 CODE_PACKAGES = ("client", "infra", "models")  # what a node runs: the ClientApp imports these
 """The medfed packages hashed as the node's code (the ClientApp imports nothing else of medfed)."""
@@ -166,7 +168,7 @@ def describe(manifest: dict[str, Any]) -> list[str]:
         if train.get("local_steps")
         else f"{train['local_epochs']} local epoch(s)"
     )
-    schedule = train.get("lr_schedule", "constant")
+    schedule = lr_schedule_of(train)
     schedule = "" if schedule == "constant" else f" on a {schedule} schedule"
     secure = " with secure aggregation" if manifest["secure_aggregation"]["on"] else ""
     return [

@@ -179,12 +179,11 @@ def round_study(study: dict[str, Any], server_round: int) -> dict[str, Any]:
     (:func:`medfed.models.training.lr_factor`): what a hospital trains that round with. One
     place sets it, so plain training, DP-SGD (whose step-noise cap then applies to it) and
     SCAFFOLD's control variates all use the same rate."""
+    from medfed.models.settings import lr_schedule_of
     from medfed.models.training import lr_factor
 
     train = study["train"]
-    factor = lr_factor(
-        str(train.get("lr_schedule") or "constant"), server_round, int(study["rounds"])
-    )
+    factor = lr_factor(lr_schedule_of(train), server_round, int(study["rounds"]))
     if factor == 1.0:
         return study
     return {**study, "train": {**train, "lr": float(train["lr"]) * factor}}

@@ -16,6 +16,23 @@ from typing import Any, TypeGuard
 
 from medfed.models.policy_spec import Policy, PolicyError, policy_for_site
 
+LR_SCHEDULES = ("constant", "cosine")
+"""Values of ``train.lr_schedule`` (:func:`medfed.models.training.lr_factor`)."""
+
+
+def lr_schedule_of(train: Mapping[str, Any]) -> str:
+    """A study's ``train.lr_schedule``; ``constant`` for a study written before the setting."""
+    return str(train.get("lr_schedule") or "constant")
+
+
+def lr_schedule_error(train: Mapping[str, Any]) -> str | None:
+    """One sentence when ``train.lr_schedule`` is not a known schedule."""
+    schedule = lr_schedule_of(train)
+    if schedule in LR_SCHEDULES:
+        return None
+    return f"train.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {schedule!r}"
+
+
 LIST_SETTINGS = ("federation.cards", "federation.sizes", "attack.hospitals", "policy.allowed_tasks")
 """Settings that hold a list (``federation.cards=[a.yaml,b.yaml]``), never a single string."""
 

@@ -26,6 +26,7 @@ from medfed.models.encoding import GlobalStats
 from medfed.models.metrics import metric_statistics, metrics_from_statistics
 from medfed.models.nets import predict_output
 from medfed.models.schema import TaskSchema
+from medfed.models.settings import LR_SCHEDULES
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 OPTIMIZERS = ("sgd", "adam", "adamw")
@@ -148,9 +149,6 @@ def make_loader(
         generator=generator,
         collate_fn=collate_batch,  # type: ignore[arg-type]  # __getitems__' tuple
     )
-
-
-LR_SCHEDULES = ("constant", "cosine")
 
 
 def lr_factor(schedule: str, server_round: int, rounds: int) -> float:

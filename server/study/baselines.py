@@ -38,6 +38,7 @@ from medfed.models.pipeline import (
     site_key,
     test_statistics,
 )
+from medfed.models.settings import lr_schedule_of
 from medfed.models.training import seed_torch, step_lr_factor
 from medfed.server.study.loop import StudyResult
 
@@ -115,7 +116,7 @@ def _train(
     """Train ``model`` for ``steps`` steps, with DP-SGD at ``budget`` when given; a report."""
     study, schema = result.study, result.schema
     factor = step_lr_factor(  # the federation's train.lr_schedule, round by round
-        str(study["train"].get("lr_schedule") or "constant"),
+        lr_schedule_of(study["train"]),
         int(study["rounds"]),
         max(result.rounds[-1].server_round, 1),
         steps,

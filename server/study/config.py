@@ -23,7 +23,6 @@ from medfed.models.imputation import check_preprocessing
 from medfed.models.ingest.sources import MAX_NODES, DataConfigError, federation_size
 from medfed.models.personal import config_problem as personalise_problem
 from medfed.models.schema import SchemaError, task_from_dict
-from medfed.models.training import LR_SCHEDULES
 from medfed.strategies.central_dp import check_central
 from medfed.strategies.fairness import config_problem as qfedavg_problem
 from medfed.strategies.registry import StrategyConfigError, build_strategy
@@ -277,7 +276,7 @@ def _check_shared(study: dict[str, Any], n_nodes: int | None) -> None:
 
 def validate_study(study: dict[str, Any]) -> None:
     """Check a study config; raise :class:`ConfigError` naming the first bad setting."""
-    from medfed.models.settings import list_errors
+    from medfed.models.settings import list_errors, lr_schedule_error
 
     if error := list_errors(study):
         raise ConfigError(error)
@@ -303,11 +302,8 @@ def validate_study(study: dict[str, Any]) -> None:
         raise ConfigError(
             f"train.optimizer must be sgd or adam, got {study['train']['optimizer']!r}"
         )
-    if study["train"].get("lr_schedule", "constant") not in LR_SCHEDULES:
-        raise ConfigError(
-            f"train.lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got "
-            f"{study['train']['lr_schedule']!r}"
-        )
+    if (problem := lr_schedule_error(study["train"])) is not None:
+        raise ConfigError(problem)
     if study["preprocessing"]["normalisation"] not in ("global", "site"):
         raise ConfigError(
             "preprocessing.normalisation must be global or site, got "
